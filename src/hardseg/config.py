@@ -1,0 +1,225 @@
+"""Run configuration: typed, validated, loaded from YAML with ``--set`` overrides.
+
+A configuration is plain data (pydantic models, ``extra="forbid"``), so an
+unknown key or a wrong type is rejected before anything runs. Errors are raised
+as :class:`hardseg.errors.ConfigError` with one line naming the key to fix.
+Registry lookups (model, dataset, strategy names) are validated against the
+live registries, so third-party strategies are accepted once installed.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hardseg.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SyntheticConfig(_Strict):
+    """Size and seed of the procedural hard-pixel benchmark."""
+
+    size: int = Field(64, ge=32, le=1024, description="image side in pixels")
+    n_train: int = Field(1200, ge=2)
+    n_val: int = Field(200, ge=2)
+    n_shift: int = Field(200, ge=2, description="images per shifted evaluation set")
+    seed: int = 0
+
+
+class AugmentConfig(_Strict):
+    """Training augmentation (torchvision.transforms.v2, image and mask alike)."""
+
+    enabled: bool = True
+    scale: tuple[float, float] = (0.75, 1.25)
+    crop: int | None = Field(None, description="crop side; None keeps the dataset's image size")
+    hflip: bool = True
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_order(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError("scale must be (low, high) with 0 < low <= high")
+        return v
+
+
+class DataConfig(_Strict):
+    """Which dataset to train and evaluate on."""
+
+    dataset: Literal["synthetic", "cityscapes", "folder"] = "synthetic"
+    root: str = Field("data/synthetic", description="dataset folder; relative paths are taken from the working directory")
+    synthetic: SyntheticConfig = SyntheticConfig()
+    augment: AugmentConfig = AugmentConfig()
+    eval_domains: list[str] = Field(
+        default_factory=lambda: ["fog-3"],
+        description="extra evaluation splits after training, e.g. fog-3, night-1, target",
+    )
+
+
+class ModelConfig(_Strict):
+    name: str = "tiny_seg"
+    aux: bool = Field(False, description="add the auxiliary head where the architecture has one")
+    width: int = Field(16, ge=4, le=256, description="base width of the tiny_seg model")
+    norm: Literal["batch", "group"] = Field("batch", description="tiny_seg normalisation; group is batch-size independent")
+
+
+class TrainConfig(_Strict):
+    """Optimisation settings for the per-worker loop."""
+
+    epochs: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="images per worker and step")
+    optimizer: Literal["sgd", "adamw"] = "adamw"
+    lr: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    poly_power: float = Field(0.9, ge=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+    amp: Literal["auto", "on", "off"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    num_threads: int | None = Field(None, ge=1, description="torch threads per worker; None = CPUs per worker")
+    shuffle: bool = True
+    eval_every: int = Field(1, ge=1)
+    log_images_every: int = Field(1, ge=0, description="epochs between logged prediction images; 0 = never")
+
+
+class RayConfig(_Strict):
+    address: str | None = Field(None, description="Ray cluster address; None starts or joins a local Ray")
+    num_workers: int = Field(2, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = False
+    max_failures: int = Field(2, ge=0)
+    storage_path: str = Field("hardseg-runs", description="checkpoints and results; a local path or a URI")
+
+
+class TrackingConfig(_Strict):
+    uri: str | None = Field(None, description="MLflow tracking URI; None = MLFLOW_TRACKING_URI or ./mlruns/mlflow.db")
+    experiment: str = "hardseg"
+
+
+class FaultConfig(_Strict):
+    """Failure injection for tests of fault tolerance (off by default)."""
+
+    kill_rank: int | None = Field(None, description="worker rank that kills itself")
+    kill_at_epoch: int | None = Field(None, ge=2, description="1-based epoch at whose start it does so, on an attempt that did not resume from a checkpoint")
+
+
+class RunConfig(_Strict):
+    """One training run: everything ``hardseg train`` needs."""
+
+    name: str = "train"
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    strategies: list[str] = Field(default_factory=lambda: ["ce"])
+    strategy_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    ray: RayConfig = RayConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    fault: FaultConfig = FaultConfig()
+
+    def flat(self) -> dict[str, Any]:
+        """The configuration as ``{"train.lr": 0.003, ...}`` (MLflow params)."""
+        return flatten(self.model_dump(mode="json"))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    if first["type"] == "extra_forbidden":
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        return f"{source}: unknown key '{key}'" + (f" (check the keys allowed under '{parent}')" if parent else "")
+    if first["type"] == "literal_error":
+        allowed = first.get("ctx", {}).get("expected", "")
+        return f"{source}: invalid value {first.get('input')!r} for '{key}'; allowed: {allowed}"
+    return f"{source}: invalid value {first.get('input')!r} for '{key}': {first['msg']}"
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=3")
+    key, raw = item.split("=", 1)
+    if not key:
+        raise ConfigError(f"--set {item!r}: the key is empty")
+    return key.split("."), yaml.safe_load(raw) if raw != "" else ""
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to a raw config tree."""
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = tree
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return tree
+
+
+def default_config_path() -> Path:
+    """The embedded default: train the small model on the synthetic benchmark."""
+    return Path(str(resources.files("hardseg") / "configs" / "default.yaml"))
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load and validate a run configuration.
+
+    Args:
+        path: a YAML file; None loads the embedded default.
+        overrides: ``KEY=VALUE`` strings applied on top (``train.epochs=3``).
+
+    Raises:
+        ConfigError: one line naming the key to fix.
+    """
+    source = str(path) if path is not None else "default config"
+    file = Path(path) if path is not None else default_config_path()
+    if not file.is_file():
+        raise ConfigError(f"config file not found: {file} (pass an existing YAML file)")
+    try:
+        tree = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys")
+    tree = apply_overrides(tree, list(overrides or []))
+    return validate_config(tree, source)
+
+
+def validate_config(tree: dict[str, Any], source: str = "config") -> RunConfig:
+    """Validate a raw tree: schema, then names against the registries."""
+    try:
+        cfg = RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+    check_registered_names(cfg, source)
+    return cfg
+
+
+def check_registered_names(cfg: RunConfig, source: str = "config") -> None:
+    """Model and strategy names must exist; strategy parameters must validate."""
+    from hardseg.models import available_models
+    from hardseg.strategies import validate_strategies
+
+    models = available_models()
+    if cfg.model.name not in models:
+        raise ConfigError(f"{source}: unknown model '{cfg.model.name}' for 'model.name'; allowed: {', '.join(models)}")
+    validate_strategies(cfg.strategies, cfg.strategy_params, source=source)

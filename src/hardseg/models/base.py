@@ -1,0 +1,57 @@
+"""Base class of hardseg networks: encode → decode, with hooks for strategies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from hardseg.models.output import SegOutput
+
+
+class SegModel(nn.Module):
+    """A segmentation network split into the parts strategies attach to.
+
+    Subclasses implement :meth:`encode`, :meth:`head_input`, :meth:`decode`
+    and :meth:`new_head`; :meth:`forward` puts them together. ``decode_head``
+    must be the module that maps ``head_input(features)`` to logits, so that
+    ``new_head(k)`` can build a fresh copy of its architecture with ``k``
+    output channels.
+    """
+
+    num_classes: int
+    feature_channels: dict[str, int]  # name → channels, shallow → deep
+    align_corners: bool = False
+
+    def encode(self, x: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def head_input(self, features: dict[str, Tensor]) -> Any:
+        raise NotImplementedError
+
+    def decode(self, head_input: Any) -> Tensor:
+        return self.decode_head(head_input)
+
+    def decode_aux(self, features: dict[str, Tensor]) -> Tensor | None:
+        return None
+
+    def new_head(self, out_channels: int) -> nn.Module:
+        """A freshly initialised module with the decode head's architecture."""
+        raise NotImplementedError
+
+    def upsample(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
+        if logits.shape[-2:] == size:
+            return logits
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
+
+    def forward(self, x: Tensor) -> SegOutput:
+        size = x.shape[-2:]
+        feats = self.encode(x)
+        hin = self.head_input(feats)
+        logits = self.upsample(self.decode(hin), size)
+        aux = self.decode_aux(feats)
+        if aux is not None:
+            aux = self.upsample(aux, size)
+        return SegOutput(logits=logits, aux=aux, features=feats, head_input=hin)

@@ -1,0 +1,39 @@
+"""The one structured output every hardseg model returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor
+
+
+@dataclass
+class SegOutput:
+    """What a segmentation network produced for a batch.
+
+    Attributes:
+        logits: main logits (N, C, H, W), upsampled to the input size.
+        aux: auxiliary-head logits at the input size, or None.
+        features: named intermediate features, ordered shallow → deep, so
+            strategies can attach branches (HL head, Self-Regulation exits,
+            coarse-to-fine stages) without forking model classes.
+        head_input: exactly what the decode head consumed (a tensor or a
+            dict of tensors); an HL branch is a fresh copy of the decode head
+            applied to a detached copy of it.
+        extras: outputs of strategy modules (HL logits, SR exits, C2F stages).
+    """
+
+    logits: Tensor
+    aux: Tensor | None = None
+    features: dict[str, Tensor] = field(default_factory=dict)
+    head_input: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"logits": self.logits, "aux": self.aux, "features": self.features,
+                "head_input": self.head_input, "extras": self.extras}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SegOutput":
+        return cls(**d)

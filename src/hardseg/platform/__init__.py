@@ -1,0 +1,1 @@
+"""CLI, Ray cluster connection, Ray Train/Tune orchestration and MLflow tracking."""

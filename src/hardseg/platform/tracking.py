@@ -1,0 +1,137 @@
+"""MLflow tracking: where runs go and how a training run is recorded.
+
+Default store: an absolute ``sqlite:///<cwd>/mlruns/mlflow.db`` with each
+experiment's artifact location set explicitly to ``<cwd>/mlruns/artifacts``
+(Ray changes working directories, so relative URIs would scatter runs).
+``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` selects a server instead.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+DEFAULT_DIR = "mlruns"
+MAX_PARAM_LEN = 6000
+
+
+def resolve_tracking_uri(uri: str | None = None, workdir: Path | None = None) -> str:
+    """``uri`` > ``MLFLOW_TRACKING_URI`` > ``sqlite:///<workdir>/mlruns/mlflow.db``."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            path = Path(uri[len("sqlite:///"):]).resolve()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return f"sqlite:///{path}"
+        return uri
+    root = (workdir or Path.cwd()).resolve() / DEFAULT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def default_artifact_root(uri: str) -> str | None:
+    """Artifact folder for experiments in a local SQLite store; None for servers."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "artifacts").as_uri()
+    return None
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    root = default_artifact_root(uri)
+    location = f"{root}/{name}" if root else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
+    items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, Any], step: int | None = None) -> None:
+    """Log the numeric entries of ``metrics`` (NaN included; strings skipped)."""
+    import time
+
+    ts = int(time.time() * 1000)
+    items = [Metric(k, float(v), ts, step or 0) for k, v in sorted(metrics.items())
+             if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    for i in range(0, len(items), 500):
+        client.log_batch(run_id, metrics=items[i:i + 500])
+
+
+def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
+    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def log_visuals(client: MlflowClient, run_id: str, folder: Path, step: int) -> None:
+    """Log every PNG in ``folder`` as an MLflow image with a step slider."""
+    from PIL import Image
+
+    for png in sorted(folder.glob("*.png")):
+        with Image.open(png) as img:
+            client.log_image(run_id, img.copy(), key=png.stem, step=step)
+
+
+class MLflowEpochLogger:
+    """Logs each epoch's report to one MLflow run (step = epoch).
+
+    Used as a Ray Train ``UserCallback`` (it runs in the Train controller, so
+    workers never talk to MLflow) and called directly by the local runner.
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self._client: MlflowClient | None = None
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def log(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        step = int(metrics.get("epoch", 0))
+        if "error" in metrics:
+            set_tags(self.client, self.run_id, {"hardseg.error": metrics["error"]})
+        log_metrics(self.client, self.run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step)
+        if checkpoint_dir is not None and (Path(checkpoint_dir) / "visuals").is_dir():
+            log_visuals(self.client, self.run_id, Path(checkpoint_dir) / "visuals", step)
+
+
+def ray_callback(tracking_uri: str, run_id: str):
+    """The :class:`MLflowEpochLogger` as a Ray Train V2 ``UserCallback``."""
+    from ray.train import UserCallback
+
+    class _Callback(UserCallback):
+        def __init__(self) -> None:
+            self.logger = MLflowEpochLogger(tracking_uri, run_id)
+
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            rank0 = metrics[0] if metrics else {}
+            if checkpoint is not None:
+                with checkpoint.as_directory() as d:
+                    self.logger.log(rank0, Path(d))
+            else:
+                self.logger.log(rank0, None)
+
+    return _Callback()
+
+
+def write_temp_text(name: str, text: str) -> Path:
+    d = Path(tempfile.mkdtemp(prefix="hardseg-art-"))
+    (d / name).write_text(text)
+    return d / name
+
+
+__all__ = ["mlflow", "MlflowClient", "resolve_tracking_uri", "get_or_create_experiment", "log_params",
+           "log_metrics", "set_tags", "MLflowEpochLogger", "ray_callback"]

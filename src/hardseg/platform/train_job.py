@@ -1,0 +1,179 @@
+"""``hardseg train``: one DDP training run on Ray Train, recorded as one MLflow run.
+
+Order matters for "nothing half-written": the config is validated and the
+dataset prepared and checked *before* the MLflow run is created; from then on
+the run always ends in a terminal state (FINISHED, FAILED or KILLED) with the
+reason as the ``hardseg.error`` tag.
+"""
+
+from __future__ import annotations
+
+import platform as _platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hardseg.config import RunConfig
+from hardseg.errors import HardsegError, TrainingError
+from hardseg.platform import tracking
+
+EXPORT_ARTIFACT_DIR = "model"
+
+
+@dataclass
+class TrainOutcome:
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    checkpoint_path: str | None = None
+    wall_s: float = 0.0
+
+
+def resolve_paths(cfg: RunConfig, workdir: Path | None = None) -> RunConfig:
+    """Make relative data and storage paths absolute (Ray changes the working directory)."""
+    base = (workdir or Path.cwd()).resolve()
+    cfg = cfg.model_copy(deep=True)
+    if "://" not in cfg.data.root:
+        cfg.data.root = str((base / cfg.data.root).resolve())
+    if "://" not in cfg.ray.storage_path:
+        cfg.ray.storage_path = str((base / cfg.ray.storage_path).resolve())
+    return cfg
+
+
+def prepare_data(cfg: RunConfig) -> None:
+    """Generate the synthetic set once on the driver, or check a real dataset,
+    so that workers neither race to generate it nor fail on a bad file later."""
+    from hardseg.data import available_splits, build_dataset
+
+    splits = available_splits(cfg.data)
+    for split in ["train", "val", *cfg.data.eval_domains]:
+        if split not in splits:
+            raise HardsegError(f"data.eval_domains: unknown split '{split}' for dataset '{cfg.data.dataset}'; "
+                               f"available: {', '.join(splits)}")
+    if cfg.data.dataset != "synthetic":
+        for split in ["train", "val", *cfg.data.eval_domains]:
+            ds = build_dataset(cfg.data, split, train=False)
+            if hasattr(ds, "validate"):
+                ds.validate()
+
+
+def git_commit(path: Path | None = None) -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=path or Path.cwd(), capture_output=True,
+                              text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_tags(cfg: RunConfig) -> dict[str, str]:
+    import ray
+    import torch
+
+    return {
+        "hardseg.kind": "train",
+        "hardseg.strategies": "+".join(cfg.strategies),
+        "hardseg.model": cfg.model.name,
+        "hardseg.dataset": cfg.data.dataset,
+        "hardseg.seed": str(cfg.seed),
+        "git_commit": git_commit(Path(__file__).parent),
+        "ray_version": ray.__version__,
+        "torch_version": torch.__version__,
+        "python_version": _platform.python_version(),
+        "mlflow.runName": cfg.name,
+    }
+
+
+def start_run(cfg: RunConfig, config_text: str, tags: dict[str, str] | None = None,
+              parent_run_id: str | None = None) -> tuple[tracking.MlflowClient, str, str, str]:
+    """Create the MLflow run with params, tags and the config artifact."""
+    uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
+    client = tracking.MlflowClient(uri)
+    exp_id = tracking.get_or_create_experiment(client, cfg.tracking.experiment, uri)
+    all_tags = {**run_tags(cfg), **(tags or {})}
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = client.create_run(exp_id, run_name=cfg.name, tags=all_tags)
+    run_id = run.info.run_id
+    tracking.log_params(client, run_id, cfg.flat())
+    client.log_text(run_id, config_text, "config.yaml")
+    return client, uri, exp_id, run_id
+
+
+def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str, str] | None = None) -> TrainOutcome:
+    """Validate, prepare data, then train with ``cfg.ray.num_workers`` DDP workers.
+
+    Raises:
+        HardsegError: bad input (before anything is logged) or a failed run
+            (after the MLflow run was closed as FAILED with the reason).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from hardseg.platform.cluster import ensure_ray
+    from hardseg.trainables.loop import EXPORT_FILE
+    from hardseg.trainables.ray_worker import train_loop_per_worker
+
+    cfg = resolve_paths(cfg, workdir)
+    prepare_data(cfg)
+    ensure_ray(cfg.ray)
+    config_text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    client, uri, exp_id, run_id = start_run(cfg, config_text, tags)
+    print(f"[hardseg] MLflow run {run_id} in experiment '{cfg.tracking.experiment}' at {uri}", flush=True)
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run": cfg.model_dump(mode="json")},
+        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
+                                     resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
+        run_config=TrainRunConfig(
+            name=f"train-{run_id}",
+            storage_path=cfg.ray.storage_path,
+            failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[tracking.ray_callback(uri, run_id)],
+        ),
+    )
+    start = time.perf_counter()
+    status, reason = "FAILED", "unknown"
+    try:
+        result = trainer.fit()
+        metrics = dict(result.metrics or {})
+        if "error" in metrics:
+            reason = metrics["error"]
+            raise TrainingError(f"run {run_id} failed: {reason}; lower train.lr or check the data and strategy settings")
+        ckpt_path = result.checkpoint.path if result.checkpoint else None
+        if result.checkpoint is not None:
+            with result.checkpoint.as_directory() as d:
+                client.log_artifact(run_id, str(Path(d) / EXPORT_FILE), EXPORT_ARTIFACT_DIR)
+        client.log_text(run_id, config_text, f"{EXPORT_ARTIFACT_DIR}/config.yaml")
+        wall = time.perf_counter() - start
+        tracking.log_metrics(client, run_id, {"wall_time_s": wall})
+        status = "FINISHED"
+        return TrainOutcome(run_id, exp_id, uri, metrics, checkpoint_path=ckpt_path, wall_s=wall)
+    except KeyboardInterrupt:
+        status, reason = "KILLED", "interrupted (Ctrl-C)"
+        raise
+    except HardsegError:
+        raise
+    except Exception as err:  # Ray's TrainingFailedError wraps the worker's exception
+        reason = _one_line(err)
+        raise TrainingError(f"run {run_id} failed: {reason}") from err
+    finally:
+        if status != "FINISHED":
+            tracking.set_tags(client, run_id, {"hardseg.error": reason})
+        client.set_terminated(run_id, status)
+
+
+def _one_line(err: BaseException) -> str:
+    """The innermost cause's message, on one line."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    text = str(err).strip().splitlines()
+    last = [line for line in text if line.strip()][-1] if text else type(err).__name__
+    return f"{type(err).__name__}: {last}"[:500]

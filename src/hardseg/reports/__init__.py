@@ -1,0 +1,1 @@
+"""Comparisons, tables, plots and cross-domain matrices built from MLflow."""

@@ -1,0 +1,1 @@
+"""Search spaces and presets for sweeps (YAML files + their loader)."""

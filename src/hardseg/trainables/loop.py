@@ -1,0 +1,321 @@
+"""The per-worker training and evaluation loop.
+
+Read it top to bottom, like torchvision's ``references/segmentation/train.py``:
+:func:`fit` builds data, model, objective and optimiser, resumes from a
+checkpoint if the session has one, then alternates :func:`train_one_epoch` and
+:func:`evaluate` and reports once per epoch. It knows nothing of Ray or MLflow:
+a :class:`Session` supplies the rank, device, DDP wrapping, checkpoint and
+report hooks (``ray_worker.RaySession`` under Ray Train,
+``local.LocalSession`` in a plain process).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Iterator, Protocol
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
+
+from hardseg.config import RunConfig
+from hardseg.data import build_dataset, class_pixel_frequencies
+from hardseg.models import SegOutput, build_model
+from hardseg.strategies import Objective, StrategyContext, TrainingModel
+from hardseg.trainables.metrics import SegMetrics
+
+CHECKPOINT_FILE = "checkpoint.pt"
+EXPORT_FILE = "model_export.pt"
+
+
+class Session(Protocol):
+    """What the loop needs from its runtime (Ray Train or a plain process)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def wrap_model(self, model: nn.Module) -> nn.Module: ...
+    def load_checkpoint(self) -> dict[str, Any] | None: ...
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None: ...
+
+
+class ShardSampler(Sampler[int]):
+    """Every ``world_size``-th index from ``rank``: no padding, so the shards'
+    confusion matrices add up to exactly the whole split's."""
+
+    def __init__(self, length: int, rank: int, world_size: int):
+        self.indices = list(range(rank, length, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def resolve_flag(value: str, device: torch.device) -> bool:
+    """``auto`` means on for CUDA, off for CPU."""
+    return device.type == "cuda" if value == "auto" else value == "on"
+
+
+def poly_lambda(total_steps: int, power: float, warmup_steps: int = 0):
+    """Poly LR (1 − t/T)^power after a linear warm-up, as in DeepLab."""
+    def f(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        return max(0.0, 1.0 - step / max(1, total_steps)) ** power
+    return f
+
+
+def build_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+    t = cfg.train
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def seed_for(*parts: int) -> int:
+    """A 63-bit seed derived from (seed, epoch, rank, ...), stable across runs."""
+    h = 1469598103934665603
+    for p in parts:
+        h = ((h ^ (p & 0xFFFFFFFF)) * 1099511628211) % (1 << 63)
+    return h
+
+
+def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, optimizer: torch.optim.Optimizer,
+                    scheduler, scaler: torch.amp.GradScaler | None, device: torch.device, epoch: int, epochs: int,
+                    channels_last: bool, world_size: int) -> dict[str, float]:
+    """One pass over the training shard; returns mean loss terms and throughput.
+
+    Raises ``FloatingPointError`` when the loss or the (DDP-averaged)
+    gradients stop being finite; every rank sees the same averaged
+    gradients, so every rank stops at the same step.
+    """
+    model.train()
+    sums: dict[str, float] = {}
+    n_images, step_times = 0, []
+    steps = len(loader)
+    amp = torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16) \
+        if scaler is not None else nullcontext()
+    start = time.perf_counter()
+    for step, (images, target) in enumerate(loader):
+        t0 = time.perf_counter()
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        target = target.to(device, non_blocking=True)
+        with amp:
+            out = SegOutput.from_dict(model(images))
+            terms = objective.losses(out, target, progress=(epoch + step / steps) / epochs)
+        loss = terms["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+        if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):
+            raise FloatingPointError(f"loss became {loss.item()} (gradient norm {grad_norm.item()}) at epoch {epoch + 1}, step {step + 1}")
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        scheduler.step()
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach())
+        n_images += images.shape[0]
+        step_times.append(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - start
+    stats = {f"train/{k}": v / max(1, steps) for k, v in sums.items()}
+    stats["train/images_per_s"] = n_images * world_size / elapsed
+    stats["train/step_time_s"] = float(np.median(step_times)) if step_times else float("nan")
+    stats["train/epoch_time_s"] = elapsed
+    stats["lr"] = optimizer.param_groups[0]["lr"]
+    return stats
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, loader: DataLoader, device: torch.device, metrics: SegMetrics,
+             channels_last: bool = False) -> dict[str, float]:
+    """Confusion-matrix metrics over a (sharded) split, summed over ranks."""
+    net.eval()
+    for images, target in loader:
+        images = images.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        out = net(images)
+        logits = out.logits if isinstance(out, SegOutput) else out
+        metrics.update(target, logits.argmax(1))
+    metrics.reduce_from_all_processes()
+    return metrics.compute()
+
+
+def _metrics_for(info) -> SegMetrics:
+    return SegMetrics(info.num_classes, info.class_names, info.large_classes, info.small_classes,
+                      info.thin_classes, ignore_index=info.ignore_index)
+
+
+def _eval_loader(cfg: RunConfig, split: str, session: Session) -> DataLoader:
+    ds = build_dataset(cfg.data, split, train=False)
+    return DataLoader(ds, batch_size=max(cfg.train.batch_size, 32),
+                      sampler=ShardSampler(len(ds), session.rank, session.world_size))
+
+
+def _visual_batch(loader: DataLoader, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    images, target = next(iter(loader))
+    return images[:n], target[:n]
+
+
+def fit(cfg: RunConfig, session: Session) -> dict[str, Any]:
+    """Train ``cfg`` on this worker; returns the last reported metrics."""
+    device = session.device
+    torch.set_num_threads(cfg.train.num_threads or max(1, int(cfg.ray.cpus_per_worker)))
+    use_amp = resolve_flag(cfg.train.amp, device)
+    channels_last = resolve_flag(cfg.train.channels_last, device)
+
+    # Data. The augmentation stream is reseeded per (seed, epoch, rank) below.
+    train_set = build_dataset(cfg.data, "train", train=True)
+    info = train_set.info
+    if cfg.train.shuffle:
+        sampler: Sampler = DistributedSampler(train_set, session.world_size, session.rank, shuffle=True,
+                                              seed=cfg.seed, drop_last=True) if session.world_size > 1 \
+            else RandomSampler(train_set, generator=torch.Generator().manual_seed(cfg.seed))
+    else:
+        sampler = DistributedSampler(train_set, session.world_size, session.rank, shuffle=False, drop_last=True) \
+            if session.world_size > 1 else SequentialSampler(train_set)
+    train_loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True)
+    val_loader = _eval_loader(cfg, "val", session)
+
+    # Model and objective: the same seed on every rank gives the same init.
+    torch.manual_seed(cfg.seed)
+    ctx = StrategyContext(num_classes=info.num_classes, ignore_index=info.ignore_index,
+                          class_frequencies=class_pixel_frequencies(train_set), hierarchy=info.hierarchy)
+    objective = Objective(cfg.strategies, cfg.strategy_params, ctx)
+    net = build_model(cfg.model.name, info.num_classes, aux=cfg.model.aux, width=cfg.model.width, norm=cfg.model.norm)
+    tm = TrainingModel(net, objective).to(device)
+    if channels_last:
+        tm = tm.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(cfg, tm.parameters())
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} is larger than a worker's share of the "
+                         f"{len(train_set)} training images; lower train.batch_size or ray.num_workers")
+    total = cfg.train.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, poly_lambda(total, cfg.train.poly_power, int(cfg.train.warmup_epochs * steps_per_epoch)))
+    scaler = torch.amp.GradScaler(device.type) if use_amp else None
+
+    start_epoch, resumed = 0, False
+    state = session.load_checkpoint()
+    if state is not None:
+        tm.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, resumed = state["epoch"] + 1, True
+    model = session.wrap_model(tm)
+
+    last: dict[str, Any] = {}
+    for epoch in range(start_epoch, cfg.train.epochs):
+        _maybe_inject_fault(cfg, session, epoch, resumed)
+        torch.manual_seed(seed_for(cfg.seed, epoch, session.rank))
+        if isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(epoch)
+        elif isinstance(sampler, RandomSampler):
+            sampler.generator.manual_seed(seed_for(cfg.seed, epoch))
+        try:
+            metrics: dict[str, Any] = {"epoch": epoch + 1}
+            metrics.update(train_one_epoch(model, objective, train_loader, optimizer, scheduler, scaler, device,
+                                           epoch, cfg.train.epochs, channels_last, session.world_size))
+        except FloatingPointError as err:
+            # Every rank stops here; report instead of raising so Ray does not retry a
+            # deterministic failure from the last checkpoint.
+            last = {"epoch": epoch + 1, "error": f"non-finite loss: {err}"}
+            session.report(last, None)
+            return last
+        is_last = epoch + 1 == cfg.train.epochs
+        if is_last or (epoch + 1) % cfg.train.eval_every == 0:
+            val = evaluate(tm.net, val_loader, device, _metrics_for(info), channels_last)
+            metrics.update({f"val/{k}": v for k, v in val.items()})
+        if is_last:
+            for domain in cfg.data.eval_domains:
+                res = evaluate(tm.net, _eval_loader(cfg, domain, session), device, _metrics_for(info), channels_last)
+                metrics.update({f"{domain}/{k}": v for k, v in res.items()})
+        visuals = {}
+        every = cfg.train.log_images_every
+        if session.rank == 0 and every and ((epoch + 1) % every == 0 or is_last):
+            visuals = _visuals(tm, objective, val_loader, device, channels_last)
+        if session.rank == 0:
+            _print_progress(epoch, cfg.train.epochs, metrics)
+        ckpt_dir = _save_checkpoint(tm, optimizer, scheduler, scaler, epoch, cfg, visuals) if session.rank == 0 else None
+        try:
+            session.report(metrics, ckpt_dir)
+        finally:
+            if ckpt_dir is not None:
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
+        last = metrics
+    return last
+
+
+@torch.no_grad()
+def _visuals(tm: TrainingModel, objective: Objective, loader: DataLoader, device: torch.device,
+             channels_last: bool) -> dict[str, np.ndarray]:
+    images, target = _visual_batch(loader)
+    images, target = images.to(device), target.to(device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    was_training = tm.training
+    tm.eval()
+    try:
+        out = SegOutput.from_dict(tm(images))
+        return objective.visuals(out, images, target) if hasattr(objective, "visuals") else {}
+    finally:
+        tm.train(was_training)
+
+
+def _save_checkpoint(tm: TrainingModel, optimizer, scheduler, scaler, epoch: int, cfg: RunConfig,
+                     visuals: dict[str, np.ndarray]) -> Path:
+    d = Path(tempfile.mkdtemp(prefix="hardseg-ckpt-"))
+    torch.save({"model": tm.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
+                "config": cfg.model_dump(mode="json")}, d / CHECKPOINT_FILE)
+    export = tm.export()
+    torch.save({"model": export.state_dict(), "config": cfg.model_dump(mode="json"),
+                "num_parameters": sum(p.numel() for p in export.parameters())}, d / EXPORT_FILE)
+    if visuals:
+        from PIL import Image
+
+        (d / "visuals").mkdir()
+        for name, img in visuals.items():
+            Image.fromarray(np.asarray(img, dtype=np.uint8)).save(d / "visuals" / f"{name.replace('/', '_')}.png")
+    return d
+
+
+def _print_progress(epoch: int, epochs: int, m: dict[str, Any]) -> None:
+    miou = m.get("val/miou")
+    parts = [f"epoch {epoch + 1}/{epochs}", f"loss {m.get('train/loss', float('nan')):.4f}"]
+    if miou is not None:
+        parts.append(f"val mIoU {miou:.4f}")
+    parts += [f"{m.get('train/images_per_s', 0):.0f} img/s", f"{m.get('train/epoch_time_s', 0):.1f}s"]
+    print("[hardseg] " + " | ".join(parts), flush=True)
+
+
+def _maybe_inject_fault(cfg: RunConfig, session: Session, epoch: int, resumed: bool) -> None:
+    """Test aid: a configured rank kills its own process (SIGKILL) once."""
+    f = cfg.fault
+    if f.kill_rank is not None and f.kill_rank == session.rank and f.kill_at_epoch == epoch + 1 and not resumed:
+        import os
+        import signal
+
+        print(f"[hardseg] fault injection: rank {session.rank} kills itself at epoch {epoch + 1}", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)

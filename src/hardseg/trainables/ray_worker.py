@@ -1,0 +1,49 @@
+"""The loop as a Ray Train (V2) ``train_loop_per_worker``.
+
+``TorchTrainer`` starts the workers and a gloo (CPU) or NCCL (GPU) process
+group; :class:`RaySession` adapts Ray Train's context to the loop's
+:class:`~hardseg.trainables.loop.Session`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.nn as nn
+
+from hardseg.config import RunConfig
+from hardseg.trainables.loop import CHECKPOINT_FILE, fit
+
+
+class RaySession:
+    def __init__(self) -> None:
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        # DDP when world_size > 1; the model is already on the device.
+        return ray.train.torch.prepare_model(model, move_to_device=False)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        ckpt = ray.train.get_checkpoint()
+        if ckpt is None:
+            return None
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        print(f"[hardseg] rank {self.rank}: resuming after epoch {state['epoch'] + 1} from {ckpt.path}", flush=True)
+        return state
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Entry point given to ``TorchTrainer``; ``config["run"]`` is a RunConfig dump."""
+    fit(RunConfig.model_validate(config["run"]), RaySession())

@@ -1,0 +1,103 @@
+"""Shared fixtures: a real local Ray runtime, real MLflow stores, small synthetic data."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("RAY_ADDRESS", None)
+
+
+def small_overrides(data_root: Path, **extra) -> list[str]:
+    """``--set`` overrides for a fast run on the small test dataset."""
+    base = {
+        "data.root": str(data_root),
+        "data.synthetic.size": 32,
+        "data.synthetic.n_train": 64,
+        "data.synthetic.n_val": 32,
+        "data.synthetic.n_shift": 16,
+        "train.epochs": 2,
+        "train.batch_size": 8,
+        "data.eval_domains": "[fog-3]",
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory) -> Path:
+    """The small synthetic set, generated once per session."""
+    from hardseg.config import SyntheticConfig
+    from hardseg.data.synthetic import ensure_synthetic
+
+    root = tmp_path_factory.mktemp("data")
+    ensure_synthetic(root, SyntheticConfig(size=32, n_train=64, n_val=32, n_shift=16, seed=0))
+    return root
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One real local Ray runtime for the session (2 CPUs, like CI)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture()
+def sqlite_uri(tmp_path) -> str:
+    db = tmp_path / "mlruns" / "mlflow.db"
+    db.parent.mkdir(parents=True)
+    return f"sqlite:///{db}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real ``mlflow server`` on 127.0.0.1 with a SQLite backend and local artifacts."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
+           "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    import urllib.request
+
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited: {(root / 'server.log').read_text()[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("mlflow server did not become healthy in 90 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
