@@ -50,7 +50,7 @@ def ray_local():
     """One real local Ray runtime for the session (2 CPUs, like CI)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(num_cpus=2, logging_level="WARNING")
     yield ray
     ray.shutdown()
 

@@ -8,6 +8,9 @@ each worker ``ray.cpus_per_worker``. A local runtime therefore needs
 while the worker group waits for resources that never come. Tune trial
 drivers get their own custom resource ``trial_driver`` (see the sweeps), so
 they never compete with workers for CPUs.
+
+The dashboard stays on: Ray Train's placement-group cleaner queries the State
+API through it and logs an error every few seconds without it.
 """
 
 from __future__ import annotations
@@ -38,5 +41,5 @@ def ensure_ray(cfg: RayConfig, *, trial_drivers: int = 0) -> dict:
         need = cfg.num_workers * cfg.cpus_per_worker
         cpus = max(os.cpu_count() or 1, int(need + 0.999))
         resources = {TRIAL_DRIVER_RESOURCE: trial_drivers} if trial_drivers else None
-        ray.init(num_cpus=cpus, num_gpus=None, resources=resources, include_dashboard=False, **common)
+        ray.init(num_cpus=cpus, resources=resources, **common)
     return ray.cluster_resources()

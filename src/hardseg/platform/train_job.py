@@ -112,7 +112,7 @@ def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str,
         HardsegError: bad input (before anything is logged) or a failed run
             (after the MLflow run was closed as FAILED with the reason).
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig as TrainRunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from hardseg.platform.cluster import ensure_ray
@@ -137,15 +137,21 @@ def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str,
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[tracking.ray_callback(uri, run_id)],
+            logging_config=LoggingConfig(log_level="WARNING"),
+            # Ray Train's print patch would echo every progress line twice.
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
     )
     start = time.perf_counter()
     status, reason = "FAILED", "unknown"
     try:
         result = trainer.fit()
+        # result.metrics belong to the last checkpoint; an error report carries no
+        # checkpoint, so the MLflow callback's error tag is the source of truth.
         metrics = dict(result.metrics or {})
-        if "error" in metrics:
-            reason = metrics["error"]
+        error = client.get_run(run_id).data.tags.get("hardseg.error")
+        if error:
+            reason = error
             raise TrainingError(f"run {run_id} failed: {reason}; lower train.lr or check the data and strategy settings")
         ckpt_path = result.checkpoint.path if result.checkpoint else None
         if result.checkpoint is not None:

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
@@ -105,6 +106,7 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, 
     amp = torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16) \
         if scaler is not None else nullcontext()
     start = time.perf_counter()
+    first_step_unix = time.time()
     for step, (images, target) in enumerate(loader):
         t0 = time.perf_counter()
         images = images.to(device, non_blocking=True)
@@ -135,12 +137,24 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, 
         n_images += images.shape[0]
         step_times.append(time.perf_counter() - t0)
     elapsed = time.perf_counter() - start
+    sums = _mean_over_ranks(sums, world_size)
     stats = {f"train/{k}": v / max(1, steps) for k, v in sums.items()}
     stats["train/images_per_s"] = n_images * world_size / elapsed
     stats["train/step_time_s"] = float(np.median(step_times)) if step_times else float("nan")
     stats["train/epoch_time_s"] = elapsed
+    stats["train/first_step_unix"] = first_step_unix
     stats["lr"] = optimizer.param_groups[0]["lr"]
     return stats
+
+
+def _mean_over_ranks(values: dict[str, float], world_size: int) -> dict[str, float]:
+    """Average per-rank epoch sums over DDP ranks, so reported losses are global."""
+    if world_size == 1 or not values or not (dist.is_available() and dist.is_initialized()):
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+    dist.all_reduce(t)
+    return {k: float(v) / world_size for k, v in zip(keys, t)}
 
 
 @torch.no_grad()

@@ -7,6 +7,7 @@ group; :class:`RaySession` adapts Ray Train's context to the loop's
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,20 @@ from hardseg.config import RunConfig
 from hardseg.trainables.loop import CHECKPOINT_FILE, fit
 
 
+def _quiet_report_log() -> None:
+    """Ray Train logs every report's full metrics dict at INFO under a logger named
+    after its file path, which LoggingConfig does not reach; keep only warnings."""
+    try:
+        from ray.train.v2._internal.execution import context as _train_context
+
+        _train_context.logger.setLevel(logging.WARNING)
+    except (ImportError, AttributeError):
+        pass
+
+
 class RaySession:
     def __init__(self) -> None:
+        _quiet_report_log()
         ctx = ray.train.get_context()
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()

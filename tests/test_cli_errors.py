@@ -1,0 +1,97 @@
+"""Bad input: one-line error naming the thing to fix, exit status 2, nothing in MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hardseg.platform.cli import main as cli
+
+
+def _no_runs(uri: str) -> bool:
+    path = Path(uri[len("sqlite:///"):])
+    if not path.exists():
+        return True
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    return all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())
+
+
+def _check(capsys, argv, *needles):
+    rc = cli(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+@pytest.mark.parametrize("override, needles", [
+    ("train.epochz=3", ["unknown key 'train.epochz'"]),
+    ("bogus=1", ["unknown key 'bogus'"]),
+    ("train.epochs=many", ["'train.epochs'"]),
+    ("train.optimizer=adam", ["'train.optimizer'", "'sgd'", "'adamw'"]),
+    ("model.name=unet9000", ["unknown model 'unet9000'", "tiny_seg"]),
+    ("strategies=[ce,nonsense]", ["unknown strategy 'nonsense'", "ce"]),
+    ("data.dataset=imagenet", ["'data.dataset'", "synthetic"]),
+    ("strategy_params.ce.aux_weight=-1", ["strategy_params.ce.aux_weight"]),
+    ("train.batch_size=0", ["'train.batch_size'"]),
+])
+def test_bad_config_is_one_line_exit_2_and_nothing_logged(capsys, sqlite_uri, override, needles):
+    _check(capsys, ["train", "--set", override, "--tracking-uri", sqlite_uri], *needles)
+    assert _no_runs(sqlite_uri)
+
+
+def test_bad_yaml_file_and_missing_file(capsys, tmp_path, sqlite_uri):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    _check(capsys, ["train", str(bad), "--tracking-uri", sqlite_uri], str(bad), "YAML")
+    _check(capsys, ["train", str(tmp_path / "nope.yaml"), "--tracking-uri", sqlite_uri], "nope.yaml")
+    _check(capsys, ["train", "--set", "train.epochs", "--tracking-uri", sqlite_uri], "KEY=VALUE")
+    assert _no_runs(sqlite_uri)
+
+
+def test_missing_dataset(capsys, tmp_path, sqlite_uri):
+    _check(capsys, ["train", "--set", "data.dataset=folder", "--set", f"data.root={tmp_path / 'absent'}",
+                    "--tracking-uri", sqlite_uri], str(tmp_path / "absent"))
+    assert _no_runs(sqlite_uri)
+
+
+def _folder_dataset(root: Path, bad_value: int | None = None) -> None:
+    (root / "images" / "train").mkdir(parents=True)
+    (root / "masks" / "train").mkdir(parents=True)
+    (root / "images" / "val").mkdir(parents=True)
+    (root / "masks" / "val").mkdir(parents=True)
+    (root / "classes.yaml").write_text("classes: [background, thing, other]\n")
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "images" / split / f"im{i}.png")
+            mask = rng.integers(0, 3, (32, 32), dtype=np.uint8)
+            if bad_value is not None and split == "train" and i == 2:
+                mask[5, 5] = bad_value
+            Image.fromarray(mask).save(root / "masks" / split / f"im{i}.png")
+
+
+def test_label_id_out_of_range_names_the_file(capsys, tmp_path, sqlite_uri):
+    _folder_dataset(tmp_path / "ds", bad_value=7)
+    line = _check(capsys, ["train", "--set", "data.dataset=folder", "--set", f"data.root={tmp_path / 'ds'}",
+                           "--set", "data.eval_domains=[]", "--tracking-uri", sqlite_uri], "im2.png", "7")
+    assert "masks" in line
+    assert _no_runs(sqlite_uri)
+
+
+def test_unknown_eval_domain(capsys, data_root, sqlite_uri):
+    from conftest import small_overrides
+
+    args = ["train"]
+    for o in small_overrides(data_root, **{"data.eval_domains": "[fog-9]"}):
+        args += ["--set", o]
+    _check(capsys, args + ["--tracking-uri", sqlite_uri], "fog-9")
+    assert _no_runs(sqlite_uri)

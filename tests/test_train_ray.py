@@ -1,0 +1,117 @@
+"""End-to-end training on real Ray Train workers (DDP on gloo) with real MLflow stores."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from hardseg.config import load_config
+from hardseg.platform.cli import main as cli
+from hardseg.platform.train_job import run_training
+from hardseg.trainables.local import run_local
+
+from conftest import small_overrides
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _runs(uri: str):
+    client = MlflowClient(uri)
+    exps = client.search_experiments()
+    return client, [r for e in exps for r in client.search_runs([e.experiment_id])]
+
+
+def test_train_two_workers_logs_one_finished_run(ray_local, data_root, sqlite_uri, tmp_path, capsys):
+    rc = cli(["train", *sum((["--set", o] for o in small_overrides(data_root, **{
+        "ray.storage_path": str(tmp_path / "runs"), "train.epochs": 3})), []), "--tracking-uri", sqlite_uri])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "epoch 3/3" in out and "val mIoU" in out and "img/s" in out
+    client, runs = _runs(sqlite_uri)
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert run.data.params["ray.num_workers"] == "2"
+    assert run.data.params["strategies"] == "['ce']"
+    history = client.get_metric_history(run.info.run_id, "val/miou")
+    assert [m.step for m in history] == [1, 2, 3]
+    for key in ("train/loss", "train/images_per_s", "val/band_iou", "val/small_iou", "val/small_recall",
+                "val/thin_iou", "fog-3/miou", "iou/background" if False else "val/pixel_acc"):
+        assert key in run.data.metrics, key
+    arts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "model"} <= arts
+    model_arts = {a.path for a in client.list_artifacts(run.info.run_id, "model")}
+    assert {"model/model_export.pt", "model/config.yaml"} <= model_arts
+    # The trained model beats chance by a wide margin even after 3 short epochs.
+    assert run.data.metrics["val/miou"] > 0.2
+
+
+def test_two_ddp_workers_match_one_worker_with_doubled_batch(ray_local, data_root, tmp_path):
+    common = dict(**{"train.shuffle": "false", "data.augment.enabled": "false", "model.norm": "group",
+                     "train.epochs": 2, "train.optimizer": "sgd", "train.lr": 0.05, "data.eval_domains": "[]",
+                     "train.log_images_every": 0})
+    ddp = load_config(None, small_overrides(data_root, **common, **{"train.batch_size": 4, "ray.num_workers": 2,
+                                                                      "ray.storage_path": str(tmp_path / "r")}))
+    single = load_config(None, small_overrides(data_root, **common, **{"train.batch_size": 8, "train.num_threads": 2}))
+    out = run_training(ddp.model_copy(update={"tracking": ddp.tracking.model_copy(
+        update={"uri": f"sqlite:///{tmp_path / 'm.db'}"})}))
+    hist = run_local(single)
+    ref = hist[-1]
+    for key in ("train/loss", "val/miou", "val/pixel_acc"):
+        assert math.isclose(out.metrics[key], ref[key], rel_tol=2e-3, abs_tol=2e-4), (key, out.metrics[key], ref[key])
+
+
+TIMING = ("images_per_s", "step_time_s", "epoch_time_s", "first_step_unix", "wall_time_s")
+
+
+def test_same_seed_reproduces_metrics_exactly_and_logs_to_mlflow_server(ray_local, data_root, sqlite_uri,
+                                                                        mlflow_server, tmp_path):
+    """Run 1 logs to a SQLite store, run 2 to a real `mlflow server`; metrics are identical."""
+    overrides = small_overrides(data_root, **{"ray.storage_path": str(tmp_path / "runs"), "seed": 7})
+    a = run_training(load_config(None, overrides + [f"tracking.uri={sqlite_uri}"]))
+    b = run_training(load_config(None, overrides + [f"tracking.uri={mlflow_server}"]))
+    keys = [k for k in a.metrics if not any(t in k for t in TIMING)]
+    assert len(keys) > 20
+    for k in keys:
+        va, vb = a.metrics[k], b.metrics[k]
+        assert va == vb or (isinstance(va, float) and math.isnan(va) and math.isnan(vb)), (k, va, vb)
+    server = MlflowClient(mlflow_server)
+    run = server.get_run(b.run_id)
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in server.get_metric_history(b.run_id, "val/miou")] == [1, 2]
+    assert "model" in {x.path for x in server.list_artifacts(b.run_id)}
+
+
+def test_killed_worker_resumes_from_checkpoint(ray_local, data_root, sqlite_uri, tmp_path, capfd):
+    """Rank 1 SIGKILLs itself at the start of epoch 3; Ray restarts the group, which resumes after epoch 2."""
+    cfg = load_config(None, small_overrides(data_root, **{
+        "train.epochs": 4, "fault.kill_rank": 1, "fault.kill_at_epoch": 3, "ray.max_failures": 1,
+        "ray.storage_path": str(tmp_path / "runs"), "tracking.uri": sqlite_uri, "data.eval_domains": "[]"}))
+    out = run_training(cfg)
+    assert out.metrics["epoch"] == 4
+    logs = capfd.readouterr()
+    text = logs.out + logs.err
+    assert "fault injection: rank 1 kills itself at epoch 3" in text
+    assert "resuming after epoch 2" in text
+    client = MlflowClient(sqlite_uri)
+    steps = [m.step for m in client.get_metric_history(out.run_id, "train/loss")]
+    # Epochs 1-2 from the first attempt, 3-4 after the restart; nothing trained twice.
+    assert steps == [1, 2, 3, 4]
+    assert client.get_run(out.run_id).info.status == "FINISHED"
+
+
+def test_nan_loss_fails_the_run_with_reason_and_exit_2(ray_local, data_root, sqlite_uri, tmp_path, capsys):
+    args = ["train"]
+    for o in small_overrides(data_root, **{"train.lr": "1e12", "train.optimizer": "sgd", "train.epochs": 3,
+                                           "ray.storage_path": str(tmp_path / "runs"), "data.eval_domains": "[]"}):
+        args += ["--set", o]
+    rc = cli(args + ["--tracking-uri", sqlite_uri])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert err[-1].startswith("error: ") and "non-finite loss" in err[-1] and "train.lr" in err[-1]
+    client, runs = _runs(sqlite_uri)
+    assert len(runs) == 1
+    assert runs[0].info.status == "FAILED"
+    assert "non-finite loss" in runs[0].data.tags["hardseg.error"]
