@@ -332,4 +332,7 @@ def _maybe_inject_fault(cfg: RunConfig, session: Session, epoch: int, resumed: b
         import signal
 
         print(f"[hardseg] fault injection: rank {session.rank} kills itself at epoch {epoch + 1}", flush=True)
+        # Ray Train's controller collects reports on its 2 s health-check poll; give it
+        # time to register the previous epoch's checkpoint before dying.
+        time.sleep(5.0)
         os.kill(os.getpid(), signal.SIGKILL)
