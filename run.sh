@@ -20,8 +20,12 @@ setup() {
     fi
     if [ ! -f "$stamp" ]; then
         echo "[setup] installing hardseg and its dependencies into .venv (first run: a few minutes)" >&2
-        "$VENV/bin/python" -m pip install -q --upgrade pip >&2
-        "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test]" >&2
+        if ! { "$VENV/bin/python" -m pip install -q --upgrade pip \
+               && "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test]"; } >"$VENV/setup.log" 2>&1; then
+            grep -v "is ignored: it is neither a file nor a directory" "$VENV/setup.log" | tail -n 20 >&2
+            echo "[setup] ERROR: pip install failed (full log: .venv/setup.log)" >&2
+            exit 1
+        fi
         rm -f "$VENV"/.hardseg-setup-*
         touch "$stamp"
     fi

@@ -41,6 +41,8 @@ def _check(capsys, argv, *needles):
     ("strategies=[ce,nonsense]", ["unknown strategy 'nonsense'", "ce"]),
     ("data.dataset=imagenet", ["'data.dataset'", "synthetic"]),
     ("strategy_params.ce.aux_weight=-1", ["strategy_params.ce.aux_weight"]),
+    ("strategy_params.hl.lam=0.1", ["strategy_params.hl", "'hl' is not in 'strategies'"]),
+    ("model.aux_weight=-1", ["'model.aux_weight'"]),
     ("train.batch_size=0", ["'train.batch_size'"]),
 ])
 def test_bad_config_is_one_line_exit_2_and_nothing_logged(capsys, sqlite_uri, override, needles):

@@ -66,6 +66,7 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     name: str = "tiny_seg"
     aux: bool = Field(False, description="add the auxiliary head where the architecture has one")
+    aux_weight: float = Field(0.4, ge=0, description="weight of the aux head's CE, the same for every strategy")
     width: int = Field(16, ge=4, le=256, description="base width of the tiny_seg model")
     norm: Literal["batch", "group"] = Field("batch", description="tiny_seg normalisation; group is batch-size independent")
 

@@ -212,7 +212,8 @@ def fit(cfg: RunConfig, session: Session) -> dict[str, Any]:
     # Model and objective: the same seed on every rank gives the same init.
     torch.manual_seed(cfg.seed)
     ctx = StrategyContext(num_classes=info.num_classes, ignore_index=info.ignore_index,
-                          class_frequencies=class_pixel_frequencies(train_set), hierarchy=info.hierarchy)
+                          class_frequencies=class_pixel_frequencies(train_set), hierarchy=info.hierarchy,
+                          aux_weight=cfg.model.aux_weight, palette=info.colors())
     objective = Objective(cfg.strategies, cfg.strategy_params, ctx)
     net = build_model(cfg.model.name, info.num_classes, aux=cfg.model.aux, width=cfg.model.width, norm=cfg.model.norm)
     tm = TrainingModel(net, objective).to(device)
@@ -258,12 +259,13 @@ def fit(cfg: RunConfig, session: Session) -> dict[str, Any]:
             session.report(last, None)
             return last
         is_last = epoch + 1 == cfg.train.epochs
+        inference = tm.export()  # the network, plus C2F's stages where they make the prediction
         if is_last or (epoch + 1) % cfg.train.eval_every == 0:
-            val = evaluate(tm.net, val_loader, device, _metrics_for(info), channels_last)
+            val = evaluate(inference, val_loader, device, _metrics_for(info), channels_last)
             metrics.update({f"val/{k}": v for k, v in val.items()})
         if is_last:
             for domain in cfg.data.eval_domains:
-                res = evaluate(tm.net, _eval_loader(cfg, domain, session), device, _metrics_for(info), channels_last)
+                res = evaluate(inference, _eval_loader(cfg, domain, session), device, _metrics_for(info), channels_last)
                 metrics.update({f"{domain}/{k}": v for k, v in res.items()})
         visuals = {}
         every = cfg.train.log_images_every

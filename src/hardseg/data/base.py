@@ -1,0 +1,157 @@
+"""The dataset class shared by all formats, and checked file readers.
+
+A *source* knows one split of one dataset on disk and yields raw items:
+``load(i) -> (image uint8 (H, W, 3), mask uint8 (H, W))`` with the mask in
+class ids (``info.ignore_index`` = ignore). :class:`SegmentationDataset` wraps a
+source and a transform into a ``torch.utils.data.Dataset``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from hardseg.data.info import DatasetInfo
+from hardseg.errors import DataError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+
+
+class Source(Protocol):
+    info: DatasetInfo
+    split: str
+
+    def __len__(self) -> int: ...
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def load_mask(self, index: int) -> np.ndarray: ...
+
+    def validate(self) -> None: ...
+
+    def class_pixel_counts(self) -> np.ndarray: ...
+
+
+class SegmentationDataset(torch.utils.data.Dataset):
+    """One split of a dataset: ``ds[i] -> (image float32 (3, H, W), mask int64 (H, W))``.
+
+    The image is normalised with the ImageNet mean/std; the mask holds class
+    ids with ``info.ignore_index`` (255) for ignored pixels.
+    """
+
+    def __init__(self, source: Source, transform: Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.source = source
+        self.transform = transform
+
+    @property
+    def info(self) -> DatasetInfo:
+        return self.source.info
+
+    @property
+    def split(self) -> str:
+        return self.source.split
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} items")
+        image, mask = self.source.load(int(index) % len(self))
+        return self.transform(image, mask)
+
+    def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The untransformed uint8 image (H, W, 3) and mask (H, W)."""
+        return self.source.load(int(index))
+
+    def validate(self) -> None:
+        """Scan every file of the split; raise :class:`DataError` at the first bad one."""
+        self.source.validate()
+
+    def class_pixel_counts(self) -> np.ndarray:
+        """Pixels per class (int64, length ``num_classes``; ignore excluded)."""
+        return self.source.class_pixel_counts()
+
+    def __repr__(self) -> str:
+        return f"SegmentationDataset({self.info.name!r}, split={self.split!r}, n={len(self)}, transform={self.transform!r})"
+
+
+def count_classes(masks: Any, num_classes: int) -> np.ndarray:
+    """Per-class pixel counts over an iterable of uint8 masks (ids >= num_classes dropped)."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for m in masks:
+        counts += np.bincount(np.asarray(m).ravel(), minlength=256)[:num_classes]
+    return counts
+
+
+# --------------------------------------------------------------------------
+# Checked readers
+
+
+def read_image(path: Path) -> np.ndarray:
+    """An RGB uint8 (H, W, 3) array; DataError naming the file when unreadable."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot read image {path}: {_reason(exc)}") from None
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """A single-channel uint8 (H, W) label array; DataError naming the file otherwise."""
+    try:
+        with Image.open(path) as im:
+            mode = im.mode
+            if mode not in ("L", "P", "I", "I;16", "1"):
+                raise DataError(f"mask {path} has mode {mode}; expected a single-channel PNG (mode L or P) of class ids")
+            arr = np.asarray(im)
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"mask file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot read mask {path}: {_reason(exc)}") from None
+    if arr.dtype != np.uint8:
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            bad = int(arr.max()) if arr.max() > 255 else int(arr.min())
+            raise DataError(f"mask {path}: label id {bad} does not fit 0..255")
+        arr = arr.astype(np.uint8)
+    return arr
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the header, after PIL's integrity check."""
+    try:
+        with Image.open(path) as im:
+            size = im.size
+            im.verify()
+        return size
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"cannot read image {path}: {_reason(exc)}") from None
+
+
+def check_sizes(image: np.ndarray, mask: np.ndarray, image_path: Path, mask_path: Path) -> None:
+    if image.shape[:2] != mask.shape[:2]:
+        raise DataError(
+            f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} px but image {image_path} is "
+            f"{image.shape[1]}x{image.shape[0]} px (they must match)"
+        )
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.replace(" '" + str(getattr(exc, "filename", "")) + "'", "")
+
+
+def list_split_dirs(parent: Path) -> list[str]:
+    if not parent.is_dir():
+        return []
+    return sorted(p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))

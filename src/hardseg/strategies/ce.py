@@ -1,0 +1,25 @@
+"""Cross-entropy baseline (strategies.md §0).
+
+The main head's loss is the mean of the per-pixel cross-entropy ℓ over
+non-ignored pixels (logged as ``ce``); the auxiliary head, if the model has
+one, adds ``StrategyContext.aux_weight`` (0.4) · CE(aux) as ``aux_ce`` — the
+objective does both, for every run, so this strategy only names the baseline.
+It cannot be combined with any other strategy (a run without a weighting
+strategy already uses CE as its main loss).
+"""
+
+from __future__ import annotations
+
+from hardseg.strategies.base import Strategy, StrategyConfig
+from hardseg.strategies.registry import register_strategy
+
+
+class CEConfig(StrategyConfig):
+    """Plain cross-entropy has no hyperparameters."""
+
+
+@register_strategy("ce")
+class CrossEntropy(Strategy):
+    kind = "baseline"
+    order = 0
+    Config = CEConfig

@@ -1,0 +1,185 @@
+"""Coarse-to-fine stacked supervision (strategies.md §5; Hu et al., ICME 2018, arXiv 1804.08256).
+
+Levels: the hierarchy's coarse levels (coarsest first; ``hierarchy`` in the
+config, else ``StrategyContext.hierarchy``) and the dataset's classes last.
+Stages (on ``out.features``): stage 0 predicts level 0 from the deep feature;
+stage l takes concat[deep feature, raw scores of stage l−1 (not softmaxed,
+not detached), a shallower skip feature], everything resized to the skip's
+resolution. Each stage is two conv3×3-BN-ReLU then a conv1×1 classifier;
+all scores are upsampled to label size.
+
+The finest stage *is* the prediction: ``run_modules`` moves the network's own
+logits to ``extras["c2f/base"]`` and puts the finest stage in ``out.logits``,
+so the main loss (CE, or the weighting strategies) applies to it — that is
+the paper's finest-level term with w = 1. Terms: ``c2f/l0``, ``c2f/l1``, … =
+w_l · CE(p_l, y_l) for the coarse levels (ignore stays ignore at every level,
+:func:`~hardseg.strategies.functional.coarsen_labels`), and ``c2f/base`` =
+``base_weight`` · CE of the network's own decode head.
+
+**(choices)** The deep feature is the last of ``model.feature_channels``, the
+skip the second (``deep``/``skip`` override them); stage 0 uses the same
+conv block as the others, on the deep feature alone (the paper's stage 0 is
+its PSP head), so it fits every model. The stage width defaults to the
+level's class count, as in the paper's ``segnetUp(in, n_classes)``, and a
+conv1×1 classifier replaces the paper's ReLU on the logits. The network's own
+decode head is kept (the model is not modified) and supervised like an
+auxiliary head (0.4) so it gets a gradient under DDP; it is inference cost
+C2F pays. Cost (``benchmarks/strategy_cost.py``, tiny_seg, CPU): the stages
+run at the skip's resolution, so the default stride-2 skip makes a step
+≈1.9× CE's; ``skip: stage4`` brings it to ≈1.25×.
+
+Inference: the stages are the model; :meth:`export` returns
+:class:`CoarseToFineNet` (network + stages) whose ``logits`` are the finest stage.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from pydantic import Field, field_validator
+from torch import Tensor
+
+from hardseg.errors import ConfigError
+from hardseg.models import SegModel, SegOutput
+from hardseg.strategies.base import Strategy, StrategyConfig, StrategyContext
+from hardseg.strategies.functional import coarse_to_fine_losses, mean_ce, resize_to
+from hardseg.strategies.registry import register_strategy
+
+KEY = "strategy_params.coarse_to_fine"
+
+
+class C2FConfig(StrategyConfig):
+    hierarchy: list[list[int]] | None = Field(
+        None, description="coarse levels, coarsest first: level[l][fine class] = coarse id; None = the dataset's")
+    level_weights: list[float] | None = Field(None, description="w_l per coarse level; None = 1 each (the paper)")
+    base_weight: float = Field(0.4, ge=0, description="weight of the CE on the network's own decode head")
+    stage_channels: int | None = Field(None, ge=1, description="stage width; None = the level's class count")
+    deep: str | None = Field(None, description="deep feature name; None = the deepest")
+    skip: str | None = Field(None, description="skip feature name; None = the second shallowest")
+
+    @field_validator("hierarchy")
+    @classmethod
+    def _hierarchy(cls, v: list[list[int]] | None) -> list[list[int]] | None:
+        if v is None:
+            return v
+        if not v or any(not level for level in v):
+            raise ValueError("needs at least one non-empty level")
+        if len({len(level) for level in v}) != 1:
+            raise ValueError("every level must map the same number of fine classes")
+        if any(c < 0 for level in v for c in level):
+            raise ValueError("coarse ids must be >= 0")
+        return v
+
+    @field_validator("level_weights")
+    @classmethod
+    def _weights(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and any(w < 0 for w in v):
+            raise ValueError("weights must be >= 0")
+        return v
+
+
+class Stage(nn.Module):
+    """Two conv3×3-BN-ReLU, then a conv1×1 to the level's classes."""
+
+    def __init__(self, cin: int, width: int, num_classes: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, num_classes, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)
+
+
+class C2FStages(nn.Module):
+    """The stacked stages; :meth:`apply` turns a network output into the C2F prediction."""
+
+    def __init__(self, deep: str, skip: str, deep_ch: int, skip_ch: int, classes: list[int],
+                 width: int | None, align_corners: bool):
+        super().__init__()
+        self.deep, self.skip, self.align_corners = deep, skip, align_corners
+        stages = [Stage(deep_ch, width or classes[0], classes[0])]
+        for prev, k in zip(classes[:-1], classes[1:]):
+            stages.append(Stage(deep_ch + prev + skip_ch, width or k, k))
+        self.stages = nn.ModuleList(stages)
+
+    def forward(self, features: dict[str, Tensor]) -> list[Tensor]:
+        """Raw scores of every level (coarsest first), at the stages' resolutions."""
+        deep, skip = features[self.deep], features[self.skip]
+        scores = [self.stages[0](deep)]
+        deep_up = resize_to(deep, skip.shape[-2:], self.align_corners)
+        for stage in self.stages[1:]:
+            prev = resize_to(scores[-1], skip.shape[-2:], self.align_corners)
+            scores.append(stage(torch.cat([deep_up, prev, skip], dim=1)))
+        return scores
+
+    def apply(self, out: SegOutput) -> SegOutput:
+        size = out.logits.shape[-2:]
+        levels = [resize_to(s, size, self.align_corners) for s in self(out.features)]
+        out.extras["c2f/base"] = out.logits
+        out.extras["c2f/levels"] = levels[:-1]
+        out.logits = levels[-1]
+        return out
+
+
+class CoarseToFineNet(nn.Module):
+    """The exported C2F model: the network, then the stages; ``logits`` = finest stage."""
+
+    def __init__(self, net: SegModel, stages: C2FStages):
+        super().__init__()
+        self.net = net
+        self.stages = stages
+
+    def forward(self, x: Tensor) -> SegOutput:
+        return self.stages.apply(self.net(x))
+
+
+@register_strategy("coarse_to_fine")
+class CoarseToFine(Strategy):
+    kind = "structural"
+    order = 0  # replaces the prediction before the other strategies look at it
+    Config = C2FConfig
+
+    def __init__(self, cfg: C2FConfig, ctx: StrategyContext):
+        super().__init__(cfg, ctx)
+        levels = cfg.hierarchy if cfg.hierarchy is not None else [list(level) for level in ctx.hierarchy]
+        if not levels:
+            raise ConfigError(f"'coarse_to_fine' needs a class hierarchy: set '{KEY}.hierarchy' "
+                              "(this dataset defines none)")
+        if any(len(level) != ctx.num_classes for level in levels):
+            raise ConfigError(f"invalid '{KEY}.hierarchy': each level must map all {ctx.num_classes} classes")
+        weights = cfg.level_weights if cfg.level_weights is not None else [1.0] * len(levels)
+        if len(weights) != len(levels):
+            raise ConfigError(f"invalid '{KEY}.level_weights': give one weight per coarse level ({len(levels)})")
+        self.hierarchy, self.weights = levels, weights
+        self.classes = [max(level) + 1 for level in levels] + [ctx.num_classes]
+
+    def _feature(self, model: SegModel, name: str | None, default: int, key: str) -> str:
+        names = list(model.feature_channels)
+        if name is None:
+            return names[default] if len(names) > 1 else names[-1]
+        if name not in model.feature_channels:
+            raise ConfigError(f"invalid '{KEY}.{key}': '{name}' is not a feature of the model; "
+                              f"allowed: {', '.join(names)}")
+        return name
+
+    def build_modules(self, model: SegModel) -> dict[str, nn.Module]:
+        deep = self._feature(model, self.cfg.deep, -1, "deep")
+        skip = self._feature(model, self.cfg.skip, 1, "skip")
+        ch = model.feature_channels
+        return {"stages": C2FStages(deep, skip, ch[deep], ch[skip], self.classes, self.cfg.stage_channels,
+                                    model.align_corners)}
+
+    def run_modules(self, modules: nn.ModuleDict, out: SegOutput) -> None:
+        modules["stages"].apply(out)
+
+    def terms(self, out: SegOutput, target: Tensor, progress: float) -> dict[str, Tensor]:
+        ign = self.ctx.ignore_index
+        levels = coarse_to_fine_losses(out.extras["c2f/levels"], target, self.hierarchy, self.weights, ign)
+        terms = {f"c2f/l{i}": t for i, t in enumerate(levels)}
+        terms["c2f/base"] = self.cfg.base_weight * mean_ce(out.extras["c2f/base"], target, ign)
+        return terms
+
+    def export(self, net: SegModel, modules: nn.ModuleDict) -> nn.Module:
+        return CoarseToFineNet(net, modules["stages"])

@@ -1,0 +1,113 @@
+"""Self-Regulation (strategies.md §4; Zhang et al., ICCV 2021, arXiv 2108.09702; demo ``dongzhang89/SR-SS``).
+
+Exits on ``out.features`` (shallow → deep; all of them unless ``exits``
+names some): [conv3×3 → ``exit_channels``, BN, ReLU]×2 → conv1×1 → C logits
+o_i (upsampled to label size) and GAP(o_i) → FC(C→C) → presence logits; the
+final head gets its own FC on GAP(main logits). Losses
+(:func:`~hardseg.strategies.functional.self_regulation_losses`), logged as
+
+* ``sr/cls`` = cls_weight (0.2) · Σ BCE(p_i, c) over exits and final head;
+* ``sr/seg`` = seg_weight (0.8) · Σ CE(o_i, y) over the exits;
+* ``sr/l``   = sr_l_weight (1.0) · SR-L (deep teaches shallow);
+* ``sr/f``   = sr_f_weight (1.0) · SR-F (shallow teaches deep);
+
+SR-L and SR-F are 0 until ``progress ≥ warmup`` (0.25 = 10k of the demo's
+40k iterations). **(choices)** The final head's CE is the run's main loss
+(CE, or what the weighting strategies make of it) at weight 1, not 0.8 · CE
+as in the demo's sum; pseudo-labels of SR-F are ignored where y is;
+``variant: paper`` uses KL(τ) on logits for SR-L and MSE of channel-normalised
+exit features for SR-F (see the functional). ``exit_channels`` defaults to the
+demo's 256; scale it down for small models: on tiny_seg (whose stem is at
+full resolution) 256 makes a step ≈35× CE's, 16 ≈1.8×, 16 without the stem
+exit (``exits: [stage2, stage4, stage8]``) ≈1.5× (``benchmarks/strategy_cost.py``).
+
+Inference: exits and FCs are training-only; the exported model is the
+network alone.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch.nn as nn
+from pydantic import Field
+from torch import Tensor
+
+from hardseg.errors import ConfigError
+from hardseg.models import SegModel, SegOutput
+from hardseg.strategies.base import Strategy, StrategyConfig
+from hardseg.strategies.functional import resize_to, self_regulation_losses
+from hardseg.strategies.registry import register_strategy
+
+
+class SRConfig(StrategyConfig):
+    variant: Literal["demo", "paper"] = Field("demo", description="demo code's recipe or the paper's distillation")
+    cls_weight: float = Field(0.2, ge=0, description="weight of the class-presence BCE")
+    seg_weight: float = Field(0.8, ge=0, description="weight of the exits' CE")
+    sr_l_weight: float = Field(1.0, ge=0, description="weight of SR-L (deep teaches shallow)")
+    sr_f_weight: float = Field(1.0, ge=0, description="weight of SR-F (shallow teaches deep)")
+    warmup: float = Field(0.25, ge=0, le=1, description="fraction of training before SR-L and SR-F start")
+    exit_channels: int = Field(256, ge=1, description="width of each exit's two conv3×3 layers")
+    exits: list[str] | None = Field(None, min_length=1, description="feature names with an exit; None = all")
+    tau: float = Field(1.0, gt=0, description="KL temperature of the paper variant's SR-L")
+
+
+def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class Exit(nn.Module):
+    """[conv3×3, BN, ReLU]×2 → conv1×1 → C logits; GAP → FC(C→C) → presence logits."""
+
+    def __init__(self, cin: int, width: int, num_classes: int):
+        super().__init__()
+        self.hidden = nn.Sequential(*conv_bn_relu(cin, width), *conv_bn_relu(width, width))
+        self.classifier = nn.Conv2d(width, num_classes, 1)
+        self.fc = nn.Linear(num_classes, num_classes)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        h = self.hidden(x)
+        o = self.classifier(h)
+        return o, self.fc(o.mean(dim=(2, 3))), h
+
+
+@register_strategy("self_regulation")
+class SelfRegulation(Strategy):
+    kind = "structural"
+    order = 50
+    Config = SRConfig
+    align_corners = False
+
+    def build_modules(self, model: SegModel) -> dict[str, nn.Module]:
+        names = self.cfg.exits or list(model.feature_channels)
+        unknown = [n for n in names if n not in model.feature_channels]
+        if unknown:
+            raise ConfigError(f"invalid 'strategy_params.self_regulation.exits': {unknown} are not features of the "
+                              f"model; allowed: {', '.join(model.feature_channels)}")
+        names = [n for n in model.feature_channels if n in names]  # shallow → deep
+        self.align_corners = model.align_corners
+        C = model.num_classes
+        return {"exits": nn.ModuleDict({n: Exit(model.feature_channels[n], self.cfg.exit_channels, C) for n in names}),
+                "final_fc": nn.Linear(C, C)}
+
+    def run_modules(self, modules: nn.ModuleDict, out: SegOutput) -> None:
+        size = out.logits.shape[-2:]
+        logits, presence, hidden = [], [], []
+        for name, exit_ in modules["exits"].items():
+            o, p, h = exit_(out.features[name])
+            logits.append(resize_to(o, size, self.align_corners))
+            presence.append(p)
+            hidden.append(h)
+        out.extras["sr/exits"] = logits
+        out.extras["sr/presence"] = presence
+        if self.cfg.variant == "paper":
+            out.extras["sr/hidden"] = hidden
+        out.extras["sr/final_presence"] = modules["final_fc"](out.logits.mean(dim=(2, 3)))
+
+    def terms(self, out: SegOutput, target: Tensor, progress: float) -> dict[str, Tensor]:
+        c = self.cfg
+        d = self_regulation_losses(out.extras["sr/exits"], out.extras["sr/presence"], out.logits,
+                                   out.extras["sr/final_presence"], target, self.ctx.ignore_index, c.variant, c.tau,
+                                   out.extras.get("sr/hidden"), regulate=progress >= c.warmup)
+        return {"sr/cls": c.cls_weight * d["cls"], "sr/seg": c.seg_weight * d["seg"],
+                "sr/l": c.sr_l_weight * d["sr_l"], "sr/f": c.sr_f_weight * d["sr_f"]}

@@ -1,0 +1,262 @@
+"""Composition rule, configuration errors, the registry's entry points, visuals."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from hardseg.errors import ConfigError
+from hardseg.models import SegOutput
+from hardseg.strategies import Objective, StrategyContext, available_strategies, get_strategy, validate_strategies
+from hardseg.strategies import functional as Fn
+from hardseg.strategies import registry
+
+IGN = 255
+C = 5
+BUILTINS = ["ce", "cb_ce", "focal", "ohem", "hl", "self_regulation", "coarse_to_fine"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small tensors: one thread is fastest and immune to a busy machine's oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def ctx() -> StrategyContext:
+    return StrategyContext(num_classes=C, class_frequencies=np.array([500.0, 300, 100, 60, 40]),
+                           hierarchy=((0, 0, 1, 1, 1), (0, 1, 2, 2, 3)))
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, C, 6, 6, generator=g)
+    target = torch.randint(0, C, (2, 6, 6), generator=g)
+    target[:, 0] = IGN
+    return SegOutput(logits=logits, extras={"hl/logits": torch.randn(2, 1, 3, 3, generator=g)}), target
+
+
+def test_builtins_are_registered():
+    assert set(BUILTINS) <= set(available_strategies())
+    kinds = {n: get_strategy(n).kind for n in BUILTINS}
+    assert kinds == {"ce": "baseline", "cb_ce": "weighting", "focal": "weighting", "ohem": "weighting",
+                     "hl": "weighting", "self_regulation": "structural", "coarse_to_fine": "structural"}
+
+
+# -- composition rule --------------------------------------------------------------------
+def test_ohem_selects_and_hl_weights_the_selected(ctx, batch):
+    out, target = batch
+    params = {"ohem": {"thresh": 0.9, "min_kept": 3}, "hl": {"lam": 0.1}}
+    terms = Objective(["ohem", "hl"], params, ctx).losses(out, target, 0.5)
+    keep = Fn.ohem_keep_mask(out.logits, target, 0.9, 3, IGN)
+    l_seg, l_hl, _ = Fn.hl_losses(Fn.pixel_ce(out.logits, target) * keep, out.extras["hl/logits"], lam=0.1)
+    assert set(terms) == {"hl/seg", "hl/hl", "loss"}
+    torch.testing.assert_close(terms["hl/seg"], l_seg)
+    torch.testing.assert_close(terms["hl/hl"], l_hl)
+    torch.testing.assert_close(terms["loss"], l_seg + l_hl)
+
+
+def test_composition_does_not_depend_on_list_order(ctx, batch):
+    out, target = batch
+    a = Objective(["hl", "ohem", "focal", "cb_ce"], {}, ctx).losses(out, target, 0.5)
+    b = Objective(["cb_ce", "focal", "ohem", "hl"], {}, ctx).losses(out, target, 0.5)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])
+
+
+def test_focal_defines_ell_then_class_weights_then_ohem_ranks_it(ctx, batch):
+    out, target = batch
+    params = {"focal": {"gamma": 1.0}, "ohem": {"thresh": None, "min_kept": 10}}
+    terms = Objective(["focal", "cb_ce", "ohem"], params, ctx).losses(out, target, 0.5)
+    w = Fn.class_balance_weights(ctx.class_frequencies, "median")
+    ell = Fn.class_weighted_pixel_loss(Fn.focal_pixel_loss(out.logits, target, 1.0, 1.0), target, w)
+    keep = Fn.ohem_keep_mask(out.logits, target, None, 10, IGN, pixel_loss=ell)
+    assert set(terms) == {"seg", "loss"}  # several weightings, no HL
+    torch.testing.assert_close(terms["seg"], (ell * keep).sum() / (target != IGN).sum())
+
+
+def test_focal_then_hl(ctx, batch):
+    out, target = batch
+    terms = Objective(["focal", "hl"], {}, ctx).losses(out, target, 0.5)
+    l_seg, _, _ = Fn.hl_losses(Fn.focal_pixel_loss(out.logits, target, 2.0, 1.0), out.extras["hl/logits"])
+    torch.testing.assert_close(terms["hl/seg"], l_seg)
+
+
+@pytest.mark.parametrize("names, key", [(["ce"], "ce"), (["cb_ce"], "cb_ce"), (["focal"], "focal"),
+                                        (["ohem"], "ohem"), (["hl"], "hl/seg")])
+def test_main_term_names(ctx, batch, names, key):
+    out, target = batch
+    terms = Objective(names, {}, ctx).losses(out, target, 0.5)
+    assert key in terms and "loss" in terms
+
+
+def test_single_strategies_reduce_to_their_formula(ctx, batch):
+    out, target = batch
+    t = Objective(["ce"], {}, ctx).losses(out, target, 0.0)
+    torch.testing.assert_close(t["ce"], Fn.mean_ce(out.logits, target))
+    t = Objective(["focal"], {"focal": {"gamma": 0.0}}, ctx).losses(out, target, 0.0)
+    torch.testing.assert_close(t["focal"], Fn.mean_ce(out.logits, target))
+    t = Objective(["ohem"], {"ohem": {"normalize": "kept", "min_kept": 4}}, ctx).losses(out, target, 0.0)
+    keep = Fn.ohem_keep_mask(out.logits, target, 0.7, 4, IGN)
+    torch.testing.assert_close(t["ohem"], (Fn.pixel_ce(out.logits, target) * keep).sum() / keep.sum())
+    t = Objective(["ohem"], {"ohem": {"min_kept_fraction": 0.25}}, ctx).losses(out, target, 0.0)
+    keep = Fn.ohem_keep_mask(out.logits, target, 0.7, 9, IGN)  # ceil(0.25 · 36) per image
+    torch.testing.assert_close(t["ohem"], (Fn.pixel_ce(out.logits, target) * keep).sum() / (target != IGN).sum())
+
+
+def test_aux_head_keeps_plain_ce_under_every_weighting(ctx, batch):
+    out, target = batch
+    out.aux = torch.randn_like(out.logits)
+    for names in (["ce"], ["focal"], ["ohem"], ["hl"], ["cb_ce", "hl"]):
+        terms = Objective(names, {}, ctx).losses(out, target, 0.5)
+        torch.testing.assert_close(terms["aux_ce"], 0.4 * Fn.mean_ce(out.aux, target))
+
+
+# -- rejected combinations and invalid settings: one line naming the key -----------------------------
+@pytest.mark.parametrize("names, params, needle", [
+    (["ce", "hl"], {}, "'ce'"),
+    (["self_regulation", "ce"], {}, "'ce'"),
+    (["hl", "ohem"], {"ohem": {"normalize": "kept"}}, "strategy_params.ohem.normalize"),
+    ([], {}, "'strategies'"),
+    (["hl", "hl"], {}, "'strategies'"),
+    (["nope"], {}, "unknown strategy 'nope'"),
+    (["hl"], {"ohem": {}}, "strategy_params.ohem"),
+    (["hl"], {"hl": {"lamda": 0.1}}, "strategy_params.hl.lamda"),
+    (["hl"], {"hl": {"lam": -1}}, "strategy_params.hl.lam"),
+    (["hl"], {"hl": {"offset": "big"}}, "strategy_params.hl.offset"),
+    (["ohem"], {"ohem": {"thresh": 1.5}}, "strategy_params.ohem.thresh"),
+    (["ohem"], {"ohem": {"normalize": "all"}}, "strategy_params.ohem.normalize"),
+    (["ohem"], {"ohem": {"min_kept_fraction": 2}}, "strategy_params.ohem.min_kept_fraction"),
+    (["focal"], {"focal": {"mode": "sigmoid", "alpha": 2.0}}, "strategy_params.focal.alpha"),
+    (["focal"], {"focal": {"gamma": -1}}, "strategy_params.focal.gamma"),
+    (["cb_ce"], {"cb_ce": {"mode": "log"}}, "strategy_params.cb_ce.mode"),
+    (["self_regulation"], {"self_regulation": {"variant": "x"}}, "strategy_params.self_regulation.variant"),
+    (["self_regulation"], {"self_regulation": {"warmup": 1.5}}, "strategy_params.self_regulation.warmup"),
+    (["self_regulation"], {"self_regulation": {"exit_channels": 0}}, "strategy_params.self_regulation.exit_channels"),
+    (["coarse_to_fine"], {"coarse_to_fine": {"hierarchy": [[0, 1], [0]]}}, "strategy_params.coarse_to_fine.hierarchy"),
+    (["coarse_to_fine"], {"coarse_to_fine": {"level_weights": [-1]}}, "strategy_params.coarse_to_fine.level_weights"),
+    (["hl"], {"hl": [1, 2]}, "strategy_params.hl"),
+])
+def test_invalid_configs_raise_one_line(names, params, needle):
+    with pytest.raises(ConfigError) as err:
+        validate_strategies(names, params, source="run.yaml")
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("run.yaml: ")
+    assert needle in msg
+
+
+@pytest.mark.parametrize("names", [["hl", "ohem"], ["focal", "cb_ce", "ohem", "hl", "self_regulation", "coarse_to_fine"],
+                                   ["self_regulation", "coarse_to_fine"], ["coarse_to_fine"], ["cb_ce", "focal"]])
+def test_sensible_combinations_validate(names):
+    validate_strategies(names, {})
+
+
+def test_run_config_validation_reaches_strategy_params():
+    from hardseg.config import validate_config
+
+    cfg = validate_config({"strategies": ["hl", "ohem"], "strategy_params": {"hl": {"lam": 0.1}}})
+    assert cfg.strategy_params["hl"]["lam"] == 0.1
+    with pytest.raises(ConfigError, match=r"strategy_params\.hl\.lam"):
+        validate_config({"strategies": ["hl"], "strategy_params": {"hl": {"lam": "x"}}}, "run.yaml")
+
+
+def test_errors_that_need_the_task(ctx):
+    with pytest.raises(ConfigError, match="cb_ce"):
+        Objective(["cb_ce"], {}, StrategyContext(num_classes=C))
+    with pytest.raises(ConfigError, match=r"strategy_params\.coarse_to_fine\.hierarchy"):
+        Objective(["coarse_to_fine"], {}, StrategyContext(num_classes=C))
+    with pytest.raises(ConfigError, match=r"strategy_params\.coarse_to_fine\.hierarchy"):
+        Objective(["coarse_to_fine"], {"coarse_to_fine": {"hierarchy": [[0, 1]]}}, ctx)
+    with pytest.raises(ConfigError, match=r"strategy_params\.coarse_to_fine\.level_weights"):
+        Objective(["coarse_to_fine"], {"coarse_to_fine": {"level_weights": [1.0]}}, ctx)
+
+
+def test_hyperparameter_defaults_are_the_papers():
+    d = {n: get_strategy(n).Config().model_dump() for n in BUILTINS}
+    assert d["hl"] == {"lam": 0.01, "offset": 0.1}
+    assert d["ohem"] == {"thresh": 0.7, "min_kept": 100000, "min_kept_fraction": None, "normalize": "valid"}
+    assert d["focal"] == {"mode": "softmax", "gamma": 2.0, "alpha": None}
+    sr = d["self_regulation"]
+    assert (sr["cls_weight"], sr["seg_weight"], sr["sr_l_weight"], sr["sr_f_weight"]) == (0.2, 0.8, 1.0, 1.0)
+    assert (sr["warmup"], sr["exit_channels"], sr["variant"]) == (0.25, 256, "demo")
+    assert d["coarse_to_fine"]["level_weights"] is None  # 1 per level
+
+
+# -- visuals ---------------------------------------------------------------------------------------
+def test_visuals_hl_panel_and_empty_for_others(ctx, batch):
+    out, target = batch
+    images = torch.randn(2, 3, 6, 6)
+    vis = Objective(["hl"], {}, ctx).visuals(out, images, target)
+    assert list(vis) == ["hl/panel"]
+    img = vis["hl/panel"]
+    assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
+    assert img.shape == (2 * 6 + 2, 4 * 6 + 3 * 2, 3)  # 2 rows of image | truth | prediction | hardness
+    assert Objective(["ohem"], {}, ctx).visuals(out, images, target) == {}
+
+
+# -- entry points ----------------------------------------------------------------------------------
+PLUGIN = '''
+from hardseg.strategies import PixelLoss, Strategy, StrategyConfig
+
+
+class ScaledCEConfig(StrategyConfig):
+    scale: float = 0.5
+
+
+class ScaledCE(Strategy):
+    kind = "weighting"
+    order = 25
+    Config = ScaledCEConfig
+
+    def shape(self, px: PixelLoss) -> None:
+        px.loss = self.cfg.scale * px.loss
+'''
+
+
+def _install_plugin(tmp_path, monkeypatch, request, module: str, source: str, entry: str) -> None:
+    """A real distribution on sys.path: a package plus ``*.dist-info`` with entry_points.txt."""
+    (tmp_path / module).mkdir()
+    (tmp_path / module / "__init__.py").write_text(textwrap.dedent(source))
+    info = tmp_path / f"{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[hardseg.strategies]\n{entry}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_STRATEGIES", dict(registry._STRATEGIES))  # undone after the test
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    request.addfinalizer(lambda: sys.modules.pop(module, None))
+
+
+def test_entry_point_plugin_is_registered_and_composes(tmp_path, monkeypatch, request, ctx, batch):
+    _install_plugin(tmp_path, monkeypatch, request, "hardseg_plugin_demo", PLUGIN, "scaled_ce = hardseg_plugin_demo:ScaledCE")
+    assert "scaled_ce" in available_strategies()
+    validate_strategies(["scaled_ce", "hl"], {"scaled_ce": {"scale": 0.25}})
+    with pytest.raises(ConfigError, match=r"strategy_params\.scaled_ce\.scale"):
+        validate_strategies(["scaled_ce"], {"scaled_ce": {"scale": "x"}})
+    out, target = batch
+    terms = Objective(["scaled_ce"], {"scaled_ce": {"scale": 0.25}}, ctx).losses(out, target, 0.0)
+    torch.testing.assert_close(terms["scaled_ce"], 0.25 * Fn.mean_ce(out.logits, target))
+
+
+def test_entry_point_plugin_registration_is_undone():
+    assert "scaled_ce" not in available_strategies()
+    assert "hardseg_plugin_demo" not in sys.modules
+
+
+def test_broken_plugin_is_one_line_config_error(tmp_path, monkeypatch, request):
+    _install_plugin(tmp_path, monkeypatch, request, "hardseg_plugin_broken", "raise ImportError('missing dependency')",
+                    "broken = hardseg_plugin_broken:Nothing")
+    monkeypatch.setattr(registry, "_BROKEN", {})
+    assert get_strategy("hl").name == "hl" and "broken" not in available_strategies()  # built-ins unaffected
+    with pytest.raises(ConfigError, match="strategy plugin 'broken'.*missing dependency") as err:
+        validate_strategies(["broken"], {}, source="run.yaml")
+    assert "\n" not in str(err.value) and str(err.value).startswith("run.yaml: ")
