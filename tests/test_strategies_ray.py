@@ -32,7 +32,7 @@ def untrained_miou(cfg) -> float:
 def test_strategy_trains_with_two_ddp_workers(ray_local, data_root, sqlite_uri, tmp_path, combo):
     names = combo.split("+")
     cfg = load_config(None, small_overrides(data_root, **{
-        "strategies": f"[{','.join(names)}]", "train.epochs": 3, "data.eval_domains": "[]",
+        "strategies": f"[{','.join(names)}]", "train.epochs": 8, "data.eval_domains": "[]",
         "ray.storage_path": str(tmp_path / "runs"), "tracking.uri": sqlite_uri}))
     out = run_training(cfg)
     baseline = untrained_miou(cfg)

@@ -31,8 +31,14 @@ UNet, see ``REGION_*``/``SHADOW_*``):
   so none is invisible);
 * the two large regions blend into each other over a soft ramp of 2.5-4.5 px
   centred on their (slightly rough) boundary, and a soft shadow runs along
-  that boundary, darkening whatever lies there: the boundary band is where
-  the errors are.
+  that boundary, darkening and greying whatever lies there: the boundary
+  band is where the errors are.
+
+Calibration (default size, 15 epochs, AdamW lr 3e-3, batch 16, scale/crop/flip
+augmentation, CPU): a 0.29 M-parameter UNet (widths 16-128) reached val mIoU
+0.795 with boundary-band IoU 0.632, small IoU 0.645, thin IoU 0.618, fog-3
+mIoU 0.366 and target mIoU 0.252; ``tiny_seg`` (width 16) reached 0.762 /
+0.619 / 0.602 / 0.545, fog-3 0.312.
 
 Splits: ``train``, ``val``, the shifted copies of ``val`` (``fog-1`` ...
 ``blur-5``, see :mod:`hardseg.data.shifts`) and ``target`` (the same layouts
@@ -76,7 +82,7 @@ from hardseg.data.info import DatasetInfo
 from hardseg.data.shifts import SEVERITIES, SHIFT_KINDS, apply_shift, shift_params
 from hardseg.errors import DataError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # bump whenever the generator's output changes
 FACTOR = 4  # supersampling factor of the renderer
 
 CLASS_NAMES = ("background", "region_a", "region_b", "polygon_a", "polygon_b", "thin", "small")
@@ -123,7 +129,7 @@ REGION_TRANSITION = (2.5, 4.5)  # width (final px) of the soft region_a/region_b
 SHADOW_DEPTH = (0.6, 0.9)  # darkening along region boundaries (0 = none)
 SHADOW_WIDTH = (2.0, 3.5)  # its Gaussian width, final px
 SHADOW_OFFSET = 1.5  # its centre is shifted off the boundary by up to this, final px
-SHADOW_DESAT = (0.5, 0.9)  # colour saturation lost at the shadow's centre (0 = none)
+SHADOW_DESAT = (0.3, 0.6)  # colour saturation lost at the shadow's centre (0 = none)
 POLYGON_RADIUS = (0.08, 0.18)  # fraction of the side
 THIN_COUNT = (2, 4)  # curves per 64x64 image (upper bound exclusive)
 THIN_RADIUS = (2.0, 3.4)  # stroke radius in render px: width 1.0-1.7 final px
@@ -361,16 +367,14 @@ def make_layout(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
 def _signed_distance(inside: np.ndarray) -> np.ndarray:
     """Signed distance (final px, > 0 inside) to the boundary of a render-res mask.
 
-    Computed at half the render resolution (enough for a soft ramp) and
-    repeated back up.
+    Computed at half the render resolution, which is enough for soft ramps.
     """
     from scipy import ndimage
 
     half = inside[::2, ::2]
     d_in = ndimage.distance_transform_edt(half)
     d_out = ndimage.distance_transform_edt(~half)
-    sd = np.where(half, d_in - 0.5, 0.5 - d_out) * (2.0 / FACTOR)
-    return np.repeat(np.repeat(sd.astype(np.float32), 2, axis=0), 2, axis=1)[: inside.shape[0], : inside.shape[1]]
+    return (np.where(half, d_in - 0.5, 0.5 - d_out) * (2.0 / FACTOR)).astype(np.float32)
 
 
 def _texture_crop(rng: np.random.Generator, tex: np.ndarray, n: int) -> np.ndarray:
@@ -387,8 +391,10 @@ def render(lab: np.ndarray, rng: np.random.Generator, style: str = "source", reg
 
     With ``region_a`` (the region_a map before overlays), pixels of the two
     large regions blend from one appearance into the other over a soft ramp
-    of a few pixels centred on their boundary, so the exact boundary is hard
-    to locate; all other boundaries are crisp (before area downsampling).
+    of a few pixels centred on their boundary, and a soft, desaturating
+    shadow runs along that boundary; all other boundaries are crisp before
+    the area downsampling. Smooth factors (illumination, shadow) are applied
+    after downsampling, where they are 16x cheaper and practically the same.
     """
     st = _STYLES[style]
     n = lab.shape[0]
@@ -397,21 +403,20 @@ def render(lab: np.ndarray, rng: np.random.Generator, style: str = "source", reg
     groups = _GROUP_OF_CLASS[lab]
     ng = len(st["colour"])
     # Per-image jitter: global gain per channel, per-group colour offsets,
-    # per-group texture crop/stride, smooth illumination.
+    # per-group texture crop/stride and contrast.
     gain = rng.uniform(0.8, 1.2) * rng.uniform(0.9, 1.1, 3)
     colour = ((st["colour"] + rng.normal(0.0, 10.0, (ng, 3))) * gain).astype(np.float32)
     contrast = (st["contrast"] * rng.uniform(0.8, 1.25, ng)).astype(np.float32)
     crops = [_texture_crop(rng, tex[st["texture"][g]], n) for g in range(ng)]
-    tsel = np.empty((n, n), dtype=np.float32)
-    for g in range(ng):
-        where = groups == g
-        tsel[where] = crops[g][where]
+    tsel = np.choose(groups, crops)
     img = colour[groups] * (1.0 + contrast[groups] * tsel)[..., None]
-    illum = 1.0 + np.float32(rng.uniform(0.05, 0.15)) * _smooth_field(rng, n, 4, 0.5, 1.5)
+    illum = 1.0 + np.float32(rng.uniform(0.05, 0.15)) * _smooth_field(rng, s, 4, 0.5, 1.5)
+    shadow = None
     if region_a is not None:
         ga, gb = _GROUP_OF_CLASS[REGION_A], _GROUP_OF_CLASS[REGION_B]
         width = np.float32(rng.uniform(*REGION_TRANSITION))
-        sd = _signed_distance(region_a)
+        sd_half = _signed_distance(region_a)
+        sd = np.repeat(np.repeat(sd_half, 2, axis=0), 2, axis=1)
         w = 1.0 / (1.0 + np.exp(-sd / width))
         sel = ((lab == REGION_A) | (lab == REGION_B)) & (np.abs(w - 0.5) < 0.49)
         wa = w[sel][:, None]
@@ -419,18 +424,20 @@ def render(lab: np.ndarray, rng: np.random.Generator, style: str = "source", reg
         app_b = colour[gb] * (1.0 + contrast[gb] * crops[gb][sel])[:, None]
         img[sel] = wa * app_a + (1.0 - wa) * app_b
         # A shadow along the region boundary (slightly off-centre) darkens
-        # everything near it, objects included: hard pixels cluster there.
+        # and greys whatever lies there, objects included.
         depth = np.float32(rng.uniform(*SHADOW_DEPTH))
         sw = np.float32(rng.uniform(*SHADOW_WIDTH))
         off = np.float32(rng.uniform(-SHADOW_OFFSET, SHADOW_OFFSET))
         desat = np.float32(rng.uniform(*SHADOW_DESAT))
-        shadow = np.exp(-(((sd - off) / sw) ** 2))
+        h = FACTOR // 2
+        sd_final = sd_half.reshape(s, h, s, h).mean(axis=(1, 3))
+        shadow = np.exp(-(((sd_final - off) / sw) ** 2))
         illum *= 1.0 - depth * shadow
-        # colours fade to grey in the shadow
+    img = img.reshape(s, FACTOR, s, FACTOR, 3).mean(axis=(1, 3))
+    if shadow is not None:
         grey = img.mean(axis=2, keepdims=True)
         img = grey + (img - grey) * (1.0 - desat * shadow)[..., None]
     img *= illum[..., None]
-    img = img.reshape(s, FACTOR, s, FACTOR, 3).mean(axis=(1, 3))
     img += rng.normal(0.0, rng.uniform(*PIXEL_NOISE), img.shape).astype(np.float32)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
@@ -605,6 +612,7 @@ def generate_synthetic(root: Path, cfg: SyntheticConfig, *, workers: int | None 
             "class_pixel_counts": {k: [int(c) for c in v] for k, v in counts.items()},
             "class_shares": {k: [round(float(c) / total[k], 5) for c in v] for k, v in counts.items()},
             "shifts": {name: shift_params(*_split_shift(name)) for name in SHIFT_SPLITS},
+            "recipe": _recipe(),
         }
         with open(tmp / "meta.json", "w") as fh:
             json.dump(meta, fh, indent=1)
@@ -622,6 +630,13 @@ def generate_synthetic(root: Path, cfg: SyntheticConfig, *, workers: int | None 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _recipe() -> dict[str, Any]:
+    """The difficulty knobs, recorded in meta.json."""
+    names = ("REGION_FREQ", "REGION_ROUGHNESS", "REGION_TRANSITION", "SHADOW_DEPTH", "SHADOW_WIDTH", "SHADOW_OFFSET",
+             "SHADOW_DESAT", "POLYGON_RADIUS", "THIN_COUNT", "THIN_RADIUS", "SMALL_RADIUS", "SMALL_COUNT", "PIXEL_NOISE")
+    return {n.lower(): (list(v) if isinstance(v, tuple) else v) for n, v in ((n, globals()[n]) for n in names)}
 
 
 def _split_shift(name: str) -> tuple[str, int]:
