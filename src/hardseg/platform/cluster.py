@@ -38,6 +38,10 @@ def ensure_ray(cfg: RayConfig, *, trial_drivers: int = 0) -> dict:
     if address:
         ray.init(address=address, **common)
     else:
+        # Ray starts worker processes at nice 15, so on a small machine every Ray
+        # daemon preempts the training workers; run them at normal priority (as
+        # Ray's own job manager does for job drivers).
+        os.environ.setdefault("RAY_worker_niceness", "0")
         need = cfg.num_workers * cfg.cpus_per_worker
         cpus = max(os.cpu_count() or 1, int(need + 0.999))
         resources = {TRIAL_DRIVER_RESOURCE: trial_drivers} if trial_drivers else None
