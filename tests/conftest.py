@@ -34,6 +34,17 @@ def small_overrides(data_root: Path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small tensors: one thread is fastest and immune to a busy machine's oversubscription."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory) -> Path:
     """The small synthetic set, generated once per session."""

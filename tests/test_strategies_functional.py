@@ -13,13 +13,7 @@ from hardseg.strategies import functional as Fn
 IGN = 255
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is fastest and immune to a busy machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def logits_for_probs(p_gt: list[float]) -> tuple[torch.Tensor, torch.Tensor]:

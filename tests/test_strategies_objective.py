@@ -20,13 +20,7 @@ C = 5
 BUILTINS = ["ce", "cb_ce", "focal", "ohem", "hl", "self_regulation", "coarse_to_fine"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread is fastest and immune to a busy machine's oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture

@@ -87,6 +87,13 @@ class TrainConfig(_Strict):
     num_threads: int | None = Field(None, ge=1, description="torch threads per worker; None = CPUs per worker")
     shuffle: bool = True
     eval_every: int = Field(1, ge=1)
+
+    @field_validator("amp", "channels_last", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, v: Any) -> Any:
+        """YAML reads ``on``/``off`` as booleans; accept them as the switch values."""
+        return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
+
     log_images_every: int = Field(1, ge=0, description="epochs between logged prediction images; 0 = never")
 
 

@@ -1,0 +1,39 @@
+"""Every registered model: fresh weights, one structured output, hooks for strategies."""
+
+import pytest
+import torch
+
+from hardseg.errors import ConfigError
+from hardseg.models import SegOutput, available_models, build_model
+
+
+@pytest.mark.parametrize("name", available_models())
+def test_model_returns_structured_output(name):
+    torch.manual_seed(0)
+    model = build_model(name, 7, aux=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = model(x)
+    assert isinstance(out, SegOutput)
+    assert out.logits.shape == (2, 7, 64, 64)
+    if out.aux is not None:
+        assert out.aux.shape == (2, 7, 64, 64)
+    # Named features, shallow → deep: channel counts as declared, spatial size never grows.
+    assert list(out.features) == list(model.feature_channels)
+    sizes = [f.shape[-1] for f in out.features.values()]
+    assert sizes == sorted(sizes, reverse=True)
+    for key, feat in out.features.items():
+        assert feat.shape[1] == model.feature_channels[key]
+    # new_head builds a fresh copy of the decode head's architecture with k outputs.
+    head = model.new_head(1).eval()
+    with torch.no_grad():
+        hl = head(out.head_input)
+        ref = model.decode_head(out.head_input)
+    assert hl.shape[1] == 1 and hl.shape[-2:] == ref.shape[-2:]
+    assert type(head) is type(model.decode_head)
+
+
+def test_tiny_model_is_small_and_unknown_model_is_rejected():
+    assert sum(p.numel() for p in build_model("tiny_seg", 7).parameters()) < 500_000
+    with pytest.raises(ConfigError, match="unknown model 'nope'; allowed: .*tiny_seg"):
+        build_model("nope", 7)
