@@ -155,3 +155,37 @@ def list_split_dirs(parent: Path) -> list[str]:
     if not parent.is_dir():
         return []
     return sorted(p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+class PairedFileSource:
+    """A split stored as image files with one mask file each (``images[i]`` ↔ ``masks[i]``).
+
+    Subclasses fill ``images``, ``masks`` and ``info`` and implement
+    :meth:`load_mask` (reading and, where needed, remapping label ids).
+    """
+
+    images: list[Path]
+    masks: list[Path]
+    info: Any
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load_mask(self, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image = read_image(self.images[index])
+        mask = self.load_mask(index)
+        check_sizes(image, mask, self.images[index], self.masks[index])
+        return image, mask
+
+    def validate(self) -> None:
+        """Read every mask and image header: a bad file raises DataError naming it."""
+        for i in range(len(self)):
+            w, h = image_size(self.images[i])
+            check_sizes(np.empty((h, w, 0)), self.load_mask(i), self.images[i], self.masks[i])
+
+    def class_pixel_counts(self) -> np.ndarray:
+        return count_classes((self.load_mask(i) for i in range(len(self))), self.info.num_classes)
+

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from hardseg.data.base import check_sizes, count_classes, image_size, list_split_dirs, read_image, read_mask
+from hardseg.data.base import PairedFileSource, list_split_dirs, read_mask
 from hardseg.data.info import DatasetInfo
 from hardseg.errors import DataError
 
@@ -136,7 +136,7 @@ def available_splits(root: Path) -> list[str]:
     return [s for s in list_split_dirs(root / "leftImg8bit") if (root / "gtFine" / s).is_dir()]
 
 
-class CityscapesSource:
+class CityscapesSource(PairedFileSource):
     """One split of a Cityscapes-layout dataset."""
 
     info = CITYSCAPES_INFO
@@ -158,30 +158,13 @@ class CityscapesSource:
         self.images = sorted(img_dir.glob(f"*/*{IMAGE_SUFFIX}"))
         if not self.images:
             raise DataError(f"no *{IMAGE_SUFFIX} files in {img_dir}/<city>/ ({LAYOUT_HELP})")
-        self.labels = []
+        self.masks = []
         for img in self.images:
             lbl = lbl_dir / img.parent.name / (img.name[: -len(IMAGE_SUFFIX)] + LABEL_SUFFIX)
             if not lbl.is_file():
                 raise DataError(f"label file missing for image {img}: expected {lbl}")
-            self.labels.append(lbl)
-
-    def __len__(self) -> int:
-        return len(self.images)
+            self.masks.append(lbl)
 
     def load_mask(self, index: int) -> np.ndarray:
-        return map_label_ids(read_mask(self.labels[index]), self.labels[index])
+        return map_label_ids(read_mask(self.masks[index]), self.masks[index])
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        image = read_image(self.images[index])
-        mask = self.load_mask(index)
-        check_sizes(image, mask, self.images[index], self.labels[index])
-        return image, mask
-
-    def validate(self) -> None:
-        for i in range(len(self)):
-            w, h = image_size(self.images[i])
-            mask = self.load_mask(i)
-            check_sizes(np.empty((h, w, 0)), mask, self.images[i], self.labels[i])
-
-    def class_pixel_counts(self) -> np.ndarray:
-        return count_classes((self.load_mask(i) for i in range(len(self))), self.info.num_classes)

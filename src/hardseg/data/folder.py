@@ -37,12 +37,9 @@ import numpy as np
 import yaml
 
 from hardseg.data.base import (
+    PairedFileSource,
     IMAGE_EXTENSIONS,
-    check_sizes,
-    count_classes,
-    image_size,
     list_split_dirs,
-    read_image,
     read_mask,
 )
 from hardseg.data.info import DatasetInfo
@@ -142,7 +139,7 @@ def available_splits(root: Path | str) -> list[str]:
     return [s for s in list_split_dirs(root / "images") if (root / "masks" / s).is_dir()]
 
 
-class FolderSource:
+class FolderSource(PairedFileSource):
     """One split of a folder-layout dataset."""
 
     def __init__(self, root: Path | str, split: str) -> None:
@@ -173,9 +170,6 @@ class FolderSource:
                 raise DataError(f"mask missing for image {img}: expected {m}")
             self.masks.append(m)
 
-    def __len__(self) -> int:
-        return len(self.images)
-
     def load_mask(self, index: int) -> np.ndarray:
         path = self.masks[index]
         mask = read_mask(path)
@@ -188,20 +182,6 @@ class FolderSource:
             )
         return mask
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        image = read_image(self.images[index])
-        mask = self.load_mask(index)
-        check_sizes(image, mask, self.images[index], self.masks[index])
-        return image, mask
-
-    def validate(self) -> None:
-        for i in range(len(self)):
-            w, h = image_size(self.images[i])
-            mask = self.load_mask(i)
-            check_sizes(np.empty((h, w, 0)), mask, self.images[i], self.masks[i])
-
-    def class_pixel_counts(self) -> np.ndarray:
-        return count_classes((self.load_mask(i) for i in range(len(self))), self.info.num_classes)
 
 
 def describe(info: DatasetInfo) -> dict[str, Any]:
