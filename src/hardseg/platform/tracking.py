@@ -9,7 +9,6 @@ experiment's artifact location set explicitly to ``<cwd>/mlruns/artifacts``
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -125,12 +124,6 @@ def ray_callback(tracking_uri: str, run_id: str):
                 self.logger.log(rank0, None)
 
     return _Callback()
-
-
-def write_temp_text(name: str, text: str) -> Path:
-    d = Path(tempfile.mkdtemp(prefix="hardseg-art-"))
-    (d / name).write_text(text)
-    return d / name
 
 
 __all__ = ["mlflow", "MlflowClient", "resolve_tracking_uri", "get_or_create_experiment", "log_params",

@@ -294,7 +294,7 @@ def _visuals(tm: TrainingModel, objective: Objective, loader: DataLoader, device
     tm.eval()
     try:
         out = SegOutput.from_dict(tm(images))
-        return objective.visuals(out, images, target) if hasattr(objective, "visuals") else {}
+        return objective.visuals(out, images, target)
     finally:
         tm.train(was_training)
 
