@@ -24,6 +24,7 @@ def test_model_returns_structured_output(name):
     assert sizes == sorted(sizes, reverse=True)
     for key, feat in out.features.items():
         assert feat.shape[1] == model.feature_channels[key]
+        assert 64 // feat.shape[-1] == model.feature_strides[key], key
     # new_head builds a fresh copy of the decode head's architecture with k outputs.
     head = model.new_head(1).eval()
     with torch.no_grad():

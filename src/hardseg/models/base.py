@@ -23,6 +23,7 @@ class SegModel(nn.Module):
 
     num_classes: int
     feature_channels: dict[str, int]  # name → channels, shallow → deep
+    feature_strides: dict[str, int]  # name → output stride (input side / feature side)
     align_corners: bool = False
 
     def encode(self, x: Tensor) -> dict[str, Tensor]:

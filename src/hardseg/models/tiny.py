@@ -4,7 +4,7 @@ Encoder: four stages at strides 1, 2, 4, 8 (widths w, 2w, 4w, 8w) with
 BatchNorm and ReLU; the stride-8 stage uses dilated convolutions for context.
 Decode head: a light fusion of the stride-8 context with the stride-2 skip
 (in the spirit of LR-ASPP), so an HL branch that copies the head adds little
-cost. With w=16 and 7 classes it has about 0.2 M parameters.
+cost. With w=16 and 7 classes it has about 0.4 M parameters.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class TinySeg(SegModel):
             conv_bn_relu(8 * w, 8 * w, dilation=4, norm=n),
         )
         self.feature_channels = {"stem": w, "stage2": 2 * w, "stage4": 4 * w, "stage8": 8 * w}
+        self.feature_strides = {"stem": 1, "stage2": 2, "stage4": 4, "stage8": 8}
         self._norm = norm
         self._head_args = (8 * w, 2 * w)
         self.decode_head = TinyHead(*self._head_args, num_classes, norm=norm)

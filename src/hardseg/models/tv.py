@@ -35,7 +35,8 @@ class TorchvisionSeg(SegModel):
     """
 
     def __init__(self, net: nn.Module, num_classes: int, keep: dict[str, str], head_keys: dict[str, str],
-                 make_head: Callable[[int], nn.Module], feature_channels: dict[str, int]):
+                 make_head: Callable[[int], nn.Module], feature_channels: dict[str, int],
+                 feature_strides: dict[str, int]):
         super().__init__()
         self.num_classes = num_classes
         self.backbone = net.backbone
@@ -45,6 +46,7 @@ class TorchvisionSeg(SegModel):
         self._head_keys = head_keys
         self._make_head = make_head
         self.feature_channels = feature_channels
+        self.feature_strides = feature_strides
 
     def encode(self, x: Tensor) -> dict[str, Tensor]:
         feats: dict[str, Tensor] = {}
@@ -84,8 +86,9 @@ def _resnet50(builder: Callable, head_cls: Callable, num_classes: int, aux: bool
     # IntermediateLayerGetter keeps children up to the last returned layer.
     keep = {"relu": "stem", "layer1": "layer1", "layer2": "layer2", "layer3": "layer3", "layer4": "layer4"}
     channels = {"stem": 64, "layer1": 256, "layer2": 512, "layer3": 1024, "layer4": 2048}
+    strides = {"stem": 2, "layer1": 4, "layer2": 8, "layer3": 8, "layer4": 8}  # layer3/4 dilated
     return TorchvisionSeg(net, num_classes, keep, {"out": "layer4", "aux": "layer3"},
-                          lambda k: head_cls(2048, k), channels)
+                          lambda k: head_cls(2048, k), channels, strides)
 
 
 def fcn_resnet50(num_classes: int, aux: bool = False, **_: Any) -> TorchvisionSeg:
@@ -96,9 +99,9 @@ def deeplabv3_resnet50(num_classes: int, aux: bool = False, **_: Any) -> Torchvi
     return _resnet50(tvseg.deeplabv3_resnet50, DeepLabHead, num_classes, aux)
 
 
-def _mobilenet_keep(backbone: nn.Module) -> tuple[dict[str, str], dict[str, int]]:
-    """Name the last block of each stride of MobileNetV3-Large's features."""
-    keep, channels = {}, {}
+def _mobilenet_keep(backbone: nn.Module) -> tuple[dict[str, str], dict[str, int], dict[str, int]]:
+    """Name the last block of each stride of MobileNetV3-Large's features (channels, strides)."""
+    keep, channels, strides_of = {}, {}, {}
     names = list(backbone.keys())
     strides = {"1": "s2", "3": "s4", "6": "s8", "12": "s16", names[-1]: "s16_out"}
     out_ch = {"1": 16, "3": 24, "6": 40, "12": 112, names[-1]: 960}
@@ -106,20 +109,21 @@ def _mobilenet_keep(backbone: nn.Module) -> tuple[dict[str, str], dict[str, int]
         if child in backbone:
             keep[child] = feat
             channels[feat] = out_ch[child]
-    return keep, channels
+            strides_of[feat] = int(feat[1:].split("_")[0])
+    return keep, channels, strides_of
 
 
 def deeplabv3_mobilenet_v3_large(num_classes: int, aux: bool = False, **_: Any) -> TorchvisionSeg:
     net = tvseg.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=aux)
-    keep, channels = _mobilenet_keep(net.backbone)
+    keep, channels, strides = _mobilenet_keep(net.backbone)
     return TorchvisionSeg(net, num_classes, keep, {"out": "s16_out", "aux": "s8"},
-                          lambda k: DeepLabHead(960, k), channels)
+                          lambda k: DeepLabHead(960, k), channels, strides)
 
 
 def lraspp_mobilenet_v3_large(num_classes: int, aux: bool = False, **_: Any) -> TorchvisionSeg:
     net = tvseg.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes)
-    keep, channels = _mobilenet_keep(net.backbone)
+    keep, channels, strides = _mobilenet_keep(net.backbone)
     model = TorchvisionSeg(net, num_classes, keep, {"low": "s8", "high": "s16_out"},
-                           lambda k: _LRASPPHeadAdapter(LRASPPHead(40, 960, k, 128)), channels)
+                           lambda k: _LRASPPHeadAdapter(LRASPPHead(40, 960, k, 128)), channels, strides)
     model.decode_head = _LRASPPHeadAdapter(net.classifier)
     return model

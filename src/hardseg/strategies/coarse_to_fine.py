@@ -17,16 +17,17 @@ w_l · CE(p_l, y_l) for the coarse levels (ignore stays ignore at every level,
 ``base_weight`` · CE of the network's own decode head.
 
 **(choices)** The deep feature is the last of ``model.feature_channels``, the
-skip the second (``deep``/``skip`` override them); stage 0 uses the same
+skip the shallowest feature at stride ≥ 4 (ResNet's layer1, MobileNetV3's
+stride-4 block, tiny_seg's stage4; ``deep``/``skip`` override them); stage 0 uses the same
 conv block as the others, on the deep feature alone (the paper's stage 0 is
 its PSP head), so it fits every model. The stage width defaults to the
 level's class count, as in the paper's ``segnetUp(in, n_classes)``, and a
 conv1×1 classifier replaces the paper's ReLU on the logits. The network's own
 decode head is kept (the model is not modified) and supervised like an
 auxiliary head (0.4) so it gets a gradient under DDP; it is inference cost
-C2F pays. Cost (``benchmarks/strategy_cost.py``, tiny_seg, CPU): the stages
-run at the skip's resolution, so the default stride-2 skip makes a step
-≈1.9× CE's; ``skip: stage4`` brings it to ≈1.25×.
+C2F pays. Cost (``benchmarks/strategy_cost.py``, README): the stages run at
+the skip's resolution; on tiny_seg a stride-2 skip (``skip: stage2``) makes a
+step ≈1.9× CE's, the default stride-4 skip ≈1.25×.
 
 Inference: the stages are the model; :meth:`export` returns
 :class:`CoarseToFineNet` (network + stages) whose ``logits`` are the finest stage.
@@ -55,7 +56,7 @@ class C2FConfig(StrategyConfig):
     base_weight: float = Field(0.4, ge=0, description="weight of the CE on the network's own decode head")
     stage_channels: int | None = Field(None, ge=1, description="stage width; None = the level's class count")
     deep: str | None = Field(None, description="deep feature name; None = the deepest")
-    skip: str | None = Field(None, description="skip feature name; None = the second shallowest")
+    skip: str | None = Field(None, description="skip feature name; None = the shallowest at stride >= 4")
 
     @field_validator("hierarchy")
     @classmethod
@@ -155,18 +156,20 @@ class CoarseToFine(Strategy):
         self.hierarchy, self.weights = levels, weights
         self.classes = [max(level) + 1 for level in levels] + [ctx.num_classes]
 
-    def _feature(self, model: SegModel, name: str | None, default: int, key: str) -> str:
+    def _feature(self, model: SegModel, name: str | None, default: str, key: str) -> str:
         names = list(model.feature_channels)
         if name is None:
-            return names[default] if len(names) > 1 else names[-1]
+            return default
         if name not in model.feature_channels:
             raise ConfigError(f"invalid '{KEY}.{key}': '{name}' is not a feature of the model; "
                               f"allowed: {', '.join(names)}")
         return name
 
     def build_modules(self, model: SegModel) -> dict[str, nn.Module]:
-        deep = self._feature(model, self.cfg.deep, -1, "deep")
-        skip = self._feature(model, self.cfg.skip, 1, "skip")
+        names = list(model.feature_channels)
+        stride4 = [n for n in names if model.feature_strides.get(n, 0) >= 4]
+        deep = self._feature(model, self.cfg.deep, names[-1], "deep")
+        skip = self._feature(model, self.cfg.skip, stride4[0] if stride4 else names[0], "skip")
         ch = model.feature_channels
         return {"stages": C2FStages(deep, skip, ch[deep], ch[skip], self.classes, self.cfg.stage_channels,
                                     model.align_corners)}

@@ -16,10 +16,13 @@ SR-L and SR-F are 0 until ``progress ≥ warmup`` (0.25 = 10k of the demo's
 (CE, or what the weighting strategies make of it) at weight 1, not 0.8 · CE
 as in the demo's sum; pseudo-labels of SR-F are ignored where y is;
 ``variant: paper`` uses KL(τ) on logits for SR-L and MSE of channel-normalised
-exit features for SR-F (see the functional). ``exit_channels`` defaults to the
-demo's 256; scale it down for small models: on tiny_seg (whose stem is at
-full resolution) 256 makes a step ≈35× CE's, 16 ≈1.8×, 16 without the stem
-exit (``exits: [stage2, stage4, stage8]``) ≈1.5× (``benchmarks/strategy_cost.py``).
+exit features for SR-F (see the functional). An exit on a feature finer than
+``min_exit_stride`` (4: the stride of a ResNet stem's output, the demo's
+shallowest exit) average-pools it to that stride first, so exits on
+full-resolution stems (tiny_seg) cost what the paper's cost; on torchvision's
+ResNet/MobileNet backbones every feature is already at stride ≥ 4.
+``exit_channels`` defaults to the demo's 256; scale it down for small models:
+see ``benchmarks/strategy_cost.py`` and README for the measured step cost.
 
 Inference: exits and FCs are training-only; the exported model is the
 network alone.
@@ -30,6 +33,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch.nn as nn
+import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor
 
@@ -50,6 +54,7 @@ class SRConfig(StrategyConfig):
     exit_channels: int = Field(256, ge=1, description="width of each exit's two conv3×3 layers")
     exits: list[str] | None = Field(None, min_length=1, description="feature names with an exit; None = all")
     tau: float = Field(1.0, gt=0, description="KL temperature of the paper variant's SR-L")
+    min_exit_stride: int = Field(4, ge=1, description="exits on finer features average-pool them to this stride first")
 
 
 def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
@@ -94,7 +99,9 @@ class SelfRegulation(Strategy):
         size = out.logits.shape[-2:]
         logits, presence, hidden = [], [], []
         for name, exit_ in modules["exits"].items():
-            o, p, h = exit_(out.features[name])
+            feat = out.features[name]
+            pool = self.cfg.min_exit_stride * feat.shape[-1] // size[-1]
+            o, p, h = exit_(F.avg_pool2d(feat, pool, ceil_mode=True) if pool > 1 else feat)
             logits.append(resize_to(o, size, self.align_corners))
             presence.append(p)
             hidden.append(h)
