@@ -13,7 +13,6 @@ import pytest
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("RAY_ADDRESS", None)
 
@@ -58,10 +57,11 @@ def data_root(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One real local Ray runtime for the session (2 CPUs, like CI)."""
+    """One real local Ray runtime for the session (2 CPUs, like CI; trial-driver slots for sweeps)."""
     import ray
 
-    ray.init(num_cpus=2, logging_level="WARNING")
+    os.environ.setdefault("RAY_worker_niceness", "0")
+    ray.init(num_cpus=2, resources={"trial_driver": 2}, logging_level="WARNING")
     yield ray
     ray.shutdown()
 

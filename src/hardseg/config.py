@@ -109,6 +109,8 @@ class RayConfig(_Strict):
 class TrackingConfig(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; None = MLFLOW_TRACKING_URI or ./mlruns/mlflow.db")
     experiment: str = "hardseg"
+    optuna_storage: str | None = Field(None, description="Optuna RDB URL for sweeps; None = optuna.db next to a "
+                                       "SQLite MLflow store (use PostgreSQL on a multi-node cluster)")
 
 
 class FaultConfig(_Strict):

@@ -47,6 +47,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_sweep(out) -> None:
+    if out.interrupted:
+        print(f"[hardseg] resume with: hardseg sweep --resume {out.name}")
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from hardseg.platform.sweep import resume_sweep, run_sweep
+    from hardseg.search_spaces import load_space
+
+    if args.resume:
+        out = resume_sweep(args.resume, storage_path=args.storage_path)
+    else:
+        if not args.space:
+            raise HardsegError("hardseg sweep needs a SPACE (a preset such as 'quickstart' or a YAML file) "
+                               "or --resume NAME")
+        space = load_space(args.space)
+        if args.num_samples:
+            space.sweep.num_samples = args.num_samples
+        overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
+        out = run_sweep(space, config_path=args.config, overrides=overrides, name=args.name,
+                        in_process=not args.always_trainer)
+    _print_sweep(out)
+    return 130 if out.interrupted else 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from hardseg.platform.sweep import run_ablation
+
+    overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
+    out = run_ablation(args.strategies, args.seeds, config_path=args.config, overrides=overrides, name=args.name,
+                       in_process=not args.always_trainer)
+    _print_sweep(out)
+    return 130 if out.interrupted else 0
+
+
 def cmd_data_generate(args: argparse.Namespace) -> int:
     from hardseg.data.synthetic import generate_command
 
@@ -58,10 +93,18 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_STRATEGIES = ["ce", "hl", "ohem"]
+DEMO_SEEDS = [0, 1]
+DEMO_EPOCHS = 8
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train the small model on the synthetic benchmark with the embedded defaults."""
+    """A small ablation on the embedded defaults: CE, HL and OHEM × 2 seeds, one worker per trial."""
     args.config = None
-    return cmd_train(args)
+    args.strategies, args.seeds = DEMO_STRATEGIES, DEMO_SEEDS
+    args.overrides = [f"train.epochs={DEMO_EPOCHS}", "ray.num_workers=1", *args.overrides]
+    args.name, args.always_trainer = None, False
+    return cmd_ablate(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +123,31 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--root", help="output folder (default: data.root of the config)")
     g.set_defaults(func=cmd_data_generate)
 
-    demo = sub.add_parser("demo", help="the demo: train on the embedded defaults")
+    sw = sub.add_parser("sweep", help="search strategy weights: Ray Tune + Optuna (+ ASHA), one MLflow parent run")
+    sw.add_argument("space", nargs="?", help="search space: a preset (quickstart, hl, ohem, ...) or a YAML file")
+    sw.add_argument("--config", help="run config YAML the space starts from (default: the embedded default)")
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a config key for every trial (repeatable)")
+    sw.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)")
+    sw.add_argument("--name", help="sweep name (default: <space>-<date>-<time>); also the Optuna study's name")
+    sw.add_argument("--num-samples", type=int, help="override the space's sweep.num_samples")
+    sw.add_argument("--resume", metavar="NAME", help="finish an interrupted sweep")
+    sw.add_argument("--storage-path", help="with --resume: the ray.storage_path the sweep ran with")
+    sw.add_argument("--always-trainer", action="store_true",
+                    help="fit a TorchTrainer even for one-worker trials (default: train in the trial's process)")
+    sw.set_defaults(func=cmd_sweep)
+
+    ab = sub.add_parser("ablate", help="strategies × seeds with identical budgets, one MLflow parent run")
+    _add_config_args(ab)
+    ab.add_argument("--strategies", nargs="+", required=True,
+                    help="strategies or '+'-joined combinations, e.g. ce hl ohem hl+coarse_to_fine")
+    ab.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (data order, init, augmentation)")
+    ab.add_argument("--name", help="ablation name (default: ablation-<date>-<time>)")
+    ab.add_argument("--always-trainer", action="store_true",
+                    help="fit a TorchTrainer even for one-worker trials")
+    ab.set_defaults(func=cmd_ablate)
+
+    demo = sub.add_parser("demo", help="the demo: a small ablation (ce, hl, ohem × 2 seeds) on the embedded defaults")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     demo.add_argument("--tracking-uri")
     demo.set_defaults(func=cmd_demo)

@@ -105,6 +105,91 @@ def start_run(cfg: RunConfig, config_text: str, tags: dict[str, str] | None = No
     return client, uri, exp_id, run_id
 
 
+def make_trainer(cfg: RunConfig, run_id: str, uri: str, *, name: str | None = None,
+                 callbacks: list | None = None):
+    """The ``TorchTrainer`` of one run: DDP workers, checkpoints under ``cfg.ray.storage_path``,
+    each report logged to MLflow run ``run_id`` by a callback on the Train controller."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig as TrainRunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from hardseg.trainables.ray_worker import train_loop_per_worker
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run": cfg.model_dump(mode="json")},
+        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
+                                     resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
+        run_config=TrainRunConfig(
+            name=name or f"train-{run_id}",
+            storage_path=cfg.ray.storage_path,
+            failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[tracking.ray_callback(uri, run_id), *(callbacks or [])],
+            logging_config=LoggingConfig(log_level="WARNING"),
+            # Ray Train's print patch would echo every progress line twice.
+            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
+        ),
+    )
+
+
+def raise_if_run_failed(client: tracking.MlflowClient, run_id: str) -> None:
+    """A worker's error report (NaN loss) sets ``hardseg.error``; turn it into a TrainingError."""
+    error = client.get_run(run_id).data.tags.get("hardseg.error")
+    if error:
+        raise TrainingError(f"run {run_id} failed: {error}; lower train.lr or check the data and strategy settings")
+
+
+def log_final_artifacts(client: tracking.MlflowClient, run_id: str, checkpoint_dir: Path | None,
+                        config_text: str, wall_s: float) -> None:
+    """The exported model of the last checkpoint, its config and the run's wall time."""
+    from hardseg.trainables.loop import EXPORT_FILE
+
+    if checkpoint_dir is not None and (Path(checkpoint_dir) / EXPORT_FILE).is_file():
+        client.log_artifact(run_id, str(Path(checkpoint_dir) / EXPORT_FILE), EXPORT_ARTIFACT_DIR)
+    client.log_text(run_id, config_text, f"{EXPORT_ARTIFACT_DIR}/config.yaml")
+    tracking.log_metrics(client, run_id, {"wall_time_s": wall_s})
+
+
+class TrialStopped(Exception):
+    """A sweep's scheduler stopped this trial early (Tune raises SystemExit in ``tune.report``)."""
+
+
+class RunCloser:
+    """Ends an MLflow run in a terminal state whatever happens inside the ``with``.
+
+    FINISHED when the block completes, KILLED on Ctrl-C or :class:`TrialStopped`
+    (then ``hardseg.stop_reason`` holds why), FAILED otherwise; the
+    reason goes to the ``hardseg.error`` tag. Exceptions are re-raised, a
+    non-hardseg one as :class:`TrainingError` with the innermost cause on one line.
+    """
+
+    def __init__(self, client: tracking.MlflowClient, run_id: str):
+        self.client, self.run_id = client, run_id
+
+    def __enter__(self) -> "RunCloser":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None:
+            self.client.set_terminated(self.run_id, "FINISHED")
+            return False
+        if isinstance(exc, KeyboardInterrupt):
+            status, reason = "KILLED", "interrupted (Ctrl-C)"
+        elif isinstance(exc, TrialStopped):
+            tracking.set_tags(self.client, self.run_id, {"hardseg.stop_reason": str(exc)})
+            self.client.set_terminated(self.run_id, "KILLED")
+            raise SystemExit(0) from None  # let Tune finish stopping the trial
+        elif isinstance(exc, HardsegError):
+            status, reason = "FAILED", str(exc)
+        else:
+            status, reason = "FAILED", _one_line(exc)
+        tracking.set_tags(self.client, self.run_id, {"hardseg.error": reason})
+        self.client.set_terminated(self.run_id, status)
+        if status == "FAILED" and not isinstance(exc, HardsegError):
+            raise TrainingError(f"run {self.run_id} failed: {reason}") from exc
+        return False
+
+
 def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str, str] | None = None) -> TrainOutcome:
     """Validate, prepare data, then train with ``cfg.ray.num_workers`` DDP workers.
 
@@ -112,12 +197,7 @@ def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str,
         HardsegError: bad input (before anything is logged) or a failed run
             (after the MLflow run was closed as FAILED with the reason).
     """
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig as TrainRunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from hardseg.platform.cluster import ensure_ray
-    from hardseg.trainables.loop import EXPORT_FILE
-    from hardseg.trainables.ray_worker import train_loop_per_worker
 
     cfg = resolve_paths(cfg, workdir)
     prepare_data(cfg)
@@ -126,54 +206,20 @@ def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str,
     client, uri, exp_id, run_id = start_run(cfg, config_text, tags)
     print(f"[hardseg] MLflow run {run_id} in experiment '{cfg.tracking.experiment}' at {uri}", flush=True)
 
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"run": cfg.model_dump(mode="json")},
-        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
-                                     resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
-        run_config=TrainRunConfig(
-            name=f"train-{run_id}",
-            storage_path=cfg.ray.storage_path,
-            failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=[tracking.ray_callback(uri, run_id)],
-            logging_config=LoggingConfig(log_level="WARNING"),
-            # Ray Train's print patch would echo every progress line twice.
-            worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
-        ),
-    )
     start = time.perf_counter()
-    status, reason = "FAILED", "unknown"
-    try:
-        result = trainer.fit()
+    with RunCloser(client, run_id):
+        result = make_trainer(cfg, run_id, uri).fit()
         # result.metrics belong to the last checkpoint; an error report carries no
         # checkpoint, so the MLflow callback's error tag is the source of truth.
-        metrics = dict(result.metrics or {})
-        error = client.get_run(run_id).data.tags.get("hardseg.error")
-        if error:
-            reason = error
-            raise TrainingError(f"run {run_id} failed: {reason}; lower train.lr or check the data and strategy settings")
+        raise_if_run_failed(client, run_id)
+        wall = time.perf_counter() - start
         ckpt_path = result.checkpoint.path if result.checkpoint else None
         if result.checkpoint is not None:
             with result.checkpoint.as_directory() as d:
-                client.log_artifact(run_id, str(Path(d) / EXPORT_FILE), EXPORT_ARTIFACT_DIR)
-        client.log_text(run_id, config_text, f"{EXPORT_ARTIFACT_DIR}/config.yaml")
-        wall = time.perf_counter() - start
-        tracking.log_metrics(client, run_id, {"wall_time_s": wall})
-        status = "FINISHED"
-        return TrainOutcome(run_id, exp_id, uri, metrics, checkpoint_path=ckpt_path, wall_s=wall)
-    except KeyboardInterrupt:
-        status, reason = "KILLED", "interrupted (Ctrl-C)"
-        raise
-    except HardsegError:
-        raise
-    except Exception as err:  # Ray's TrainingFailedError wraps the worker's exception
-        reason = _one_line(err)
-        raise TrainingError(f"run {run_id} failed: {reason}") from err
-    finally:
-        if status != "FINISHED":
-            tracking.set_tags(client, run_id, {"hardseg.error": reason})
-        client.set_terminated(run_id, status)
+                log_final_artifacts(client, run_id, Path(d), config_text, wall)
+        else:
+            log_final_artifacts(client, run_id, None, config_text, wall)
+    return TrainOutcome(run_id, exp_id, uri, dict(result.metrics or {}), checkpoint_path=ckpt_path, wall_s=wall)
 
 
 def _one_line(err: BaseException) -> str:

@@ -1,0 +1,488 @@
+"""``hardseg sweep`` and ``hardseg ablate``: Ray Tune over training runs, recorded in MLflow.
+
+A sweep is one MLflow parent run (space, CLI, git commit, versions; the best
+trial at the end) and one child run per Tune trial (:mod:`hardseg.platform.trial`).
+
+* **sweep**: :class:`~ray.tune.search.optuna.OptunaSearch` with the space's
+  define-by-run function and an explicit ``TPESampler(seed=...)``; the
+  Optuna study lives in an RDB storage (SQLite next to the MLflow store by
+  default, ``tracking.optuna_storage`` for PostgreSQL), named after the
+  sweep, readable by ``optuna-dashboard``. Optional ASHA on the ``epoch``
+  attribute; optional multi-objective (then no scheduler).
+* **ablate**: a grid (strategies × seeds) with identical budgets and data, no search.
+
+Trials either run in their own process (one worker) or fit a TorchTrainer
+with DDP workers; trial drivers take the custom ``trial_driver`` resource so
+they never hold a CPU the workers need (``ray-mlflow-notes.md``).
+
+Every run ends in a terminal state: a trial closes its own run (FINISHED or
+FAILED with the reason); runs of trials that Tune stopped (ASHA, Ctrl-C)
+are closed here after ``Tuner.fit`` as KILLED with ``hardseg.stop_reason``.
+An interrupted sweep resumes with ``hardseg sweep --resume NAME``
+(``Tuner.restore``): the same parent run, each trial's own child run, the
+same Optuna study.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hardseg.errors import ConfigError
+from hardseg.platform import tracking
+from hardseg.platform.trial import SWEEP_TAG, TRIAL_TAG, TrialSpec, run_trial
+from hardseg.search_spaces import SearchSpace
+
+STATE_FILE = "hardseg_sweep.json"
+SWEEPS_DIR = "sweeps"
+
+
+@dataclass
+class SweepOutcome:
+    name: str
+    parent_run_id: str
+    tracking_uri: str
+    optuna_storage: str | None
+    statuses: dict[str, int]  # FINISHED / FAILED / KILLED child runs
+    best: dict[str, Any] | None
+    interrupted: bool = False
+    wall_s: float = 0.0
+    trial_runs: list[str] = field(default_factory=list)
+
+
+def default_sweep_name(space_name: str) -> str:
+    return f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def check_name(name: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):
+        raise ConfigError(f"invalid sweep name {name!r}: use letters, digits, '.', '_' or '-'")
+    return name
+
+
+def optuna_storage_url(cfg, tracking_uri: str) -> str:
+    """``tracking.optuna_storage``, else ``optuna.db`` next to a SQLite MLflow store, else ./mlruns/optuna.db."""
+    if cfg.tracking.optuna_storage:
+        return cfg.tracking.optuna_storage
+    if tracking_uri.startswith("sqlite:///"):
+        return f"sqlite:///{Path(tracking_uri[len('sqlite:///'):]).parent / 'optuna.db'}"
+    folder = Path.cwd().resolve() / tracking.DEFAULT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'optuna.db'}"
+
+
+def trial_resources(cfg, in_process: bool) -> dict[str, float]:
+    """One-worker trials train in the trial's process; others only drive a TorchTrainer."""
+    from hardseg.platform.cluster import TRIAL_DRIVER_RESOURCE
+
+    if in_process and cfg.ray.num_workers == 1:
+        res = {"CPU": cfg.ray.cpus_per_worker}
+        if cfg.ray.use_gpu:
+            res["GPU"] = 1
+        return res
+    return {TRIAL_DRIVER_RESOURCE: 1}
+
+
+def concurrency(cfg, resources: dict[str, float], limit: int | None, num_trials: int) -> int:
+    """Trials at once: what the cluster's CPUs (and GPUs) fit, capped by the space and the trial count."""
+    import ray
+
+    from hardseg.platform.cluster import TRIAL_DRIVER_RESOURCE
+
+    total = ray.cluster_resources()
+    per_trial_cpu = cfg.ray.num_workers * cfg.ray.cpus_per_worker
+    n = int(total.get("CPU", 1) // per_trial_cpu)
+    if cfg.ray.use_gpu:
+        n = min(n, int(total.get("GPU", 0) // cfg.ray.num_workers))
+    if TRIAL_DRIVER_RESOURCE in resources:
+        drivers = int(total.get(TRIAL_DRIVER_RESOURCE, 0))
+        if drivers < 1:
+            raise ConfigError(f"the Ray cluster has no '{TRIAL_DRIVER_RESOURCE}' resource for trial drivers; start "
+                              f"its head with --resources='{{\"{TRIAL_DRIVER_RESOURCE}\": 4}}'")
+        n = min(n, drivers)
+    return max(1, min(n, limit or n, num_trials))
+
+
+# -- Tune pieces ------------------------------------------------------------------
+def make_searcher(space: SearchSpace, storage_url: str, study_name: str, max_epochs: int):
+    """OptunaSearch over the space's define-by-run function, with a persistent, seeded study."""
+    import optuna
+    from optuna.trial import TrialState
+    from ray.tune.search.optuna import OptunaSearch
+
+    class RecordingOptunaSearch(OptunaSearch):
+        """Records the Tune trial id and how the trial ended on the Optuna trial; a failed
+        trial is FAIL even when it reported epochs before failing (Ray would tell COMPLETE)."""
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            ot = self._ot_trials.get(trial_id)
+            if ot is None or trial_id in self._completed_trials:
+                return super().on_trial_complete(trial_id, result, error)
+            ot.set_user_attr("tune_trial_id", trial_id)
+            epochs = int(result.get("epoch", 0)) if result else 0
+            ot.set_user_attr("epochs", epochs)
+            if error:
+                ot.set_user_attr("ended", "failed")
+                self._ot_study.tell(ot, state=TrialState.FAIL)
+                self._completed_trials.add(trial_id)
+                return None
+            ot.set_user_attr("ended", "stopped early" if epochs < max_epochs else "finished")
+            return super().on_trial_complete(trial_id, result, error)
+
+    s = space.sweep
+    sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True)
+    storage = optuna.storages.RDBStorage(storage_url)
+    metric, mode = (s.metrics, s.modes) if s.is_multi_objective else (s.metric, s.mode)
+    return RecordingOptunaSearch(space=space.define_by_run, metric=metric, mode=mode, sampler=sampler,
+                                 storage=storage, study_name=study_name)
+
+
+def make_scheduler(space: SearchSpace, max_epochs: int):
+    if space.sweep.scheduler is None:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    a = space.sweep.scheduler
+    return ASHAScheduler(time_attr="epoch", metric=space.sweep.metric, mode=space.sweep.mode,
+                         max_t=a.max_t or max_epochs, grace_period=a.grace_period,
+                         reduction_factor=a.reduction_factor)
+
+
+class ProgressTable:
+    """A live table of trials (trial, strategy, params, epoch, metric, status) as a Tune callback."""
+
+    def __new__(cls, metric: str, every_s: float = 10.0):
+        from ray.tune import Callback
+
+        class _Table(Callback):
+            def __init__(self) -> None:
+                self.rows: dict[str, dict[str, Any]] = {}
+                self.last_print = 0.0
+
+            def _row(self, trial, **kw) -> None:
+                row = self.rows.setdefault(trial.trial_id, {"config": dict(trial.config), "epoch": 0, "value": None})
+                row.update(kw)
+
+            def on_trial_start(self, iteration, trials, trial, **info) -> None:
+                self._row(trial, status="RUNNING")
+                self._print()
+
+            def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+                self._row(trial, status="RUNNING", epoch=result.get("epoch", 0), value=result.get(metric))
+                self._print()
+
+            def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+                self._row(trial, status="DONE")
+                self._print(force=True)
+
+            def on_trial_error(self, iteration, trials, trial, **info) -> None:
+                self._row(trial, status="FAILED")
+                self._print(force=True)
+
+            def on_experiment_end(self, trials, **info) -> None:
+                for t in trials:
+                    if t.status == "TERMINATED" and self.rows.get(t.trial_id, {}).get("status") == "RUNNING":
+                        self._row(t, status="STOPPED")
+                self._print(force=True)
+
+            def _print(self, force: bool = False) -> None:
+                if not force and time.time() - self.last_print < every_s:
+                    return
+                self.last_print = time.time()
+                print(format_table(self.rows, metric), flush=True)
+
+        return _Table()
+
+
+def format_table(rows: dict[str, dict[str, Any]], metric: str) -> str:
+    lines = [f"{'trial':<12} {'strategy':<22} {'epoch':>5} {metric:>10} {'status':<8} params"]
+    for tid, r in rows.items():
+        cfg = r["config"]
+        strategy = str(cfg.get("strategies", "-"))
+        params = " ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in cfg.items() if k != "strategies")
+        value = f"{r['value']:.4f}" if isinstance(r.get("value"), float) else "-"
+        lines.append(f"{tid:<12} {strategy:<22} {r.get('epoch', 0):>5} {value:>10} {r.get('status', '-'):<8} {params}")
+    return "\n".join(lines)
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+# -- MLflow: parent run, closing, best ----------------------------------------------
+def start_parent_run(client, exp_id: str, name: str, kind: str, space: SearchSpace, base_cfg,
+                     extra_params: dict[str, Any]) -> str:
+    from hardseg.platform.train_job import run_tags
+
+    tags = {**run_tags(base_cfg), "hardseg.kind": kind, SWEEP_TAG: name, "mlflow.runName": name,
+            "hardseg.cli": shlex.join(["hardseg", *sys.argv[1:]]) if sys.argv else "hardseg"}
+    tags.pop("hardseg.seed", None)
+    tags.pop("hardseg.strategies", None)
+    run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+    params = {f"space.{p.path}": json.dumps(p.to_dict()) for p in space.params.values()}
+    params.update({f"sweep.{k}": v for k, v in space.sweep.model_dump(mode="json").items()})
+    params.update({f"base.{k}": v for k, v in base_cfg.flat().items()})
+    params.update(extra_params)
+    tracking.log_params(client, run_id, params)
+    client.log_text(run_id, yaml.safe_dump(space.to_dict(), sort_keys=False), "space.yaml")
+    client.log_text(run_id, yaml.safe_dump(base_cfg.model_dump(mode="json"), sort_keys=False), "base_config.yaml")
+    return run_id
+
+
+def child_runs(client, exp_id: str, parent_run_id: str) -> list:
+    return client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                              max_results=10000)
+
+
+def close_open_runs(client, exp_id: str, parent_run_id: str, trials: list, max_epochs: int, interrupted: bool,
+                    resume_hint: str) -> None:
+    """Close the child runs their trials could not close (stopped by ASHA, Ctrl-C, a dead process)."""
+    by_id = {t.trial_id: t for t in trials}
+    for run in child_runs(client, exp_id, parent_run_id):
+        if run.info.status != "RUNNING":
+            continue
+        trial = by_id.get(run.data.tags.get(TRIAL_TAG))
+        epoch = int((trial.last_result or {}).get("epoch", 0)) if trial is not None else 0
+        if trial is not None and trial.status == "ERROR":
+            status, reason = "FAILED", f"the trial's process died after epoch {epoch}"
+        elif interrupted and (trial is None or trial.status != "TERMINATED"):
+            status, reason = "KILLED", f"sweep interrupted after epoch {epoch}; {resume_hint}"
+        else:
+            status, reason = "KILLED", f"stopped by the ASHA scheduler after epoch {epoch} of {max_epochs}"
+        tracking.set_tags(client, run.info.run_id, {"hardseg.stop_reason": reason})
+        client.set_terminated(run.info.run_id, status)
+
+
+def best_trial(client, exp_id: str, parent_run_id: str, metric: str, mode: str, max_epochs: int):
+    """The best FINISHED child run (trials that ran every epoch), or None."""
+    runs = [r for r in child_runs(client, exp_id, parent_run_id)
+            if r.info.status == "FINISHED" and metric in r.data.metrics]
+    if not runs:
+        return None
+    return (max if mode == "max" else min)(runs, key=lambda r: r.data.metrics[metric])
+
+
+def log_summary(client, exp_id: str, parent_run_id: str, space: SearchSpace, max_epochs: int) -> dict[str, Any]:
+    from collections import Counter
+
+    runs = child_runs(client, exp_id, parent_run_id)
+    statuses = dict(Counter(r.info.status for r in runs))
+    tracking.log_metrics(client, parent_run_id, {f"trials_{k.lower()}": v for k, v in statuses.items()} |
+                         {"trials": len(runs)})
+    best = best_trial(client, exp_id, parent_run_id, space.sweep.metrics[0], space.sweep.modes[0], max_epochs)
+    info: dict[str, Any] = {"statuses": statuses, "best": None}
+    if best is not None:
+        sampled = {k[len("sampled."):]: v for k, v in best.data.tags.items() if k.startswith("sampled.")}
+        tracking.log_params(client, parent_run_id, {f"best.{k}": v for k, v in sampled.items()})
+        tracking.log_metrics(client, parent_run_id, {f"best/{k}": v for k, v in best.data.metrics.items()
+                                                     if k.startswith(("val/", "train/loss"))})
+        tracking.set_tags(client, parent_run_id, {"hardseg.best_run_id": best.info.run_id,
+                                                  "hardseg.best_trial": best.data.tags.get(TRIAL_TAG, "")})
+        info["best"] = {"run_id": best.info.run_id, "trial_id": best.data.tags.get(TRIAL_TAG), "params": sampled,
+                        "metrics": {m: best.data.metrics.get(m) for m in space.sweep.metrics}}
+    return info
+
+
+# -- the driver ---------------------------------------------------------------------
+@dataclass
+class SweepState:
+    """What ``--resume`` needs, saved next to Tune's experiment state."""
+
+    spec: dict[str, Any]
+    grid: dict[str, list] | None
+    optuna_storage: str | None
+    max_epochs: int
+    num_samples: int
+    max_concurrent: int
+    resources: dict[str, float]
+
+    def save(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / STATE_FILE).write_text(json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, folder: Path) -> "SweepState":
+        return cls(**json.loads((folder / STATE_FILE).read_text()))
+
+
+def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: list[str] | None = None,
+              name: str | None = None, grid: dict[str, list] | None = None, kind: str = "sweep",
+              in_process: bool = True, workdir: Path | None = None) -> SweepOutcome:
+    """Validate everything, then run the sweep (``grid`` set: an ablation grid without a searcher).
+
+    Raises:
+        ConfigError: an invalid space or config, before any trial or MLflow run starts.
+    """
+    from hardseg.platform.cluster import ensure_ray
+    from hardseg.platform.train_job import prepare_data, resolve_paths
+
+    space.validate(config_path)
+    config_path = str(Path(config_path).resolve()) if config_path else None
+    name = check_name(name or default_sweep_name(space.name))
+    overrides = list(overrides or [])
+    base_cfg = resolve_paths(space.run_config({}, config_path, overrides), workdir)
+    uri = tracking.resolve_tracking_uri(base_cfg.tracking.uri, workdir)
+    sweep_root = Path(base_cfg.ray.storage_path) / SWEEPS_DIR
+    if (sweep_root / name).exists():
+        raise ConfigError(f"sweep '{name}' already exists in {sweep_root}; resume it with "
+                          f"'hardseg sweep --resume {name}' or choose another --name")
+    prepare_data(base_cfg)
+    resources = trial_resources(base_cfg, in_process)
+    local_drivers = max(1, (os.cpu_count() or 1) // max(1, int(base_cfg.ray.num_workers * base_cfg.ray.cpus_per_worker)))
+    ensure_ray(base_cfg.ray, trial_drivers=local_drivers)
+    num_trials = space.sweep.num_samples if grid is None else _grid_size(grid)
+    max_conc = concurrency(base_cfg, resources, space.sweep.max_concurrent, num_trials)
+    storage_url = optuna_storage_url(base_cfg, uri) if grid is None else None
+
+    client = tracking.MlflowClient(uri)
+    exp_id = tracking.get_or_create_experiment(client, base_cfg.tracking.experiment, uri)
+    resolved = [f"data.root={base_cfg.data.root}", f"ray.storage_path={base_cfg.ray.storage_path}/{SWEEPS_DIR}/{name}",
+                f"tracking.uri={uri}", "train.eval_every=1"]
+    extra = {"sweep.name": name, "sweep.max_concurrent": max_conc, "sweep.trial_resources": json.dumps(resources)}
+    if storage_url:
+        extra["sweep.optuna_storage"] = storage_url
+    parent = start_parent_run(client, exp_id, name, kind, space, base_cfg, extra)
+    spec = TrialSpec(sweep_name=name, space=space.to_dict(), config_path=config_path, overrides=overrides + resolved,
+                     tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent, metrics=space.sweep.metrics,
+                     kind=kind, in_process=in_process)
+    state = SweepState(asdict(spec), grid, storage_url, base_cfg.train.epochs, num_trials, max_conc, resources)
+    state.save(sweep_root / name)
+    _announce(name, parent, uri, storage_url, max_conc, num_trials, resources)
+    tuner = _make_tuner(state, sweep_root, space)
+    return _fit_and_close(tuner, state, space, client, start=time.perf_counter())
+
+
+def resume_sweep(name: str, *, storage_path: str | None = None, workdir: Path | None = None) -> SweepOutcome:
+    """Finish an interrupted sweep: ``Tuner.restore`` with the saved state, same MLflow parent run."""
+    from ray import tune
+
+    from hardseg.config import RayConfig
+    from hardseg.platform.cluster import ensure_ray
+    from hardseg.platform.train_job import resolve_paths
+
+    base = Path(storage_path or RayConfig().storage_path)
+    if not base.is_absolute():
+        base = (workdir or Path.cwd()).resolve() / base
+    folder = base / SWEEPS_DIR / check_name(name)
+    if not (folder / STATE_FILE).is_file():
+        raise ConfigError(f"no sweep '{name}' in {base / SWEEPS_DIR}; pass --storage-path where it was run "
+                          f"(the config's ray.storage_path)")
+    state = SweepState.load(folder)
+    spec = TrialSpec(**state.spec)
+    space = SearchSpace.from_dict(spec.space, source=f"sweep {name}")
+    base_cfg = resolve_paths(space.run_config({}, spec.config_path, spec.overrides), workdir)
+    local_drivers = max(1, (os.cpu_count() or 1) // max(1, int(base_cfg.ray.num_workers * base_cfg.ray.cpus_per_worker)))
+    ensure_ray(base_cfg.ray, trial_drivers=local_drivers)
+    client = tracking.MlflowClient(spec.tracking_uri)
+    client.update_run(spec.parent_run_id, status="RUNNING")
+    tracking.set_tags(client, spec.parent_run_id, {"hardseg.resumed": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    _announce(name, spec.parent_run_id, spec.tracking_uri, state.optuna_storage, state.max_concurrent,
+              state.num_samples, state.resources)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), state.resources)
+    tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True, resume_errored=False)
+    return _fit_and_close(tuner, state, space, client, start=time.perf_counter())
+
+
+def _grid_size(grid: dict[str, list]) -> int:
+    n = 1
+    for values in grid.values():
+        n *= len(values)
+    return n
+
+
+def _make_tuner(state: SweepState, sweep_root: Path, space: SearchSpace):
+    from ray import tune
+
+    spec = TrialSpec(**state.spec)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), state.resources)
+    s = space.sweep
+    if state.grid is not None:
+        tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=state.max_concurrent,
+                                      metric=s.metric, mode=s.mode)
+        param_space = {k: tune.grid_search(v) for k, v in state.grid.items()}
+    else:
+        searcher = make_searcher(space, state.optuna_storage, spec.sweep_name, state.max_epochs)
+        # metric and mode live on the searcher and the scheduler (Tune's concurrency
+        # limiter would not pass TuneConfig's on to the searcher).
+        tune_config = tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space, state.max_epochs),
+                                      num_samples=s.num_samples, max_concurrent_trials=state.max_concurrent)
+        param_space = {}
+    run_config = tune.RunConfig(
+        name=spec.sweep_name, storage_path=str(sweep_root), verbose=0,
+        callbacks=[ProgressTable(s.metrics[0])],
+        failure_config=tune.FailureConfig(max_failures=0),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+    )
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+def _announce(name, parent, uri, storage_url, max_conc, num_trials, resources) -> None:
+    print(f"[hardseg] sweep '{name}': {num_trials} trials, up to {max_conc} at once, trial resources {resources}",
+          flush=True)
+    print(f"[hardseg] MLflow parent run {parent}; UI: mlflow ui --backend-store-uri {uri}", flush=True)
+    if storage_url:
+        print(f"[hardseg] Optuna study '{name}' in {storage_url}; dashboard: optuna-dashboard {storage_url}",
+              flush=True)
+
+
+def _fit_and_close(tuner, state: SweepState, space: SearchSpace, client, start: float) -> SweepOutcome:
+    spec = TrialSpec(**state.spec)
+    resume_hint = f"resume with: hardseg sweep --resume {spec.sweep_name}"
+    try:
+        results = tuner.fit()
+    except BaseException as err:
+        reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
+        tracking.set_tags(client, spec.parent_run_id, {"hardseg.error": f"{reason}; {resume_hint}"[:5000]})
+        client.set_terminated(spec.parent_run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
+    interrupted = any(t.status not in ("TERMINATED", "ERROR") for t in trials) or len(trials) < state.num_samples
+    close_open_runs(client, spec.experiment_id, spec.parent_run_id, trials, state.max_epochs, interrupted,
+                    resume_hint)
+    info = log_summary(client, spec.experiment_id, spec.parent_run_id, space, state.max_epochs)
+    wall = time.perf_counter() - start
+    if interrupted:
+        tracking.set_tags(client, spec.parent_run_id, {"hardseg.stop_reason": f"interrupted; {resume_hint}"})
+        client.set_terminated(spec.parent_run_id, "KILLED")
+        print(f"[hardseg] sweep '{spec.sweep_name}' interrupted; {resume_hint}", flush=True)
+    else:
+        tracking.log_metrics(client, spec.parent_run_id, {"wall_time_s": wall})
+        client.set_terminated(spec.parent_run_id, "FINISHED")
+    print(f"[hardseg] sweep '{spec.sweep_name}': {info['statuses']} in {wall:.0f}s; best: "
+          f"{json.dumps(info['best']) if info['best'] else 'none'}", flush=True)
+    print(f"[hardseg] MLflow parent run {spec.parent_run_id}; UI: mlflow ui --backend-store-uri {spec.tracking_uri}",
+          flush=True)
+    return SweepOutcome(spec.sweep_name, spec.parent_run_id, spec.tracking_uri, state.optuna_storage,
+                        info["statuses"], info["best"], interrupted, wall,
+                        [r.info.run_id for r in child_runs(client, spec.experiment_id, spec.parent_run_id)])
+
+
+
+def ablation_space(strategies: list[str], seeds: list[int], name: str = "ablation") -> SearchSpace:
+    """The grid of an ablation as a space: ``strategies`` × ``seed``, every trial with the same budget."""
+    return SearchSpace.from_dict({
+        "name": name, "description": f"ablation {strategies} x seeds {seeds}",
+        "params": {"strategies": {"categorical": list(strategies)}, "seed": {"categorical": list(seeds)}},
+        "sweep": {"num_samples": len(strategies) * len(seeds), "metric": "val/miou", "mode": "max"},
+    }, source=name)
+
+
+def run_ablation(strategies: list[str], seeds: list[int], *, config_path: str | None = None,
+                 overrides: list[str] | None = None, name: str | None = None, in_process: bool = True,
+                 workdir: Path | None = None) -> SweepOutcome:
+    """Strategies × seeds with identical budgets and data: one MLflow parent, one child per cell."""
+    if not strategies or not seeds:
+        raise ConfigError("ablate needs at least one strategy (--strategies) and one seed (--seeds)")
+    space = ablation_space(strategies, seeds)
+    grid = {"strategies": [p for p in space.params["strategies"].choices], "seed": list(seeds)}
+    return run_sweep(space, config_path=config_path, overrides=overrides, name=name or default_sweep_name("ablation"),
+                     grid=grid, kind="ablation", in_process=in_process, workdir=workdir)

@@ -1,0 +1,177 @@
+"""One sweep trial: a Ray Tune function trainable that trains one RunConfig.
+
+Each trial is one MLflow child run of the sweep's parent run (tag
+``mlflow.parentRunId``), found again by its Tune trial id when a resumed
+sweep restarts the trial, so a trial never gets two runs. Training runs
+
+* **in the trial's own process** when the trial has one worker (no
+  TorchTrainer launch: the per-trial overhead is Tune's alone), checkpoints
+  reported to Tune so a restored sweep resumes the trial's epochs;
+* **as a TorchTrainer** with ``ray.num_workers`` DDP workers otherwise; its
+  Train run is named ``train-<trial id>`` so a restored trial resumes from
+  its last Train checkpoint.
+
+A failing trial (exception, NaN/inf loss) closes its run FAILED with the
+reason in ``hardseg.error`` and raises, so Tune marks it ERROR and Optuna
+FAIL; the sweep goes on. A trial stopped by the scheduler dies without
+running any code, so the sweep driver closes its run (``sweep.close_open_runs``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hardseg.platform import tracking
+from hardseg.platform.train_job import (RunCloser, TrialStopped, log_final_artifacts, make_trainer, raise_if_run_failed,
+                                        run_tags)
+
+TRIAL_TAG = "hardseg.trial_id"
+SWEEP_TAG = "hardseg.sweep"
+
+
+@dataclass
+class TrialSpec:
+    """What every trial of a sweep shares (passed with ``tune.with_parameters``)."""
+
+    sweep_name: str
+    space: dict[str, Any]  # SearchSpace.to_dict()
+    config_path: str | None
+    overrides: list[str]  # user --set overrides, then resolved paths and tracking
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    metrics: list[str]  # the searcher's / scheduler's metrics: only reports that have them go to Tune
+    kind: str = "sweep"  # or "ablation"
+    in_process: bool = True
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+
+def find_trial_run(client: tracking.MlflowClient, spec: TrialSpec, trial_id: str) -> str | None:
+    runs = client.search_runs([spec.experiment_id], filter_string=(
+        f"tags.`mlflow.parentRunId` = '{spec.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'"), max_results=2)
+    return runs[0].info.run_id if runs else None
+
+
+def open_trial_run(client: tracking.MlflowClient, spec: TrialSpec, cfg, sampled: dict[str, Any],
+                   trial_id: str, config_text: str) -> str:
+    """The trial's child run: reopened if a restored sweep restarts the trial, else created."""
+    run_id = find_trial_run(client, spec, trial_id)
+    if run_id is not None:
+        client.update_run(run_id, status="RUNNING")
+        tracking.set_tags(client, run_id, {"hardseg.restarts": str(_restarts(client, run_id) + 1)})
+        return run_id
+    tags = {**run_tags(cfg), **spec.extra_tags, "hardseg.kind": f"{spec.kind}-trial", SWEEP_TAG: spec.sweep_name,
+            TRIAL_TAG: trial_id, "mlflow.parentRunId": spec.parent_run_id, "mlflow.runName": cfg.name}
+    run_id = client.create_run(spec.experiment_id, run_name=cfg.name, tags=tags).info.run_id
+    tracking.log_params(client, run_id, cfg.flat())
+    tracking.set_tags(client, run_id, {f"sampled.{k}": v for k, v in sampled.items()})
+    client.log_text(run_id, config_text, "config.yaml")
+    return run_id
+
+
+def _restarts(client: tracking.MlflowClient, run_id: str) -> int:
+    return int(client.get_run(run_id).data.tags.get("hardseg.restarts", "0"))
+
+
+def _for_tune(metrics: dict[str, Any], wanted: list[str]) -> dict[str, Any] | None:
+    """Reports Tune may see: numeric, with every searcher metric (Tune aborts the sweep otherwise)."""
+    if "error" in metrics or any(m not in metrics for m in wanted):
+        return None
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def tune_forwarder(wanted: list[str]):
+    """Ray Tune's ``TuneReportCallback``, skipping error reports and those without the metrics."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class _Forward(TuneReportCallback):
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            kept = _for_tune(metrics[0] if metrics else {}, wanted)
+            if kept is not None:
+                super().after_report(run_context, [kept], checkpoint)
+
+    return _Forward()
+
+
+def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
+    """The Tune function trainable (``tune.with_parameters(run_trial, spec=...)``)."""
+    import logging
+
+    from ray import tune
+
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)  # one "Checkpoint created" line per epoch otherwise
+    from hardseg.search_spaces import SearchSpace
+
+    trial_id = tune.get_context().get_trial_id()
+    space = SearchSpace.from_dict(spec.space, source=f"sweep {spec.sweep_name}")
+    cfg = space.run_config(sampled, spec.config_path, [*spec.overrides, f"name={spec.sweep_name}-{trial_id}"])
+    config_text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    client = tracking.MlflowClient(spec.tracking_uri)
+    run_id = open_trial_run(client, spec, cfg, sampled, trial_id, config_text)
+    start = time.perf_counter()
+    with RunCloser(client, run_id):
+        if cfg.ray.num_workers == 1 and spec.in_process:
+            ckpt = _fit_in_process(cfg, spec.tracking_uri, client, run_id, spec.metrics)
+            log_final_artifacts(client, run_id, ckpt, config_text, time.perf_counter() - start)
+        else:
+            result = make_trainer(cfg, run_id, spec.tracking_uri, name=f"train-{trial_id}",
+                                  callbacks=[tune_forwarder(spec.metrics)]).fit()
+            raise_if_run_failed(client, run_id)
+            wall = time.perf_counter() - start
+            if result.checkpoint is not None:
+                with result.checkpoint.as_directory() as d:
+                    log_final_artifacts(client, run_id, Path(d), config_text, wall)
+            else:
+                log_final_artifacts(client, run_id, None, config_text, wall)
+
+
+def _fit_in_process(cfg, uri: str, client: tracking.MlflowClient, run_id: str, wanted: list[str]) -> Path | None:
+    """Train in the trial's process; each epoch goes to MLflow and (with its checkpoint) to Tune."""
+    import shutil
+    import tempfile
+
+    import torch
+    from ray import tune
+
+    from hardseg.trainables.local import LocalSession
+    from hardseg.trainables.loop import CHECKPOINT_FILE, fit
+
+    logger = tracking.MLflowEpochLogger(uri, run_id)
+    keep = Path(tempfile.mkdtemp(prefix="hardseg-trial-"))
+    last: dict[str, Path | None] = {"dir": None}
+
+    class TuneSession(LocalSession):
+        def load_checkpoint(self) -> dict[str, Any] | None:
+            ckpt = tune.get_checkpoint()
+            if ckpt is None:
+                return None
+            with ckpt.as_directory() as d:
+                return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+
+        def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+            logger.log(metrics, checkpoint_dir)
+            if checkpoint_dir is not None:  # keep the latest for the final artifacts
+                shutil.rmtree(keep, ignore_errors=True)
+                shutil.copytree(checkpoint_dir, keep)
+                last["dir"] = keep
+            kept = _for_tune(metrics, wanted)
+            if kept is None:
+                return
+            checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+            try:
+                tune.report(kept, checkpoint=checkpoint)
+            except SystemExit:  # Tune stops the trial: the scheduler's decision, or max_t reached
+                epoch = int(metrics.get("epoch", 0))
+                if epoch < cfg.train.epochs:
+                    raise TrialStopped(f"stopped by the scheduler after epoch {epoch} of {cfg.train.epochs}") \
+                        from None
+
+    fit(cfg, TuneSession(device="cuda" if cfg.ray.use_gpu else "cpu"))
+    raise_if_run_failed(client, run_id)
+    return last["dir"]
+
