@@ -407,14 +407,16 @@ def _make_tuner(state: SweepState, sweep_root: Path, space: SearchSpace):
     s = space.sweep
     if state.grid is not None:
         tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=state.max_concurrent,
-                                      metric=s.metric, mode=s.mode)
+                                      metric=s.metric, mode=s.mode, reuse_actors=True)
         param_space = {k: tune.grid_search(v) for k, v in state.grid.items()}
     else:
         searcher = make_searcher(space, state.optuna_storage, spec.sweep_name, state.max_epochs)
         # metric and mode live on the searcher and the scheduler (Tune's concurrency
-        # limiter would not pass TuneConfig's on to the searcher).
+        # limiter would not pass TuneConfig's on to the searcher). Trial actors are
+        # reused: a new trial skips the process start and the torch/hardseg imports.
         tune_config = tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space, state.max_epochs),
-                                      num_samples=s.num_samples, max_concurrent_trials=state.max_concurrent)
+                                      num_samples=s.num_samples, max_concurrent_trials=state.max_concurrent,
+                                      reuse_actors=True)
         param_space = {}
     run_config = tune.RunConfig(
         name=spec.sweep_name, storage_path=str(sweep_root), verbose=0,

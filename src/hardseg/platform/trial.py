@@ -78,24 +78,44 @@ def _restarts(client: tracking.MlflowClient, run_id: str) -> int:
     return int(client.get_run(run_id).data.tags.get("hardseg.restarts", "0"))
 
 
-def _for_tune(metrics: dict[str, Any], wanted: list[str]) -> dict[str, Any] | None:
-    """Reports Tune may see: numeric, with every searcher metric (Tune aborts the sweep otherwise)."""
-    if "error" in metrics or any(m not in metrics for m in wanted):
+def _for_tune(metrics: dict[str, Any], wanted: list[str], final_epoch: int) -> dict[str, Any] | None:
+    """Reports Tune may see during training: numeric, with every searcher metric (Tune aborts the
+    sweep otherwise), and not the final epoch's, which the trial reports itself after closing its
+    run (Tune stops a trial as soon as it sees its last result)."""
+    if "error" in metrics or any(m not in metrics for m in wanted) or int(metrics.get("epoch", 0)) >= final_epoch:
         return None
+    return numeric(metrics)
+
+
+def numeric(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def tune_forwarder(wanted: list[str]):
-    """Ray Tune's ``TuneReportCallback``, skipping error reports and those without the metrics."""
+def tune_forwarder(wanted: list[str], final_epoch: int):
+    """Ray Tune's ``TuneReportCallback`` for the reports :func:`_for_tune` lets through."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     class _Forward(TuneReportCallback):
         def after_report(self, run_context, metrics, checkpoint) -> None:
-            kept = _for_tune(metrics[0] if metrics else {}, wanted)
+            kept = _for_tune(metrics[0] if metrics else {}, wanted, final_epoch)
             if kept is not None:
                 super().after_report(run_context, [kept], checkpoint)
 
     return _Forward()
+
+
+def last_epoch(client: tracking.MlflowClient, run_id: str) -> int:
+    history = client.get_metric_history(run_id, "train/loss")
+    return max((m.step for m in history), default=0)
+
+
+def stopped_by_tune(err: BaseException) -> bool:
+    """Tune stopping a trial removes its placement group, which kills the Train controller inside it."""
+    while err is not None:
+        if "placement group was removed" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
 
 
 def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
@@ -104,34 +124,48 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
 
     from ray import tune
 
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)  # one "Checkpoint created" line per epoch otherwise
     from hardseg.search_spaces import SearchSpace
 
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)  # one "Checkpoint created" line per epoch otherwise
     trial_id = tune.get_context().get_trial_id()
     space = SearchSpace.from_dict(spec.space, source=f"sweep {spec.sweep_name}")
     cfg = space.run_config(sampled, spec.config_path, [*spec.overrides, f"name={spec.sweep_name}-{trial_id}"])
     config_text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     client = tracking.MlflowClient(spec.tracking_uri)
     run_id = open_trial_run(client, spec, cfg, sampled, trial_id, config_text)
+    epochs = cfg.train.epochs
     start = time.perf_counter()
     with RunCloser(client, run_id):
         if cfg.ray.num_workers == 1 and spec.in_process:
-            ckpt = _fit_in_process(cfg, spec.tracking_uri, client, run_id, spec.metrics)
+            final, ckpt = _fit_in_process(cfg, spec.tracking_uri, run_id, spec.metrics)
+            raise_if_run_failed(client, run_id)
             log_final_artifacts(client, run_id, ckpt, config_text, time.perf_counter() - start)
         else:
-            result = make_trainer(cfg, run_id, spec.tracking_uri, name=f"train-{trial_id}",
-                                  callbacks=[tune_forwarder(spec.metrics)]).fit()
+            trainer = make_trainer(cfg, run_id, spec.tracking_uri, name=f"train-{trial_id}",
+                                   callbacks=[tune_forwarder(spec.metrics, epochs)])
+            try:
+                result = trainer.fit()
+            except Exception as err:
+                if stopped_by_tune(err):
+                    raise TrialStopped(f"stopped by the scheduler after epoch {last_epoch(client, run_id)} "
+                                       f"of {epochs}") from None
+                raise
             raise_if_run_failed(client, run_id)
+            final = numeric(dict(result.metrics or {}))
             wall = time.perf_counter() - start
             if result.checkpoint is not None:
                 with result.checkpoint.as_directory() as d:
                     log_final_artifacts(client, run_id, Path(d), config_text, wall)
             else:
                 log_final_artifacts(client, run_id, None, config_text, wall)
+    tune.report(final)  # the run is closed: Tune may stop the trial now
 
 
-def _fit_in_process(cfg, uri: str, client: tracking.MlflowClient, run_id: str, wanted: list[str]) -> Path | None:
-    """Train in the trial's process; each epoch goes to MLflow and (with its checkpoint) to Tune."""
+def _fit_in_process(cfg, uri: str, run_id: str, wanted: list[str]) -> tuple[dict[str, Any], Path | None]:
+    """Train in the trial's process; each epoch goes to MLflow and, with its checkpoint, to Tune.
+
+    Returns the final epoch's metrics (for Tune, once the run is closed) and a copy of the last checkpoint.
+    """
     import shutil
     import tempfile
 
@@ -143,7 +177,8 @@ def _fit_in_process(cfg, uri: str, client: tracking.MlflowClient, run_id: str, w
 
     logger = tracking.MLflowEpochLogger(uri, run_id)
     keep = Path(tempfile.mkdtemp(prefix="hardseg-trial-"))
-    last: dict[str, Path | None] = {"dir": None}
+    state: dict[str, Any] = {"dir": None, "final": {}}
+    epochs = cfg.train.epochs
 
     class TuneSession(LocalSession):
         def load_checkpoint(self) -> dict[str, Any] | None:
@@ -158,20 +193,17 @@ def _fit_in_process(cfg, uri: str, client: tracking.MlflowClient, run_id: str, w
             if checkpoint_dir is not None:  # keep the latest for the final artifacts
                 shutil.rmtree(keep, ignore_errors=True)
                 shutil.copytree(checkpoint_dir, keep)
-                last["dir"] = keep
-            kept = _for_tune(metrics, wanted)
+                state["dir"] = keep
+            state["final"] = numeric(metrics)
+            kept = _for_tune(metrics, wanted, epochs)
             if kept is None:
                 return
             checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
             try:
                 tune.report(kept, checkpoint=checkpoint)
-            except SystemExit:  # Tune stops the trial: the scheduler's decision, or max_t reached
-                epoch = int(metrics.get("epoch", 0))
-                if epoch < cfg.train.epochs:
-                    raise TrialStopped(f"stopped by the scheduler after epoch {epoch} of {cfg.train.epochs}") \
-                        from None
+            except SystemExit:  # Tune stops the trial: the scheduler's decision
+                raise TrialStopped(f"stopped by the scheduler after epoch {metrics.get('epoch')} of {epochs}") \
+                    from None
 
     fit(cfg, TuneSession(device="cuda" if cfg.ray.use_gpu else "cpu"))
-    raise_if_run_failed(client, run_id)
-    return last["dir"]
-
+    return state["final"], state["dir"]
