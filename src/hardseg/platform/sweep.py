@@ -271,7 +271,10 @@ def best_trial(client, exp_id: str, parent_run_id: str, metric: str, mode: str, 
     return (max if mode == "max" else min)(runs, key=lambda r: r.data.metrics[metric])
 
 
-def log_summary(client, exp_id: str, parent_run_id: str, space: SearchSpace, max_epochs: int) -> dict[str, Any]:
+def log_summary(client, exp_id: str, parent_run_id: str, space: SearchSpace, max_epochs: int,
+                final: bool = True) -> dict[str, Any]:
+    """Trial counts by status and the best trial; its params go to the parent run only when the
+    sweep is complete (MLflow params cannot change, and a resumed sweep may find a better one)."""
     from collections import Counter
 
     runs = child_runs(client, exp_id, parent_run_id)
@@ -282,7 +285,8 @@ def log_summary(client, exp_id: str, parent_run_id: str, space: SearchSpace, max
     info: dict[str, Any] = {"statuses": statuses, "best": None}
     if best is not None:
         sampled = {k[len("sampled."):]: v for k, v in best.data.tags.items() if k.startswith("sampled.")}
-        tracking.log_params(client, parent_run_id, {f"best.{k}": v for k, v in sampled.items()})
+        if final:
+            tracking.log_params(client, parent_run_id, {f"best.{k}": v for k, v in sampled.items()})
         tracking.log_metrics(client, parent_run_id, {f"best/{k}": v for k, v in best.data.metrics.items()
                                                      if k.startswith(("val/", "train/loss"))})
         tracking.set_tags(client, parent_run_id, {"hardseg.best_run_id": best.info.run_id,
@@ -329,6 +333,11 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
     config_path = str(Path(config_path).resolve()) if config_path else None
     name = check_name(name or default_sweep_name(space.name))
     overrides = list(overrides or [])
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if key in space.params or key in (grid or {}):
+            raise ConfigError(f"--set {key}: '{key}' is a parameter of {space.label}; remove the --set "
+                              f"(or the parameter from the space)")
     base_cfg = resolve_paths(space.run_config({}, config_path, overrides), workdir)
     uri = tracking.resolve_tracking_uri(base_cfg.tracking.uri, workdir)
     sweep_root = Path(base_cfg.ray.storage_path) / SWEEPS_DIR
@@ -450,7 +459,7 @@ def _fit_and_close(tuner, state: SweepState, space: SearchSpace, client, start: 
     interrupted = any(t.status not in ("TERMINATED", "ERROR") for t in trials) or len(trials) < state.num_samples
     close_open_runs(client, spec.experiment_id, spec.parent_run_id, trials, state.max_epochs, interrupted,
                     resume_hint)
-    info = log_summary(client, spec.experiment_id, spec.parent_run_id, space, state.max_epochs)
+    info = log_summary(client, spec.experiment_id, spec.parent_run_id, space, state.max_epochs, final=not interrupted)
     wall = time.perf_counter() - start
     if interrupted:
         tracking.set_tags(client, spec.parent_run_id, {"hardseg.stop_reason": f"interrupted; {resume_hint}"})

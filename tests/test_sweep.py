@@ -1,0 +1,203 @@
+"""Sweeps and ablations on real Ray Tune + OptunaSearch, with real MLflow and Optuna stores."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from hardseg.platform.cli import main as cli
+from hardseg.platform.sweep import run_sweep
+from hardseg.search_spaces import SearchSpace
+
+from conftest import small_overrides
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+TERMINAL = {"FINISHED", "FAILED", "KILLED"}
+
+
+def _space(params: dict, sweep: dict, base: dict | None = None, name: str = "t") -> SearchSpace:
+    return SearchSpace.from_dict({"name": name, "base": base or {}, "params": params, "sweep": sweep}, source=name)
+
+
+def _runs(uri: str):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("hardseg")
+    runs = client.search_runs([exp.experiment_id], max_results=1000) if exp else []
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def _overrides(data_root: Path, tmp_path: Path, uri: str, **extra) -> list[str]:
+    return small_overrides(data_root, **{"ray.storage_path": str(tmp_path / "runs"), "tracking.uri": uri,
+                                         "data.eval_domains": "[]", **extra})
+
+
+def test_optuna_asha_sweep_records_parent_children_and_study(ray_local, data_root, sqlite_uri, tmp_path):
+    space = _space({"strategies": {"categorical": ["ce", "hl", "focal"]},
+                    "train.lr": {"loguniform": [1e-3, 1e-2]},
+                    "strategy_params.hl.lam": {"loguniform": [1e-3, 1e-1]}},
+                   {"num_samples": 5, "metric": "val/miou", "mode": "max", "seed": 0,
+                    "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}})
+    out = run_sweep(space, overrides=_overrides(data_root, tmp_path, sqlite_uri, **{"ray.num_workers": 1,
+                                                                                    "train.epochs": 3}),
+                    name="asha", workdir=tmp_path)
+    client, parents, children = _runs(sqlite_uri)
+    assert [p.info.run_id for p in parents] == [out.parent_run_id]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.tags["hardseg.kind"] == "sweep"
+    assert parent.data.params["space.train.lr"] and "git_commit" in parent.data.tags
+    assert parent.data.tags["hardseg.best_run_id"] in {c.info.run_id for c in children}
+    assert "best/val/miou" in parent.data.metrics and parent.data.params["best.strategies"] in {"ce", "hl", "focal"}
+    # One child per trial, each closed, with its sampled params and per-epoch metrics.
+    assert len(children) == 5 and len({c.data.tags["hardseg.trial_id"] for c in children}) == 5
+    for c in children:
+        assert c.info.status in {"FINISHED", "KILLED"}, c.data.tags
+        assert c.data.tags["mlflow.parentRunId"] == out.parent_run_id
+        assert c.data.params["strategies"] == f"['{c.data.tags['sampled.strategies']}']"
+        assert ("strategy_params.hl.lam" in c.data.params) == (c.data.tags["sampled.strategies"] == "hl")
+        epochs = [m.step for m in client.get_metric_history(c.info.run_id, "val/miou")]
+        assert epochs == list(range(1, len(epochs) + 1)) and 1 <= len(epochs) <= 3
+        if c.info.status == "KILLED":
+            assert "stopped by the" in c.data.tags["hardseg.stop_reason"] and len(epochs) < 3
+        else:
+            assert len(epochs) == 3
+    assert sum(c.info.status == "FINISHED" for c in children) >= 1
+    # The Optuna study holds the same trials, with their values and how they ended.
+    study = optuna.load_study(study_name="asha", storage=out.optuna_storage)
+    assert len(study.trials) == 5 and all(t.state.name == "COMPLETE" for t in study.trials)
+    by_trial = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    assert set(by_trial) == {c.data.tags["hardseg.trial_id"] for c in children}
+    for c in children:
+        t = by_trial[c.data.tags["hardseg.trial_id"]]
+        assert t.params["strategies"] == c.data.tags["sampled.strategies"]
+        assert t.user_attrs["ended"] == ("finished" if c.info.status == "FINISHED" else "stopped early")
+
+
+def test_failing_and_nan_trials_fail_while_the_others_finish(ray_local, data_root, sqlite_uri, tmp_path):
+    # A grid: batch 1000 > the training set raises inside the trial; lr 1e12 (SGD) makes the loss NaN.
+    space = _space({"train.batch_size": {"categorical": [8, 1000]}, "train.lr": {"categorical": [0.003, 1e12]}},
+                   {"num_samples": 4, "metric": "val/miou", "mode": "max"})
+    overrides = [o for o in _overrides(data_root, tmp_path, sqlite_uri, **{"ray.num_workers": 1,
+                                                                           "train.optimizer": "sgd"})
+                 if not o.startswith("train.batch_size=")]
+    out = run_sweep(space, overrides=overrides, name="faults", workdir=tmp_path,
+        grid={"train.batch_size": [8, 1000], "train.lr": [0.003, 1e12]})
+    client, parents, children = _runs(sqlite_uri)
+    assert len(children) == 4 and parents[0].info.status == "FINISHED"
+    by = {(c.data.params["train.batch_size"], c.data.params["train.lr"]): c for c in children}
+    assert by[("8", "0.003")].info.status == "FINISHED"
+    nan = by[("8", "1000000000000.0")]
+    assert nan.info.status == "FAILED" and "non-finite loss" in nan.data.tags["hardseg.error"]
+    for lr in ("0.003", "1000000000000.0"):
+        big = by[("1000", lr)]
+        assert big.info.status == "FAILED" and "train.batch_size=1000" in big.data.tags["hardseg.error"]
+    assert out.statuses == {"FINISHED": 1, "FAILED": 3}
+    assert parents[0].data.tags["hardseg.best_run_id"] == by[("8", "0.003")].info.run_id
+
+
+def test_two_ddp_workers_per_trial_and_multi_objective(ray_local, data_root, sqlite_uri, tmp_path):
+    space = _space({"strategies": {"categorical": ["ce", "ohem"]}},
+                   {"num_samples": 2, "objectives": [{"metric": "val/miou", "mode": "max"},
+                                                     {"metric": "val/band_iou", "mode": "max"}], "seed": 1})
+    out = run_sweep(space, overrides=_overrides(data_root, tmp_path, sqlite_uri, **{"ray.num_workers": 2}),
+                    name="mo", workdir=tmp_path)
+    client, parents, children = _runs(sqlite_uri)
+    assert len(children) == 2 and all(c.info.status == "FINISHED" for c in children)
+    assert all(c.data.params["ray.num_workers"] == "2" for c in children)
+    for c in children:  # the model artifact of the TorchTrainer's last checkpoint
+        assert {a.path for a in client.list_artifacts(c.info.run_id, "model")} >= {"model/model_export.pt"}
+    study = optuna.load_study(study_name="mo", storage=out.optuna_storage)
+    assert len(study.directions) == 2 and all(len(t.values) == 2 for t in study.trials)
+
+
+def test_invalid_space_is_rejected_before_any_trial(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli(["sweep", "quickstart", "--set", "train.lr=0.1"]) == 2
+    assert "'train.lr' is a parameter of space quickstart" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"params": {"train.lrr": {"uniform": [0.1, 0.2]}}}))
+    assert cli(["sweep", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.lrr" in err[0]
+    bad.write_text(yaml.safe_dump({"params": {"train.lr": {"loguniform": [0.0, 0.1]}}}))
+    assert cli(["sweep", str(bad)]) == 2
+    assert "train.lr" in capsys.readouterr().err
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "hardseg-runs").exists()
+
+
+def test_ablation_grid_is_strategies_times_seeds(ray_local, data_root, sqlite_uri, tmp_path, capsys):
+    args = ["ablate", "--strategies", "ce", "hl", "ohem", "--seeds", "0", "1", "--name", "abl"]
+    for o in _overrides(data_root, tmp_path, sqlite_uri, **{"ray.num_workers": 1}):
+        args += ["--set", o]
+    assert cli(args) == 0
+    client, parents, children = _runs(sqlite_uri)
+    assert len(parents) == 1 and parents[0].data.tags["hardseg.kind"] == "ablation"
+    cells = sorted((c.data.tags["hardseg.strategies"], c.data.tags["hardseg.seed"]) for c in children)
+    assert cells == [(s, seed) for s in ("ce", "hl", "ohem") for seed in ("0", "1")]
+    assert all(c.info.status == "FINISHED" for c in children)
+    # Identical budgets and data: only strategies and seed differ between the cells.
+    differing = {k for c in children for k, v in c.data.params.items() if v != children[0].data.params.get(k)}
+    assert differing <= {"strategies", "seed", "name"} | {k for k in differing if k.startswith("strategy_params.")}
+    assert "mlflow ui --backend-store-uri" in capsys.readouterr().out
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_sigint_then_resume_finishes_exactly_the_remaining_trials(data_root, sqlite_uri, tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({"name": "r", "params": {"train.lr": {"loguniform": [1e-3, 1e-2]}},
+                                     "sweep": {"num_samples": 4, "metric": "val/miou", "mode": "max", "seed": 0,
+                                               "max_concurrent": 1}}))
+    sets = sum((["--set", o] for o in _overrides(data_root, tmp_path, sqlite_uri, **{
+        "ray.num_workers": 1, "train.epochs": 4, "data.synthetic.n_train": 64})), [])
+    exe = str(Path(sys.executable).parent / "hardseg")
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    env.pop("RAY_ADDRESS")
+    log = open(tmp_path / "sweep.log", "w")
+    proc = subprocess.Popen([exe, "sweep", str(space), "--name", "res", *sets], cwd=tmp_path, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        # The live table marks a finished trial DONE (polling the log, not the SQLite store,
+        # so this test never races the sweep's own creation of the MLflow schema).
+        _wait_for(lambda: " DONE " in (tmp_path / "sweep.log").read_text(), 240, "a finished trial")
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    _, parents, children = _runs(sqlite_uri)
+    assert rc == 130, (tmp_path / "sweep.log").read_text()[-3000:]
+    assert parents[0].info.status == "KILLED" and "--resume res" in parents[0].data.tags["hardseg.stop_reason"]
+    assert all(c.info.status in TERMINAL for c in children) and len(children) < 4
+    done_before = {c.data.tags["hardseg.trial_id"] for c in children if c.info.status == "FINISHED"}
+
+    res = subprocess.run([exe, "sweep", "--resume", "res", "--storage-path", str(tmp_path / "runs")], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    _, parents, children = _runs(sqlite_uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    trial_ids = [c.data.tags["hardseg.trial_id"] for c in children]
+    assert len(children) == 4 and len(set(trial_ids)) == 4  # no duplicate run for a restarted trial
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert done_before <= set(trial_ids)
+    study = optuna.load_study(study_name="res", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
+    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
