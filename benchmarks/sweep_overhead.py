@@ -1,9 +1,13 @@
 """Fixed per-trial overhead of a sweep, before/after, and the quickstart sweep's wall time.
 
-Per-trial overhead = (wall time of an ablation grid of N trials, one at a time,
-each a 1-epoch run on a small synthetic set) / N − the same run's time in a
-plain process (``trainables.loop.fit`` with a LocalSession: data loading,
-model build, 1 epoch, evaluation). Modes:
+An ablation grid of N trials runs one trial at a time (``--max-concurrent 1``),
+each a 1-epoch run on a small synthetic set. Per-trial cycle = median time
+between the starts of consecutive trials' MLflow runs (Tune bookkeeping,
+trial start, TorchTrainer launch, training, teardown); fixed per-trial
+overhead = cycle − the same run's time in a plain process
+(``trainables.loop.fit`` with a LocalSession: data loading, model build,
+1 epoch, evaluation). Sweep-level costs (CLI start, ``ray.init``, the
+parent run) are paid once and are not in it. Modes:
 
 * ``trainer-before``: every trial fits a TorchTrainer with 2 DDP workers, Ray
   Train's default controller settings (2 s poll, preemption watcher) — the
@@ -25,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,12 +66,16 @@ def bare_run_s(cwd: Path, data: Path, workers: int) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def ray_up_s(cwd: Path) -> float:
-    """ray.init + shutdown: paid once per sweep, not per trial."""
-    code = ("import time,ray;t=time.perf_counter();ray.init(num_cpus=2,logging_level='ERROR');"
-            "u=time.perf_counter()-t;ray.shutdown();print(u)")
-    out = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+def trial_cycles(cwd: Path, name: str) -> list[float]:
+    """Seconds between the starts of consecutive trial runs of sweep ``name``."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("hardseg")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`hardseg.sweep` = '{name}'",
+                              max_results=1000)
+    starts = sorted(r.info.start_time / 1000 for r in runs if "mlflow.parentRunId" in r.data.tags)
+    return [b - a for a, b in zip(starts, starts[1:])]
 
 
 def main() -> int:
@@ -80,21 +89,21 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="hardseg-sweep-bench-"))
     data = work / "data"
     hardseg(["data", "generate", "--root", str(data), *sum((["--set", s] for s in SMALL), [])], work, {})
-    ray_s = ray_up_s(work)
     rows = []
     for mode in args.modes:
         flags, extra, env = MODES[mode]
         bare = bare_run_s(work, data, 2)
         seeds = [str(s) for s in range(args.trials)]
         sets = sum((["--set", s] for s in [*SMALL, *extra, f"data.root={data}"]), [])
-        wall = hardseg(["ablate", "--strategies", "ce", "--seeds", *seeds, "--name", f"bench-{mode}", *flags, *sets],
-                       work, env)
-        per_trial = (wall - ray_s) / args.trials
-        rows.append({"mode": mode, "trials": args.trials, "sweep_wall_s": round(wall, 2), "ray_init_s": round(ray_s, 2),
-                     "per_trial_s": round(per_trial, 2), "bare_run_s": round(bare, 2),
-                     "overhead_per_trial_s": round(per_trial - bare, 2)})
-        print(f"{mode:<15} wall {wall:6.1f}s  per trial {per_trial:5.1f}s  bare run {bare:4.1f}s  "
-              f"overhead {per_trial - bare:5.1f}s", flush=True)
+        wall = hardseg(["ablate", "--strategies", "ce", "--seeds", *seeds, "--name", f"bench-{mode}",
+                        "--max-concurrent", "1", *flags, *sets], work, env)
+        cycles = trial_cycles(work, f"bench-{mode}")
+        cycle = statistics.median(cycles)
+        rows.append({"mode": mode, "trials": args.trials, "sweep_wall_s": round(wall, 2),
+                     "trial_cycles_s": [round(c, 2) for c in cycles], "cycle_s": round(cycle, 2),
+                     "bare_run_s": round(bare, 2), "overhead_per_trial_s": round(cycle - bare, 2)})
+        print(f"{mode:<15} sweep wall {wall:6.1f}s  trial cycle {cycle:5.1f}s  bare run {bare:4.1f}s  "
+              f"fixed overhead per trial {cycle - bare:5.1f}s", flush=True)
     quick = None
     if args.quickstart:
         qwork = work / "quickstart"

@@ -65,6 +65,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         space = load_space(args.space)
         if args.num_samples:
             space.sweep.num_samples = args.num_samples
+        if args.max_concurrent:
+            space.sweep.max_concurrent = args.max_concurrent
         overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
         out = run_sweep(space, config_path=args.config, overrides=overrides, name=args.name,
                         in_process=not args.always_trainer)
@@ -77,7 +79,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
     out = run_ablation(args.strategies, args.seeds, config_path=args.config, overrides=overrides, name=args.name,
-                       in_process=not args.always_trainer)
+                       in_process=not args.always_trainer, max_concurrent=args.max_concurrent)
     _print_sweep(out)
     return 130 if out.interrupted else 0
 
@@ -103,7 +105,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     args.config = None
     args.strategies, args.seeds = DEMO_STRATEGIES, DEMO_SEEDS
     args.overrides = [f"train.epochs={DEMO_EPOCHS}", "ray.num_workers=1", *args.overrides]
-    args.name, args.always_trainer = None, False
+    args.name, args.always_trainer, args.max_concurrent = None, False, None
     return cmd_ablate(args)
 
 
@@ -131,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)")
     sw.add_argument("--name", help="sweep name (default: <space>-<date>-<time>); also the Optuna study's name")
     sw.add_argument("--num-samples", type=int, help="override the space's sweep.num_samples")
+    sw.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: what fits)")
     sw.add_argument("--resume", metavar="NAME", help="finish an interrupted sweep")
     sw.add_argument("--storage-path", help="with --resume: the ray.storage_path the sweep ran with")
     sw.add_argument("--always-trainer", action="store_true",
@@ -143,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="strategies or '+'-joined combinations, e.g. ce hl ohem hl+coarse_to_fine")
     ab.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (data order, init, augmentation)")
     ab.add_argument("--name", help="ablation name (default: ablation-<date>-<time>)")
+    ab.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: what fits)")
     ab.add_argument("--always-trainer", action="store_true",
                     help="fit a TorchTrainer even for one-worker trials")
     ab.set_defaults(func=cmd_ablate)

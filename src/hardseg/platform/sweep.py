@@ -259,7 +259,10 @@ def close_open_runs(client, exp_id: str, parent_run_id: str, trials: list, max_e
         else:
             status, reason = "KILLED", f"stopped by the ASHA scheduler after epoch {epoch} of {max_epochs}"
         tracking.set_tags(client, run.info.run_id, {"hardseg.stop_reason": reason})
-        client.set_terminated(run.info.run_id, status)
+        # The run ended with its last logged epoch, not now.
+        history = client.get_metric_history(run.info.run_id, "train/loss")
+        end_ms = max((m.timestamp for m in history), default=None)
+        client.set_terminated(run.info.run_id, status, end_time=end_ms)
 
 
 def best_trial(client, exp_id: str, parent_run_id: str, metric: str, mode: str, max_epochs: int):
@@ -411,21 +414,26 @@ def _grid_size(grid: dict[str, list]) -> int:
 def _make_tuner(state: SweepState, sweep_root: Path, space: SearchSpace):
     from ray import tune
 
+    from hardseg.platform.cluster import TRIAL_DRIVER_RESOURCE
+
     spec = TrialSpec(**state.spec)
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), state.resources)
     s = space.sweep
+    # In-process trials reuse their actor (a new trial skips the process start and the
+    # torch/hardseg imports). A trial driving a TorchTrainer cannot be reset within Tune's
+    # 2 s (its thread waits in fit()), so its actor is stopped, which ends the Train run.
+    reuse = TRIAL_DRIVER_RESOURCE not in state.resources
     if state.grid is not None:
         tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=state.max_concurrent,
-                                      metric=s.metric, mode=s.mode, reuse_actors=True)
+                                      metric=s.metric, mode=s.mode, reuse_actors=reuse)
         param_space = {k: tune.grid_search(v) for k, v in state.grid.items()}
     else:
         searcher = make_searcher(space, state.optuna_storage, spec.sweep_name, state.max_epochs)
         # metric and mode live on the searcher and the scheduler (Tune's concurrency
-        # limiter would not pass TuneConfig's on to the searcher). Trial actors are
-        # reused: a new trial skips the process start and the torch/hardseg imports.
+        # limiter would not pass TuneConfig's on to the searcher).
         tune_config = tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space, state.max_epochs),
                                       num_samples=s.num_samples, max_concurrent_trials=state.max_concurrent,
-                                      reuse_actors=True)
+                                      reuse_actors=reuse)
         param_space = {}
     run_config = tune.RunConfig(
         name=spec.sweep_name, storage_path=str(sweep_root), verbose=0,
@@ -478,22 +486,24 @@ def _fit_and_close(tuner, state: SweepState, space: SearchSpace, client, start: 
 
 
 
-def ablation_space(strategies: list[str], seeds: list[int], name: str = "ablation") -> SearchSpace:
+def ablation_space(strategies: list[str], seeds: list[int], name: str = "ablation",
+                   max_concurrent: int | None = None) -> SearchSpace:
     """The grid of an ablation as a space: ``strategies`` × ``seed``, every trial with the same budget."""
     return SearchSpace.from_dict({
         "name": name, "description": f"ablation {strategies} x seeds {seeds}",
         "params": {"strategies": {"categorical": list(strategies)}, "seed": {"categorical": list(seeds)}},
-        "sweep": {"num_samples": len(strategies) * len(seeds), "metric": "val/miou", "mode": "max"},
+        "sweep": {"num_samples": len(strategies) * len(seeds), "metric": "val/miou", "mode": "max",
+                  "max_concurrent": max_concurrent},
     }, source=name)
 
 
 def run_ablation(strategies: list[str], seeds: list[int], *, config_path: str | None = None,
                  overrides: list[str] | None = None, name: str | None = None, in_process: bool = True,
-                 workdir: Path | None = None) -> SweepOutcome:
+                 max_concurrent: int | None = None, workdir: Path | None = None) -> SweepOutcome:
     """Strategies × seeds with identical budgets and data: one MLflow parent, one child per cell."""
     if not strategies or not seeds:
         raise ConfigError("ablate needs at least one strategy (--strategies) and one seed (--seeds)")
-    space = ablation_space(strategies, seeds)
+    space = ablation_space(strategies, seeds, max_concurrent=max_concurrent)
     grid = {"strategies": [p for p in space.params["strategies"].choices], "seed": list(seeds)}
     return run_sweep(space, config_path=config_path, overrides=overrides, name=name or default_sweep_name("ablation"),
                      grid=grid, kind="ablation", in_process=in_process, workdir=workdir)
