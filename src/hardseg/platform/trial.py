@@ -126,7 +126,8 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
 
     from hardseg.search_spaces import SearchSpace
 
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)  # one "Checkpoint created" line per epoch otherwise
+    for name in ("ray.tune", "ray.train"):  # one "Checkpoint successfully created" line per epoch otherwise
+        logging.getLogger(name).setLevel(logging.WARNING)
     trial_id = tune.get_context().get_trial_id()
     space = SearchSpace.from_dict(spec.space, source=f"sweep {spec.sweep_name}")
     cfg = space.run_config(sampled, spec.config_path, [*spec.overrides, f"name={spec.sweep_name}-{trial_id}"])
