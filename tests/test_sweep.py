@@ -124,6 +124,8 @@ def test_invalid_space_is_rejected_before_any_trial(tmp_path, capsys, monkeypatc
     monkeypatch.chdir(tmp_path)
     assert cli(["sweep", "quickstart", "--set", "train.lr=0.1"]) == 2
     assert "'train.lr' is a parameter of space quickstart" in capsys.readouterr().err
+    assert cli(["ablate", "--strategies", "ce", "hl", "--set", "strategy_params.ohem.thresh=0.5"]) == 2
+    assert "no trial of space ablation uses 'ohem'" in capsys.readouterr().err
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"params": {"train.lrr": {"uniform": [0.1, 0.2]}}}))
     assert cli(["sweep", str(bad)]) == 2
@@ -136,7 +138,8 @@ def test_invalid_space_is_rejected_before_any_trial(tmp_path, capsys, monkeypatc
 
 
 def test_ablation_grid_is_strategies_times_seeds(ray_local, data_root, sqlite_uri, tmp_path, capsys):
-    args = ["ablate", "--strategies", "ce", "hl", "ohem", "--seeds", "0", "1", "--name", "abl"]
+    args = ["ablate", "--strategies", "ce", "hl", "ohem", "--seeds", "0", "1", "--name", "abl",
+            "--set", "strategy_params.ohem.min_kept_fraction=0.1"]  # kept by the ohem cells only
     for o in _overrides(data_root, tmp_path, sqlite_uri, **{"ray.num_workers": 1}):
         args += ["--set", o]
     assert cli(args) == 0
@@ -147,7 +150,11 @@ def test_ablation_grid_is_strategies_times_seeds(ray_local, data_root, sqlite_ur
     assert all(c.info.status == "FINISHED" for c in children)
     # Identical budgets and data: only strategies and seed differ between the cells.
     differing = {k for c in children for k, v in c.data.params.items() if v != children[0].data.params.get(k)}
-    assert differing <= {"strategies", "seed", "name"} | {k for k in differing if k.startswith("strategy_params.")}
+    assert {k for k in differing if not k.startswith("strategy_params")} <= {"strategies", "seed", "name"}
+    ohem = [c for c in children if c.data.tags["hardseg.strategies"] == "ohem"]
+    assert all(c.data.params["strategy_params.ohem.min_kept_fraction"] == "0.1" for c in ohem)
+    assert not any("strategy_params.ohem.min_kept_fraction" in c.data.params for c in children
+                   if c.data.tags["hardseg.strategies"] != "ohem")
     assert "mlflow ui --backend-store-uri" in capsys.readouterr().out
 
 

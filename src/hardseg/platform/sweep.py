@@ -336,11 +336,16 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
     config_path = str(Path(config_path).resolve()) if config_path else None
     name = check_name(name or default_sweep_name(space.name))
     overrides = list(overrides or [])
+    possible = space.possible_strategies(config_path)
     for item in overrides:
         key = item.split("=", 1)[0]
         if key in space.params or key in (grid or {}):
             raise ConfigError(f"--set {key}: '{key}' is a parameter of {space.label}; remove the --set "
                               f"(or the parameter from the space)")
+        parts = key.split(".")
+        if parts[0] == "strategy_params" and len(parts) > 1 and parts[1] not in possible:
+            raise ConfigError(f"--set {key}: no trial of {space.label} uses '{parts[1]}' "
+                              f"(its strategies: {', '.join(sorted(possible))})")
     base_cfg = resolve_paths(space.run_config({}, config_path, overrides), workdir)
     uri = tracking.resolve_tracking_uri(base_cfg.tracking.uri, workdir)
     sweep_root = Path(base_cfg.ray.storage_path) / SWEEPS_DIR

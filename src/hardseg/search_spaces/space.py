@@ -324,9 +324,12 @@ class SearchSpace:
             _set(tree, key, copy.deepcopy(value), self.label)
         if isinstance(tree.get("strategies"), str):
             tree["strategies"] = tree["strategies"].split("+")
-        if isinstance(tree.get("strategy_params"), dict) and isinstance(tree.get("strategies"), list):
-            tree["strategy_params"] = {k: v for k, v in tree["strategy_params"].items() if k in tree["strategies"]}
-        return tree
+        return _drop_unused_strategy_params(tree)
+
+    def possible_strategies(self, config_path: str | None = None) -> set[str]:
+        """Every strategy name some trial of this space can use."""
+        cfg = load_config(config_path).model_dump(mode="json")
+        return {name for option in self.strategy_options(cfg) for name in option}
 
     def run_config(self, sampled: dict[str, Any], config_path: str | None = None,
                    extra_overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
@@ -342,7 +345,8 @@ class SearchSpace:
                 _set(tree, key, copy.deepcopy(value), self.label)
         else:
             apply_overrides(tree, list(extra_overrides or []))
-        return validate_config(tree, f"{self.label} (trial {sampled})")
+        # An override for every trial may set a strategy's params; trials without it drop them.
+        return validate_config(_drop_unused_strategy_params(tree), f"{self.label} (trial {sampled})")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data in the YAML format (JSON-serialisable; ``from_dict`` reads it back)."""
@@ -351,3 +355,10 @@ class SearchSpace:
             sweep["objectives"] = [{"metric": m, "mode": mode} for m, mode in sweep["objectives"]]
         return {"name": self.name, "description": self.description, "base": copy.deepcopy(self.base),
                 "params": {p.path: p.to_dict() for p in self.params.values()}, "sweep": sweep}
+
+
+def _drop_unused_strategy_params(tree: dict[str, Any]) -> dict[str, Any]:
+    """Remove ``strategy_params`` of strategies the trial does not use."""
+    if isinstance(tree.get("strategy_params"), dict) and isinstance(tree.get("strategies"), list):
+        tree["strategy_params"] = {k: v for k, v in tree["strategy_params"].items() if k in tree["strategies"]}
+    return tree
