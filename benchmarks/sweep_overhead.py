@@ -81,7 +81,8 @@ def trial_cycles(cwd: Path, name: str) -> list[float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--trials", type=int, default=4, help="trials per mode (the grid: seeds 0..N-1 of 'ce')")
-    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--modes", nargs="*", default=list(MODES), choices=list(MODES),
+                   help="modes to measure; rows of other modes already in --out are kept")
     p.add_argument("--quickstart", action="store_true", help="also time 'hardseg sweep quickstart'")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
@@ -109,10 +110,14 @@ def main() -> int:
         qwork = work / "quickstart"
         qwork.mkdir()
         wall = hardseg(["sweep", "quickstart", "--name", "bench-quickstart"], qwork, {})
-        quick = {"space": "quickstart", "wall_s": round(wall, 1)}
+        quick = {"space": "quickstart", "wall_s_incl_data_generation": round(wall, 1), "trials": 6,
+                 "workers_per_trial": 2}
         print(f"quickstart sweep (6 trials, 2 DDP workers each, incl. data generation): {wall:.0f}s", flush=True)
+    old = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    measured = {r["mode"] for r in rows}
+    rows = [r for r in old.get("rows", []) if r["mode"] not in measured] + rows
     result = {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
-              "target_overhead_s": 8.0, "rows": rows, "quickstart": quick,
+              "target_overhead_s": 8.0, "rows": rows, "quickstart": quick or old.get("quickstart"),
               "command": "benchmarks/sweep_overhead.py " + " ".join(sys.argv[1:])}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
