@@ -95,6 +95,22 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from hardseg.reports.collect import find_parent, open_client
+    from hardseg.reports.tables import write_report
+
+    client, uri = open_client(args.tracking_uri)
+    parent = find_parent(client, args.name, experiment=args.experiment)
+    name = parent.data.tags.get("hardseg.sweep", args.name)
+    out = Path(args.out) if args.out else Path("reports") / name
+    # an explicit --baseline must exist; the default 'ce' may not (a sweep over one strategy's weights)
+    paths = write_report(client, parent, out, metrics=args.metrics, baseline=args.baseline or "ce",
+                         require_baseline=bool(args.baseline))
+    print(f"[hardseg] report of '{name}': {paths['markdown']} and {paths['parquet']} "
+          f"(also artifacts of MLflow run {parent.info.run_id} under report/; store {uri})")
+    return 0
+
+
 DEMO_STRATEGIES = ["ce", "hl", "ohem"]
 DEMO_SEEDS = [0, 1]
 DEMO_EPOCHS = 8
@@ -153,6 +169,18 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--always-trainer", action="store_true",
                     help="fit a TorchTrainer even for one-worker trials")
     ab.set_defaults(func=cmd_ablate)
+
+    rp = sub.add_parser("report", help="Markdown + Parquet report of a sweep or ablation, read from MLflow")
+    rp.add_argument("name", help="the sweep's or ablation's name (or its MLflow parent run id)")
+    rp.add_argument("--tracking-uri",
+                    help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)")
+    rp.add_argument("--experiment", default="hardseg", help="MLflow experiment (default: hardseg)")
+    rp.add_argument("--out", help="output folder (default: reports/<name>)")
+    rp.add_argument("--baseline", help="strategy the others are compared with (default: ce)")
+    rp.add_argument("--metrics", nargs="+", metavar="METRIC",
+                    help="metrics to tabulate, e.g. val/miou val/band_iou fog-3/miou "
+                         "(default: val/miou, band, small and thin IoU, and <domain>/miou)")
+    rp.set_defaults(func=cmd_report)
 
     demo = sub.add_parser("demo", help="the demo: a small ablation (ce, hl, ohem × 2 seeds) on the embedded defaults")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

@@ -485,6 +485,9 @@ def _fit_and_close(tuner, state: SweepState, space: SearchSpace, client, start: 
           f"{json.dumps(info['best']) if info['best'] else 'none'}", flush=True)
     print(f"[hardseg] MLflow parent run {spec.parent_run_id}; UI: mlflow ui --backend-store-uri {spec.tracking_uri}",
           flush=True)
+    if not interrupted:
+        print(f"[hardseg] tables with CIs and paired tests: hardseg report {spec.sweep_name} "
+              f"--tracking-uri {spec.tracking_uri}", flush=True)
     return SweepOutcome(spec.sweep_name, spec.parent_run_id, spec.tracking_uri, state.optuna_storage,
                         info["statuses"], info["best"], interrupted, wall,
                         [r.info.run_id for r in child_runs(client, spec.experiment_id, spec.parent_run_id)])

@@ -1,1 +1,31 @@
-"""Comparisons, tables, plots and cross-domain matrices built from MLflow."""
+"""Reports of sweeps and ablations, read from MLflow only (no Ray, no torch).
+
+* :mod:`~hardseg.reports.stats`: mean ± t-CI, paired t-test, power, MDE, seeds needed.
+* :mod:`~hardseg.reports.collect`: :func:`find_parent` (a sweep's parent run by name or id)
+  and :func:`runs_frame` (one row per trial run: status, reason, seed, final metrics, sampled params).
+* :mod:`~hardseg.reports.tables`: :func:`ablation_table` (per strategy: mean, CI, paired Δ vs a
+  baseline, p, MDE, seeds needed), :func:`to_markdown`, and :func:`write_report`
+  (``report.md`` + ``runs.parquet``, also logged to the parent run under ``report/``), used by
+  ``hardseg report``.
+
+The names below are imported lazily, so ``hardseg.reports.stats`` alone stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ReportError": "collect", "open_client": "collect", "find_parent": "collect", "runs_frame": "collect",
+    "ablation_table": "tables", "to_markdown": "tables", "write_report": "tables", "default_metrics": "tables",
+}
+__all__ = [*_EXPORTS, "stats"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"hardseg.reports.{_EXPORTS[name]}"), name)
+    if name == "stats":
+        return importlib.import_module("hardseg.reports.stats")
+    raise AttributeError(f"module 'hardseg.reports' has no attribute {name!r}")

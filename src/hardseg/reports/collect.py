@@ -1,0 +1,188 @@
+"""Read a sweep or an ablation back from MLflow: its parent run and one row per trial run.
+
+Only MLflow is read (no Ray, no torch). What a sweep logs is described in
+:mod:`hardseg.platform.sweep` (parent run) and :mod:`hardseg.platform.trial`
+(child runs); :func:`runs_frame` flattens the child runs into a DataFrame that
+:mod:`hardseg.reports.tables` turns into statistics.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from hardseg.errors import HardsegError
+
+SWEEP_TAG = "hardseg.sweep"  # as hardseg.platform.trial (not imported: it pulls in torch and Ray)
+TRIAL_TAG = "hardseg.trial_id"
+PARENT_TAG = "mlflow.parentRunId"
+PARENT_KINDS = ("sweep", "ablation")
+SAMPLED_PREFIX = "sampled."
+PARAM_PREFIX = "param:"
+BASE_COLUMNS = ["run_id", "trial_id", "strategies", "seed", "status", "reason", "epochs"]
+PAGE = 1000
+
+
+class ReportError(HardsegError, LookupError):
+    """No such store, experiment, sweep or metric; the message says what exists."""
+
+
+def open_client(tracking_uri: str | None = None) -> tuple[MlflowClient, str]:
+    """A client on ``tracking_uri`` > ``MLFLOW_TRACKING_URI`` > ``./mlruns/mlflow.db``.
+
+    A SQLite store must already exist (reading must not create an empty one).
+    """
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlruns' / 'mlflow.db'}"
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):]).resolve()
+        if not path.is_file():
+            raise ReportError(f"no MLflow store at {path}; pass --tracking-uri (or set MLFLOW_TRACKING_URI)")
+        uri = f"sqlite:///{path}"
+    return MlflowClient(uri), uri
+
+
+def _search(client: MlflowClient, exp_id: str, filter_string: str) -> list[Run]:
+    """Every run matching ``filter_string``, page by page."""
+    runs: list[Run] = []
+    token: str | None = None
+    while True:
+        page = client.search_runs([exp_id], filter_string=filter_string, max_results=PAGE, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _is_parent(run: Run) -> bool:
+    tags = run.data.tags
+    return PARENT_TAG not in tags and tags.get("hardseg.kind") in PARENT_KINDS
+
+
+def sweep_names(client: MlflowClient, exp_id: str) -> list[str]:
+    """Names of the sweeps and ablations in the experiment, newest first."""
+    runs = [r for kind in PARENT_KINDS for r in _search(client, exp_id, f"tags.`hardseg.kind` = '{kind}'")]
+    runs.sort(key=lambda r: r.info.start_time or 0, reverse=True)
+    return list(dict.fromkeys(r.data.tags.get(SWEEP_TAG, r.info.run_id) for r in runs if _is_parent(r)))
+
+
+def find_parent(client: MlflowClient, name_or_run_id: str, experiment: str = "hardseg") -> Run:
+    """The parent run of the sweep or ablation named ``name_or_run_id`` (tag ``hardseg.sweep``), or
+    with that run id; the newest one if a name was used twice."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = ", ".join(e.name for e in client.search_experiments()) or "none"
+        raise ReportError(f"no MLflow experiment '{experiment}' in this store (experiments: {names})")
+    found: list[Run] = []
+    if re.fullmatch(r"[\w.+:@-]+", name_or_run_id):  # sweep names are narrower still (sweep.check_name)
+        found = [r for r in _search(client, exp.experiment_id, f"tags.`{SWEEP_TAG}` = '{name_or_run_id}'")
+                 if _is_parent(r)]
+    if found:
+        return max(found, key=lambda r: r.info.start_time or 0)
+    if re.fullmatch(r"[0-9a-f]{32}", name_or_run_id):
+        try:
+            run = client.get_run(name_or_run_id)
+        except MlflowException:
+            run = None
+        if run is not None and _is_parent(run):
+            return run
+        if run is not None:
+            raise ReportError(f"run {name_or_run_id} is not the parent run of a sweep or an ablation "
+                              f"(hardseg.kind={run.data.tags.get('hardseg.kind', 'none')})")
+    names = sweep_names(client, exp.experiment_id)
+    shown = ", ".join(names[:20]) + (f", ... ({len(names) - 20} more)" if len(names) > 20 else "")
+    raise ReportError(f"no sweep or ablation named '{name_or_run_id}' in experiment '{experiment}' "
+                      f"(found: {shown or 'none'})")
+
+
+def child_runs(client: MlflowClient, parent_run: Run) -> list[Run]:
+    """The parent's trial runs, oldest first."""
+    runs = _search(client, parent_run.info.experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run.info.run_id}'")
+    return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+
+def _scalar(text: str) -> Any:
+    """A tag's text as int or float when it is one, else the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _strategies(run: Run) -> str | None:
+    tag = run.data.tags.get("hardseg.strategies")
+    if tag:
+        return tag
+    param = run.data.params.get("strategies")  # str(list) of the flattened config: "['hl', 'ohem']"
+    return "+".join(re.findall(r"[\w.-]+", param)) if param else None
+
+
+def _seed(run: Run) -> int | None:
+    text = run.data.tags.get("hardseg.seed") or run.data.params.get("seed")
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _reason(run: Run) -> str | None:
+    tags = run.data.tags
+    keys = ("hardseg.stop_reason", "hardseg.error") if run.info.status == "KILLED" else \
+        ("hardseg.error", "hardseg.stop_reason")
+    return next((tags[k] for k in keys if tags.get(k)), None)
+
+
+def _epochs(client: MlflowClient, run: Run, metric: str = "val/miou") -> int | None:
+    if metric not in run.data.metrics:
+        return None
+    return max((m.step for m in client.get_metric_history(run.info.run_id, metric)), default=None)
+
+
+def runs_frame(client: MlflowClient, parent_run: Run) -> pd.DataFrame:
+    """One row per trial run of ``parent_run``.
+
+    Columns: ``run_id``, ``trial_id``, ``strategies`` (e.g. ``hl+coarse_to_fine``),
+    ``seed`` and ``epochs`` (nullable ``Int64``; ``epochs`` is the last step of
+    ``val/miou``), ``status`` (FINISHED, FAILED, KILLED, RUNNING), ``reason``
+    (``hardseg.error`` or ``hardseg.stop_reason``), then every final metric
+    under its MLflow key (``val/miou``, ``fog-3/miou``, ...; NaN when a run lacks
+    it) and every ``sampled.<key>`` tag as ``param:<key>``.
+    """
+    rows: list[dict[str, Any]] = []
+    for run in child_runs(client, parent_run):
+        tags = run.data.tags
+        row: dict[str, Any] = {
+            "run_id": run.info.run_id, "trial_id": tags.get(TRIAL_TAG), "strategies": _strategies(run),
+            "seed": _seed(run), "status": run.info.status, "reason": _reason(run), "epochs": _epochs(client, run),
+        }
+        row.update(sorted(run.data.metrics.items()))
+        row.update({PARAM_PREFIX + k[len(SAMPLED_PREFIX):]: _scalar(v) for k, v in sorted(tags.items())
+                    if k.startswith(SAMPLED_PREFIX)})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    for col in BASE_COLUMNS:
+        if col not in df.columns:
+            df[col] = pd.Series([None] * len(df), dtype=object)
+    metric_cols = sorted(c for c in df.columns if c not in BASE_COLUMNS and not c.startswith(PARAM_PREFIX))
+    param_cols = sorted(c for c in df.columns if c.startswith(PARAM_PREFIX))
+    df = df[BASE_COLUMNS + metric_cols + param_cols].copy()
+    for col in ("seed", "epochs"):
+        df[col] = pd.array([None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
+                            for v in df[col]], dtype="Int64")
+    for col in metric_cols:
+        df[col] = df[col].astype(float)
+    return df
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    """The metric columns of a :func:`runs_frame`."""
+    return [c for c in df.columns if c not in BASE_COLUMNS and not c.startswith(PARAM_PREFIX)]

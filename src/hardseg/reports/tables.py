@@ -1,0 +1,299 @@
+"""The ablation table of a sweep: mean ± CI per strategy, paired Δ vs a baseline, and its Markdown.
+
+Statistics come from :mod:`hardseg.reports.stats` over FINISHED runs only, one
+value per seed (several FINISHED runs of one strategy and seed are averaged).
+Δ is the mean paired difference over the seeds a strategy shares with the
+baseline; a Δ whose paired t-test is not significant is written ``n.s.`` and
+never in bold (bold marks the best mean of a column, nothing else). Runs that
+did not finish are listed, never dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.entities import Run
+from mlflow.tracking import MlflowClient
+
+from hardseg.reports import stats
+from hardseg.reports.collect import ReportError, metric_columns, runs_frame
+
+POWER = 0.8
+FIELDS = ["mean", "ci_low", "ci_high", "half_width", "n", "delta", "p_value", "significant", "n_pairs", "sd_diff",
+          "mde", "seeds_needed"]
+DEFAULT_METRICS = ["val/miou", "val/band_iou", "val/small_iou", "val/thin_iou"]
+NO_CI = "n/a (1 seed)"
+MAX_REASON = 300
+
+
+def _missing(v: Any) -> bool:
+    return v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v))
+
+
+def _text(v: Any) -> str | None:
+    return None if _missing(v) else str(v)
+
+
+def _label(strategy: Any) -> str:
+    return "?" if _missing(strategy) else str(strategy)
+
+
+def _per_seed(rows: pd.DataFrame, metric: str) -> dict[Any, float]:
+    """{seed: value} over finite values; a run without a seed counts alone (never paired)."""
+    if metric not in rows.columns:
+        return {}
+    values: dict[Any, list[float]] = {}
+    for seed, run_id, v in zip(rows["seed"], rows["run_id"], rows[metric]):
+        if _missing(v) or not math.isfinite(float(v)):
+            continue
+        values.setdefault(f"run:{run_id}" if _missing(seed) else int(seed), []).append(float(v))
+    return {k: float(np.mean(v)) for k, v in values.items()}
+
+
+def _cell_stats(values: dict[Any, float], base: dict[Any, float] | None, alpha: float) -> dict[str, Any]:
+    out: dict[str, Any] = dict.fromkeys(FIELDS)
+    out["n"], out["n_pairs"], out["significant"] = len(values), 0, False
+    if not values:
+        return out
+    ci = stats.mean_ci(list(values.values()), confidence=1.0 - alpha)
+    out.update(mean=ci.mean, ci_low=ci.low, ci_high=ci.high, half_width=ci.half_width)
+    shared = sorted(k for k in values if base is not None and k in base and isinstance(k, int))
+    if base is None or not shared:
+        return out
+    test = stats.paired_test([values[k] for k in shared], [base[k] for k in shared], alpha=alpha)
+    out.update(delta=test.delta_mean, p_value=test.p_value, significant=test.significant, n_pairs=test.n,
+               sd_diff=test.sd_diff)
+    if test.n >= 2 and test.sd_diff is not None:
+        out["mde"] = stats.min_detectable_difference(test.sd_diff, test.n, alpha=alpha, power=POWER)
+        out["seeds_needed"] = stats.seeds_needed(test.delta_mean, test.sd_diff, alpha=alpha, power=POWER)
+    return out
+
+
+def ablation_table(df: pd.DataFrame, metrics: list[str], baseline: str = "ce", alpha: float = 0.05) -> pd.DataFrame:
+    """One row per strategy (baseline first); columns ``(metric, field)`` for ``field`` in :data:`FIELDS`.
+
+    ``mean``/``ci_low``/``ci_high``/``half_width``: :func:`stats.mean_ci` at 1 - alpha over the
+    strategy's FINISHED seeds (CI None with one seed); ``n``: those seeds. ``delta``, ``p_value``,
+    ``significant``, ``sd_diff``: :func:`stats.paired_test` of strategy - baseline over the
+    ``n_pairs`` seeds both have (None for the baseline itself); ``mde``: the smallest Δ those
+    seeds detect with 80 % power; ``seeds_needed``: seeds for 80 % power at the observed Δ.
+    ``table.attrs`` carries what :func:`to_markdown` also prints: ``baseline``, ``alpha``,
+    ``metrics``, ``seeds`` ({strategy: FINISHED seeds}), ``not_finished`` (every other run),
+    ``averaged`` (strategies with several FINISHED runs of one seed), ``statuses``.
+    """
+    finished = df[df["status"] == "FINISHED"]
+    order = list(dict.fromkeys(_label(s) for s in df["strategies"]))
+    if baseline in order:
+        order.remove(baseline)
+        order.insert(0, baseline)
+    labels = finished["strategies"].map(_label)
+    base_rows = finished[labels == baseline]
+    base_values = {m: _per_seed(base_rows, m) for m in metrics} if len(base_rows) else None
+    records: dict[str, dict[tuple[str, str], Any]] = {}
+    for strategy in order:
+        rows = finished[labels == strategy]
+        rec: dict[tuple[str, str], Any] = {}
+        for m in metrics:
+            base = None if base_values is None or strategy == baseline else base_values[m]
+            rec.update({(m, f): v for f, v in _cell_stats(_per_seed(rows, m), base, alpha).items()})
+        records[strategy] = rec
+    columns = pd.MultiIndex.from_product([metrics, FIELDS], names=["metric", "field"])
+    table = pd.DataFrame([[records[s][c] for c in columns] for s in order], index=order, columns=columns,
+                         dtype=object)  # Python values: ints stay ints, missing stays None
+    table.index.name = "strategy"
+    seeds_of = {s: finished[labels == s]["seed"].dropna().nunique() + int(finished[labels == s]["seed"].isna().sum())
+                for s in order}
+    dup = finished.dropna(subset=["seed"]).assign(label=labels).groupby(["label", "seed"]).size()
+    not_finished = [{"trial": _text(r.trial_id), "strategy": _label(r.strategies), "status": r.status,
+                     "seed": None if _missing(r.seed) else int(r.seed), "reason": _text(r.reason), "run_id": r.run_id}
+                    for r in df[df["status"] != "FINISHED"].itertuples()]
+    table.attrs.update(baseline=baseline, alpha=alpha, metrics=list(metrics), seeds=seeds_of,
+                       not_finished=not_finished, statuses=df["status"].value_counts().to_dict(),
+                       averaged=sorted({s for (s, _), n in dup.items() if n > 1}))
+    return table
+
+
+# -- Markdown ---------------------------------------------------------------------
+def _md(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
+def _p(p: float) -> str:
+    return "p<0.001" if p < 0.001 else f"p={p:.2g}"
+
+
+def _higher_is_better(metric: str) -> bool:
+    return "loss" not in metric
+
+
+def _mean_cell(c: dict[str, Any], seeds: int, best: bool) -> str:
+    if c["mean"] is None:
+        return "n/a (no finished run)"
+    mean = f"**{c['mean']:.3f}**" if best else f"{c['mean']:.3f}"
+    text = f"{mean} ± {c['half_width']:.3f}" if c["half_width"] is not None else f"{mean} ± {NO_CI}"
+    return text + (f" (n={c['n']})" if c["n"] != seeds else "")
+
+
+def _delta_cell(c: dict[str, Any], is_baseline: bool, has_baseline: bool) -> str:
+    if is_baseline:
+        return "baseline"
+    if not has_baseline or c["mean"] is None:
+        return "n/a"
+    if c["delta"] is None:
+        return "n/a (no shared seed)"
+    if c["p_value"] is None:
+        return f"{c['delta']:+.3f} ({NO_CI}, n.s.)"
+    return f"{c['delta']:+.3f} ({_p(c['p_value'])}, {'significant' if c['significant'] else 'n.s.'})"
+
+
+def _footnote(metric: str, c: dict[str, Any]) -> str:
+    short = metric.split("/", 1)[-1]
+    if c["n_pairs"] < 2:
+        return f"{short} MDE n/a ({c['n_pairs']} paired seed{'s' if c['n_pairs'] != 1 else ''})"
+    need = c["seeds_needed"]
+    need_text = "n/a (Δ = 0)" if c["delta"] == 0 else ("> 1000" if need is None else str(need))
+    return (f"{short} MDE {c['mde']:.3f} ({c['n_pairs']} paired seeds), "
+            f"seeds needed for Δ {c['delta']:+.3f}: {need_text}")
+
+
+def _group_table(table: pd.DataFrame, group: str, metrics: list[str]) -> list[str]:
+    a = table.attrs
+    baseline, seeds = a["baseline"], a["seeds"]
+    has_baseline = baseline in table.index and seeds.get(baseline, 0) > 0
+    cells = {m: {s: table.loc[s, m].to_dict() for s in table.index} for m in metrics}
+    best: dict[str, set[str]] = {}
+    for m in metrics:
+        means = {s: c["mean"] for s, c in cells[m].items() if c["mean"] is not None}
+        top = (max if _higher_is_better(m) else min)(means.values(), default=0.0)
+        tied = {s for s, v in means.items() if math.isclose(v, top, rel_tol=1e-9, abs_tol=1e-12)}
+        if len(tied) < len(means):  # all equal: nothing is best
+            best[m] = tied
+    head = ["strategy", "seeds"]
+    for m in metrics:
+        short = m.split("/", 1)[-1]
+        head += [short, f"Δ {short} vs {baseline}"]
+    lines = [f"## {group or 'metrics'}", "", "| " + " | ".join(_md(h) for h in head) + " |",
+             "|" + "---|" * len(head)]
+    for s in table.index:
+        row = [s, str(seeds.get(s, 0))]
+        for m in metrics:
+            c = cells[m][s]
+            row += [_mean_cell(c, seeds.get(s, 0), s in best.get(m, set())),
+                    _delta_cell(c, s == baseline, has_baseline)]
+        lines.append("| " + " | ".join(_md(x) for x in row) + " |")
+    notes = [f"- {s} vs {baseline}: " + "; ".join(_footnote(m, cells[m][s]) for m in metrics)
+             for s in table.index if has_baseline and s != baseline and seeds.get(s, 0) > 0]
+    if notes:
+        lines += ["", f"MDE: smallest Δ the paired t-test detects with {POWER:.0%} power at α = {a['alpha']:g}; "
+                      f"seeds needed: paired seeds for {POWER:.0%} power at the observed Δ and seed-to-seed spread.",
+                  *notes]
+    return lines + [""]
+
+
+def _failed_section(table: pd.DataFrame) -> list[str]:
+    runs = table.attrs["not_finished"]
+    lines = ["## Failed or stopped runs", ""]
+    if not runs:
+        return lines + ["None: every run FINISHED.", ""]
+    lines += ["| trial | strategy | seed | status | reason |", "|---|---|---|---|---|"]
+    for r in runs:
+        reason = r["reason"] or "(no reason recorded)"
+        reason = reason if len(reason) <= MAX_REASON else reason[:MAX_REASON] + "… (full text in runs.parquet)"
+        seed = "?" if r["seed"] is None else r["seed"]
+        lines.append("| " + " | ".join(_md(x) for x in (r["trial"] or r["run_id"], r["strategy"], seed,
+                                                         r["status"], reason)) + " |")
+    return lines + [""]
+
+
+def to_markdown(table: pd.DataFrame, metrics: list[str] | None = None) -> str:
+    """The :func:`ablation_table` as Markdown: one table per metric group (``val``, ``fog-3``, ...),
+    cells ``0.732 ± 0.010`` (mean ± CI half-width; ``n/a (1 seed)`` without a CI), Δ cells
+    ``+0.007 (p=0.09, n.s.)``, the best mean per column in bold, MDE and seeds-needed footnotes,
+    strategies with fewer seeds, and every run that did not finish."""
+    a = table.attrs
+    metrics = list(metrics or a["metrics"])
+    baseline, seeds = a["baseline"], a["seeds"]
+    conf = f"{1 - a['alpha']:.0%}"
+    lines = [f"Cells: mean ± half-width of the {conf} Student-t interval over seeds, FINISHED runs only. "
+             f"Δ: mean paired difference vs **{baseline}** over the seeds both have (two-sided paired t-test, "
+             f"α = {a['alpha']:g}; n.s. = not significant, not a win). Bold: the best mean of a column only.", ""]
+    if not seeds.get(baseline):
+        lines += [f"Baseline '{baseline}' has no FINISHED run: no Δ. Strategies: {', '.join(table.index) or 'none'}.",
+                  ""]
+    most = max(seeds.values(), default=0)
+    fewer = [f"{s} ({n} of {most})" for s, n in seeds.items() if n < most]
+    if fewer:
+        lines += [f"Fewer seeds than others: {', '.join(fewer)}; their Δ uses only the seeds shared with "
+                  f"{baseline}.", ""]
+    if a["averaged"]:
+        lines += [f"Several FINISHED runs for one seed (averaged per seed): {', '.join(a['averaged'])}.", ""]
+    groups: dict[str, list[str]] = {}
+    for m in metrics:
+        groups.setdefault(m.split("/", 1)[0] if "/" in m else "", []).append(m)
+    for group, ms in groups.items():
+        lines += _group_table(table, group, ms)
+    lines += _failed_section(table)
+    return "\n".join(lines)
+
+
+# -- files ------------------------------------------------------------------------
+def default_metrics(df: pd.DataFrame) -> list[str]:
+    """:data:`DEFAULT_METRICS` and ``<domain>/miou`` of every eval domain, those the runs have."""
+    have = metric_columns(df)
+    domains = [c for c in have if c.endswith("/miou") and not c.startswith(("val/", "best/", "train/"))]
+    return [m for m in DEFAULT_METRICS if m in have] + sorted(domains)
+
+
+def parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """Object columns mixing types become float (int and float) or strings (anything else)."""
+    out = df.copy()
+    for col in out.columns:
+        if out[col].dtype != object:
+            continue
+        kinds = {type(v) for v in out[col] if not _missing(v)}
+        if kinds <= {int, float} and len(kinds) > 1:
+            out[col] = [None if _missing(v) else float(v) for v in out[col]]
+        elif len(kinds) > 1 or not kinds <= {str, int, float, bool}:
+            out[col] = [None if _missing(v) else str(v) for v in out[col]]
+    return out
+
+
+def write_report(client: MlflowClient, parent_run: Run, out_dir: Path | str, metrics: list[str] | None = None,
+                 baseline: str = "ce", alpha: float = 0.05, require_baseline: bool = False) -> dict[str, Path]:
+    """Write ``report.md`` and ``runs.parquet`` to ``out_dir`` and log both to the parent run under ``report/``.
+
+    ``metrics`` None: :func:`default_metrics`. A metric no run logged, or with ``require_baseline``
+    a baseline no run trained, raises :class:`ReportError` before anything is written.
+    Returns ``{"markdown": path, "parquet": path}``.
+    """
+    df = runs_frame(client, parent_run)
+    metrics = list(metrics) if metrics else default_metrics(df)
+    unknown = [m for m in metrics if m not in df.columns]
+    if unknown and len(df):
+        raise ReportError(f"no run of this sweep logged {', '.join(unknown)}; metrics: {', '.join(metric_columns(df))}")
+    strategies = sorted(set(df["strategies"].dropna()))
+    if require_baseline and baseline not in strategies:
+        raise ReportError(f"baseline '{baseline}' is not a strategy of this sweep (strategies: "
+                          f"{', '.join(strategies) or 'none'})")
+    table = ablation_table(df, metrics, baseline=baseline, alpha=alpha)
+    tags = parent_run.data.tags
+    name = tags.get("hardseg.sweep", parent_run.info.run_name)
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(table.attrs["statuses"].items()))
+    head = [f"# hardseg report: {name}", "",
+            f"{tags.get('hardseg.kind', 'sweep')} `{name}`, MLflow parent run `{parent_run.info.run_id}` "
+            f"({parent_run.info.status}); {len(df)} trial runs: {counts or 'none'}."]
+    if tags.get("hardseg.best_run_id"):
+        head.append(f"Best trial (by the sweep's metric): {tags.get('hardseg.best_trial') or '?'}, "
+                    f"run `{tags['hardseg.best_run_id']}`.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out / "report.md", "parquet": out / "runs.parquet"}
+    paths["markdown"].write_text("\n".join(head) + "\n\n" + to_markdown(table, metrics), encoding="utf-8")
+    parquet_safe(df).to_parquet(paths["parquet"], engine="pyarrow", index=False)
+    for path in paths.values():
+        client.log_artifact(parent_run.info.run_id, str(path), artifact_path="report")
+    return paths
