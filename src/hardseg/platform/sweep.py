@@ -28,18 +28,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
-import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from hardseg.errors import ConfigError
 from hardseg.platform import tracking
-from hardseg.platform.trial import SWEEP_TAG, TRIAL_TAG, TrialSpec, run_trial
+from hardseg.platform.progress import ProgressTable
+from hardseg.platform.sweep_runs import child_runs, close_open_runs, log_summary, start_parent_run
+from hardseg.platform.trial import TrialSpec, run_trial
 from hardseg.search_spaces import SearchSpace
 
 STATE_FILE = "hardseg_sweep.json"
@@ -139,7 +138,9 @@ def make_searcher(space: SearchSpace, storage_url: str, study_name: str, max_epo
             return super().on_trial_complete(trial_id, result, error)
 
     s = space.sweep
-    sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True)
+    with warnings.catch_warnings():  # group=True is "experimental" in Optuna 5; it suits conditional spaces
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True)
     storage = optuna.storages.RDBStorage(storage_url)
     metric, mode = (s.metrics, s.modes) if s.is_multi_objective else (s.metric, s.mode)
     return RecordingOptunaSearch(space=space.define_by_run, metric=metric, mode=mode, sampler=sampler,
@@ -155,148 +156,6 @@ def make_scheduler(space: SearchSpace, max_epochs: int):
     return ASHAScheduler(time_attr="epoch", metric=space.sweep.metric, mode=space.sweep.mode,
                          max_t=a.max_t or max_epochs, grace_period=a.grace_period,
                          reduction_factor=a.reduction_factor)
-
-
-class ProgressTable:
-    """A live table of trials (trial, strategy, params, epoch, metric, status) as a Tune callback."""
-
-    def __new__(cls, metric: str, every_s: float = 10.0):
-        from ray.tune import Callback
-
-        class _Table(Callback):
-            def __init__(self) -> None:
-                self.rows: dict[str, dict[str, Any]] = {}
-                self.last_print = 0.0
-
-            def _row(self, trial, **kw) -> None:
-                row = self.rows.setdefault(trial.trial_id, {"config": dict(trial.config), "epoch": 0, "value": None})
-                row.update(kw)
-
-            def on_trial_start(self, iteration, trials, trial, **info) -> None:
-                self._row(trial, status="RUNNING")
-                self._print()
-
-            def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-                self._row(trial, status="RUNNING", epoch=result.get("epoch", 0), value=result.get(metric))
-                self._print()
-
-            def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-                self._row(trial, status="DONE")
-                self._print(force=True)
-
-            def on_trial_error(self, iteration, trials, trial, **info) -> None:
-                self._row(trial, status="FAILED")
-                self._print(force=True)
-
-            def on_experiment_end(self, trials, **info) -> None:
-                for t in trials:
-                    if t.status == "TERMINATED" and self.rows.get(t.trial_id, {}).get("status") == "RUNNING":
-                        self._row(t, status="STOPPED")
-                self._print(force=True)
-
-            def _print(self, force: bool = False) -> None:
-                if not force and time.time() - self.last_print < every_s:
-                    return
-                self.last_print = time.time()
-                print(format_table(self.rows, metric), flush=True)
-
-        return _Table()
-
-
-def format_table(rows: dict[str, dict[str, Any]], metric: str) -> str:
-    lines = [f"{'trial':<12} {'strategy':<22} {'epoch':>5} {metric:>10} {'status':<8} params"]
-    for tid, r in rows.items():
-        cfg = r["config"]
-        strategy = str(cfg.get("strategies", "-"))
-        params = " ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in cfg.items() if k != "strategies")
-        value = f"{r['value']:.4f}" if isinstance(r.get("value"), float) else "-"
-        lines.append(f"{tid:<12} {strategy:<22} {r.get('epoch', 0):>5} {value:>10} {r.get('status', '-'):<8} {params}")
-    return "\n".join(lines)
-
-
-def _short(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-# -- MLflow: parent run, closing, best ----------------------------------------------
-def start_parent_run(client, exp_id: str, name: str, kind: str, space: SearchSpace, base_cfg,
-                     extra_params: dict[str, Any]) -> str:
-    from hardseg.platform.train_job import run_tags
-
-    tags = {**run_tags(base_cfg), "hardseg.kind": kind, SWEEP_TAG: name, "mlflow.runName": name,
-            "hardseg.cli": shlex.join(["hardseg", *sys.argv[1:]]) if sys.argv else "hardseg"}
-    tags.pop("hardseg.seed", None)
-    tags.pop("hardseg.strategies", None)
-    run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
-    params = {f"space.{p.path}": json.dumps(p.to_dict()) for p in space.params.values()}
-    params.update({f"sweep.{k}": v for k, v in space.sweep.model_dump(mode="json").items()})
-    params.update({f"base.{k}": v for k, v in base_cfg.flat().items()})
-    params.update(extra_params)
-    tracking.log_params(client, run_id, params)
-    client.log_text(run_id, yaml.safe_dump(space.to_dict(), sort_keys=False), "space.yaml")
-    client.log_text(run_id, yaml.safe_dump(base_cfg.model_dump(mode="json"), sort_keys=False), "base_config.yaml")
-    return run_id
-
-
-def child_runs(client, exp_id: str, parent_run_id: str) -> list:
-    return client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
-                              max_results=10000)
-
-
-def close_open_runs(client, exp_id: str, parent_run_id: str, trials: list, max_epochs: int, interrupted: bool,
-                    resume_hint: str) -> None:
-    """Close the child runs their trials could not close (stopped by ASHA, Ctrl-C, a dead process)."""
-    by_id = {t.trial_id: t for t in trials}
-    for run in child_runs(client, exp_id, parent_run_id):
-        if run.info.status != "RUNNING":
-            continue
-        trial = by_id.get(run.data.tags.get(TRIAL_TAG))
-        epoch = int((trial.last_result or {}).get("epoch", 0)) if trial is not None else 0
-        if trial is not None and trial.status == "ERROR":
-            status, reason = "FAILED", f"the trial's process died after epoch {epoch}"
-        elif interrupted and (trial is None or trial.status != "TERMINATED"):
-            status, reason = "KILLED", f"sweep interrupted after epoch {epoch}; {resume_hint}"
-        else:
-            status, reason = "KILLED", f"stopped by the ASHA scheduler after epoch {epoch} of {max_epochs}"
-        tracking.set_tags(client, run.info.run_id, {"hardseg.stop_reason": reason})
-        # The run ended with its last logged epoch, not now.
-        history = client.get_metric_history(run.info.run_id, "train/loss")
-        end_ms = max((m.timestamp for m in history), default=None)
-        client.set_terminated(run.info.run_id, status, end_time=end_ms)
-
-
-def best_trial(client, exp_id: str, parent_run_id: str, metric: str, mode: str, max_epochs: int):
-    """The best FINISHED child run (trials that ran every epoch), or None."""
-    runs = [r for r in child_runs(client, exp_id, parent_run_id)
-            if r.info.status == "FINISHED" and metric in r.data.metrics]
-    if not runs:
-        return None
-    return (max if mode == "max" else min)(runs, key=lambda r: r.data.metrics[metric])
-
-
-def log_summary(client, exp_id: str, parent_run_id: str, space: SearchSpace, max_epochs: int,
-                final: bool = True) -> dict[str, Any]:
-    """Trial counts by status and the best trial; its params go to the parent run only when the
-    sweep is complete (MLflow params cannot change, and a resumed sweep may find a better one)."""
-    from collections import Counter
-
-    runs = child_runs(client, exp_id, parent_run_id)
-    statuses = dict(Counter(r.info.status for r in runs))
-    tracking.log_metrics(client, parent_run_id, {f"trials_{k.lower()}": v for k, v in statuses.items()} |
-                         {"trials": len(runs)})
-    best = best_trial(client, exp_id, parent_run_id, space.sweep.metrics[0], space.sweep.modes[0], max_epochs)
-    info: dict[str, Any] = {"statuses": statuses, "best": None}
-    if best is not None:
-        sampled = {k[len("sampled."):]: v for k, v in best.data.tags.items() if k.startswith("sampled.")}
-        if final:
-            tracking.log_params(client, parent_run_id, {f"best.{k}": v for k, v in sampled.items()})
-        tracking.log_metrics(client, parent_run_id, {f"best/{k}": v for k, v in best.data.metrics.items()
-                                                     if k.startswith(("val/", "train/loss"))})
-        tracking.set_tags(client, parent_run_id, {"hardseg.best_run_id": best.info.run_id,
-                                                  "hardseg.best_trial": best.data.tags.get(TRIAL_TAG, "")})
-        info["best"] = {"run_id": best.info.run_id, "trial_id": best.data.tags.get(TRIAL_TAG), "params": sampled,
-                        "metrics": {m: best.data.metrics.get(m) for m in space.sweep.metrics}}
-    return info
 
 
 # -- the driver ---------------------------------------------------------------------
