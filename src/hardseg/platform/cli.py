@@ -84,6 +84,47 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 130 if out.interrupted else 0
 
 
+def robustness(metrics: dict[str, float], metric: str = "miou") -> dict[str, float]:
+    """Per shift family (``fog-1``…``fog-5`` → ``fog``): mean over severities of shifted / clean (val)."""
+    from hardseg.reports.stats import relative_robustness
+
+    clean = metrics.get(f"val/{metric}")
+    families: dict[str, dict[int, float]] = {}
+    for key, value in metrics.items():
+        domain, _, name = key.partition("/")
+        family, _, sev = domain.rpartition("-")
+        if name == metric and family and sev.isdigit():
+            families.setdefault(family, {})[int(sev)] = value
+    if not clean or clean <= 0:
+        return {}
+    return {f"robustness/{f}/{metric}": relative_robustness(clean, sevs) for f, sevs in sorted(families.items())}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from hardseg.trainables.evaluate import evaluate_domains, load_inference_model
+
+    model, cfg = load_inference_model(args.checkpoint)
+    if args.data_root:
+        cfg.data.root = str(Path(args.data_root).resolve())
+    domains = args.domains or ["val", *cfg.data.eval_domains]
+    metrics = evaluate_domains(model, cfg, domains, device=args.device)
+    metrics.update(robustness(metrics))
+    print(f"{'domain':<28} {'mIoU':>7} {'band':>7} {'small':>7} {'thin':>7}")
+    for d in domains:
+        row = [metrics.get(f"{d}/{k}") for k in ("miou", "band_iou", "small_iou", "thin_iou")]
+        print(f"{d:<28} " + " ".join(f"{v:7.4f}" if isinstance(v, float) else f"{'-':>7}" for v in row))
+    for key, value in metrics.items():
+        if key.startswith("robustness/"):
+            print(f"{key:<28} {value:7.4f}  (mean over severities of shifted / clean mIoU)")
+    if args.run_id:
+        from hardseg.platform import tracking
+
+        uri = tracking.resolve_tracking_uri(args.tracking_uri)
+        tracking.log_metrics(tracking.MlflowClient(uri), args.run_id, metrics)
+        print(f"[hardseg] logged {len(metrics)} metrics to MLflow run {args.run_id} at {uri}")
+    return 0
+
+
 def cmd_data_generate(args: argparse.Namespace) -> int:
     from hardseg.data.synthetic import generate_command
 
@@ -181,6 +222,16 @@ def build_parser() -> argparse.ArgumentParser:
                     help="metrics to tabulate, e.g. val/miou val/band_iou fog-3/miou "
                          "(default: val/miou, band, small and thin IoU, and <domain>/miou)")
     rp.set_defaults(func=cmd_report)
+
+    ev = sub.add_parser("evaluate", help="evaluate a trained model on evaluation domains (cross-domain)")
+    ev.add_argument("checkpoint", help="model_export.pt (MLflow artifact model/) or a checkpoint.pt")
+    ev.add_argument("--domains", nargs="+", help="splits (val fog-1 … night-5 target) or cityscapes:PATH[:SPLIT] / "
+                    "folder:PATH[:SPLIT]; default: val and the run's data.eval_domains")
+    ev.add_argument("--data-root", help="where the model's dataset lives now (default: the run's data.root)")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--run-id", help="also log the metrics to this MLflow run")
+    ev.add_argument("--tracking-uri")
+    ev.set_defaults(func=cmd_evaluate)
 
     demo = sub.add_parser("demo", help="the demo: a small ablation (ce, hl, ohem × 2 seeds) on the embedded defaults")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
