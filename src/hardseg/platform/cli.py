@@ -138,7 +138,7 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from hardseg.reports.collect import find_parent, open_client
-    from hardseg.reports.tables import write_report
+    from hardseg.reports.publish import write_report
 
     client, uri = open_client(args.tracking_uri)
     parent = find_parent(client, args.name, experiment=args.experiment)
@@ -147,8 +147,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     # an explicit --baseline must exist; the default 'ce' may not (a sweep over one strategy's weights)
     paths = write_report(client, parent, out, metrics=args.metrics, baseline=args.baseline or "ce",
                          require_baseline=bool(args.baseline))
-    print(f"[hardseg] report of '{name}': {paths['markdown']} and {paths['parquet']} "
-          f"(also artifacts of MLflow run {parent.info.run_id} under report/; store {uri})")
+    figures = ", ".join(str(p) for k, p in paths.items() if k.endswith("_png"))
+    print(f"[hardseg] report of '{name}': {paths['markdown']}, {paths['html']} and {paths['parquet']}, figures "
+          f"{figures} (also artifacts of MLflow run {parent.info.run_id} under report/; store {uri})")
     return 0
 
 
@@ -211,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fit a TorchTrainer even for one-worker trials")
     ab.set_defaults(func=cmd_ablate)
 
-    rp = sub.add_parser("report", help="Markdown + Parquet report of a sweep or ablation, read from MLflow")
+    rp = sub.add_parser("report", help="Markdown, HTML, PNG and Parquet report of a sweep or ablation, "
+                                          "read from MLflow")
     rp.add_argument("name", help="the sweep's or ablation's name (or its MLflow parent run id)")
     rp.add_argument("--tracking-uri",
                     help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)")

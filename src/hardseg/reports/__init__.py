@@ -7,6 +7,9 @@
   baseline, p, MDE, seeds needed), :func:`to_markdown`, and :func:`write_report`
   (``report.md`` + ``runs.parquet``, also logged to the parent run under ``report/``), used by
   ``hardseg report``.
+* :mod:`~hardseg.reports.plots`: PNG figures (metric bars, per-class IoU, strategy × domain mIoU).
+* :mod:`~hardseg.reports.html`: :func:`render_html`, one self-contained HTML page of a report.
+* :mod:`~hardseg.reports.publish`: :func:`write_report` with the figures and ``report.html`` too.
 
 The names below are imported lazily, so ``hardseg.reports.stats`` alone stays light.
 """
@@ -18,7 +21,8 @@ from typing import Any
 
 _EXPORTS = {
     "ReportError": "collect", "open_client": "collect", "find_parent": "collect", "runs_frame": "collect",
-    "ablation_table": "tables", "to_markdown": "tables", "write_report": "tables", "default_metrics": "tables",
+    "ablation_table": "tables", "to_markdown": "tables", "write_report": "publish", "default_metrics": "tables",
+    "render_html": "html",
 }
 __all__ = [*_EXPORTS, "stats"]
 

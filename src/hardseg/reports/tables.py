@@ -262,13 +262,12 @@ def parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def write_report(client: MlflowClient, parent_run: Run, out_dir: Path | str, metrics: list[str] | None = None,
-                 baseline: str = "ce", alpha: float = 0.05, require_baseline: bool = False) -> dict[str, Path]:
-    """Write ``report.md`` and ``runs.parquet`` to ``out_dir`` and log both to the parent run under ``report/``.
+def build_report(client: MlflowClient, parent_run: Run, metrics: list[str] | None = None, baseline: str = "ce",
+                 alpha: float = 0.05, require_baseline: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """``(runs_frame, ablation_table, report Markdown)`` of a sweep, nothing written.
 
     ``metrics`` None: :func:`default_metrics`. A metric no run logged, or with ``require_baseline``
-    a baseline no run trained, raises :class:`ReportError` before anything is written.
-    Returns ``{"markdown": path, "parquet": path}``.
+    a baseline no run trained, raises :class:`ReportError`.
     """
     df = runs_frame(client, parent_run)
     metrics = list(metrics) if metrics else default_metrics(df)
@@ -289,11 +288,30 @@ def write_report(client: MlflowClient, parent_run: Run, out_dir: Path | str, met
     if tags.get("hardseg.best_run_id"):
         head.append(f"Best trial (by the sweep's metric): {tags.get('hardseg.best_trial') or '?'}, "
                     f"run `{tags['hardseg.best_run_id']}`.")
+    return df, table, "\n".join(head) + "\n\n" + to_markdown(table, metrics)
+
+
+def save_report(df: pd.DataFrame, markdown: str, out_dir: Path | str) -> dict[str, Path]:
+    """Write ``report.md`` and ``runs.parquet`` to ``out_dir``; ``{"markdown": path, "parquet": path}``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": out / "report.md", "parquet": out / "runs.parquet"}
-    paths["markdown"].write_text("\n".join(head) + "\n\n" + to_markdown(table, metrics), encoding="utf-8")
+    paths["markdown"].write_text(markdown, encoding="utf-8")
     parquet_safe(df).to_parquet(paths["parquet"], engine="pyarrow", index=False)
+    return paths
+
+
+def write_report(client: MlflowClient, parent_run: Run, out_dir: Path | str, metrics: list[str] | None = None,
+                 baseline: str = "ce", alpha: float = 0.05, require_baseline: bool = False) -> dict[str, Path]:
+    """Write ``report.md`` and ``runs.parquet`` to ``out_dir`` and log both to the parent run under ``report/``.
+
+    ``metrics`` None: :func:`default_metrics`. A metric no run logged, or with ``require_baseline``
+    a baseline no run trained, raises :class:`ReportError` before anything is written.
+    Returns ``{"markdown": path, "parquet": path}``. With figures and HTML:
+    :func:`hardseg.reports.publish.write_report`.
+    """
+    df, _, markdown = build_report(client, parent_run, metrics, baseline, alpha, require_baseline)
+    paths = save_report(df, markdown, out_dir)
     for path in paths.values():
         client.log_artifact(parent_run.info.run_id, str(path), artifact_path="report")
     return paths
