@@ -81,6 +81,13 @@ def test_optuna_asha_sweep_records_parent_children_and_study(ray_local, data_roo
         t = by_trial[c.data.tags["hardseg.trial_id"]]
         assert t.params["strategies"] == c.data.tags["sampled.strategies"]
         assert t.user_attrs["ended"] == ("finished" if c.info.status == "FINISHED" else "stopped early")
+    # The report of a real search: its Search section and slice plot (train.lr is in every trial).
+    from hardseg.reports.publish import write_report
+
+    paths = write_report(client, client.get_run(out.parent_run_id), tmp_path / "report")
+    md = paths["markdown"].read_text()
+    finished = sum(c.info.status == "FINISHED" for c in children)
+    assert "## Search" in md and f"{finished} of 5 trials FINISHED" in md and paths["slice_png"].is_file()
 
 
 def test_failing_and_nan_trials_fail_while_the_others_finish(ray_local, data_root, sqlite_uri, tmp_path):

@@ -1,8 +1,11 @@
 """The full report of a sweep: ``report.md``, ``runs.parquet``, the PNG figures and ``report.html``.
 
 :func:`write_report` is :func:`hardseg.reports.tables.write_report` plus the figures of
-:mod:`hardseg.reports.plots` and the self-contained page of :mod:`hardseg.reports.html`; every
-file is also logged on the sweep's parent run under ``report/``. Used by ``hardseg report``.
+:mod:`hardseg.reports.plots`, for searches (not ablations) the "Search" section of
+:mod:`hardseg.reports.search` (best trials, Optuna importances, slice plot), the HL maps of
+the best HL run (:mod:`hardseg.reports.images`) and the self-contained page of
+:mod:`hardseg.reports.html`; every file is also logged on the sweep's parent run under
+``report/``. Used by ``hardseg report``.
 """
 
 from __future__ import annotations
@@ -12,14 +15,16 @@ from pathlib import Path
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from hardseg.reports import plots
+from hardseg.reports import plots, search
 from hardseg.reports.html import render_html
+from hardseg.reports.images import HL_PANEL_KEY, best_hl_run, latest_image
 from hardseg.reports.tables import build_report, save_report
 
 CAPTIONS = {
     "metrics_png": "Metrics per strategy: mean over FINISHED seeds, error bars ± CI half-width (none with one seed).",
     "per_class_png": "Per-class IoU (val) per strategy: mean over FINISHED seeds ± CI half-width.",
     "domains_png": "Mean mIoU per strategy on the clean validation set and each evaluation domain.",
+    "slice_png": "Searched parameters against the sweep's metric, one colour per strategy.",
 }
 
 
@@ -29,19 +34,38 @@ def write_report(client: MlflowClient, parent_run: Run, out_dir: Path | str, met
 
     Arguments and errors as :func:`hardseg.reports.tables.write_report` (nothing is written on an
     error). Returns ``{"markdown", "parquet", "metrics_png", "html"}`` paths, plus ``"per_class_png"``
-    when runs logged ``val/iou/<class>`` and ``"domains_png"`` when they logged ``<domain>/miou``.
+    when runs logged ``val/iou/<class>``, ``"domains_png"`` when they logged ``<domain>/miou``,
+    ``"slice_png"`` for a search over numeric parameters and ``"hl_maps_png"`` when a FINISHED HL
+    run logged its maps.
     """
     df, table, markdown = build_report(client, parent_run, metrics, baseline, alpha, require_baseline)
     out = Path(out_dir)
-    paths = save_report(df, markdown, out)
+    out.mkdir(parents=True, exist_ok=True)
+    params, tags = parent_run.data.params, parent_run.data.tags
+    metric, mode = params.get("sweep.metric") or "val/miou", params.get("sweep.mode") or "max"
     figures = {
         "metrics_png": plots.metric_bars(table, list(table.attrs["metrics"]), out / "metrics.png"),
         "per_class_png": plots.per_class_bars(df, out / "per_class.png", alpha=alpha, baseline=baseline),
         "domains_png": plots.domain_matrix(df, out / "domains.png", alpha=alpha, baseline=baseline),
     }
+    captions = dict(CAPTIONS)
+    if tags.get("hardseg.kind", "sweep") != "ablation":
+        dists = search.distributions(params)
+        markdown += "\n" + search.search_markdown(df, dists, metric, mode)
+        figures["slice_png"] = search.slice_plot(df, dists, metric, out / "slice.png")
+    best_hl = best_hl_run(df, metric, mode)
+    fetched = latest_image(client, best_hl["run_id"], HL_PANEL_KEY, out / "hl_maps.png") if best_hl is not None else None
+    if fetched is not None:
+        figures["hl_maps_png"], step = fetched
+        captions["hl_maps_png"] = (f"HL maps of the best HL run (trial {best_hl['trial_id']}, {metric} "
+                                   f"{best_hl[metric]:.3f}, epoch {step}): image | ground truth | prediction | "
+                                   "hardness w (dark 0.1 = easy, bright 1.1 = hard).")
+        markdown += (f"\n## HL maps\n\n{captions['hl_maps_png']} File: `hl_maps.png`; every epoch's maps are "
+                     f"images of MLflow run `{best_hl['run_id']}`.\n")
+    paths = save_report(df, markdown, out)
     paths.update({k: p for k, p in figures.items() if p is not None})
     paths["html"] = out / "report.html"
-    images = {CAPTIONS[k]: p for k, p in figures.items() if p is not None}
+    images = {captions[k]: p for k, p in figures.items() if p is not None}
     paths["html"].write_text(render_html(markdown, images), encoding="utf-8")
     for path in paths.values():
         client.log_artifact(parent_run.info.run_id, str(path), artifact_path="report")
