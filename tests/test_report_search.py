@@ -1,6 +1,6 @@
 """The "Search" part of ``hardseg report`` (best trials, Optuna importances, slice plot) and the HL maps,
 on a real SQLite MLflow store filled as a hardseg sweep logs it (parent ``space.*`` params, children's
-``sampled.*`` tags, HL panels logged with ``log_image(key="hl/panel", step=epoch)``)."""
+``sampled.*`` tags, HL panels logged with ``log_image(key="hl_panel", step=epoch)``)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def sweep(tmp_path_factory):
         client.log_batch(run_id, metrics=[Metric("val/miou", _miou(lr, strategy), int(time.time() * 1000), 2)])
         if strategy == "hl":
             for step in (1, 2):
-                client.log_image(run_id, _panel(step), key="hl/panel", step=step)
+                client.log_image(run_id, _panel(step), key="hl_panel", step=step)
         status = "KILLED" if lr == 1e-2 else "FINISHED"  # a stopped trial is counted but not ranked
         client.set_terminated(run_id, status)
         runs[(strategy, lr)] = run_id
@@ -103,10 +103,10 @@ def test_hl_maps_of_the_best_hl_run(sweep, tmp_path):
     df = runs_frame(client, parent)
     best = best_hl_run(df)
     assert best["run_id"] == runs[("hl", 3e-3)]
-    assert set(image_steps(client, best["run_id"], "hl/panel")) == {1, 2}
-    path, step = latest_image(client, best["run_id"], "hl/panel", tmp_path / "hl.png")
+    assert set(image_steps(client, best["run_id"], "hl_panel")) == {1, 2}
+    path, step = latest_image(client, best["run_id"], "hl_panel", tmp_path / "hl.png")
     assert step == 2 and np.array_equal(np.asarray(Image.open(path).convert("RGB")), _panel(2))
-    assert latest_image(client, runs[("ce", 3e-3)], "hl/panel", tmp_path / "none.png") is None
+    assert latest_image(client, runs[("ce", 3e-3)], "hl_panel", tmp_path / "none.png") is None
 
 
 def test_published_report_has_search_and_hl_maps(sweep, tmp_path):

@@ -1,7 +1,8 @@
 """Images a run logged to MLflow, fetched back for a report: the HL maps of the best HL run.
 
 Training logs the HL strategy's panel (image | ground truth | prediction | hardness, see
-:mod:`hardseg.strategies.hl`) with ``MlflowClient.log_image(key="hl/panel", step=epoch)``;
+:mod:`hardseg.strategies.hl`; visual ``hl/panel``, saved as ``hl_panel.png`` with the checkpoint) with
+``MlflowClient.log_image(key="hl_panel", step=epoch)`` (:func:`hardseg.platform.tracking.log_visuals`);
 MLflow stores each step as ``images/<key with / as ~>+step+<step>+timestamp+<ms>+<uuid>.png``
 (older MLflow: ``%`` separators, ``#`` for ``/``). :func:`latest_image` downloads the last step's PNG.
 """
@@ -17,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from hardseg.reports.tables import _label
 
-HL_PANEL_KEY = "hl/panel"
+HL_PANEL_KEY = "hl_panel"
 _NAME = re.compile(r"^(?P<key>.+?)[+%]step[+%](?P<step>\d+)[+%]timestamp[+%]\d+[+%][^+%]+\.png$")
 
 
