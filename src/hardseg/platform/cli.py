@@ -153,6 +153,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_nightly(args: argparse.Namespace) -> int:
+    """Exit 0: no regressions; 1: regressions (or a watched metric missing tonight); 2: bad input."""
+    from hardseg.platform.nightly import run_nightly
+    from hardseg.platform.suite import load_suite
+
+    suite = load_suite(args.suite)
+    overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
+    out = run_nightly(suite, overrides=overrides, out_dir=Path(args.out) if args.out else None,
+                      in_process=not args.always_trainer)
+    return out.exit_code
+
+
 DEMO_STRATEGIES = ["ce", "hl", "ohem"]
 DEMO_SEEDS = [0, 1]
 DEMO_EPOCHS = 8
@@ -234,6 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--run-id", help="also log the metrics to this MLflow run")
     ev.add_argument("--tracking-uri")
     ev.set_defaults(func=cmd_evaluate)
+
+    nt = sub.add_parser("nightly", help="run a fixed suite, compare with the previous nightly, exit 1 on regressions")
+    nt.add_argument("suite", help="suite YAML file or a shipped suite ('nightly')")
+    nt.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a run-config key for every trial, after the suite's budget (repeatable)")
+    nt.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)")
+    nt.add_argument("--out", help="summary folder (default: reports/nightly/<suite>-<date>-<time>)")
+    nt.add_argument("--always-trainer", action="store_true", help="fit a TorchTrainer even for one-worker trials")
+    nt.set_defaults(func=cmd_nightly)
 
     demo = sub.add_parser("demo", help="the demo: a small ablation (ce, hl, ohem × 2 seeds) on the embedded defaults")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")

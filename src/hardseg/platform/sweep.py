@@ -182,8 +182,11 @@ class SweepState:
 
 def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: list[str] | None = None,
               name: str | None = None, grid: dict[str, list] | None = None, kind: str = "sweep",
-              in_process: bool = True, workdir: Path | None = None) -> SweepOutcome:
+              in_process: bool = True, workdir: Path | None = None,
+              parent_tags: dict[str, str] | None = None) -> SweepOutcome:
     """Validate everything, then run the sweep (``grid`` set: an ablation grid without a searcher).
+
+    ``parent_tags`` go on the sweep's parent run (``hardseg nightly`` nests it under its own run).
 
     Raises:
         ConfigError: an invalid space or config, before any trial or MLflow run starts.
@@ -226,7 +229,7 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
     extra = {"sweep.name": name, "sweep.max_concurrent": max_conc, "sweep.trial_resources": json.dumps(resources)}
     if storage_url:
         extra["sweep.optuna_storage"] = storage_url
-    parent = start_parent_run(client, exp_id, name, kind, space, base_cfg, extra)
+    parent = start_parent_run(client, exp_id, name, kind, space, base_cfg, extra, parent_tags)
     spec = TrialSpec(sweep_name=name, space=space.to_dict(), config_path=config_path, overrides=overrides + resolved,
                      tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent, metrics=space.sweep.metrics,
                      kind=kind, in_process=in_process)

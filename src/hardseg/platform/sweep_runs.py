@@ -20,11 +20,12 @@ from hardseg.search_spaces import SearchSpace
 
 
 def start_parent_run(client, exp_id: str, name: str, kind: str, space: SearchSpace, base_cfg,
-                     extra_params: dict[str, Any]) -> str:
+                     extra_params: dict[str, Any], extra_tags: dict[str, str] | None = None) -> str:
+    """The sweep's parent run; ``extra_tags`` may nest it (``mlflow.parentRunId``, as ``hardseg nightly`` does)."""
     from hardseg.platform.train_job import run_tags
 
     tags = {**run_tags(base_cfg), "hardseg.kind": kind, SWEEP_TAG: name, "mlflow.runName": name,
-            "hardseg.cli": shlex.join(["hardseg", *sys.argv[1:]]) if sys.argv else "hardseg"}
+            "hardseg.cli": shlex.join(["hardseg", *sys.argv[1:]]) if sys.argv else "hardseg", **(extra_tags or {})}
     tags.pop("hardseg.seed", None)
     tags.pop("hardseg.strategies", None)
     run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id

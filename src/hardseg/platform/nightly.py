@@ -1,0 +1,222 @@
+"""``hardseg nightly SUITE``: run a fixed suite, compare it with the previous nightly, flag regressions.
+
+One MLflow parent run per nightly (``hardseg.kind = nightly``, tagged with the
+suite, the date and the git commit). Under it, one ablation grid per (model,
+dataset) cell of the suite (:func:`hardseg.platform.sweep.run_sweep`, nested with
+``mlflow.parentRunId``), each with one child run per strategy × seed. The
+previous nightly is the latest earlier FINISHED nightly run of the same suite
+name. Every watched metric of every cell is judged by the rule of
+:mod:`hardseg.reports.regression`; the summary (Markdown + JSON) goes to an
+output folder and onto the parent run (artifacts ``nightly/``).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from hardseg.errors import ConfigError
+from hardseg.platform import tracking
+from hardseg.platform.suite import Suite
+from hardseg.reports.regression import Comparison, Key, compare_nights
+
+KIND = "nightly"
+SUITE_TAG = "hardseg.suite"
+NIGHTLY_TAG = "hardseg.nightly_run_id"  # on each cell's ablation parent run
+MODEL_TAG, DATASET_TAG = "hardseg.nightly.model", "hardseg.nightly.dataset"
+GRID_KEYS = ("strategies", "seed")
+
+
+@dataclass
+class NightlyOutcome:
+    run_id: str
+    previous_run_id: str | None
+    comparisons: list[Comparison]
+    summary_md: Path
+    summary_json: Path
+    interrupted: bool = False
+    cell_runs: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def regressions(self) -> list[Comparison]:
+        return [c for c in self.comparisons if c.flagged]
+
+    @property
+    def exit_code(self) -> int:
+        return 130 if self.interrupted else 1 if self.regressions else 0
+
+
+def validate_suite(suite: Suite, overrides: list[str]) -> None:
+    """Every cell's trials must make valid RunConfigs before anything is written to MLflow."""
+    from hardseg.platform.sweep import ablation_space
+
+    for item in overrides:
+        if item.split("=", 1)[0] in GRID_KEYS:
+            raise ConfigError(f"--set {item}: the suite's 'strategies' and 'seeds' make the grid; edit the suite")
+    space = ablation_space(suite.strategies, suite.seeds, name=suite.name)
+    space.validate(suite.config)
+    possible = space.possible_strategies(suite.config)
+    for model, dataset in suite.cells():
+        sets = suite.overrides(model, dataset, overrides)
+        for item in sets:
+            parts = item.split("=", 1)[0].split(".")
+            if parts[0] == "strategy_params" and len(parts) > 1 and parts[1] not in possible:
+                raise ConfigError(f"suite {suite.name}: '{item.split('=', 1)[0]}' is set but no strategy of the "
+                                  f"suite uses '{parts[1]}' (strategies: {', '.join(suite.strategies)})")
+        for combo in space.params["strategies"].choices:
+            space.run_config({"strategies": combo, "seed": suite.seeds[0]}, suite.config, sets)
+
+
+def previous_nightly(client, exp_id: str, suite_name: str, before_ms: int):
+    """The latest FINISHED nightly parent run of ``suite_name`` that started before ``before_ms``, or None."""
+    runs = client.search_runs([exp_id], filter_string=f"tags.`hardseg.kind` = '{KIND}' and "
+                              f"tags.`{SUITE_TAG}` = '{suite_name}' and attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"], max_results=50)
+    return next((r for r in runs if (r.info.start_time or 0) < before_ms), None)
+
+
+def nightly_values(client, nightly_run_id: str, exp_id: str, suite: Suite) -> dict[Key, dict[int, float]]:
+    """{(strategy, model, dataset, metric): {seed: final value}} over the FINISHED trials of a nightly."""
+    import pandas as pd
+
+    from hardseg.reports.collect import runs_frame
+
+    values: dict[Key, dict[int, float]] = {}
+    for cell in client.search_runs([exp_id], filter_string=f"tags.`{NIGHTLY_TAG}` = '{nightly_run_id}'",
+                                   max_results=1000):
+        model, dataset = cell.data.tags.get(MODEL_TAG, "?"), cell.data.tags.get(DATASET_TAG, "?")
+        df = runs_frame(client, cell)
+        for _, row in df[df["status"] == "FINISHED"].iterrows():
+            for w in suite.watch:
+                value = row.get(w.metric)
+                if value is not None and not pd.isna(value) and not pd.isna(row["seed"]):
+                    values.setdefault(Key(row["strategies"], model, dataset, w.metric), {})[int(row["seed"])] = value
+    return values
+
+
+def run_nightly(suite: Suite, *, overrides: list[str] | None = None, out_dir: Path | None = None,
+                in_process: bool = True, workdir: Path | None = None) -> NightlyOutcome:
+    """Run every cell of the suite, compare with the previous nightly, write and log the summary.
+
+    Raises:
+        ConfigError: an invalid suite or override, before any MLflow run starts.
+    """
+    from hardseg.platform.sweep import ablation_space, run_sweep
+    from hardseg.platform.train_job import git_commit, resolve_paths
+
+    overrides = list(overrides or [])
+    validate_suite(suite, overrides)
+    m0, d0 = suite.cells()[0]
+    base_cfg = resolve_paths(ablation_space(suite.strategies, suite.seeds).run_config(
+        {}, suite.config, suite.overrides(m0, d0, overrides)), workdir)
+    uri = tracking.resolve_tracking_uri(base_cfg.tracking.uri, workdir)
+    client = tracking.MlflowClient(uri)
+    exp_id = tracking.get_or_create_experiment(client, base_cfg.tracking.experiment, uri)
+    now = time.time()
+    stamp, date = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)), time.strftime("%Y-%m-%d", time.localtime(now))
+    previous = previous_nightly(client, exp_id, suite.name, int(now * 1000))
+    name = f"{suite.name}-{stamp}"
+    tags = {"hardseg.kind": KIND, SUITE_TAG: suite.name, "hardseg.nightly_date": date, "mlflow.runName": name,
+            "git_commit": git_commit(Path(__file__).parent),
+            "hardseg.cli": shlex.join(["hardseg", *sys.argv[1:]]) if sys.argv else "hardseg",
+            "hardseg.previous_nightly": previous.info.run_id if previous else "none"}
+    run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+    tracking.log_params(client, run_id, {"suite.strategies": json.dumps(suite.strategies),
+                                         "suite.seeds": json.dumps(suite.seeds), "suite.overrides": json.dumps(overrides),
+                                         "suite.models": json.dumps(list(suite.models)),
+                                         "suite.datasets": json.dumps(list(suite.datasets)),
+                                         "noise.alpha": suite.noise.alpha, "noise.correction": suite.noise.correction})
+    client.log_text(run_id, yaml.safe_dump(suite.to_dict(), sort_keys=False), "nightly/suite.yaml")
+    print(f"[hardseg] nightly '{name}' (MLflow run {run_id}); previous: "
+          f"{previous.data.tags.get('mlflow.runName', previous.info.run_id) if previous else 'none (baseline)'}",
+          flush=True)
+    cell_runs: dict[str, str] = {}
+    try:
+        for model, dataset in suite.cells():
+            space = ablation_space(suite.strategies, suite.seeds, name=suite.name)
+            out = run_sweep(space, config_path=suite.config, overrides=suite.overrides(model, dataset, overrides),
+                            name=f"{name}-{run_id[:6]}-{model}-{dataset}"[:100],
+                            grid={"strategies": list(space.params["strategies"].choices), "seed": list(suite.seeds)},
+                            kind="ablation", in_process=in_process, workdir=workdir,
+                            parent_tags={"mlflow.parentRunId": run_id, NIGHTLY_TAG: run_id, SUITE_TAG: suite.name,
+                                         MODEL_TAG: model, DATASET_TAG: dataset})
+            cell_runs[f"{model}/{dataset}"] = out.parent_run_id
+            if out.interrupted:
+                tracking.set_tags(client, run_id, {"hardseg.stop_reason": f"cell {model}/{dataset} interrupted"})
+                client.set_terminated(run_id, "KILLED")
+                return NightlyOutcome(run_id, None, [], Path(), Path(), True, cell_runs)
+    except BaseException as err:
+        tracking.set_tags(client, run_id, {"hardseg.error": f"{type(err).__name__}: {err}"[:5000]})
+        client.set_terminated(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        raise
+    cur = nightly_values(client, run_id, exp_id, suite)
+    prev = nightly_values(client, previous.info.run_id, exp_id, suite) if previous else {}
+    comparisons = compare_nights(prev, cur, suite.modes, suite.noise.alpha, suite.noise.correction)
+    folder = Path(out_dir) if out_dir else Path("reports") / "nightly" / name
+    md, js = write_summary(folder, suite, name, run_id, tags, previous, comparisons)
+    client.log_artifact(run_id, str(md), "nightly")
+    client.log_artifact(run_id, str(js), "nightly")
+    flagged = [c for c in comparisons if c.flagged]
+    metrics = {"nightly/regressions": len(flagged), "nightly/compared": sum(c.status != "new" for c in comparisons)}
+    metrics |= {f"{_metric_key(c.key)}": c.cur_mean for c in comparisons if c.cur_mean is not None}
+    tracking.log_metrics(client, run_id, metrics)
+    tracking.set_tags(client, run_id, {"hardseg.regressions": str(len(flagged))})
+    client.set_terminated(run_id, "FINISHED")
+    for c in flagged:
+        print(f"[hardseg] REGRESSION {c.key.cell} {c.key.metric}: {_fmt(c.prev_mean)} -> {_fmt(c.cur_mean)}"
+              f" (drop {_fmt(c.drop)} > threshold {_fmt(c.threshold)})" if c.status == "regression" else
+              f"[hardseg] REGRESSION {c.key.cell} {c.key.metric}: missing tonight (its trials failed)", flush=True)
+    print(f"[hardseg] nightly '{name}': {len(flagged)} regression(s) in {len(comparisons)} comparisons; "
+          f"summary {md} and {js}", flush=True)
+    return NightlyOutcome(run_id, previous.info.run_id if previous else None, comparisons, md, js, False, cell_runs)
+
+
+def _metric_key(key: Key) -> str:
+    """An MLflow metric name for a cell's seed mean (no '+' allowed there)."""
+    return f"{key.strategy.replace('+', '-')}.{key.model}.{key.dataset}/{key.metric}"
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def write_summary(folder: Path, suite: Suite, name: str, run_id: str, tags: dict[str, str], previous,
+                  comparisons: list[Comparison]) -> tuple[Path, Path]:
+    """``summary.md`` (a table per verdict) and ``summary.json`` (everything) in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    flagged = [c for c in comparisons if c.flagged]
+    prev_id = previous.info.run_id if previous else None
+    data = {"suite": suite.name, "nightly": name, "run_id": run_id, "date": tags["hardseg.nightly_date"],
+            "git_commit": tags["git_commit"], "previous_run_id": prev_id,
+            "previous_git_commit": previous.data.tags.get("git_commit") if previous else None,
+            "noise": suite.noise.model_dump(), "regressions": len(flagged),
+            "comparisons": [c.to_dict() for c in comparisons]}
+    js = folder / "summary.json"
+    js.write_text(json.dumps(data, indent=1))
+    lines = [f"# Nightly {name}", "",
+             f"Suite **{suite.name}**, {tags['hardseg.nightly_date']}, commit `{tags['git_commit'][:12]}`, "
+             f"MLflow run `{run_id}`.", ""]
+    if previous is None:
+        lines += ["No previous FINISHED nightly of this suite: this one is the baseline.", ""]
+    else:
+        lines += [f"Compared with `{previous.data.tags.get('mlflow.runName', prev_id)}` (run `{prev_id}`, commit "
+                  f"`{previous.data.tags.get('git_commit', '?')[:12]}`). Regression: drop of the seed mean > "
+                  f"t(1-α', df) × SE, α = {suite.noise.alpha} ({suite.noise.correction}); SE from both nights' "
+                  f"seed spread (paired when the seeds match), floored by the median over cells.", "",
+                  f"**{len(flagged)} regression(s)**" if flagged else "**No regressions.**", ""]
+    lines += ["| cell | metric | previous | tonight | drop | threshold | SE | df | paired | p | verdict |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for c in sorted(comparisons, key=lambda c: (not c.flagged, c.key.cell, c.key.metric)):
+        lines.append(f"| {c.key.cell} | {c.key.metric} | {_fmt(c.prev_mean)} (n={c.n_prev}) | {_fmt(c.cur_mean)} "
+                     f"(n={c.n_cur}) | {_fmt(c.drop)} | {_fmt(c.threshold)} | {_fmt(c.se)} | {c.df or '-'} | "
+                     f"{'yes' if c.paired else 'no'} | {_fmt(c.p_value, 3)} | "
+                     f"{'**' + c.status.upper() + '**' if c.flagged else c.status} |")
+    md = folder / "summary.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md, js

@@ -1,0 +1,142 @@
+"""Nightly suites: which strategies, models, datasets and seeds ``hardseg nightly`` runs, and how it judges them.
+
+One YAML file is one suite (the shipped ones live in ``platform/suites/``)::
+
+    name: nightly                       # previous nightly = latest FINISHED one with this name
+    description: one line
+    config: null                        # run config YAML the trials start from (null: embedded default;
+                                        # a relative path is relative to the suite file)
+    strategies: [ce, hl, ohem, focal]   # names or '+'-joined combinations
+    models:                             # label -> run-config overrides (dotted keys, as --set)
+      tiny: {model.name: tiny_seg, model.width: 16}
+    datasets:                           # label -> run-config overrides
+      synthetic: {data.dataset: synthetic, data.root: data/synthetic}
+    seeds: [0, 1, 2]                    # at least 2: the noise rule needs a seed spread
+    budget:                             # run-config overrides for every trial (epochs, sizes, workers)
+      train.epochs: 6
+    watch:                              # metrics compared with the previous nightly
+      - {metric: val/miou, mode: max}
+    noise: {alpha: 0.05, correction: bonferroni}   # hardseg.reports.regression
+
+Each (model, dataset) cell is one ablation grid (strategies × seeds, identical
+budgets) nested under the nightly's MLflow parent run: models and datasets are
+sets of overrides (a dataset also needs its data prepared), which one grid
+dimension could not carry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from hardseg.config import _format_validation_error
+from hardseg.errors import ConfigError
+from hardseg.search_spaces.space import _metric
+
+LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,29}$"  # part of sweep names (sweep.check_name)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Watch(_Strict):
+    metric: str
+    mode: Literal["max", "min"] = "max"
+
+    _check_metric = field_validator("metric")(_metric)
+
+
+class NoiseRule(_Strict):
+    alpha: float = Field(0.05, gt=0, lt=1, description="false-alarm rate (per nightly with bonferroni)")
+    correction: Literal["bonferroni", "none"] = "bonferroni"
+
+
+class Suite(_Strict):
+    name: str = Field(pattern=LABEL)
+    description: str = ""
+    config: str | None = None
+    strategies: list[str] = Field(min_length=1)
+    models: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"tiny_seg": {}}, min_length=1)
+    datasets: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"synthetic": {}}, min_length=1)
+    seeds: list[int] = Field(min_length=2)
+    budget: dict[str, Any] = Field(default_factory=dict)
+    watch: list[Watch] = Field(default_factory=lambda: [Watch(metric="val/miou")], min_length=1)
+    noise: NoiseRule = NoiseRule()
+
+    @field_validator("models", "datasets")
+    @classmethod
+    def _labels(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        import re
+
+        for label in v:
+            if not re.match(LABEL, label):
+                raise ValueError(f"label {label!r}: use up to 30 letters, digits, '.', '_' or '-'")
+        return v
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v: list[int]) -> list[int]:
+        if len(set(v)) != len(v):
+            raise ValueError("seeds must be distinct")
+        return v
+
+    @property
+    def modes(self) -> dict[str, str]:
+        return {w.metric: w.mode for w in self.watch}
+
+    def cells(self) -> list[tuple[str, str]]:
+        """(model, dataset) labels: one ablation grid each."""
+        return [(m, d) for m in self.models for d in self.datasets]
+
+    def overrides(self, model: str, dataset: str, extra: list[str]) -> list[str]:
+        """``--set`` strings of a cell: budget, then model, then dataset, then the command line's."""
+        items = {**self.budget, **self.models[model], **self.datasets[dataset]}
+        return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in items.items()] + list(extra)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _suites_dir() -> Path:
+    return Path(str(resources.files("hardseg.platform") / "suites"))
+
+
+def available_suites() -> list[str]:
+    return sorted(p.stem for p in _suites_dir().glob("*.yaml"))
+
+
+def load_suite(name_or_path: str | os.PathLike) -> Suite:
+    """A shipped suite (by name) or a YAML file; ``config`` is resolved against the file's folder.
+
+    Raises:
+        ConfigError: missing file, bad YAML, unknown key or invalid value (one line).
+    """
+    text = os.fspath(name_or_path)
+    path = Path(text)
+    if not path.is_file():
+        if path.suffix in (".yaml", ".yml") or os.sep in text or text not in available_suites():
+            raise ConfigError(f"nightly suite not found: {text} (pass a YAML file or a shipped suite: "
+                              f"{', '.join(available_suites())})")
+        path = _suites_dir() / f"{text}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping (name, strategies, seeds, ...)")
+    try:
+        suite = Suite.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, f"suite {path}")) from None
+    if suite.config and not Path(suite.config).is_absolute():
+        suite.config = str((path.parent / suite.config).resolve())
+    if suite.config and not Path(suite.config).is_file():
+        raise ConfigError(f"suite {path}: config file not found: {suite.config}")
+    return suite
