@@ -192,10 +192,11 @@ def write_summary(folder: Path, suite: Suite, name: str, run_id: str, tags: dict
     folder.mkdir(parents=True, exist_ok=True)
     flagged = [c for c in comparisons if c.flagged]
     prev_id = previous.info.run_id if previous else None
+    unlogged = [w.metric for w in suite.watch if not any(c.key.metric == w.metric for c in comparisons)]
     data = {"suite": suite.name, "nightly": name, "run_id": run_id, "date": tags["hardseg.nightly_date"],
             "git_commit": tags["git_commit"], "previous_run_id": prev_id,
             "previous_git_commit": previous.data.tags.get("git_commit") if previous else None,
-            "noise": suite.noise.model_dump(), "regressions": len(flagged),
+            "noise": suite.noise.model_dump(), "regressions": len(flagged), "unlogged_metrics": unlogged,
             "comparisons": [c.to_dict() for c in comparisons]}
     js = folder / "summary.json"
     js.write_text(json.dumps(data, indent=1))
@@ -210,6 +211,9 @@ def write_summary(folder: Path, suite: Suite, name: str, run_id: str, tags: dict
                   f"t(1-α', df) × SE, α = {suite.noise.alpha} ({suite.noise.correction}); SE from both nights' "
                   f"seed spread (paired when the seeds match), floored by the median over cells.", "",
                   f"**{len(flagged)} regression(s)**" if flagged else "**No regressions.**", ""]
+    if unlogged:
+        lines += [f"Watched but logged by no trial (check the metric names and data.eval_domains): "
+                  f"{', '.join(unlogged)}.", ""]
     lines += ["| cell | metric | previous | tonight | drop | threshold | SE | df | paired | p | verdict |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in sorted(comparisons, key=lambda c: (not c.flagged, c.key.cell, c.key.metric)):
