@@ -182,6 +182,80 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_ablate(args)
 
 
+def cmd_submit(args: argparse.Namespace) -> int:
+    from hardseg.platform import jobs
+
+    command = args.job_command[1:] if args.job_command[:1] == ["--"] else args.job_command
+    if command and command[0] in ("submit", "jobs", "cluster"):
+        raise HardsegError(f"'hardseg {command[0]}' runs on this machine; submit a run command (sweep, ablate, "
+                           f"train, nightly, ...)")
+    return jobs.submit(args.address, command, working_dir=args.working_dir, env=args.env, wait=not args.no_wait)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from hardseg.platform import jobs
+
+    if args.jobs_command == "list":
+        return jobs.list_jobs(args.address)
+    if args.jobs_command == "logs":
+        return jobs.logs(args.address, args.job_id, follow=args.follow)
+    return {"status": jobs.status, "stop": jobs.stop}[args.jobs_command](args.address, args.job_id)
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from hardseg.platform import local_cluster
+
+    if args.cluster_command == "down":
+        n = local_cluster.down(args.dir)
+        print(f"[hardseg] local cluster in {args.dir} stopped ({n} processes)")
+        return 0
+    backend = None if args.mlflow_backend == "none" else args.mlflow_backend
+    state = local_cluster.up(args.dir, workers=args.workers, cpus_per_node=args.cpus_per_node,
+                             mlflow_backend=backend, auth=not args.no_auth)
+    print(f"[hardseg] Ray head {state.gcs_address} + {args.workers} worker node(s), dashboard {state.dashboard_url}"
+          + (f", MLflow {state.mlflow_url} ({state.mlflow_backend})" if state.mlflow_url else "")
+          + f"; state in {Path(state.dir) / local_cluster.STATE_FILE}. Export:")
+    print(state.exports())
+    return 0
+
+
+def _add_cluster_parsers(sub) -> None:
+    s = sub.add_parser("submit", help="run a hardseg command as a Ray job on a cluster (Ray Jobs API)")
+    s.add_argument("--address", help="Ray dashboard address, e.g. http://HEAD:8265 (default: RAY_ADDRESS)")
+    s.add_argument("--working-dir", default=".", help="folder uploaded as the job's working directory (default: .)")
+    s.add_argument("--no-wait", action="store_true", help="print the job id and return; do not follow the logs")
+    s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="environment variable for the job (repeatable); MLFLOW_TRACKING_URI is forwarded when set")
+    s.add_argument("job_command", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]",
+                   help="the hardseg command to run, e.g. -- sweep quickstart --num-samples 4")
+    s.set_defaults(func=cmd_submit)
+
+    j = sub.add_parser("jobs", help="status, logs, stop or list of Ray jobs")
+    jsub = j.add_subparsers(dest="jobs_command", required=True)
+    for name, text in (("status", "the job's status"), ("logs", "the job's logs"), ("stop", "stop the job"),
+                       ("list", "all jobs of the cluster")):
+        jp = jsub.add_parser(name, help=text)
+        if name != "list":
+            jp.add_argument("job_id")
+        if name == "logs":
+            jp.add_argument("--follow", action="store_true", help="stream until the job ends")
+        jp.add_argument("--address", help="Ray dashboard address (default: RAY_ADDRESS)")
+        jp.set_defaults(func=cmd_jobs)
+
+    c = sub.add_parser("cluster", help="a local multi-node Ray cluster and MLflow server, to try the cluster path")
+    csub = c.add_subparsers(dest="cluster_command", required=True)
+    up = csub.add_parser("up", help="start a head and worker nodes on this machine, and an mlflow server")
+    up.add_argument("--workers", type=int, default=1, help="worker nodes besides the head (default: 1)")
+    up.add_argument("--cpus-per-node", type=float, default=1, help="logical CPUs of each node (default: 1)")
+    up.add_argument("--mlflow-backend", default="sqlite",
+                    help="postgresql+psycopg2://USER@HOST:5432/DB (multi-node), sqlite (a file in --dir) or none")
+    up.add_argument("--no-auth", action="store_true", help="no token authentication (RAY_AUTH_MODE=disabled)")
+    down = csub.add_parser("down", help="stop exactly what 'cluster up' started")
+    for cp in (up, down):
+        cp.add_argument("--dir", default=".hardseg-cluster", help="state, logs and token (default: .hardseg-cluster)")
+        cp.set_defaults(func=cmd_cluster)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hardseg", description="Hard-pixel strategy experiments for semantic "
                                 "segmentation on Ray Train, Ray Tune + Optuna and MLflow.")
@@ -260,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     demo.add_argument("--tracking-uri")
     demo.set_defaults(func=cmd_demo)
+    _add_cluster_parsers(sub)
     return p
 
 

@@ -36,6 +36,7 @@ from typing import Any
 
 from hardseg.errors import ConfigError
 from hardseg.platform import tracking
+from hardseg.platform.multinode import check_multinode
 from hardseg.platform.progress import ProgressTable
 from hardseg.platform.sweep_runs import child_runs, close_open_runs, log_summary, start_parent_run
 from hardseg.platform.trial import TrialSpec, run_trial
@@ -221,6 +222,7 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
     num_trials = space.sweep.num_samples if grid is None else _grid_size(grid)
     max_conc = concurrency(base_cfg, resources, space.sweep.max_concurrent, num_trials)
     storage_url = optuna_storage_url(base_cfg, uri) if grid is None else None
+    check_multinode(uri, storage_url, base_cfg.ray.storage_path)
 
     client = tracking.MlflowClient(uri)
     exp_id = tracking.get_or_create_experiment(client, base_cfg.tracking.experiment, uri)
@@ -261,6 +263,7 @@ def resume_sweep(name: str, *, storage_path: str | None = None, workdir: Path | 
     base_cfg = resolve_paths(space.run_config({}, spec.config_path, spec.overrides), workdir)
     local_drivers = max(1, (os.cpu_count() or 1) // max(1, int(base_cfg.ray.num_workers * base_cfg.ray.cpus_per_worker)))
     ensure_ray(base_cfg.ray, trial_drivers=local_drivers)
+    check_multinode(spec.tracking_uri, state.optuna_storage, str(base))
     client = tracking.MlflowClient(spec.tracking_uri)
     client.update_run(spec.parent_run_id, status="RUNNING")
     tracking.set_tags(client, spec.parent_run_id, {"hardseg.resumed": time.strftime("%Y-%m-%dT%H:%M:%S")})

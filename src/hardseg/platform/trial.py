@@ -32,6 +32,7 @@ from hardseg.platform.train_job import (RunCloser, TrialStopped, log_final_artif
 
 TRIAL_TAG = "hardseg.trial_id"
 SWEEP_TAG = "hardseg.sweep"
+NODE_TAG = "hardseg.node_id"
 
 
 @dataclass
@@ -57,15 +58,25 @@ def find_trial_run(client: tracking.MlflowClient, spec: TrialSpec, trial_id: str
     return runs[0].info.run_id if runs else None
 
 
+def node_tags() -> dict[str, str]:
+    """Where the trial runs: its Ray node id and host name (tags ``hardseg.node_id``, ``hardseg.hostname``)."""
+    import socket
+
+    import ray
+
+    return {NODE_TAG: ray.get_runtime_context().get_node_id(), "hardseg.hostname": socket.gethostname()}
+
+
 def open_trial_run(client: tracking.MlflowClient, spec: TrialSpec, cfg, sampled: dict[str, Any],
                    trial_id: str, config_text: str) -> str:
     """The trial's child run: reopened if a restored sweep restarts the trial, else created."""
     run_id = find_trial_run(client, spec, trial_id)
     if run_id is not None:
         client.update_run(run_id, status="RUNNING")
-        tracking.set_tags(client, run_id, {"hardseg.restarts": str(_restarts(client, run_id) + 1)})
+        tracking.set_tags(client, run_id, {"hardseg.restarts": str(_restarts(client, run_id) + 1), **node_tags()})
         return run_id
-    tags = {**run_tags(cfg), **spec.extra_tags, "hardseg.kind": f"{spec.kind}-trial", SWEEP_TAG: spec.sweep_name,
+    tags = {**run_tags(cfg), **spec.extra_tags, **node_tags(), "hardseg.kind": f"{spec.kind}-trial",
+            SWEEP_TAG: spec.sweep_name,
             TRIAL_TAG: trial_id, "mlflow.parentRunId": spec.parent_run_id, "mlflow.runName": cfg.name}
     run_id = client.create_run(spec.experiment_id, run_name=cfg.name, tags=tags).info.run_id
     tracking.log_params(client, run_id, cfg.flat())

@@ -1,0 +1,271 @@
+"""``hardseg cluster up|down``: a multi-node Ray cluster on this machine, for trying the cluster path.
+
+``up`` starts a head node and N worker nodes with ``ray start``, each with its
+own ``--temp-dir`` and its own ports (several nodes and other people's Ray
+share the machine), ``--num-cpus`` and the ``trial_driver`` custom resource the
+sweeps need; token authentication with a token file of the cluster's own; and
+an ``mlflow server`` on 127.0.0.1 (PostgreSQL backend for the real multi-node
+setup, or SQLite). Its state file (``cluster.json`` in ``--dir``) records the
+addresses, the temporary dirs, the MLflow server's pid and the environment a
+client exports.
+
+``down`` stops exactly what ``up`` started: the processes whose command line
+names one of the cluster's temporary dirs (every Ray process of a node does)
+and the MLflow server. It never runs a global ``ray stop``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from hardseg.errors import HardsegError
+from hardseg.platform.cluster import TRIAL_DRIVER_RESOURCE
+
+STATE_FILE = "cluster.json"
+DEFAULT_DIR = ".hardseg-cluster"
+OBJECT_STORE_BYTES = 512 * 1024**2  # per node; small runs need little, /dev/shm is shared
+
+
+class ClusterError(HardsegError):
+    """The local cluster could not start, or there is none to stop."""
+
+
+@dataclass
+class ClusterState:
+    dir: str
+    gcs_address: str
+    dashboard_url: str
+    temp_dirs: list[str]  # one per node, head first
+    env: dict[str, str]  # what a client exports (RAY_ADDRESS, MLFLOW_TRACKING_URI, RAY_AUTH_*)
+    mlflow_url: str | None = None
+    mlflow_pid: int | None = None
+    mlflow_backend: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def save(self) -> Path:
+        path = Path(self.dir) / STATE_FILE
+        path.write_text(json.dumps(asdict(self), indent=1))
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "ClusterState":
+        path = Path(folder) / STATE_FILE
+        if not path.is_file():
+            raise ClusterError(f"no local cluster in {folder} (no {STATE_FILE}); pass the --dir given to 'cluster up'")
+        return cls(**json.loads(path.read_text()))
+
+    def exports(self) -> str:
+        return "\n".join(f"export {k}={v}" for k, v in self.env.items())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_bin() -> str:
+    """The ``ray`` script of this interpreter's environment."""
+    return str(Path(sys.executable).parent / "ray")
+
+
+def node_env(auth_env: dict[str, str]) -> dict[str, str]:
+    """Environment of a node: this venv first on PATH (job entrypoints call ``hardseg``), the auth settings."""
+    env = {**os.environ, **auth_env, "RAY_worker_niceness": "0"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def node_ports() -> list[str]:
+    """Own ports for everything a node listens on (defaults such as 52365 would clash between nodes)."""
+    return ["--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
+            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+            "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port())]
+
+
+def _run(cmd: list[str], env: dict[str, str], log: Path) -> None:
+    with open(log, "a") as out:
+        done = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=180)
+    if done.returncode != 0:
+        tail = log.read_text()[-1500:]
+        raise ClusterError(f"'{' '.join(cmd[:3])} ...' failed (exit {done.returncode}); see {log}: {tail}")
+
+
+def start_head(temp_dir: Path, cpus: float, env: dict[str, str], log: Path) -> tuple[str, str]:
+    """``ray start --head`` with its own ports; returns (GCS address, dashboard URL) once the dashboard answers."""
+    port, dash = free_port(), free_port()
+    cmd = [ray_bin(), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--include-dashboard", "true",
+           "--ray-client-server-port", str(free_port()), "--num-cpus", str(cpus),
+           "--resources", json.dumps({TRIAL_DRIVER_RESOURCE: max(1, int(cpus))}), "--temp-dir", str(temp_dir),
+           "--object-store-memory", str(OBJECT_STORE_BYTES), "--disable-usage-stats", *node_ports()]
+    _run(cmd, env, log)
+    url = f"http://127.0.0.1:{dash}"
+    wait_http(f"{url}/api/version", 90, "the Ray dashboard")
+    return f"127.0.0.1:{port}", url
+
+
+def start_worker(gcs_address: str, temp_dir: Path, cpus: float, env: dict[str, str], log: Path,
+                 private_tmpfs: Path | None = None) -> None:
+    """``ray start --address`` with its own temp dir and ports.
+
+    ``private_tmpfs``: run the node in its own mount namespace with an empty
+    tmpfs over that folder, so the node truly does not see what the others
+    write there (a node-local path, for the multi-node refusal tests; needs root).
+    """
+    cmd = [ray_bin(), "start", "--address", gcs_address, "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus),
+           "--resources", json.dumps({TRIAL_DRIVER_RESOURCE: max(1, int(cpus))}), "--temp-dir", str(temp_dir),
+           "--object-store-memory", str(OBJECT_STORE_BYTES), "--disable-usage-stats", *node_ports()]
+    if private_tmpfs is not None:
+        script = f"mount -t tmpfs tmpfs {private_tmpfs} && exec \"$@\""
+        cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *cmd]
+    _run(cmd, env, log)
+
+
+def wait_http(url: str, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ClusterError(f"{what} exited with status {proc.returncode} before answering at {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:  # it answers (401 without a token is an answer)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise ClusterError(f"{what} did not answer at {url} within {timeout:.0f} s")
+
+
+def start_mlflow(backend: str, folder: Path) -> tuple[str, int]:
+    """``mlflow server`` on 127.0.0.1 with artifacts served through it; returns (URL, pid)."""
+    if backend == "sqlite":
+        backend = f"sqlite:///{folder / 'mlflow.db'}"
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", backend, "--artifacts-destination", str(folder / "mlflow-artifacts"),
+           "--workers", "1"]
+    with open(folder / "mlflow.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", 120, "mlflow server", proc)
+    except ClusterError as err:
+        _kill_group(proc.pid)
+        tail = (folder / "mlflow.log").read_text().strip().splitlines()[-1:]
+        raise ClusterError(f"{err}: {tail[0] if tail else 'no output'} (see {folder / 'mlflow.log'})") from None
+    return url, proc.pid
+
+
+def up(folder: str | Path = DEFAULT_DIR, *, workers: int = 1, cpus_per_node: float = 1,
+       mlflow_backend: str | None = "sqlite", auth: bool = True,
+       private_tmpfs: Path | None = None) -> ClusterState:
+    """Start a head, ``workers`` worker nodes and an MLflow server; save and return the state.
+
+    Args:
+        mlflow_backend: ``postgresql+psycopg2://...`` (multi-node; SQLAlchemy's plain ``postgresql://``
+            wants psycopg 3), ``sqlite`` (a file in ``folder``) or None (no server).
+        auth: token authentication with a token file of this cluster's own.
+        private_tmpfs: see :func:`start_worker` (applied to the last worker node).
+    """
+    root = Path(folder).resolve()
+    if (root / STATE_FILE).is_file():
+        raise ClusterError(f"a local cluster is already recorded in {root}; 'hardseg cluster down --dir {folder}' first")
+    root.mkdir(parents=True, exist_ok=True)
+    auth_env: dict[str, str] = {"RAY_AUTH_MODE": "disabled"}
+    if auth:
+        token = root / "auth_token"
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+        auth_env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env = node_env(auth_env)
+    # Short temp dirs: Ray's unix socket paths under them must stay below 108 characters.
+    temp_dirs = [Path(tempfile.mkdtemp(prefix=f"hs{i}-", dir="/tmp")) for i in range(workers + 1)]
+    state = ClusterState(str(root), "", "", [str(t) for t in temp_dirs], {})
+    state.save()  # from here on, 'down' finds whatever started
+    try:
+        state.gcs_address, state.dashboard_url = start_head(temp_dirs[0], cpus_per_node, env, root / "ray.log")
+        state.save()
+        for i, t in enumerate(temp_dirs[1:], 1):
+            start_worker(state.gcs_address, t, cpus_per_node, env, root / "ray.log",
+                         private_tmpfs if i == workers else None)
+        if mlflow_backend:
+            state.mlflow_backend = mlflow_backend
+            state.mlflow_url, state.mlflow_pid = start_mlflow(mlflow_backend, root)
+            state.save()
+    except BaseException:
+        down(root)
+        raise
+    state.env = {"RAY_ADDRESS": state.dashboard_url, **auth_env}
+    if state.mlflow_url:
+        state.env["MLFLOW_TRACKING_URI"] = state.mlflow_url
+    state.save()
+    return state
+
+
+def node_pids(temp_dir: str) -> list[int]:
+    """Processes whose command line names ``temp_dir`` (all of a node's Ray processes do)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = [a.decode(errors="replace") for a in args]
+        if any(a == temp_dir or a.endswith(f"={temp_dir}") or f"{temp_dir}/" in a for a in text):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+
+
+def stop_node(temp_dir: str, grace: float = 10) -> int:
+    """SIGTERM, then SIGKILL after ``grace`` s, to the node's processes; returns how many there were."""
+    pids = node_pids(temp_dir)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.time() + grace
+    while time.time() < deadline and node_pids(temp_dir):
+        time.sleep(0.3)
+    for pid in node_pids(temp_dir):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
+
+
+def down(folder: str | Path = DEFAULT_DIR) -> int:
+    """Stop the nodes and the MLflow server that :func:`up` started in ``folder``; returns processes stopped."""
+    state = ClusterState.load(folder)
+    stopped = 0
+    if state.mlflow_pid:
+        _kill_group(state.mlflow_pid)
+        stopped += 1
+    for temp_dir in reversed(state.temp_dirs):  # workers first
+        stopped += stop_node(temp_dir)
+    (Path(state.dir) / STATE_FILE).unlink(missing_ok=True)
+    return stopped

@@ -1,0 +1,205 @@
+"""The cluster path: ``hardseg submit``/``jobs`` error lines, and a real two-node Ray cluster on loopback.
+
+The two-node cluster (``hardseg.platform.local_cluster.up``): a head and a worker
+node started with ``ray start``, each with its own temp dir and ports and token
+authentication; the worker runs in its own mount namespace with an empty tmpfs
+over one folder (``node_local``), so that folder is truly node-local. An
+``mlflow server`` on 127.0.0.1 with a fresh PostgreSQL database; the Optuna
+study in another. Select with ``-m cluster``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from hardseg.platform.cli import main as cli
+from hardseg.platform.multinode import is_local_store
+
+from conftest import small_overrides
+
+PG = "postgres@127.0.0.1:5432"
+HARDSEG = str(Path(sys.executable).parent / "hardseg")
+
+
+# -- argument, address and token errors (no cluster) -------------------------------
+@pytest.mark.parametrize("argv, expected", [
+    (["submit", "--address", "http://127.0.0.1:9"], "nothing to submit: give a hardseg command after '--'"),
+    (["submit", "--", "sweep", "quickstart"], "no Ray cluster address: pass --address"),
+    (["submit", "--address", "http://127.0.0.1:9", "--", "sweep", "quickstart"], "cannot reach the Ray dashboard at "
+                                                                                  "http://127.0.0.1:9"),
+    (["jobs", "status", "raysubmit_x", "--address", "127.0.0.1:9"], "cannot reach the Ray dashboard at "
+                                                                    "http://127.0.0.1:9"),
+    (["submit", "--env", "NOVALUE", "--", "sweep"], "--env 'NOVALUE': expected KEY=VALUE"),
+    (["submit", "--", "cluster", "up"], "'hardseg cluster' runs on this machine"),
+    (["submit", "--working-dir", "/nonexistent-dir", "--", "sweep"], "--working-dir /nonexistent-dir: not a directory"),
+    (["cluster", "down", "--dir", "/nonexistent-dir"], "no local cluster in /nonexistent-dir"),
+])
+def test_submit_jobs_cluster_errors_are_one_line(argv, expected, capsys, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert cli(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and expected in err and "\n" not in err, err
+
+
+def test_local_stores_are_recognised():
+    assert all(is_local_store(u) for u in ["sqlite:////tmp/m.db", "file:///tmp/mlruns", "/tmp/mlruns", "mlruns"])
+    assert not any(is_local_store(u) for u in ["http://head:5000", "https://x", "postgresql://u@h/db",
+                                               "databricks://x"])
+
+
+# -- a real two-node cluster ----------------------------------------------------------
+def _pg(sql: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(f"postgresql://{PG}/test")
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(sql)
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory):
+    from hardseg.platform import local_cluster
+
+    root = tmp_path_factory.mktemp("cluster")
+    node_local = root / "node_local"
+    node_local.mkdir()
+    dbs = {k: f"hardseg_{k}_{uuid.uuid4().hex[:8]}" for k in ("mlflow", "optuna")}
+    for db in dbs.values():
+        _pg(f"CREATE DATABASE {db}")
+    state = None
+    try:
+        state = local_cluster.up(root / "state", workers=1, cpus_per_node=1,
+                                 mlflow_backend=f"postgresql+psycopg2://{PG}/{dbs['mlflow']}", private_tmpfs=node_local)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+        env.update(state.env, RAY_DEDUP_LOGS="0")
+        yield {"state": state, "env": env, "node_local": node_local, "root": root,
+               "optuna": f"postgresql+psycopg2://{PG}/{dbs['optuna']}"}
+    finally:
+        if state is not None:
+            local_cluster.down(root / "state")
+            left = {t: local_cluster.node_pids(t) for t in state.temp_dirs}
+        for db in dbs.values():
+            _pg(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+        assert state is None or not any(left.values()), f"processes left after 'cluster down': {left}"
+
+
+def _hardseg(args: list[str], env: dict, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([HARDSEG, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def _node_ids(gcs: str, env: dict) -> set[str]:
+    code = "import json, ray; ray.init(address=%r, logging_level='ERROR'); " \
+           "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))" % gcs
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _sweep_args(data_root: Path, storage: Path, tracking_uri: str, name: str, **extra) -> list[str]:
+    sets = small_overrides(data_root, **{"ray.num_workers": 1, "train.epochs": 1, "data.eval_domains": "[]",
+                                         "ray.storage_path": str(storage), **extra})
+    return ["sweep", "space.yaml", "--name", name, "--tracking-uri", tracking_uri,
+            *[a for s in sets for a in ("--set", s)]]
+
+
+def _write_space(folder: Path, num_samples: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "space.yaml").write_text(yaml.safe_dump({
+        "name": "two-nodes", "params": {"train.lr": {"loguniform": [1e-3, 1e-2]}},
+        "sweep": {"num_samples": num_samples, "metric": "val/miou", "mode": "max", "seed": 0}}))
+
+
+@pytest.mark.cluster
+@pytest.mark.ray
+@pytest.mark.slow
+def test_submitted_sweep_runs_trials_on_both_nodes(two_nodes, data_root, tmp_path):
+    state, env = two_nodes["state"], two_nodes["env"]
+    work = tmp_path / "work"
+    _write_space(work, num_samples=4)
+    args = _sweep_args(data_root, tmp_path / "shared-runs", state.mlflow_url, "two-nodes",
+                       **{"tracking.optuna_storage": two_nodes["optuna"]})
+    out = _hardseg(["submit", "--address", state.dashboard_url, "--working-dir", str(work), "--", *args], env, work)
+    assert out.returncode == 0, (out.stdout[-4000:], out.stderr[-3000:])
+    assert "SUCCEEDED" in out.stdout
+    job_id = out.stdout.split("submitted job ", 1)[1].split()[0]
+    # jobs status / logs / list against the same cluster
+    assert "SUCCEEDED" in _hardseg(["jobs", "status", job_id], env, work).stdout
+    assert "sweep 'two-nodes'" in _hardseg(["jobs", "logs", job_id], env, work).stdout
+    assert job_id in _hardseg(["jobs", "list"], env, work).stdout
+    # Every run in the shared MLflow server: one parent, one FINISHED child per trial, on both nodes.
+    client = MlflowClient(state.mlflow_url)
+    exp = client.get_experiment_by_name("hardseg")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`hardseg.sweep` = 'two-nodes'")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children), \
+        [(c.info.status, c.data.tags.get("hardseg.error")) for c in children]
+    nodes = _node_ids(state.gcs_address, env)
+    assert len(nodes) == 2
+    assert {c.data.tags["hardseg.node_id"] for c in children} == nodes
+    # The Optuna study lives in PostgreSQL, with every trial.
+    study = optuna.load_study(study_name="two-nodes", storage=two_nodes["optuna"])
+    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+@pytest.mark.cluster
+@pytest.mark.ray
+@pytest.mark.slow
+def test_unsafe_multinode_configs_are_refused_before_any_run(two_nodes, data_root, tmp_path):
+    state = two_nodes["state"]
+    env = {**two_nodes["env"], "RAY_ADDRESS": state.gcs_address}  # a driver on the head, like a job's
+    _write_space(tmp_path, num_samples=2)
+    sqlite = tmp_path / "mlruns" / "mlflow.db"
+    cases = [
+        (_sweep_args(data_root, tmp_path / "runs", f"sqlite:///{sqlite}", "refuse-a"),
+         f"error: tracking.uri=sqlite:///{sqlite} is a local store, but the Ray cluster has 2 nodes: use an MLflow "
+         "tracking server"),
+        (_sweep_args(data_root, tmp_path / "runs", state.mlflow_url, "refuse-b"),
+         "optuna.db is SQLite, but the Ray cluster has 2 nodes: set tracking.optuna_storage=postgresql+psycopg2://"),
+        (_sweep_args(data_root, two_nodes["node_local"] / "runs", state.mlflow_url, "refuse-c",
+                     **{"tracking.optuna_storage": two_nodes["optuna"]}),
+         f"error: ray.storage_path={two_nodes['node_local'] / 'runs'} is not visible from Ray node"),
+    ]
+    for args, expected in cases:
+        out = _hardseg(args, env, tmp_path, timeout=180)
+        lines = [ln for ln in out.stderr.splitlines() if ln.startswith("error: ")]
+        assert out.returncode == 2 and len(lines) == 1 and expected in lines[0], \
+            (args[3], out.stderr[-3000:])
+    assert not sqlite.exists()  # nothing written to the local store
+    client = MlflowClient(state.mlflow_url)
+    exp = client.get_experiment_by_name("hardseg")
+    runs = client.search_runs([exp.experiment_id]) if exp else []
+    assert not [r for r in runs if r.data.tags.get("hardseg.sweep", "").startswith("refuse-")]
+    # the driver removed its marker; the folder is empty apart from what the check created
+    assert not list((two_nodes["node_local"] / "runs").glob(".hardseg-shared-*"))
+
+
+@pytest.mark.cluster
+@pytest.mark.ray
+def test_token_errors_are_one_line(two_nodes, tmp_path):
+    state = two_nodes["state"]
+    bare = {k: v for k, v in two_nodes["env"].items() if not k.startswith("RAY_AUTH")}
+    bare["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
+    out = _hardseg(["jobs", "list", "--address", state.dashboard_url], bare, tmp_path)
+    assert out.returncode == 2, out
+    assert out.stderr.startswith(f"error: the Ray cluster at {state.dashboard_url} requires a token "
+                                 "('Missing authentication token'): set RAY_AUTH_MODE=token")
+    assert "RAY_AUTH_TOKEN_PATH" in out.stderr and out.stderr.count("\n") == 1
+    wrong = tmp_path / "wrong_token"
+    wrong.write_text("0" * 64)
+    out = _hardseg(["jobs", "list", "--address", state.dashboard_url], {**bare, "RAY_AUTH_MODE": "token",
+                                                                         "RAY_AUTH_TOKEN_PATH": str(wrong)}, tmp_path)
+    assert out.returncode == 2 and "rejected the authentication token" in out.stderr, out
