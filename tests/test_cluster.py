@@ -46,6 +46,7 @@ HARDSEG = str(Path(sys.executable).parent / "hardseg")
 ])
 def test_submit_jobs_cluster_errors_are_one_line(argv, expected, capsys, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
     assert cli(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and expected in err and "\n" not in err, err
@@ -78,13 +79,17 @@ def two_nodes(tmp_path_factory):
     dbs = {k: f"hardseg_{k}_{uuid.uuid4().hex[:8]}" for k in ("mlflow", "optuna")}
     for db in dbs.values():
         _pg(f"CREATE DATABASE {db}")
+    # a mount namespace of its own needs root (CAP_SYS_ADMIN); without it the node-local test is skipped
+    private = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"],
+                             capture_output=True).returncode == 0
     state = None
     try:
         state = local_cluster.up(root / "state", workers=1, cpus_per_node=1,
-                                 mlflow_backend=f"postgresql+psycopg2://{PG}/{dbs['mlflow']}", private_tmpfs=node_local)
+                                 mlflow_backend=f"postgresql+psycopg2://{PG}/{dbs['mlflow']}",
+                                 private_tmpfs=node_local if private else None)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
         env.update(state.env, RAY_DEDUP_LOGS="0")
-        yield {"state": state, "env": env, "node_local": node_local, "root": root,
+        yield {"state": state, "env": env, "node_local": node_local if private else None, "root": root,
                "optuna": f"postgresql+psycopg2://{PG}/{dbs['optuna']}"}
     finally:
         if state is not None:
@@ -169,22 +174,40 @@ def test_unsafe_multinode_configs_are_refused_before_any_run(two_nodes, data_roo
          "tracking server"),
         (_sweep_args(data_root, tmp_path / "runs", state.mlflow_url, "refuse-b"),
          "optuna.db is SQLite, but the Ray cluster has 2 nodes: set tracking.optuna_storage=postgresql+psycopg2://"),
-        (_sweep_args(data_root, two_nodes["node_local"] / "runs", state.mlflow_url, "refuse-c",
-                     **{"tracking.optuna_storage": two_nodes["optuna"]}),
-         f"error: ray.storage_path={two_nodes['node_local'] / 'runs'} is not visible from Ray node"),
     ]
-    for args, expected in cases:
-        out = _hardseg(args, env, tmp_path, timeout=180)
-        lines = [ln for ln in out.stderr.splitlines() if ln.startswith("error: ")]
-        assert out.returncode == 2 and len(lines) == 1 and expected in lines[0], \
-            (args[3], out.stderr[-3000:])
+    _assert_refused(cases, env, tmp_path)
     assert not sqlite.exists()  # nothing written to the local store
-    client = MlflowClient(state.mlflow_url)
+    _assert_no_runs(state.mlflow_url, "refuse-")
+
+
+@pytest.mark.cluster
+@pytest.mark.ray
+def test_node_local_storage_path_is_refused(two_nodes, data_root, tmp_path):
+    """The worker node has an empty tmpfs over ``node_local``: it does not see what the head writes there."""
+    if two_nodes["node_local"] is None:
+        pytest.skip("no private mount namespace here (needs root): cannot make a truly node-local folder")
+    state, local = two_nodes["state"], two_nodes["node_local"]
+    env = {**two_nodes["env"], "RAY_ADDRESS": state.gcs_address}
+    _write_space(tmp_path, num_samples=2)
+    args = _sweep_args(data_root, local / "runs", state.mlflow_url, "local-c",
+                       **{"tracking.optuna_storage": two_nodes["optuna"]})
+    _assert_refused([(args, f"error: ray.storage_path={local / 'runs'} is not visible from Ray node ")], env, tmp_path)
+    _assert_no_runs(state.mlflow_url, "local-")
+    assert (local / "runs").is_dir() and not list((local / "runs").iterdir())  # the marker is removed
+
+
+def _assert_refused(cases: list[tuple[list[str], str]], env: dict, cwd: Path) -> None:
+    for args, expected in cases:
+        out = _hardseg(args, env, cwd, timeout=180)
+        lines = [ln for ln in out.stderr.splitlines() if ln.startswith("error: ")]
+        assert out.returncode == 2 and len(lines) == 1 and expected in lines[0], (args[3], out.stderr[-3000:])
+
+
+def _assert_no_runs(uri: str, prefix: str) -> None:
+    client = MlflowClient(uri)
     exp = client.get_experiment_by_name("hardseg")
     runs = client.search_runs([exp.experiment_id]) if exp else []
-    assert not [r for r in runs if r.data.tags.get("hardseg.sweep", "").startswith("refuse-")]
-    # the driver removed its marker; the folder is empty apart from what the check created
-    assert not list((two_nodes["node_local"] / "runs").glob(".hardseg-shared-*"))
+    assert not [r for r in runs if r.data.tags.get("hardseg.sweep", "").startswith(prefix)]
 
 
 @pytest.mark.cluster

@@ -221,7 +221,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 def _add_cluster_parsers(sub) -> None:
     s = sub.add_parser("submit", help="run a hardseg command as a Ray job on a cluster (Ray Jobs API)")
-    s.add_argument("--address", help="Ray dashboard address, e.g. http://HEAD:8265 (default: RAY_ADDRESS)")
+    s.add_argument("--address", help="Ray dashboard address, e.g. http://HEAD:8265 (default: RAY_API_SERVER_ADDRESS or RAY_ADDRESS)")
     s.add_argument("--working-dir", default=".", help="folder uploaded as the job's working directory (default: .)")
     s.add_argument("--no-wait", action="store_true", help="print the job id and return; do not follow the logs")
     s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
@@ -239,7 +239,7 @@ def _add_cluster_parsers(sub) -> None:
             jp.add_argument("job_id")
         if name == "logs":
             jp.add_argument("--follow", action="store_true", help="stream until the job ends")
-        jp.add_argument("--address", help="Ray dashboard address (default: RAY_ADDRESS)")
+        jp.add_argument("--address", help="Ray dashboard address (default: RAY_API_SERVER_ADDRESS or RAY_ADDRESS)")
         jp.set_defaults(func=cmd_jobs)
 
     c = sub.add_parser("cluster", help="a local multi-node Ray cluster and MLflow server, to try the cluster path")

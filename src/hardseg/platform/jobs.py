@@ -36,8 +36,9 @@ class JobsError(HardsegError):
 
 
 def resolve_address(address: str | None) -> str:
-    """``--address`` > ``RAY_ADDRESS``, as an HTTP URL of the Ray dashboard."""
-    address = address or os.environ.get("RAY_ADDRESS")
+    """``--address`` > ``RAY_API_SERVER_ADDRESS`` (Ray's own job CLI reads it first) > ``RAY_ADDRESS``,
+    as an HTTP URL of the Ray dashboard."""
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
     if not address:
         raise JobsError("no Ray cluster address: pass --address http://HEAD:8265 or set RAY_ADDRESS "
                         "(a local cluster: 'hardseg cluster up')")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -259,7 +260,8 @@ def stop_node(temp_dir: str, grace: float = 10) -> int:
 
 
 def down(folder: str | Path = DEFAULT_DIR) -> int:
-    """Stop the nodes and the MLflow server that :func:`up` started in ``folder``; returns processes stopped."""
+    """Stop the nodes and the MLflow server that :func:`up` started in ``folder`` and remove the nodes'
+    temp dirs; returns the number of processes stopped."""
     state = ClusterState.load(folder)
     stopped = 0
     if state.mlflow_pid:
@@ -267,5 +269,6 @@ def down(folder: str | Path = DEFAULT_DIR) -> int:
         stopped += 1
     for temp_dir in reversed(state.temp_dirs):  # workers first
         stopped += stop_node(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)  # up made it; the nodes' logs go with it
     (Path(state.dir) / STATE_FILE).unlink(missing_ok=True)
     return stopped
