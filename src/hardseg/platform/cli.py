@@ -39,7 +39,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     m = out.metrics
     summary = " | ".join(f"{k} {m[k]:.4f}" for k in ("val/miou", "val/band_iou", "val/small_iou", "val/thin_iou")
                          if isinstance(m.get(k), float))
-    for domain in cfg.data.eval_domains:
+    from hardseg.data.domains import parse_domains
+
+    for domain in (d.name for d in parse_domains(cfg.data.eval_domains)):
         if isinstance(m.get(f"{domain}/miou"), float):
             summary += f" | {domain}/miou {m[f'{domain}/miou']:.4f}"
     print(f"[hardseg] done in {out.wall_s:.0f}s: {summary}")
@@ -84,24 +86,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 130 if out.interrupted else 0
 
 
-def robustness(metrics: dict[str, float], metric: str = "miou") -> dict[str, float]:
-    """Per shift family (``fog-1``…``fog-5`` → ``fog``): mean over severities of shifted / clean (val)."""
-    from hardseg.reports.stats import relative_robustness
-
-    clean = metrics.get(f"val/{metric}")
-    families: dict[str, dict[int, float]] = {}
-    for key, value in metrics.items():
-        domain, _, name = key.partition("/")
-        family, _, sev = domain.rpartition("-")
-        if name == metric and family and sev.isdigit():
-            families.setdefault(family, {})[int(sev)] = value
-    if not clean or clean <= 0:
-        return {}
-    return {f"robustness/{f}/{metric}": relative_robustness(clean, sevs) for f, sevs in sorted(families.items())}
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from hardseg.data.domains import parse_domains
     from hardseg.trainables.evaluate import evaluate_domains, load_inference_model
+    from hardseg.trainables.robustness import robustness
 
     model, cfg = load_inference_model(args.checkpoint)
     if args.data_root:
@@ -110,7 +98,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate_domains(model, cfg, domains, device=args.device)
     metrics.update(robustness(metrics))
     print(f"{'domain':<28} {'mIoU':>7} {'band':>7} {'small':>7} {'thin':>7}")
-    for d in domains:
+    for d in (d.name for d in parse_domains(domains)):
         row = [metrics.get(f"{d}/{k}") for k in ("miou", "band_iou", "small_iou", "thin_iou")]
         print(f"{d:<28} " + " ".join(f"{v:7.4f}" if isinstance(v, float) else f"{'-':>7}" for v in row))
     for key, value in metrics.items():
@@ -313,8 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="evaluate a trained model on evaluation domains (cross-domain)")
     ev.add_argument("checkpoint", help="model_export.pt (MLflow artifact model/) or a checkpoint.pt")
-    ev.add_argument("--domains", nargs="+", help="splits (val fog-1 … night-5 target) or cityscapes:PATH[:SPLIT] / "
-                    "folder:PATH[:SPLIT]; default: val and the run's data.eval_domains")
+    ev.add_argument("--domains", nargs="+", help="splits (val fog-1 … night-5 target) or [NAME=]cityscapes:PATH[:SPLIT] "
+                    "/ [NAME=]folder:PATH[:SPLIT]; default: val and the run's data.eval_domains")
     ev.add_argument("--data-root", help="where the model's dataset lives now (default: the run's data.root)")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--run-id", help="also log the metrics to this MLflow run")

@@ -43,13 +43,16 @@ class TrainOutcome:
 
 
 def resolve_paths(cfg: RunConfig, workdir: Path | None = None) -> RunConfig:
-    """Make relative data and storage paths absolute (Ray changes the working directory)."""
+    """Make relative data, storage and evaluation-domain paths absolute (Ray changes the working directory)."""
+    from hardseg.data.domains import absolute_spec
+
     base = (workdir or Path.cwd()).resolve()
     cfg = cfg.model_copy(deep=True)
     if "://" not in cfg.data.root:
         cfg.data.root = str((base / cfg.data.root).resolve())
     if "://" not in cfg.ray.storage_path:
         cfg.ray.storage_path = str((base / cfg.ray.storage_path).resolve())
+    cfg.data.eval_domains = [absolute_spec(d, base) for d in cfg.data.eval_domains]
     return cfg
 
 
@@ -57,17 +60,20 @@ def prepare_data(cfg: RunConfig) -> None:
     """Generate the synthetic set once on the driver, or check a real dataset,
     so that workers neither race to generate it nor fail on a bad file later."""
     from hardseg.data import available_splits, build_dataset
+    from hardseg.data.domains import build_domain, parse_domains
 
     splits = available_splits(cfg.data)
-    for split in ["train", "val", *cfg.data.eval_domains]:
+    domains = parse_domains(cfg.data.eval_domains)  # checks the specs and their metric names
+    for split in ["train", "val", *(d.split for d in domains if d.dataset is None)]:
         if split not in splits:
             raise HardsegError(f"data.eval_domains: unknown split '{split}' for dataset '{cfg.data.dataset}'; "
                                f"available: {', '.join(splits)}")
     if cfg.data.dataset != "synthetic":
-        for split in ["train", "val", *cfg.data.eval_domains]:
-            ds = build_dataset(cfg.data, split, train=False)
-            if hasattr(ds, "validate"):
-                ds.validate()
+        for split in ["train", "val"]:
+            build_dataset(cfg.data, split, train=False).validate()
+    for domain in domains:
+        if domain.dataset is not None or cfg.data.dataset != "synthetic":
+            build_domain(cfg.data, domain).validate()  # a path spec: same label space, readable files
 
 
 def git_commit(path: Path | None = None) -> str:

@@ -14,17 +14,20 @@ Standard formulas (e.g. Montgomery, *Design and Analysis of Experiments*; Cohen,
 * Paired t-test: d_i = a_i - b_i, t = d̄ / (s_d/√n), df = n-1, two-sided p.
 * Power of that test for a true mean difference δ: with t* = t_{1-α/2, n-1} and
   noncentrality λ = δ·√n/σ_d, power = P(T' > t*) + P(T' < -t*), T' ~ nct(n-1, λ).
-* Relative robustness (as in ImageNet-C/Cityscapes-C): mean_s shifted_s / clean.
+* Relative robustness (as in ImageNet-C/Cityscapes-C): mean_s shifted_s / clean
+  (:func:`hardseg.trainables.robustness.relative_robustness`, re-exported here).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
+
+from hardseg.trainables.robustness import relative_robustness  # noqa: F401  (one formula, shared with training)
 
 
 @dataclass(frozen=True)
@@ -182,16 +185,3 @@ def seeds_needed(
         if paired_power(delta, sd_diff, n, alpha) >= power:
             return n
     return None
-
-
-def relative_robustness(clean: float, shifted_by_severity: Mapping[int, float]) -> float:
-    """Mean relative performance under shift: (1/|S|)·Σ_s shifted_s / clean, over severities s.
-
-    clean <= 0 (or non-finite), an empty mapping or a non-finite shifted score raise ValueError.
-    """
-    if not math.isfinite(clean) or clean <= 0:
-        raise ValueError(f"clean score must be finite and > 0 to divide by, got {clean}")
-    if not shifted_by_severity:
-        raise ValueError("no shifted scores: need at least one severity")
-    shifted = _finite_array(list(shifted_by_severity.values()), "shifted scores")
-    return float(np.mean(shifted / clean))

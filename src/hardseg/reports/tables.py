@@ -244,7 +244,7 @@ def to_markdown(table: pd.DataFrame, metrics: list[str] | None = None) -> str:
 def default_metrics(df: pd.DataFrame) -> list[str]:
     """:data:`DEFAULT_METRICS` and ``<domain>/miou`` of every eval domain, those the runs have."""
     have = metric_columns(df)
-    domains = [c for c in have if c.endswith("/miou") and not c.startswith(("val/", "best/", "train/"))]
+    domains = [c for c in have if c.endswith("/miou") and not c.startswith(("val/", "best/", "train/", "robustness/"))]
     return [m for m in DEFAULT_METRICS if m in have] + sorted(domains)
 
 
@@ -288,7 +288,11 @@ def build_report(client: MlflowClient, parent_run: Run, metrics: list[str] | Non
     if tags.get("hardseg.best_run_id"):
         head.append(f"Best trial (by the sweep's metric): {tags.get('hardseg.best_trial') or '?'}, "
                     f"run `{tags['hardseg.best_run_id']}`.")
-    return df, table, "\n".join(head) + "\n\n" + to_markdown(table, metrics)
+    from hardseg.reports.domains import cross_domain_section  # it builds on this module's table
+
+    markdown = "\n".join(head) + "\n\n" + to_markdown(table, metrics)
+    cross = cross_domain_section(df, baseline=baseline, alpha=alpha)
+    return df, table, markdown + ("\n" + cross if cross else "")
 
 
 def save_report(df: pd.DataFrame, markdown: str, out_dir: Path | str) -> dict[str, Path]:

@@ -5,10 +5,11 @@ what MLflow stores as ``model/model_export.pt``) or a training checkpoint
 (``checkpoint.pt``); both carry the run config, from which the network and
 the strategies' inference parts (C2F's stages) are rebuilt.
 
-Domains: the dataset's own splits (``val``, ``fog-1`` … ``fog-5``, ``night-3``,
-``target`` for the synthetic benchmark), or another dataset with the same
-label space given as ``cityscapes:PATH[:SPLIT]`` / ``folder:PATH[:SPLIT]``
-(split ``val`` by default), e.g. a Cityscapes model on a foggy Cityscapes copy.
+Domains (:mod:`hardseg.data.domains`): the dataset's own splits (``val``,
+``fog-1`` … ``fog-5``, ``night-3``, ``target`` for the synthetic benchmark), or
+another dataset with the same label space given as ``cityscapes:PATH[:SPLIT]``
+/ ``folder:PATH[:SPLIT]`` (split ``val`` by default, named after the folder),
+optionally after ``NAME=``, e.g. a Cityscapes model on a foggy Cityscapes copy.
 Metrics are named ``<domain>/<metric>`` as in training (``fog-3/miou``).
 """
 
@@ -23,8 +24,9 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from hardseg.config import RunConfig
-from hardseg.data import build_dataset, dataset_info
-from hardseg.errors import ConfigError, DataError
+from hardseg.data import dataset_info
+from hardseg.data.domains import build_domain, parse_domains
+from hardseg.errors import ConfigError
 from hardseg.models import build_model
 from hardseg.strategies import Objective, StrategyContext, TrainingModel
 from hardseg.trainables.loop import _metrics_for, evaluate
@@ -54,31 +56,14 @@ def load_inference_model(path: str | Path) -> tuple[nn.Module, RunConfig]:
     return model.eval(), cfg
 
 
-def domain_data(cfg: RunConfig, domain: str):
-    """The dataset of one domain spec (module docstring)."""
-    kind, _, rest = domain.partition(":")
-    if kind in ("cityscapes", "folder") and rest:
-        root, _, split = rest.partition(":")
-        data = cfg.data.model_copy(update={"dataset": kind, "root": str(Path(root).resolve())})
-        return build_dataset(data, split or "val", train=False)
-    return build_dataset(cfg.data, domain, train=False)
-
-
 @torch.no_grad()
 def evaluate_domains(model: nn.Module, cfg: RunConfig, domains: list[str], device: str = "cpu",
                      batch_size: int = 32) -> dict[str, float]:
-    """``{"<domain>/<metric>": value}`` for every domain."""
+    """``{"<domain name>/<metric>": value}`` for every domain spec (bad specs or data raise DataError)."""
     model = model.to(device)
     out: dict[str, Any] = {}
-    for domain in domains:
-        try:
-            ds = domain_data(cfg, domain)
-        except (KeyError, ValueError, FileNotFoundError) as err:
-            raise DataError(f"evaluation domain '{domain}': {err}") from None
-        if ds.info.num_classes != dataset_info(cfg.data).num_classes:
-            raise DataError(f"evaluation domain '{domain}' has {ds.info.num_classes} classes; the model was "
-                            f"trained on {dataset_info(cfg.data).num_classes} (same label space needed)")
-        loader = DataLoader(ds, batch_size=batch_size)
-        res = evaluate(model, loader, torch.device(device), _metrics_for(ds.info))
-        out.update({f"{domain}/{k}": v for k, v in res.items()})
+    for domain in parse_domains(domains):
+        ds = build_domain(cfg.data, domain)
+        res = evaluate(model, DataLoader(ds, batch_size=batch_size), torch.device(device), _metrics_for(ds.info))
+        out.update({f"{domain.name}/{k}": v for k, v in res.items()})
     return out

@@ -7,10 +7,29 @@ checkpoint if the session has one, then alternates :func:`train_one_epoch` and
 a :class:`Session` supplies the rank, device, DDP wrapping, checkpoint and
 report hooks (``ray_worker.RaySession`` under Ray Train,
 ``local.LocalSession`` in a plain process).
+
+Best model and evaluation domains: every evaluated epoch's ``val/miou`` is
+compared with the best so far (:class:`BestModel`; a tie keeps the earlier
+epoch, NaN never wins). Every DDP rank sums the same confusion matrices, so
+every rank takes the same decision and keeps the same CPU copy of the inference
+weights. The exported model of each checkpoint (``model_export.pt``, MLflow's
+``model/model_export.pt``) is the best one so far. At the last epoch the best
+model is evaluated on each ``data.eval_domains`` entry (a split such as
+``fog-3`` or a ``cityscapes:PATH``/``folder:PATH`` spec, see
+:mod:`hardseg.data.domains`) and the last report adds
+
+* ``best/epoch`` and ``best/val/<metric>``: the best epoch and its validation metrics;
+* ``<domain>/<metric>``: the best model on each domain (``fog-3/miou``,
+  ``fog-3/band_iou``, ``fog-3/small_iou``, ``fog-3/thin_iou``, ``fog-3/iou/<class>``, ...);
+* ``robustness/<family>/miou``: mean over the evaluated severities of
+  ``<family>-<s>/miou`` / ``best/val/miou`` (:mod:`hardseg.trainables.robustness`).
+
+``val/<metric>`` stays the current epoch's model at every epoch.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import shutil
 import tempfile
@@ -27,12 +46,15 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Samp
 
 from hardseg.config import RunConfig
 from hardseg.data import build_dataset, class_pixel_frequencies
+from hardseg.data.domains import build_domain, parse_domains
 from hardseg.models import SegOutput, build_model
 from hardseg.strategies import Objective, StrategyContext, TrainingModel
 from hardseg.trainables.metrics import SegMetrics
+from hardseg.trainables.robustness import robustness
 
 CHECKPOINT_FILE = "checkpoint.pt"
 EXPORT_FILE = "model_export.pt"
+BEST_METRIC = "miou"  # the validation metric that picks the best epoch
 
 
 class Session(Protocol):
@@ -88,6 +110,49 @@ def seed_for(*parts: int) -> int:
     for p in parts:
         h = ((h ^ (p & 0xFFFFFFFF)) * 1099511628211) % (1 << 63)
     return h
+
+
+class BestModel:
+    """The best epoch so far by ``val/<BEST_METRIC>`` and a CPU copy of its inference weights.
+
+    ``epoch`` is 1-based (0: nothing evaluated yet); ``val`` holds that epoch's
+    validation metrics. A tie keeps the earlier epoch; a NaN score never wins.
+    """
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.val: dict[str, float] = {}
+        self.weights: dict[str, torch.Tensor] | None = None
+
+    @property
+    def score(self) -> float:
+        return self.val.get(BEST_METRIC, -math.inf)
+
+    def update(self, epoch: int, val: dict[str, float], model: nn.Module) -> bool:
+        """Keep ``model``'s weights if ``val`` beats the best so far; True if it did."""
+        if not val.get(BEST_METRIC, math.nan) > self.score:
+            return False
+        self.epoch, self.val = epoch, dict(val)
+        self.weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        return True
+
+    def model(self, like: nn.Module) -> nn.Module:
+        """A copy of ``like`` (the current inference model) holding the best weights."""
+        best = copy.deepcopy(like)
+        if self.weights is not None:
+            best.load_state_dict(self.weights)
+        return best.eval()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "val": self.val, "weights": self.weights}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if state:
+            self.epoch, self.val, self.weights = state["epoch"], dict(state["val"]), state["weights"]
+
+    def metrics(self) -> dict[str, float]:
+        """``best/epoch`` and ``best/val/<metric>``."""
+        return {"best/epoch": self.epoch, **{f"best/val/{k}": v for k, v in self.val.items()}}
 
 
 def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, optimizer: torch.optim.Optimizer,
@@ -178,10 +243,26 @@ def _metrics_for(info) -> SegMetrics:
                       info.thin_classes, ignore_index=info.ignore_index)
 
 
-def _eval_loader(cfg: RunConfig, split: str, session: Session) -> DataLoader:
-    ds = build_dataset(cfg.data, split, train=False)
+def _eval_loader(cfg: RunConfig, split: str, session: Session, ds=None) -> DataLoader:
+    ds = build_dataset(cfg.data, split, train=False) if ds is None else ds
     return DataLoader(ds, batch_size=max(cfg.train.batch_size, 32),
                       sampler=ShardSampler(len(ds), session.rank, session.world_size))
+
+
+def evaluate_best_on_domains(cfg: RunConfig, session: Session, best: BestModel, inference: nn.Module,
+                             channels_last: bool) -> dict[str, float]:
+    """The best model on every ``cfg.data.eval_domains`` entry, plus ``best/...`` and robustness (module docstring)."""
+    model = best.model(inference)
+    out: dict[str, float] = best.metrics()
+    domains: dict[str, float] = {}
+    for domain in parse_domains(cfg.data.eval_domains):
+        ds = build_domain(cfg.data, domain)
+        res = evaluate(model, _eval_loader(cfg, domain.split, session, ds), session.device, _metrics_for(ds.info),
+                       channels_last)
+        domains.update({f"{domain.name}/{k}": v for k, v in res.items()})
+    out.update(domains)
+    out.update(robustness(domains, BEST_METRIC, clean=best.score))
+    return out
 
 
 def _visual_batch(loader: DataLoader, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,8 +311,10 @@ def fit(cfg: RunConfig, session: Session) -> dict[str, Any]:
     scaler = torch.amp.GradScaler(device.type) if use_amp else None
 
     start_epoch, resumed = 0, False
+    best = BestModel()
     state = session.load_checkpoint()
     if state is not None:
+        best.load_state_dict(state.get("best"))
         tm.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -263,17 +346,17 @@ def fit(cfg: RunConfig, session: Session) -> dict[str, Any]:
         if is_last or (epoch + 1) % cfg.train.eval_every == 0:
             val = evaluate(inference, val_loader, device, _metrics_for(info), channels_last)
             metrics.update({f"val/{k}": v for k, v in val.items()})
+            best.update(epoch + 1, val, inference)
         if is_last:
-            for domain in cfg.data.eval_domains:
-                res = evaluate(inference, _eval_loader(cfg, domain, session), device, _metrics_for(info), channels_last)
-                metrics.update({f"{domain}/{k}": v for k, v in res.items()})
+            metrics.update(evaluate_best_on_domains(cfg, session, best, inference, channels_last))
         visuals = {}
         every = cfg.train.log_images_every
         if session.rank == 0 and every and ((epoch + 1) % every == 0 or is_last):
             visuals = _visuals(tm, objective, val_loader, device, channels_last)
         if session.rank == 0:
             _print_progress(epoch, cfg.train.epochs, metrics)
-        ckpt_dir = _save_checkpoint(tm, optimizer, scheduler, scaler, epoch, cfg, visuals) if session.rank == 0 else None
+        ckpt_dir = _save_checkpoint(tm, optimizer, scheduler, scaler, epoch, cfg, visuals, best) \
+            if session.rank == 0 else None
         try:
             session.report(metrics, ckpt_dir)
         finally:
@@ -300,13 +383,15 @@ def _visuals(tm: TrainingModel, objective: Objective, loader: DataLoader, device
 
 
 def _save_checkpoint(tm: TrainingModel, optimizer, scheduler, scaler, epoch: int, cfg: RunConfig,
-                     visuals: dict[str, np.ndarray]) -> Path:
+                     visuals: dict[str, np.ndarray], best: BestModel) -> Path:
+    """``checkpoint.pt`` (the training state, to resume) and ``model_export.pt`` (the best model so far)."""
     d = Path(tempfile.mkdtemp(prefix="hardseg-ckpt-"))
     torch.save({"model": tm.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
-                "config": cfg.model_dump(mode="json")}, d / CHECKPOINT_FILE)
+                "best": best.state_dict(), "config": cfg.model_dump(mode="json")}, d / CHECKPOINT_FILE)
     export = tm.export()
-    torch.save({"model": export.state_dict(), "config": cfg.model_dump(mode="json"),
+    weights = best.weights if best.weights is not None else export.state_dict()
+    torch.save({"model": weights, "epoch": best.epoch or epoch + 1, "config": cfg.model_dump(mode="json"),
                 "num_parameters": sum(p.numel() for p in export.parameters())}, d / EXPORT_FILE)
     if visuals:
         from PIL import Image

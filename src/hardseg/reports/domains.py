@@ -1,0 +1,81 @@
+"""The report's cross-domain matrix: strategy × evaluation domain, with relative robustness.
+
+Each trial logs, at its last epoch, the best epoch's model on every evaluation
+domain (``<domain>/miou``; see :mod:`hardseg.trainables.loop`) and that model's
+clean score ``best/val/miou`` (``val/miou`` for runs logged without it). The
+matrix has one row per strategy and the columns
+
+* ``clean``: the best model's ``val`` mIoU;
+* one per domain (``fog-1`` … ``fog-5``, ``night-3``, ``target``, a folder's name), ordered
+  by shift family and severity;
+* ``robustness <family>``: per run, the mean over the family's evaluated severities of
+  shifted / clean mIoU (:func:`hardseg.trainables.robustness.robustness`, the formula the
+  training loop logs), then over seeds.
+
+Cells are mean ± CI half-width over FINISHED seeds, as in the ablation table
+(:func:`hardseg.reports.tables.ablation_table`); one seed has no CI.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from hardseg.reports.collect import metric_columns
+from hardseg.reports.tables import NO_CI, _mean_cell, _md, ablation_table
+from hardseg.trainables.robustness import robustness, shift_family
+
+CLEAN = "clean"
+SKIP_PREFIXES = ("val/", "best/", "train/", "robustness/")
+
+
+def domain_columns(df: pd.DataFrame, metric: str = "miou") -> list[str]:
+    """``<domain>/<metric>`` columns of the runs, by family then severity (``fog-1`` < ``fog-3`` < ``night-1``)."""
+    cols = [c for c in metric_columns(df) if c.endswith(f"/{metric}") and c.count("/") == 1
+            and not c.startswith(SKIP_PREFIXES)]
+
+    def order(col: str) -> tuple[str, int]:
+        domain = col.split("/", 1)[0]
+        return shift_family(domain) or (domain, 0)
+
+    return sorted(cols, key=order)
+
+
+def with_robustness(df: pd.DataFrame, metric: str = "miou") -> tuple[pd.DataFrame, list[str]]:
+    """``df`` plus a ``clean`` column and ``robustness/<family>/<metric>`` per run; the robustness column names."""
+    out = df.copy()
+    clean = out[f"best/val/{metric}"] if f"best/val/{metric}" in out.columns else pd.Series(math.nan, index=out.index)
+    if f"val/{metric}" in out.columns:
+        clean = clean.fillna(out[f"val/{metric}"])
+    out[CLEAN] = clean.astype(float)
+    domains = domain_columns(df, metric)
+    per_run = [robustness({c: row[c] for c in domains}, metric, clean=row[CLEAN]) for _, row in out.iterrows()]
+    names = sorted({k for r in per_run for k in r})
+    for name in names:
+        out[name] = [r.get(name, math.nan) for r in per_run]
+    return out, names
+
+
+def cross_domain_section(df: pd.DataFrame, baseline: str = "ce", alpha: float = 0.05, metric: str = "miou") -> str:
+    """The ``## Cross-domain`` Markdown section; empty when no run logged an evaluation domain."""
+    domains = domain_columns(df, metric)
+    if not domains or df.empty:
+        return ""
+    frame, robust = with_robustness(df, metric)
+    columns = [CLEAN, *domains, *robust]
+    table = ablation_table(frame, columns, baseline=baseline, alpha=alpha)
+    seeds = table.attrs["seeds"]
+    head = ["strategy", "seeds", f"clean (val {metric})", *(c.split("/", 1)[0] for c in domains),
+            *(f"robustness {c.split('/')[1]}" for c in robust)]
+    lines = ["## Cross-domain", "",
+             f"{metric} of each run's best-epoch model (by val {metric}) on every evaluation domain; mean ± "
+             f"half-width of the {1 - alpha:.0%} Student-t interval over FINISHED seeds ({NO_CI}: one seed, no "
+             f"interval). Robustness <family>: per run, the mean over the family's evaluated severities of "
+             f"shifted / clean {metric} (1.0 = no loss under shift), then the mean over seeds.", "",
+             "| " + " | ".join(_md(h) for h in head) + " |", "|" + "---|" * len(head)]
+    for strategy in table.index:
+        n = seeds.get(strategy, 0)
+        cells = [_mean_cell(table.loc[strategy, c].to_dict(), n, best=False) for c in columns]
+        lines.append("| " + " | ".join(_md(x) for x in [strategy, str(n), *cells]) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,59 @@
+"""Relative robustness under shift, as in corruption benchmarks (ImageNet-C, Cityscapes-C).
+
+For a shift family ``f`` evaluated at severities ``S`` (domains ``f-1`` … ``f-5``)::
+
+    robustness/<f>/<metric> = (1/|S|) · Σ_{s∈S} metric(f-s) / metric(clean)
+
+with ``clean`` the same model's score on the clean validation split. 1.0 means
+no loss under shift. Domains without a ``-<severity>`` suffix (``target``) form
+no family. Pure Python (no torch), so reports use the same formula.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+
+def relative_robustness(clean: float, shifted_by_severity: Mapping[int, float]) -> float:
+    """Mean relative performance under shift: (1/|S|)·Σ_s shifted_s / clean, over severities s.
+
+    clean <= 0 (or non-finite), an empty mapping or a non-finite shifted score raise ValueError.
+    """
+    if not math.isfinite(clean) or clean <= 0:
+        raise ValueError(f"clean score must be finite and > 0 to divide by, got {clean}")
+    if not shifted_by_severity:
+        raise ValueError("no shifted scores: need at least one severity")
+    shifted = [float(v) for v in shifted_by_severity.values()]
+    if not all(math.isfinite(v) for v in shifted):
+        raise ValueError(f"shifted scores must be finite, got {shifted}")
+    return sum(v / clean for v in shifted) / len(shifted)
+
+
+def shift_family(domain: str) -> tuple[str, int] | None:
+    """``"fog-3"`` → ``("fog", 3)``; None for a domain without a severity (``val``, ``target``)."""
+    family, _, severity = domain.rpartition("-")
+    return (family, int(severity)) if family and severity.isdigit() else None
+
+
+def robustness(metrics: Mapping[str, float], metric: str = "miou", clean: float | None = None) -> dict[str, float]:
+    """``{"robustness/<family>/<metric>": score}`` per shift family found in ``metrics``.
+
+    ``metrics`` holds ``<domain>/<metric>`` keys; ``clean`` defaults to ``metrics["val/<metric>"]``.
+    Empty when the clean score is missing, non-finite or <= 0; a family with a
+    non-finite shifted score is left out.
+    """
+    clean = metrics.get(f"val/{metric}") if clean is None else clean
+    if clean is None or not math.isfinite(clean) or clean <= 0:
+        return {}
+    families: dict[str, dict[int, float]] = {}
+    for key, value in metrics.items():
+        domain, _, name = key.partition("/")
+        fam = shift_family(domain)
+        if name == metric and fam is not None:
+            families.setdefault(fam[0], {})[fam[1]] = value
+    out = {}
+    for family, by_severity in sorted(families.items()):
+        if all(math.isfinite(v) for v in by_severity.values()):
+            out[f"robustness/{family}/{metric}"] = relative_robustness(clean, by_severity)
+    return out
