@@ -144,10 +144,12 @@ def test_invalid_space_is_rejected_before_any_trial(tmp_path, capsys, monkeypatc
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "hardseg-runs").exists()
 
 
-def test_ablation_grid_is_strategies_times_seeds(ray_local, data_root, sqlite_uri, tmp_path, capsys):
-    args = ["ablate", "--strategies", "ce", "hl", "ohem", "--seeds", "0", "1", "--name", "abl",
-            "--set", "strategy_params.ohem.min_kept_fraction=0.1"]  # kept by the ohem cells only
-    for o in _overrides(data_root, tmp_path, sqlite_uri, **{"ray.num_workers": 1}):
+def test_demo_ablation_grid_is_strategies_times_seeds_with_report(ray_local, data_root, sqlite_uri, tmp_path,
+                                                                   capsys, monkeypatch):
+    """``hardseg demo`` (= ``hardseg ablate`` ce hl ohem × seeds 0 1, then ``hardseg report``) on tiny data."""
+    monkeypatch.chdir(tmp_path)
+    args = ["demo"]  # the demo's own overrides come first; these (tiny data, 2 epochs) win
+    for o in _overrides(data_root, tmp_path, sqlite_uri, **{"data.eval_domains": "[fog-1,fog-3]"}):
         args += ["--set", o]
     assert cli(args) == 0
     client, parents, children = _runs(sqlite_uri)
@@ -162,7 +164,14 @@ def test_ablation_grid_is_strategies_times_seeds(ray_local, data_root, sqlite_ur
     assert all(c.data.params["strategy_params.ohem.min_kept_fraction"] == "0.1" for c in ohem)
     assert not any("strategy_params.ohem.min_kept_fraction" in c.data.params for c in children
                    if c.data.tags["hardseg.strategies"] != "ohem")
-    assert "mlflow ui --backend-store-uri" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "mlflow ui --backend-store-uri" in out
+    # The demo's report: written under ./reports/<name>/ and logged on the parent run.
+    folder = tmp_path / "reports" / parents[0].data.tags["hardseg.sweep"]
+    md = (folder / "report.md").read_text()
+    assert "| ce | 2 |" in md and "| hl | 2 |" in md and "| ohem | 2 |" in md and "## fog-3" in md
+    assert {"report.html", "runs.parquet", "metrics.png", "domains.png", "hl_maps.png"} <= {p.name for p in folder.iterdir()}
+    assert str(folder / "report.html") in out
 
 
 def _wait_for(predicate, timeout: float, what: str):

@@ -107,7 +107,8 @@ def run_nightly(suite: Suite, *, overrides: list[str] | None = None, out_dir: Pa
     Raises:
         ConfigError: an invalid suite or override, before any MLflow run starts.
     """
-    from hardseg.platform.sweep import ablation_space, run_sweep
+    from hardseg.platform.multinode import check_multinode
+    from hardseg.platform.sweep import ablation_space, connect_ray, run_sweep
     from hardseg.platform.train_job import git_commit, resolve_paths
 
     overrides = list(overrides or [])
@@ -116,6 +117,9 @@ def run_nightly(suite: Suite, *, overrides: list[str] | None = None, out_dir: Pa
     base_cfg = resolve_paths(ablation_space(suite.strategies, suite.seeds).run_config(
         {}, suite.config, suite.overrides(m0, d0, overrides)), workdir)
     uri = tracking.resolve_tracking_uri(base_cfg.tracking.uri, workdir)
+    # Refuse a multi-node cluster's unshared stores before the nightly's own run exists.
+    connect_ray(base_cfg)
+    check_multinode(uri, None, base_cfg.ray.storage_path)
     client = tracking.MlflowClient(uri)
     exp_id = tracking.get_or_create_experiment(client, base_cfg.tracking.experiment, uri)
     now = time.time()

@@ -32,11 +32,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hardseg.config import _format_validation_error
 from hardseg.errors import ConfigError
+from hardseg.search_spaces.loader import read_yaml_mapping
 from hardseg.search_spaces.space import _metric
 
 LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,29}$"  # part of sweep names (sweep.check_name)
@@ -125,12 +125,7 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
             raise ConfigError(f"nightly suite not found: {text} (pass a YAML file or a shipped suite: "
                               f"{', '.join(available_suites())})")
         path = _suites_dir() / f"{text}.yaml"
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping (name, strategies, seeds, ...)")
+    data = read_yaml_mapping(path, "name, strategies, seeds, models, datasets, budget, watch, noise")
     try:
         suite = Suite.model_validate(data)
     except ValidationError as err:

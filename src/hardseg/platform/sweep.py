@@ -181,6 +181,14 @@ class SweepState:
         return cls(**json.loads((folder / STATE_FILE).read_text()))
 
 
+def connect_ray(base_cfg) -> dict:
+    """Join the cluster, or start a local Ray with one ``trial_driver`` slot per trial the cores fit."""
+    from hardseg.platform.cluster import ensure_ray
+
+    per_trial = max(1, int(base_cfg.ray.num_workers * base_cfg.ray.cpus_per_worker))
+    return ensure_ray(base_cfg.ray, trial_drivers=max(1, (os.cpu_count() or 1) // per_trial))
+
+
 def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: list[str] | None = None,
               name: str | None = None, grid: dict[str, list] | None = None, kind: str = "sweep",
               in_process: bool = True, workdir: Path | None = None,
@@ -192,7 +200,6 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
     Raises:
         ConfigError: an invalid space or config, before any trial or MLflow run starts.
     """
-    from hardseg.platform.cluster import ensure_ray
     from hardseg.platform.train_job import prepare_data, resolve_paths
 
     space.validate(config_path)
@@ -217,8 +224,7 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
                           f"'hardseg sweep --resume {name}' or choose another --name")
     prepare_data(base_cfg)
     resources = trial_resources(base_cfg, in_process)
-    local_drivers = max(1, (os.cpu_count() or 1) // max(1, int(base_cfg.ray.num_workers * base_cfg.ray.cpus_per_worker)))
-    ensure_ray(base_cfg.ray, trial_drivers=local_drivers)
+    connect_ray(base_cfg)
     num_trials = space.sweep.num_samples if grid is None else _grid_size(grid)
     max_conc = concurrency(base_cfg, resources, space.sweep.max_concurrent, num_trials)
     storage_url = optuna_storage_url(base_cfg, uri) if grid is None else None
@@ -247,7 +253,6 @@ def resume_sweep(name: str, *, storage_path: str | None = None, workdir: Path | 
     from ray import tune
 
     from hardseg.config import RayConfig
-    from hardseg.platform.cluster import ensure_ray
     from hardseg.platform.train_job import resolve_paths
 
     base = Path(storage_path or RayConfig().storage_path)
@@ -261,8 +266,7 @@ def resume_sweep(name: str, *, storage_path: str | None = None, workdir: Path | 
     spec = TrialSpec(**state.spec)
     space = SearchSpace.from_dict(spec.space, source=f"sweep {name}")
     base_cfg = resolve_paths(space.run_config({}, spec.config_path, spec.overrides), workdir)
-    local_drivers = max(1, (os.cpu_count() or 1) // max(1, int(base_cfg.ray.num_workers * base_cfg.ray.cpus_per_worker)))
-    ensure_ray(base_cfg.ray, trial_drivers=local_drivers)
+    connect_ray(base_cfg)
     check_multinode(spec.tracking_uri, state.optuna_storage, str(base))
     client = tracking.MlflowClient(spec.tracking_uri)
     client.update_run(spec.parent_run_id, status="RUNNING")

@@ -18,10 +18,10 @@ from matplotlib.figure import Figure
 
 from hardseg.reports import stats
 from hardseg.reports.collect import metric_columns
+from hardseg.reports.domains import domain_columns
 from hardseg.reports.tables import _label, _per_seed
 
 DPI = 110
-SKIP_PREFIXES = ("val/", "best/", "train/")
 
 
 def _color(i: int) -> Any:
@@ -97,19 +97,17 @@ def per_class_bars(df: pd.DataFrame, path: Path | str, prefix: str = "val/iou/",
                  f"per-class IoU ({prefix}*): mean ± {1 - alpha:.0%} CI half-width", "IoU")
 
 
-def domain_metrics(df: pd.DataFrame) -> list[str]:
-    """``<domain>/miou`` columns of the eval domains (``fog-3/miou``, ...), sorted; not val/best/train."""
-    return sorted(c for c in metric_columns(df) if c.endswith("/miou") and not c.startswith(SKIP_PREFIXES))
-
-
 def domain_matrix(df: pd.DataFrame, path: Path | str, alpha: float = 0.05,
                   baseline: str | None = "ce") -> Path | None:
-    """Heatmap strategy × domain of the mean mIoU over FINISHED seeds: ``val/miou`` (clean) then each
-    ``<domain>/miou``, values annotated (``n/a`` without a value). None (nothing written) without domains."""
-    domains = domain_metrics(df)
+    """Heatmap strategy × domain of the mean mIoU over FINISHED seeds: ``best/val/miou`` (clean; ``val/miou``
+    for runs without it) then each ``<domain>/miou``, values annotated (``n/a`` without a value). None
+    (nothing written) without domains."""
+    domains = domain_columns(df)
     if not domains:
         return None
-    columns = (["val/miou"] if "val/miou" in df.columns else []) + domains
+    # clean = the model the domains were evaluated with: the best epoch's (older runs: the last epoch's)
+    clean = next((c for c in ("best/val/miou", "val/miou") if c in df.columns), None)
+    columns = ([clean] if clean else []) + domains
     cis = _mean_ci(df, columns, alpha, baseline)
     strategies = list(cis)
     grid = np.array([[math.nan if cis[s][m] is None else cis[s][m].mean for m in columns] for s in strategies],
@@ -124,7 +122,7 @@ def domain_matrix(df: pd.DataFrame, path: Path | str, alpha: float = 0.05,
             v = grid[i, j]
             ax.text(j, i, "n/a" if math.isnan(v) else f"{v:.3f}", ha="center", va="center", fontsize=9,
                     color="white" if math.isnan(v) or v < middle else "black")
-    ax.set_xticks(range(len(columns)), ["clean" if m == "val/miou" else m.rsplit("/", 1)[0] for m in columns])
+    ax.set_xticks(range(len(columns)), ["clean" if m == clean else m.rsplit("/", 1)[0] for m in columns])
     ax.set_yticks(range(len(strategies)), strategies)
     ax.set_title("mean mIoU per strategy and domain")
     fig.colorbar(image, ax=ax, label="mIoU")

@@ -42,10 +42,17 @@ def load_space(name_or_path: str | os.PathLike) -> SearchSpace:
             raise ConfigError(f"search space file not found: {text} (pass an existing YAML file or a preset: "
                               f"{', '.join(available_presets())})")
         path = preset_path(text)
+    data = read_yaml_mapping(path, "name, description, base, params, sweep")
+    return SearchSpace.from_dict(data, source=str(path), default_name=path.stem)
+
+
+def read_yaml_mapping(path: Path, keys: str) -> dict:
+    """The YAML mapping in ``path``; a one-line :class:`ConfigError` naming the file (and the expected
+    ``keys``) when it is not valid YAML or not a mapping."""
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping with keys name, description, base, params, sweep")
-    return SearchSpace.from_dict(data, source=str(path), default_name=path.stem)
+        raise ConfigError(f"{path}: the top level must be a mapping with keys {keys}")
+    return data
