@@ -185,12 +185,14 @@ def _wait_for(predicate, timeout: float, what: str):
 
 
 def test_sigint_then_resume_finishes_exactly_the_remaining_trials(data_root, sqlite_uri, tmp_path):
+    """Interrupted and resumed, with the sweep's storage given as a URI (``file://``, as ``s3://`` would be)."""
+    storage = f"file://{tmp_path / 'runs'}"
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump({"name": "r", "params": {"train.lr": {"loguniform": [1e-3, 1e-2]}},
                                      "sweep": {"num_samples": 4, "metric": "val/miou", "mode": "max", "seed": 0,
                                                "max_concurrent": 1}}))
     sets = sum((["--set", o] for o in _overrides(data_root, tmp_path, sqlite_uri, **{
-        "ray.num_workers": 1, "train.epochs": 4, "data.synthetic.n_train": 64})), [])
+        "ray.num_workers": 1, "train.epochs": 4, "data.synthetic.n_train": 64, "ray.storage_path": storage})), [])
     exe = str(Path(sys.executable).parent / "hardseg")
     env = {**os.environ, "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
@@ -213,7 +215,8 @@ def test_sigint_then_resume_finishes_exactly_the_remaining_trials(data_root, sql
     assert all(c.info.status in TERMINAL for c in children) and len(children) < 4
     done_before = {c.data.tags["hardseg.trial_id"] for c in children if c.info.status == "FINISHED"}
 
-    res = subprocess.run([exe, "sweep", "--resume", "res", "--storage-path", str(tmp_path / "runs")], cwd=tmp_path,
+    assert (tmp_path / "runs" / "sweeps" / "res" / "hardseg_sweep.json").is_file()
+    res = subprocess.run([exe, "sweep", "--resume", "res", "--storage-path", storage], cwd=tmp_path,
                          env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     _, parents, children = _runs(sqlite_uri)

@@ -172,13 +172,39 @@ class SweepState:
     max_concurrent: int
     resources: dict[str, float]
 
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / STATE_FILE).write_text(json.dumps(asdict(self), indent=1))
+    def save(self, folder: str) -> None:
+        fs, path = storage_fs(folder)
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(f"{path}/{STATE_FILE}") as f:
+            f.write(json.dumps(asdict(self), indent=1).encode())
 
     @classmethod
-    def load(cls, folder: Path) -> "SweepState":
-        return cls(**json.loads((folder / STATE_FILE).read_text()))
+    def load(cls, folder: str) -> "SweepState":
+        fs, path = storage_fs(folder)
+        with fs.open_input_stream(f"{path}/{STATE_FILE}") as f:
+            return cls(**json.loads(f.read().decode()))
+
+
+def storage_fs(location: str):
+    """``(pyarrow filesystem, path in it)`` of a local folder or a storage URI (``s3://``, ``gs://``,
+    ``file://``): where Tune keeps a sweep's state, so a multi-node sweep can live on shared storage."""
+    import pyarrow.fs
+
+    if "://" not in location:
+        return pyarrow.fs.LocalFileSystem(), str(Path(location).resolve())
+    return pyarrow.fs.FileSystem.from_uri(location)
+
+
+def storage_exists(location: str) -> bool:
+    import pyarrow.fs
+
+    fs, path = storage_fs(location)
+    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def storage_join(base: str, *parts: str) -> str:
+    """``base/part/...`` for a local path or a URI (no ``Path``: it would fold ``s3://`` into ``s3:/``)."""
+    return "/".join([base.rstrip("/"), *parts])
 
 
 def connect_ray(base_cfg) -> dict:
@@ -218,8 +244,8 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
                               f"(its strategies: {', '.join(sorted(possible))})")
     base_cfg = resolve_paths(space.run_config({}, config_path, overrides), workdir)
     uri = tracking.resolve_tracking_uri(base_cfg.tracking.uri, workdir)
-    sweep_root = Path(base_cfg.ray.storage_path) / SWEEPS_DIR
-    if (sweep_root / name).exists():
+    sweep_root = storage_join(base_cfg.ray.storage_path, SWEEPS_DIR)
+    if storage_exists(storage_join(sweep_root, name)):
         raise ConfigError(f"sweep '{name}' already exists in {sweep_root}; resume it with "
                           f"'hardseg sweep --resume {name}' or choose another --name")
     prepare_data(base_cfg)
@@ -242,7 +268,7 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
                      tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent, metrics=space.sweep.metrics,
                      kind=kind, in_process=in_process)
     state = SweepState(asdict(spec), grid, storage_url, base_cfg.train.epochs, num_trials, max_conc, resources)
-    state.save(sweep_root / name)
+    state.save(storage_join(sweep_root, name))
     _announce(name, parent, uri, storage_url, max_conc, num_trials, resources)
     tuner = _make_tuner(state, sweep_root, space)
     return _fit_and_close(tuner, state, space, client, start=time.perf_counter())
@@ -255,26 +281,26 @@ def resume_sweep(name: str, *, storage_path: str | None = None, workdir: Path | 
     from hardseg.config import RayConfig
     from hardseg.platform.train_job import resolve_paths
 
-    base = Path(storage_path or RayConfig().storage_path)
-    if not base.is_absolute():
-        base = (workdir or Path.cwd()).resolve() / base
-    folder = base / SWEEPS_DIR / check_name(name)
-    if not (folder / STATE_FILE).is_file():
-        raise ConfigError(f"no sweep '{name}' in {base / SWEEPS_DIR}; pass --storage-path where it was run "
-                          f"(the config's ray.storage_path)")
+    base = storage_path or RayConfig().storage_path
+    if "://" not in base and not Path(base).is_absolute():
+        base = str((workdir or Path.cwd()).resolve() / base)
+    folder = storage_join(base, SWEEPS_DIR, check_name(name))
+    if not storage_exists(storage_join(folder, STATE_FILE)):
+        raise ConfigError(f"no sweep '{name}' in {storage_join(base, SWEEPS_DIR)}; pass --storage-path where it "
+                          f"was run (the config's ray.storage_path)")
     state = SweepState.load(folder)
     spec = TrialSpec(**state.spec)
     space = SearchSpace.from_dict(spec.space, source=f"sweep {name}")
     base_cfg = resolve_paths(space.run_config({}, spec.config_path, spec.overrides), workdir)
     connect_ray(base_cfg)
-    check_multinode(spec.tracking_uri, state.optuna_storage, str(base))
+    check_multinode(spec.tracking_uri, state.optuna_storage, base)
     client = tracking.MlflowClient(spec.tracking_uri)
     client.update_run(spec.parent_run_id, status="RUNNING")
     tracking.set_tags(client, spec.parent_run_id, {"hardseg.resumed": time.strftime("%Y-%m-%dT%H:%M:%S")})
     _announce(name, spec.parent_run_id, spec.tracking_uri, state.optuna_storage, state.max_concurrent,
               state.num_samples, state.resources)
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), state.resources)
-    tuner = tune.Tuner.restore(str(folder), trainable=trainable, resume_unfinished=True, resume_errored=False)
+    tuner = tune.Tuner.restore(folder, trainable=trainable, resume_unfinished=True, resume_errored=False)
     return _fit_and_close(tuner, state, space, client, start=time.perf_counter())
 
 
@@ -285,7 +311,7 @@ def _grid_size(grid: dict[str, list]) -> int:
     return n
 
 
-def _make_tuner(state: SweepState, sweep_root: Path, space: SearchSpace):
+def _make_tuner(state: SweepState, sweep_root: str, space: SearchSpace):
     from ray import tune
 
     from hardseg.platform.cluster import TRIAL_DRIVER_RESOURCE
@@ -310,7 +336,7 @@ def _make_tuner(state: SweepState, sweep_root: Path, space: SearchSpace):
                                       reuse_actors=reuse)
         param_space = {}
     run_config = tune.RunConfig(
-        name=spec.sweep_name, storage_path=str(sweep_root), verbose=0,
+        name=spec.sweep_name, storage_path=sweep_root, verbose=0,
         callbacks=[ProgressTable(s.metrics[0])],
         failure_config=tune.FailureConfig(max_failures=0),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
