@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hardseg.errors import ConfigError
-from hardseg.models import SegOutput, available_models, build_model
+from hardseg.models import SegOutput, available_models, build_model, predict_classes
 
 
 @pytest.mark.parametrize("name", available_models())
@@ -38,3 +38,11 @@ def test_tiny_model_is_small_and_unknown_model_is_rejected():
     assert sum(p.numel() for p in build_model("tiny_seg", 7).parameters()) < 500_000
     with pytest.raises(ConfigError, match="unknown model 'nope'; allowed: .*tiny_seg"):
         build_model("nope", 7)
+
+
+def test_predict_classes_is_argmax_with_first_maximum_on_ties():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randint(0, 3, (2, 5, 9, 7), generator=g).float()  # many ties
+    torch.testing.assert_close(predict_classes(logits), logits.argmax(1), rtol=0, atol=0)
+    tied = torch.zeros(1, 4, 2, 2)
+    assert predict_classes(tied).eq(0).all()

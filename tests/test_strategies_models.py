@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from hardseg.errors import ConfigError
 from hardseg.models import SegOutput, build_model
 from hardseg.strategies import Objective, StrategyContext, TrainingModel
 from hardseg.strategies.coarse_to_fine import CoarseToFineNet
@@ -169,6 +170,25 @@ def test_export_is_the_baseline_network(case, model):
         out = exported(x)
         assert isinstance(out, SegOutput) and out.logits.shape == (2, K, 64, 64)
         torch.testing.assert_close(out.logits, SegOutput.from_dict(tm(x)).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model, sizes", [("tiny_seg", [8, 8, 16]), ("lraspp_mobilenet_v3_large", [4, 4, 16])])
+def test_coarse_to_fine_stage_resolutions_follow_the_paper(model, sizes):
+    """pspnet_stack: stage 0 and the middle stage at the deep feature's resolution, the last at the skip's."""
+    tm, _ = build("coarse_to_fine", model)
+    x, _ = make_batch()
+    with torch.no_grad():
+        out = tm.net(x)
+        scores = tm.strategy_modules["coarse_to_fine"]["stages"](out.features)
+    assert [s.shape[-1] for s in scores] == sizes
+    assert [s.shape[1] for s in scores] == [2, 4, K]
+
+
+def test_coarse_to_fine_rejects_unknown_skip_features():
+    net = build_model("tiny_seg", K)
+    for key in ("skip", "mid_skip", "deep"):
+        with pytest.raises(ConfigError, match=rf"strategy_params\.coarse_to_fine\.{key}.*allowed: stem"):
+            TrainingModel(net, Objective(["coarse_to_fine"], {"coarse_to_fine": {key: "layer9"}}, CTX))
 
 
 def test_coarse_to_fine_export_runs_its_stages():

@@ -5,8 +5,12 @@ config, else ``StrategyContext.hierarchy``) and the dataset's classes last.
 Stages (on ``out.features``): stage 0 predicts level 0 from the deep feature;
 stage l takes concat[deep feature, raw scores of stage l−1 (not softmaxed,
 not detached), a shallower skip feature], everything resized to the skip's
-resolution. Each stage is two conv3×3-BN-ReLU then a conv1×1 classifier;
-all scores are upsampled to label size.
+resolution. As in the paper's ``pspnet_stack`` (3 levels: stage 1 on the
+stride-8 ``layer3`` next to the stride-8 deep feature, stage 2 on the stride-4
+``layer1``), the middle stages run at the deep feature's resolution with the
+``mid_skip`` feature resized to it, and only the last (finest) stage runs at
+the ``skip`` feature's resolution. Each stage is two conv3×3-BN-ReLU then a
+conv1×1 classifier; all scores are upsampled to label size.
 
 The finest stage *is* the prediction: ``run_modules`` moves the network's own
 logits to ``extras["c2f/base"]`` and puts the finest stage in ``out.logits``,
@@ -18,16 +22,19 @@ w_l · CE(p_l, y_l) for the coarse levels (ignore stays ignore at every level,
 
 **(choices)** The deep feature is the last of ``model.feature_channels``, the
 skip the shallowest feature at stride ≥ 4 (ResNet's layer1, MobileNetV3's
-stride-4 block, tiny_seg's stage4; ``deep``/``skip`` override them); stage 0 uses the same
+stride-4 block, tiny_seg's stage4), the middle stages' skip the feature just
+before the deep one (ResNet's layer3 as in the paper, MobileNetV3's stride-16
+block, tiny_seg's stage4 averaged down to stride 8 by the bilinear resize);
+``deep``/``skip``/``mid_skip`` override them; stage 0 uses the same
 conv block as the others, on the deep feature alone (the paper's stage 0 is
 its PSP head), so it fits every model. The stage width defaults to the
 level's class count, as in the paper's ``segnetUp(in, n_classes)``, and a
 conv1×1 classifier replaces the paper's ReLU on the logits. The network's own
 decode head is kept (the model is not modified) and supervised like an
 auxiliary head (0.4) so it gets a gradient under DDP; it is inference cost
-C2F pays. Cost (``benchmarks/strategy_cost.py``, README): the stages run at
-the skip's resolution; on tiny_seg a stride-2 skip (``skip: stage2``) makes a
-step ≈1.9× CE's, the default stride-4 skip ≈1.25×.
+C2F pays. Cost (``benchmarks/strategy_cost.py``, README): the finest stage
+runs at the skip's resolution, so a stride-2 skip (``skip: stage2``) costs
+far more than the default stride-4 one.
 
 Inference: the stages are the model; :meth:`export` returns
 :class:`CoarseToFineNet` (network + stages) whose ``logits`` are the finest stage.
@@ -56,7 +63,9 @@ class C2FConfig(StrategyConfig):
     base_weight: float = Field(0.4, ge=0, description="weight of the CE on the network's own decode head")
     stage_channels: int | None = Field(None, ge=1, description="stage width; None = the level's class count")
     deep: str | None = Field(None, description="deep feature name; None = the deepest")
-    skip: str | None = Field(None, description="skip feature name; None = the shallowest at stride >= 4")
+    skip: str | None = Field(None, description="the finest stage's skip feature; None = the shallowest at stride >= 4")
+    mid_skip: str | None = Field(None, description="the middle stages' skip feature, resized to the deep one's "
+                                 "resolution; None = the feature just before the deep one")
 
     @field_validator("hierarchy")
     @classmethod
@@ -96,23 +105,28 @@ class Stage(nn.Module):
 class C2FStages(nn.Module):
     """The stacked stages; :meth:`apply` turns a network output into the C2F prediction."""
 
-    def __init__(self, deep: str, skip: str, deep_ch: int, skip_ch: int, classes: list[int],
+    def __init__(self, deep: str, mid_skip: str, skip: str, channels: dict[str, int], classes: list[int],
                  width: int | None, align_corners: bool):
         super().__init__()
-        self.deep, self.skip, self.align_corners = deep, skip, align_corners
-        stages = [Stage(deep_ch, width or classes[0], classes[0])]
-        for prev, k in zip(classes[:-1], classes[1:]):
-            stages.append(Stage(deep_ch + prev + skip_ch, width or k, k))
+        self.deep, self.mid_skip, self.skip, self.align_corners = deep, mid_skip, skip, align_corners
+        stages = [Stage(channels[deep], width or classes[0], classes[0])]
+        for level, (prev, k) in enumerate(zip(classes[:-1], classes[1:]), start=1):
+            skip_ch = channels[skip if level == len(classes) - 1 else mid_skip]
+            stages.append(Stage(channels[deep] + prev + skip_ch, width or k, k))
         self.stages = nn.ModuleList(stages)
 
     def forward(self, features: dict[str, Tensor]) -> list[Tensor]:
         """Raw scores of every level (coarsest first), at the stages' resolutions."""
-        deep, skip = features[self.deep], features[self.skip]
+        ac = self.align_corners
+        deep = features[self.deep]
         scores = [self.stages[0](deep)]
-        deep_up = resize_to(deep, skip.shape[-2:], self.align_corners)
-        for stage in self.stages[1:]:
-            prev = resize_to(scores[-1], skip.shape[-2:], self.align_corners)
-            scores.append(stage(torch.cat([deep_up, prev, skip], dim=1)))
+        for level, stage in enumerate(self.stages[1:], start=1):
+            if level == len(self.stages) - 1:
+                skip = features[self.skip]
+            else:
+                skip = resize_to(features[self.mid_skip], deep.shape[-2:], ac)
+            size = skip.shape[-2:]
+            scores.append(stage(torch.cat([resize_to(deep, size, ac), resize_to(scores[-1], size, ac), skip], dim=1)))
         return scores
 
     def apply(self, out: SegOutput) -> SegOutput:
@@ -170,9 +184,10 @@ class CoarseToFine(Strategy):
         stride4 = [n for n in names if model.feature_strides.get(n, 0) >= 4]
         deep = self._feature(model, self.cfg.deep, names[-1], "deep")
         skip = self._feature(model, self.cfg.skip, stride4[0] if stride4 else names[0], "skip")
-        ch = model.feature_channels
-        return {"stages": C2FStages(deep, skip, ch[deep], ch[skip], self.classes, self.cfg.stage_channels,
-                                    model.align_corners)}
+        before_deep = names[max(0, names.index(deep) - 1)]
+        mid_skip = self._feature(model, self.cfg.mid_skip, before_deep, "mid_skip")
+        return {"stages": C2FStages(deep, mid_skip, skip, model.feature_channels, self.classes,
+                                    self.cfg.stage_channels, model.align_corners)}
 
     def run_modules(self, modules: nn.ModuleDict, out: SegOutput) -> None:
         modules["stages"].apply(out)

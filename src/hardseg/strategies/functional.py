@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hardseg.models.output import predict_classes
+
 
 # -- §0 cross-entropy ----------------------------------------------------------
 def pixel_ce(logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
@@ -29,6 +31,12 @@ def valid_mean(pixel_loss: Tensor, mask: Tensor) -> Tensor:
 def mean_ce(logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
     """Mean of ℓ over non-ignored pixels (strategies.md §0); 0 when every pixel is ignored."""
     return valid_mean(pixel_ce(logits, target, ignore_index), target != ignore_index)
+
+
+def mean_nll(log_probs: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
+    """:func:`mean_ce` from ``log_softmax(logits, 1)``: one log-softmax serves several targets."""
+    return valid_mean(F.nll_loss(log_probs, target, ignore_index=ignore_index, reduction="none"),
+                      target != ignore_index)
 
 
 def resize_to(x: Tensor, size: Sequence[int], align_corners: bool = False) -> Tensor:
@@ -237,14 +245,17 @@ def self_regulation_losses(exit_logits: Sequence[Tensor], exit_presence: Sequenc
     valid = target != ignore_index
     bce = F.binary_cross_entropy_with_logits
     cls = sum(bce(z.float(), c) for z in [*exit_presence, final_presence])
-    seg = sum(mean_ce(o, target, ignore_index) for o in exit_logits)
+    # Each exit's log-softmax serves CE(o_i, y) and, in the demo variant, CE(o_i, pseudo-labels).
+    log_probs = [F.log_softmax(o.float(), dim=1) for o in exit_logits]
+    seg = sum(mean_nll(lp, target, ignore_index) for lp in log_probs)
     if not regulate:
         sr_l = sr_f = 0
     elif variant == "demo":
         p_final = torch.sigmoid(final_presence.float()).detach()
         sr_l = sum(bce(z.float(), p_final) for z in exit_presence)
-        pseudo = torch.where(valid, exit_logits[0].detach().argmax(1), ignore_index)
-        sr_f = sum(mean_ce(o, pseudo, ignore_index) for o in [*exit_logits[1:], final_logits])
+        pseudo = torch.where(valid, predict_classes(exit_logits[0].detach()), ignore_index)
+        sr_f = (sum(mean_nll(lp, pseudo, ignore_index) for lp in log_probs[1:])
+                + mean_ce(final_logits, pseudo, ignore_index))
     elif variant == "paper":
         if exit_features is None:
             raise ValueError("variant 'paper' needs the exits' hidden features")

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hardseg.models.output import predict_classes
+
 # A perceptually ordered ramp (dark blue → teal → yellow), interpolated linearly.
 _RAMP = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64)
 IGNORE_RGB = (255, 255, 255)
@@ -64,7 +66,7 @@ def prediction_panel(images: Tensor, target: Tensor, logits: Tensor, extra: Sequ
                      palette: Sequence[Sequence[int]], ignore_index: int = 255, max_rows: int = 4) -> np.ndarray:
     """Rows of image | ground truth | prediction [| extra[n]] for the first ``max_rows`` images."""
     rows = []
-    pred = logits.argmax(1)
+    pred = predict_classes(logits)
     for n in range(min(max_rows, images.shape[0])):
         row = [image_to_rgb(images[n]), labels_to_rgb(target[n], palette, ignore_index),
                labels_to_rgb(pred[n], palette, ignore_index)]

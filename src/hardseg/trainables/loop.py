@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Samp
 from hardseg.config import RunConfig
 from hardseg.data import build_dataset, class_pixel_frequencies
 from hardseg.data.domains import build_domain, parse_domains
-from hardseg.models import SegOutput, build_model
+from hardseg.models import SegOutput, build_model, predict_classes
 from hardseg.strategies import Objective, StrategyContext, TrainingModel
 from hardseg.trainables.metrics import SegMetrics
 from hardseg.trainables.robustness import robustness
@@ -233,7 +233,7 @@ def evaluate(net: nn.Module, loader: DataLoader, device: torch.device, metrics: 
             images = images.contiguous(memory_format=torch.channels_last)
         out = net(images)
         logits = out.logits if isinstance(out, SegOutput) else out
-        metrics.update(target, logits.argmax(1))
+        metrics.update(target, predict_classes(logits))
     metrics.reduce_from_all_processes()
     return metrics.compute()
 
