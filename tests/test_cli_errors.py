@@ -97,3 +97,34 @@ def test_unknown_eval_domain(capsys, data_root, sqlite_uri):
         args += ["--set", o]
     _check(capsys, args + ["--tracking-uri", sqlite_uri], "fog-9")
     assert _no_runs(sqlite_uri)
+
+
+@pytest.mark.parametrize("strategy, key, value", [
+    ("coarse_to_fine", "skip", "layer9"),
+    ("coarse_to_fine", "mid_skip", "layer9"),
+    ("self_regulation", "exits", "[stem,layer9]"),
+])
+def test_strategy_setting_that_does_not_fit_the_model(capsys, data_root, sqlite_uri, strategy, key, value):
+    """Checked on the driver against the model (meta device) before any run exists."""
+    from conftest import small_overrides
+
+    args = ["train"]
+    for o in small_overrides(data_root, **{"strategies": f"[{strategy}]",
+                                           f"strategy_params.{strategy}.{key}": value}):
+        args += ["--set", o]
+    _check(capsys, args + ["--tracking-uri", sqlite_uri], f"strategy_params.{strategy}.{key}", "layer9", "stage4")
+    assert _no_runs(sqlite_uri)
+
+
+def test_sweep_checks_every_strategy_choice_against_the_model(capsys, data_root, tmp_path, sqlite_uri):
+    from conftest import small_overrides
+
+    space = tmp_path / "space.yaml"
+    space.write_text("base:\n  strategy_params.coarse_to_fine.skip: layer9\n"
+                     "params:\n  strategies: {categorical: [ce, coarse_to_fine]}\n"
+                     "sweep: {num_samples: 2, metric: val/miou, mode: max}\n")
+    args = ["sweep", str(space), "--tracking-uri", sqlite_uri]
+    for o in small_overrides(data_root):
+        args += ["--set", o]
+    _check(capsys, args, "strategy_params.coarse_to_fine.skip", "layer9")
+    assert _no_runs(sqlite_uri)

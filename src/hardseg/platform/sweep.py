@@ -227,6 +227,7 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
         ConfigError: an invalid space or config, before any trial or MLflow run starts.
     """
     from hardseg.platform.train_job import prepare_data, resolve_paths
+    from hardseg.trainables.loop import check_strategies_fit
 
     space.validate(config_path)
     config_path = str(Path(config_path).resolve()) if config_path else None
@@ -249,6 +250,10 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
         raise ConfigError(f"sweep '{name}' already exists in {sweep_root}; resume it with "
                           f"'hardseg sweep --resume {name}' or choose another --name")
     prepare_data(base_cfg)
+    if "strategies" in space.params:  # every strategy list a trial can have must fit the model
+        for choice in space.params["strategies"].choices:
+            check_strategies_fit(resolve_paths(space.run_config({"strategies": choice}, config_path, overrides),
+                                               workdir))
     resources = trial_resources(base_cfg, in_process)
     connect_ray(base_cfg)
     num_trials = space.sweep.num_samples if grid is None else _grid_size(grid)

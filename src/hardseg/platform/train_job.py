@@ -58,9 +58,11 @@ def resolve_paths(cfg: RunConfig, workdir: Path | None = None) -> RunConfig:
 
 def prepare_data(cfg: RunConfig) -> None:
     """Generate the synthetic set once on the driver, or check a real dataset,
-    so that workers neither race to generate it nor fail on a bad file later."""
+    so that workers neither race to generate it nor fail on a bad file later;
+    then check the strategies' settings against the model and the dataset."""
     from hardseg.data import available_splits, build_dataset
     from hardseg.data.domains import build_domain, parse_domains
+    from hardseg.trainables.loop import check_strategies_fit
 
     splits = available_splits(cfg.data)
     domains = parse_domains(cfg.data.eval_domains)  # checks the specs and their metric names
@@ -74,6 +76,7 @@ def prepare_data(cfg: RunConfig) -> None:
     for domain in domains:
         if domain.dataset is not None or cfg.data.dataset != "synthetic":
             build_domain(cfg.data, domain).validate()  # a path spec: same label space, readable files
+    check_strategies_fit(cfg)
 
 
 def git_commit(path: Path | None = None) -> str:

@@ -27,9 +27,7 @@ from hardseg.config import RunConfig
 from hardseg.data import dataset_info
 from hardseg.data.domains import build_domain, parse_domains
 from hardseg.errors import ConfigError
-from hardseg.models import build_model
-from hardseg.strategies import Objective, StrategyContext, TrainingModel
-from hardseg.trainables.loop import _metrics_for, evaluate
+from hardseg.trainables.loop import _metrics_for, build_training_model, evaluate
 
 
 def load_inference_model(path: str | Path) -> tuple[nn.Module, RunConfig]:
@@ -41,13 +39,9 @@ def load_inference_model(path: str | Path) -> tuple[nn.Module, RunConfig]:
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ConfigError(f"{path} is not a hardseg checkpoint (no 'model' and 'config' entries)")
     cfg = RunConfig.model_validate(state["config"])
-    info = dataset_info(cfg.data)
     # Class frequencies only shape cb_ce's training loss; inference does not use them.
-    ctx = StrategyContext(num_classes=info.num_classes, ignore_index=info.ignore_index,
-                          class_frequencies=np.ones(info.num_classes), hierarchy=info.hierarchy,
-                          aux_weight=cfg.model.aux_weight)
-    net = build_model(cfg.model.name, info.num_classes, aux=cfg.model.aux, width=cfg.model.width, norm=cfg.model.norm)
-    tm = TrainingModel(net, Objective(cfg.strategies, cfg.strategy_params, ctx))
+    info = dataset_info(cfg.data)
+    tm, _ = build_training_model(cfg, info, np.ones(info.num_classes))
     if "optimizer" in state:  # a training checkpoint: the whole TrainingModel
         tm.load_state_dict(state["model"])
         return tm.export().eval(), cfg

@@ -45,7 +45,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
 from hardseg.config import RunConfig
-from hardseg.data import build_dataset, class_pixel_frequencies
+from hardseg.data import build_dataset, class_pixel_frequencies, dataset_info
 from hardseg.data.domains import build_domain, parse_domains
 from hardseg.models import SegOutput, build_model, predict_classes
 from hardseg.strategies import Objective, StrategyContext, TrainingModel
@@ -153,6 +153,31 @@ class BestModel:
     def metrics(self) -> dict[str, float]:
         """``best/epoch`` and ``best/val/<metric>``."""
         return {"best/epoch": self.epoch, **{f"best/val/{k}": v for k, v in self.val.items()}}
+
+
+def build_training_model(cfg: RunConfig, info, class_frequencies: np.ndarray | None
+                         ) -> tuple[TrainingModel, Objective]:
+    """The network of ``cfg.model`` with the strategies' modules, for a dataset described by ``info``.
+
+    Raises ConfigError for strategy settings that do not fit the model or the
+    dataset (an SR exit or a C2F feature the model lacks, C2F without a
+    class hierarchy); :func:`check_strategies_fit` runs this on the meta
+    device before a run starts.
+    """
+    ctx = StrategyContext(num_classes=info.num_classes, ignore_index=info.ignore_index,
+                          class_frequencies=class_frequencies, hierarchy=info.hierarchy,
+                          aux_weight=cfg.model.aux_weight, palette=info.colors())
+    objective = Objective(cfg.strategies, cfg.strategy_params, ctx)
+    net = build_model(cfg.model.name, info.num_classes, aux=cfg.model.aux, width=cfg.model.width, norm=cfg.model.norm)
+    return TrainingModel(net, objective), objective
+
+
+def check_strategies_fit(cfg: RunConfig) -> None:
+    """Build the training model without memory (meta device) so that model- and dataset-dependent strategy
+    settings fail on the driver, before anything is logged; ConfigError names the key."""
+    info = dataset_info(cfg.data)
+    with torch.device("meta"):
+        build_training_model(cfg, info, np.ones(info.num_classes))
 
 
 def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, optimizer: torch.optim.Optimizer,
@@ -292,12 +317,8 @@ def fit(cfg: RunConfig, session: Session) -> dict[str, Any]:
 
     # Model and objective: the same seed on every rank gives the same init.
     torch.manual_seed(cfg.seed)
-    ctx = StrategyContext(num_classes=info.num_classes, ignore_index=info.ignore_index,
-                          class_frequencies=class_pixel_frequencies(train_set), hierarchy=info.hierarchy,
-                          aux_weight=cfg.model.aux_weight, palette=info.colors())
-    objective = Objective(cfg.strategies, cfg.strategy_params, ctx)
-    net = build_model(cfg.model.name, info.num_classes, aux=cfg.model.aux, width=cfg.model.width, norm=cfg.model.norm)
-    tm = TrainingModel(net, objective).to(device)
+    tm, objective = build_training_model(cfg, info, class_pixel_frequencies(train_set))
+    tm = tm.to(device)
     if channels_last:
         tm = tm.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, tm.parameters())
