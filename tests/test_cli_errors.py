@@ -128,3 +128,13 @@ def test_sweep_checks_every_strategy_choice_against_the_model(capsys, data_root,
         args += ["--set", o]
     _check(capsys, args, "strategy_params.coarse_to_fine.skip", "layer9")
     assert _no_runs(sqlite_uri)
+
+
+@pytest.mark.parametrize("model", ["tiny_seg", "lraspp_mobilenet_v3_large", "deeplabv3_resnet50"])
+def test_every_strategy_passes_the_driver_side_check(model):
+    from hardseg.config import load_config
+    from hardseg.trainables.loop import check_strategies_fit
+
+    for name in ["ce", "cb_ce", "focal", "ohem", "hl", "self_regulation", "coarse_to_fine"]:
+        check_strategies_fit(load_config(None, [f"strategies=[{name}]", f"model.name={model}"]))
+    check_strategies_fit(load_config(None, ["strategies=[focal,cb_ce,ohem,hl,self_regulation,coarse_to_fine]"]))

@@ -155,29 +155,32 @@ class BestModel:
         return {"best/epoch": self.epoch, **{f"best/val/{k}": v for k, v in self.val.items()}}
 
 
-def build_training_model(cfg: RunConfig, info, class_frequencies: np.ndarray | None
+def build_training_model(cfg: RunConfig, info, class_frequencies: np.ndarray | None, meta: bool = False
                          ) -> tuple[TrainingModel, Objective]:
     """The network of ``cfg.model`` with the strategies' modules, for a dataset described by ``info``.
 
+    ``meta``: build the network and the modules on PyTorch's meta device (no
+    memory, no init cost), which is all :func:`check_strategies_fit` needs.
+
     Raises ConfigError for strategy settings that do not fit the model or the
     dataset (an SR exit or a C2F feature the model lacks, C2F without a
-    class hierarchy); :func:`check_strategies_fit` runs this on the meta
-    device before a run starts.
+    class hierarchy).
     """
     ctx = StrategyContext(num_classes=info.num_classes, ignore_index=info.ignore_index,
                           class_frequencies=class_frequencies, hierarchy=info.hierarchy,
                           aux_weight=cfg.model.aux_weight, palette=info.colors())
     objective = Objective(cfg.strategies, cfg.strategy_params, ctx)
-    net = build_model(cfg.model.name, info.num_classes, aux=cfg.model.aux, width=cfg.model.width, norm=cfg.model.norm)
-    return TrainingModel(net, objective), objective
+    with torch.device("meta") if meta else nullcontext():
+        net = build_model(cfg.model.name, info.num_classes, aux=cfg.model.aux, width=cfg.model.width,
+                          norm=cfg.model.norm)
+        return TrainingModel(net, objective), objective
 
 
 def check_strategies_fit(cfg: RunConfig) -> None:
-    """Build the training model without memory (meta device) so that model- and dataset-dependent strategy
+    """Build the training model on the meta device so that model- and dataset-dependent strategy
     settings fail on the driver, before anything is logged; ConfigError names the key."""
     info = dataset_info(cfg.data)
-    with torch.device("meta"):
-        build_training_model(cfg, info, np.ones(info.num_classes))
+    build_training_model(cfg, info, np.ones(info.num_classes), meta=True)
 
 
 def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, optimizer: torch.optim.Optimizer,
