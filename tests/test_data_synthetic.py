@@ -341,8 +341,8 @@ def test_info_hierarchy_is_consistent() -> None:
     assert info.thin_classes == (syn.THIN,) and info.small_classes == (syn.SMALL,)
 
 
-def test_default_size_generation_time(tmp_path: Path) -> None:
-    """Times the default configuration (the limit is checked in benchmarks, not here)."""
+def test_default_size_set_is_complete_with_its_class_shares(tmp_path: Path) -> None:
+    """The default configuration: complete, with the documented class shares (prints its time; no limit here)."""
     cfg = SyntheticConfig()
     t0 = time.perf_counter()
     path = syn.generate_synthetic(tmp_path, cfg)
