@@ -284,11 +284,9 @@ def resume_sweep(name: str, *, storage_path: str | None = None, workdir: Path | 
     from ray import tune
 
     from hardseg.config import RayConfig
-    from hardseg.platform.train_job import resolve_paths
+    from hardseg.platform.train_job import absolute_location, resolve_paths
 
-    base = storage_path or RayConfig().storage_path
-    if "://" not in base and not Path(base).is_absolute():
-        base = str((workdir or Path.cwd()).resolve() / base)
+    base = absolute_location(storage_path or RayConfig().storage_path, (workdir or Path.cwd()).resolve())
     folder = storage_join(base, SWEEPS_DIR, check_name(name))
     if not storage_exists(storage_join(folder, STATE_FILE)):
         raise ConfigError(f"no sweep '{name}' in {storage_join(base, SWEEPS_DIR)}; pass --storage-path where it "

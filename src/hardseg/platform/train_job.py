@@ -42,16 +42,19 @@ class TrainOutcome:
     wall_s: float = 0.0
 
 
+def absolute_location(location: str, base: Path) -> str:
+    """A URI (``s3://``, ``file://``, ...) as is; a local path made absolute against ``base``."""
+    return location if "://" in location else str((base / location).resolve())
+
+
 def resolve_paths(cfg: RunConfig, workdir: Path | None = None) -> RunConfig:
     """Make relative data, storage and evaluation-domain paths absolute (Ray changes the working directory)."""
     from hardseg.data.domains import absolute_spec
 
     base = (workdir or Path.cwd()).resolve()
     cfg = cfg.model_copy(deep=True)
-    if "://" not in cfg.data.root:
-        cfg.data.root = str((base / cfg.data.root).resolve())
-    if "://" not in cfg.ray.storage_path:
-        cfg.ray.storage_path = str((base / cfg.ray.storage_path).resolve())
+    cfg.data.root = absolute_location(cfg.data.root, base)
+    cfg.ray.storage_path = absolute_location(cfg.ray.storage_path, base)
     cfg.data.eval_domains = [absolute_spec(d, base) for d in cfg.data.eval_domains]
     return cfg
 

@@ -16,7 +16,6 @@ Metrics are named ``<domain>/<metric>`` as in training (``fog-3/miou``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,9 +24,8 @@ from torch.utils.data import DataLoader
 
 from hardseg.config import RunConfig
 from hardseg.data import dataset_info
-from hardseg.data.domains import build_domain, parse_domains
 from hardseg.errors import ConfigError
-from hardseg.trainables.loop import _metrics_for, build_training_model, evaluate
+from hardseg.trainables.loop import build_training_model, evaluate_on_domains
 
 
 def load_inference_model(path: str | Path) -> tuple[nn.Module, RunConfig]:
@@ -54,10 +52,5 @@ def load_inference_model(path: str | Path) -> tuple[nn.Module, RunConfig]:
 def evaluate_domains(model: nn.Module, cfg: RunConfig, domains: list[str], device: str = "cpu",
                      batch_size: int = 32) -> dict[str, float]:
     """``{"<domain name>/<metric>": value}`` for every domain spec (bad specs or data raise DataError)."""
-    model = model.to(device)
-    out: dict[str, Any] = {}
-    for domain in parse_domains(domains):
-        ds = build_domain(cfg.data, domain)
-        res = evaluate(model, DataLoader(ds, batch_size=batch_size), torch.device(device), _metrics_for(ds.info))
-        out.update({f"{domain.name}/{k}": v for k, v in res.items()})
-    return out
+    return evaluate_on_domains(model.to(device), cfg, domains, torch.device(device),
+                               lambda ds: DataLoader(ds, batch_size=batch_size))

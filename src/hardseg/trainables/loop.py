@@ -36,13 +36,13 @@ import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler, SequentialSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
 from hardseg.config import RunConfig
 from hardseg.data import build_dataset, class_pixel_frequencies, dataset_info
@@ -271,23 +271,30 @@ def _metrics_for(info) -> SegMetrics:
                       info.thin_classes, ignore_index=info.ignore_index)
 
 
-def _eval_loader(cfg: RunConfig, split: str, session: Session, ds=None) -> DataLoader:
-    ds = build_dataset(cfg.data, split, train=False) if ds is None else ds
+def _sharded_loader(cfg: RunConfig, ds: Dataset, session: Session) -> DataLoader:
+    """Evaluation batches of ``ds``, each rank its own shard."""
     return DataLoader(ds, batch_size=max(cfg.train.batch_size, 32),
                       sampler=ShardSampler(len(ds), session.rank, session.world_size))
+
+
+def evaluate_on_domains(model: nn.Module, cfg: RunConfig, specs: list[str], device: torch.device,
+                        loader_for: Callable[[Dataset], DataLoader], channels_last: bool = False) -> dict[str, float]:
+    """``{"<domain name>/<metric>": value}`` for every domain spec (:mod:`hardseg.data.domains`; bad specs or
+    data raise DataError); ``loader_for`` batches a domain's dataset."""
+    out: dict[str, float] = {}
+    for domain in parse_domains(specs):
+        ds = build_domain(cfg.data, domain)
+        res = evaluate(model, loader_for(ds), device, _metrics_for(ds.info), channels_last)
+        out.update({f"{domain.name}/{k}": v for k, v in res.items()})
+    return out
 
 
 def evaluate_best_on_domains(cfg: RunConfig, session: Session, best: BestModel, inference: nn.Module,
                              channels_last: bool) -> dict[str, float]:
     """The best model on every ``cfg.data.eval_domains`` entry, plus ``best/...`` and robustness (module docstring)."""
-    model = best.model(inference)
+    domains = evaluate_on_domains(best.model(inference), cfg, cfg.data.eval_domains, session.device,
+                                  lambda ds: _sharded_loader(cfg, ds, session), channels_last)
     out: dict[str, float] = best.metrics()
-    domains: dict[str, float] = {}
-    for domain in parse_domains(cfg.data.eval_domains):
-        ds = build_domain(cfg.data, domain)
-        res = evaluate(model, _eval_loader(cfg, domain.split, session, ds), session.device, _metrics_for(ds.info),
-                       channels_last)
-        domains.update({f"{domain.name}/{k}": v for k, v in res.items()})
     out.update(domains)
     out.update(robustness(domains, BEST_METRIC, clean=best.score))
     return out
@@ -316,7 +323,7 @@ def fit(cfg: RunConfig, session: Session) -> dict[str, Any]:
         sampler = DistributedSampler(train_set, session.world_size, session.rank, shuffle=False, drop_last=True) \
             if session.world_size > 1 else SequentialSampler(train_set)
     train_loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True)
-    val_loader = _eval_loader(cfg, "val", session)
+    val_loader = _sharded_loader(cfg, build_dataset(cfg.data, "val", train=False), session)
 
     # Model and objective: the same seed on every rank gives the same init.
     torch.manual_seed(cfg.seed)
