@@ -4,7 +4,9 @@ import pytest
 import torch
 
 from hardseg.errors import ConfigError
-from hardseg.models import SegOutput, available_models, build_model, predict_classes
+import torch.nn.functional as F
+
+from hardseg.models import SegOutput, available_models, build_model, predict_classes, resize_bilinear
 
 
 @pytest.mark.parametrize("name", available_models())
@@ -46,3 +48,26 @@ def test_predict_classes_is_argmax_with_first_maximum_on_ties():
     torch.testing.assert_close(predict_classes(logits), logits.argmax(1), rtol=0, atol=0)
     tied = torch.zeros(1, 4, 2, 2)
     assert predict_classes(tied).eq(0).all()
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("src,dst", [((16, 16), (64, 64)), ((8, 5), (64, 33)), ((32, 32), (16, 16)),
+                                     ((64, 48), (7, 20)), ((1, 1), (4, 4)), ((9, 9), (9, 30))])
+def test_resize_bilinear_matches_interpolate_values_and_gradients(src, dst, align_corners):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, *src, generator=g, dtype=torch.float64, requires_grad=True)
+    ours = resize_bilinear(x, dst, align_corners)
+    ref = F.interpolate(x, size=dst, mode="bilinear", align_corners=align_corners)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-12)
+    grad = torch.randn(ours.shape, generator=g, dtype=torch.float64)
+    (g_ours,) = torch.autograd.grad(ours, x, grad)
+    (g_ref,) = torch.autograd.grad(ref, x, grad)
+    torch.testing.assert_close(g_ours, g_ref, rtol=0, atol=1e-12)
+
+
+def test_resize_bilinear_keeps_dtype_under_autocast_and_skips_same_size():
+    x = torch.randn(2, 3, 8, 8)
+    assert resize_bilinear(x, (8, 8)) is x
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert resize_bilinear(x, (16, 16)).dtype == torch.float32  # as F.interpolate: no cast to bf16
+        assert resize_bilinear(x.bfloat16(), (16, 16)).dtype == torch.bfloat16

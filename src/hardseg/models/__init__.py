@@ -12,6 +12,7 @@ from typing import Callable
 from hardseg.errors import ConfigError
 from hardseg.models.base import SegModel
 from hardseg.models.output import SegOutput, predict_classes
+from hardseg.models.resize import resize_bilinear
 from hardseg.models import tiny, tv
 
 _MODELS: dict[str, Callable[..., SegModel]] = {}
@@ -51,4 +52,5 @@ register_model("deeplabv3_resnet50")(tv.deeplabv3_resnet50)
 register_model("deeplabv3_mobilenet_v3_large")(tv.deeplabv3_mobilenet_v3_large)
 register_model("lraspp_mobilenet_v3_large")(tv.lraspp_mobilenet_v3_large)
 
-__all__ = ["SegModel", "SegOutput", "available_models", "predict_classes", "build_model", "register_model"]
+__all__ = ["SegModel", "SegOutput", "available_models", "predict_classes", "build_model", "register_model",
+           "resize_bilinear"]

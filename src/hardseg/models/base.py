@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from hardseg.models.output import SegOutput
+from hardseg.models.resize import resize_bilinear
 
 
 class SegModel(nn.Module):
@@ -42,10 +43,18 @@ class SegModel(nn.Module):
         """A freshly initialised module with the decode head's architecture."""
         raise NotImplementedError
 
+    def without_heads(self) -> "SegModel":
+        """This network without its decode and aux heads, parameters shared.
+
+        For inference models whose prediction comes from modules on the
+        features (C2F's stages): :meth:`encode` works, :meth:`forward` does not.
+        """
+        view = copy.copy(self)
+        view._modules = {k: m for k, m in self._modules.items() if k not in ("decode_head", "aux_head")}
+        return view
+
     def upsample(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
-        if logits.shape[-2:] == size:
-            return logits
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=self.align_corners)
+        return resize_bilinear(logits, size, self.align_corners)
 
     def forward(self, x: Tensor) -> SegOutput:
         size = x.shape[-2:]

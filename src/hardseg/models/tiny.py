@@ -3,18 +3,20 @@
 Encoder: four stages at strides 1, 2, 4, 8 (widths w, 2w, 4w, 8w) with
 BatchNorm and ReLU; the stride-8 stage uses dilated convolutions for context.
 Decode head: a light fusion of the stride-8 context with the stride-2 skip
-(in the spirit of LR-ASPP), so an HL branch that copies the head adds little
-cost. With w=16 and 7 classes it has about 0.4 M parameters.
+(in the spirit of LR-ASPP). It is about a quarter of the network's forward
+FLOPs, so an HL branch (a copy of the head) costs about 1.2× CE's training
+step here (``benchmarks/strategy_cost.py``). With w=16 and 7 classes it has
+about 0.46 M parameters.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 from hardseg.models.base import SegModel
+from hardseg.models.resize import resize_bilinear
 
 
 def norm_layer(channels: int, norm: str = "batch") -> nn.Module:
@@ -41,7 +43,7 @@ class TinyHead(nn.Module):
 
     def forward(self, x: dict[str, Tensor]) -> Tensor:
         deep, skip = x["deep"], x["skip"]
-        ctx = F.interpolate(self.context(deep), size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        ctx = resize_bilinear(self.context(deep), skip.shape[-2:])
         return self.classifier(self.fuse(torch.cat([ctx, skip], dim=1)))
 
 

@@ -31,16 +31,19 @@ its PSP head), so it fits every model. The stage width defaults to the
 level's class count, as in the paper's ``segnetUp(in, n_classes)``, and a
 conv1×1 classifier replaces the paper's ReLU on the logits. The network's own
 decode head is kept (the model is not modified) and supervised like an
-auxiliary head (0.4) so it gets a gradient under DDP; it is inference cost
-C2F pays. Cost (``benchmarks/strategy_cost.py``, README): the finest stage
+auxiliary head (0.4) so it gets a gradient under DDP; like an auxiliary head
+it is left out of the exported model, which runs the encoder and the stages. Cost (``benchmarks/strategy_cost.py``, README): the finest stage
 runs at the skip's resolution, so a stride-2 skip (``skip: stage2``) costs
 far more than the default stride-4 one.
 
 Inference: the stages are the model; :meth:`export` returns
-:class:`CoarseToFineNet` (network + stages) whose ``logits`` are the finest stage.
+:class:`CoarseToFineNet` (the network's encoder + stages) whose ``logits``
+are the finest stage.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -48,9 +51,9 @@ from pydantic import Field, field_validator
 from torch import Tensor
 
 from hardseg.errors import ConfigError
-from hardseg.models import SegModel, SegOutput
+from hardseg.models import SegModel, SegOutput, resize_bilinear
 from hardseg.strategies.base import Strategy, StrategyConfig, StrategyContext
-from hardseg.strategies.functional import coarse_to_fine_losses, mean_ce, resize_to
+from hardseg.strategies.functional import coarse_to_fine_losses, mean_ce
 from hardseg.strategies.registry import register_strategy
 
 KEY = "strategy_params.coarse_to_fine"
@@ -124,30 +127,32 @@ class C2FStages(nn.Module):
             if level == len(self.stages) - 1:
                 skip = features[self.skip]
             else:
-                skip = resize_to(features[self.mid_skip], deep.shape[-2:], ac)
+                skip = resize_bilinear(features[self.mid_skip], deep.shape[-2:], ac)
             size = skip.shape[-2:]
-            scores.append(stage(torch.cat([resize_to(deep, size, ac), resize_to(scores[-1], size, ac), skip], dim=1)))
+            scores.append(stage(torch.cat([resize_bilinear(deep, size, ac), resize_bilinear(scores[-1], size, ac), skip], dim=1)))
         return scores
 
-    def apply(self, out: SegOutput) -> SegOutput:
-        size = out.logits.shape[-2:]
-        levels = [resize_to(s, size, self.align_corners) for s in self(out.features)]
-        out.extras["c2f/base"] = out.logits
-        out.extras["c2f/levels"] = levels[:-1]
-        out.logits = levels[-1]
-        return out
+    def levels(self, features: dict[str, Tensor], size: Sequence[int]) -> list[Tensor]:
+        """Scores of every level (coarsest first) at ``size`` (the labels')."""
+        return [resize_bilinear(s, size, self.align_corners) for s in self(features)]
 
 
 class CoarseToFineNet(nn.Module):
-    """The exported C2F model: the network, then the stages; ``logits`` = finest stage."""
+    """The exported C2F model: the network's encoder, then the stages; ``logits`` = finest stage.
+
+    The network's own decode head and aux head are supervised in training only
+    and are not part of it (nor computed).
+    """
 
     def __init__(self, net: SegModel, stages: C2FStages):
         super().__init__()
-        self.net = net
+        self.net = net.without_heads()
         self.stages = stages
 
     def forward(self, x: Tensor) -> SegOutput:
-        return self.stages.apply(self.net(x))
+        features = self.net.encode(x)
+        levels = self.stages.levels(features, x.shape[-2:])
+        return SegOutput(logits=levels[-1], features=features, extras={"c2f/levels": levels[:-1]})
 
 
 @register_strategy("coarse_to_fine")
@@ -190,7 +195,10 @@ class CoarseToFine(Strategy):
                                     self.cfg.stage_channels, model.align_corners)}
 
     def run_modules(self, modules: nn.ModuleDict, out: SegOutput) -> None:
-        modules["stages"].apply(out)
+        levels = modules["stages"].levels(out.features, out.logits.shape[-2:])
+        out.extras["c2f/base"] = out.logits
+        out.extras["c2f/levels"] = levels[:-1]
+        out.logits = levels[-1]
 
     def terms(self, out: SegOutput, target: Tensor, progress: float) -> dict[str, Tensor]:
         ign = self.ctx.ignore_index

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from hardseg.models.output import predict_classes
+from hardseg.models.resize import resize_bilinear
 
 
 # -- §0 cross-entropy ----------------------------------------------------------
@@ -37,13 +38,6 @@ def mean_nll(log_probs: Tensor, target: Tensor, ignore_index: int = 255) -> Tens
     """:func:`mean_ce` from ``log_softmax(logits, 1)``: one log-softmax serves several targets."""
     return valid_mean(F.nll_loss(log_probs, target, ignore_index=ignore_index, reduction="none"),
                       target != ignore_index)
-
-
-def resize_to(x: Tensor, size: Sequence[int], align_corners: bool = False) -> Tensor:
-    """Bilinear resize of (N, K, h, w) to ``size``; a no-op when it already matches."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
 # -- class-balanced CE ----------------------------------------------------------
@@ -148,7 +142,7 @@ def ohem_keep_mask(logits: Tensor, target: Tensor, thresh: float | None = 0.7, m
       loss (``pixel_loss`` if given, else ℓ); ties go to the earlier pixel in
       (n, i, j) order (stable sort).
     """
-    logits = resize_to(logits, target.shape[-2:], align_corners)
+    logits = resize_bilinear(logits, target.shape[-2:], align_corners)
     valid = target != ignore_index
     keep = torch.zeros_like(valid)
     n_valid = int(valid.sum())
@@ -173,7 +167,7 @@ def ohem_keep_mask(logits: Tensor, target: Tensor, thresh: float | None = 0.7, m
 # -- §1 learned Hardness Level ---------------------------------------------------
 def hl_weights(hl_logits: Tensor, size: Sequence[int], offset: float = 0.1, align_corners: bool = False) -> Tensor:
     """w = σ(resize(s)) + offset (N, H, W), in [offset, 1 + offset] (§1; pitfall 3: resize, then sigmoid)."""
-    s = resize_to(hl_logits.float(), size, align_corners)
+    s = resize_bilinear(hl_logits.float(), size, align_corners)
     return torch.sigmoid(s[:, 0]) + offset
 
 

@@ -38,9 +38,9 @@ from pydantic import Field
 from torch import Tensor
 
 from hardseg.errors import ConfigError
-from hardseg.models import SegModel, SegOutput
+from hardseg.models import SegModel, SegOutput, resize_bilinear
 from hardseg.strategies.base import Strategy, StrategyConfig
-from hardseg.strategies.functional import resize_to, self_regulation_losses
+from hardseg.strategies.functional import self_regulation_losses
 from hardseg.strategies.registry import register_strategy
 
 
@@ -102,7 +102,7 @@ class SelfRegulation(Strategy):
             feat = out.features[name]
             pool = self.cfg.min_exit_stride * feat.shape[-1] // size[-1]
             o, p, h = exit_(F.avg_pool2d(feat, pool, ceil_mode=True) if pool > 1 else feat)
-            logits.append(resize_to(o, size, self.align_corners))
+            logits.append(resize_bilinear(o, size, self.align_corners))
             presence.append(p)
             hidden.append(h)
         out.extras["sr/exits"] = logits
