@@ -37,8 +37,8 @@ EXPECTED_KEYS = {
     "ohem_loss_mode": {"ohem"}, "hl": {"hl/seg", "hl/hl"},
     "self_regulation": {"ce", "sr/cls", "sr/seg", "sr/l", "sr/f"},
     "self_regulation_paper": {"ce", "sr/cls", "sr/seg", "sr/l", "sr/f"},
-    "coarse_to_fine": {"ce", "c2f/l0", "c2f/l1", "c2f/base"},
-    "everything": {"hl/seg", "hl/hl", "sr/cls", "sr/seg", "sr/l", "sr/f", "c2f/l0", "c2f/l1", "c2f/base"},
+    "coarse_to_fine": {"ce", "c2f/l0", "c2f/l1"},
+    "everything": {"hl/seg", "hl/hl", "sr/cls", "sr/seg", "sr/l", "sr/f", "c2f/l0", "c2f/l1"},
 }
 
 
@@ -172,14 +172,15 @@ def test_export_is_the_baseline_network(case, model):
         torch.testing.assert_close(out.logits, SegOutput.from_dict(tm(x)).logits, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("model, sizes", [("tiny_seg", [8, 8, 16]), ("lraspp_mobilenet_v3_large", [4, 4, 16])])
+@pytest.mark.parametrize("model, sizes", [("tiny_seg", [32, 8, 16]), ("lraspp_mobilenet_v3_large", [8, 4, 16])])
 def test_coarse_to_fine_stage_resolutions_follow_the_paper(model, sizes):
-    """pspnet_stack: stage 0 and the middle stage at the deep feature's resolution, the last at the skip's."""
+    """pspnet_stack: stage 0 is the network's head (its own resolution), the middle stage at the deep
+    feature's resolution, the last at the skip's."""
     tm, _ = build("coarse_to_fine", model)
     x, _ = make_batch()
     with torch.no_grad():
         out = tm.net(x)
-        scores = tm.strategy_modules["coarse_to_fine"]["stages"](out.features)
+        scores = [out.head_logits, *tm.strategy_modules["coarse_to_fine"]["stages"](out.features, out.head_logits)]
     assert [s.shape[-1] for s in scores] == sizes
     assert [s.shape[1] for s in scores] == [2, 4, K]
 
@@ -198,15 +199,17 @@ def test_coarse_to_fine_export_runs_its_stages():
     exported = tm.export()
     assert isinstance(exported, CoarseToFineNet)
     stages = n_params(tm.strategy_modules["coarse_to_fine"])
-    heads = n_params(tm.net.decode_head)
-    assert n_params(exported) == n_params(base.export()) - heads + stages and stages > 0
-    # The network's own head is training-only supervision: neither in the export nor run by it.
-    assert not any(k.startswith("net.decode_head") for k in exported.state_dict())
+    # Stage 0 is the network's head, rebuilt for the coarsest level (2 classes instead of K).
+    head_k = n_params(base.net.decode_head)
+    head_0 = n_params(tm.net.decode_head)
+    assert head_0 < head_k and stages > 0
+    assert n_params(exported) == n_params(base.export()) - head_k + head_0 + stages
     exported.eval()
     tm.eval()
     with torch.no_grad():
         out = exported(x)
         assert out.logits.shape == (2, K, 64, 64)
         torch.testing.assert_close(out.logits, SegOutput.from_dict(tm(x)).logits, rtol=0, atol=0)
-        assert not torch.equal(out.logits, tm.net(x).logits)  # the finest stage, not the network's head
         assert [lv.shape[1] for lv in out.extras["c2f/levels"]] == [2, 4]
+        # The coarsest level is the network's own prediction.
+        torch.testing.assert_close(out.extras["c2f/levels"][0], tm.net(x).logits, rtol=0, atol=0)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch.nn as nn
@@ -43,16 +42,6 @@ class SegModel(nn.Module):
         """A freshly initialised module with the decode head's architecture."""
         raise NotImplementedError
 
-    def without_heads(self) -> "SegModel":
-        """This network without its decode and aux heads, parameters shared.
-
-        For inference models whose prediction comes from modules on the
-        features (C2F's stages): :meth:`encode` works, :meth:`forward` does not.
-        """
-        view = copy.copy(self)
-        view._modules = {k: m for k, m in self._modules.items() if k not in ("decode_head", "aux_head")}
-        return view
-
     def upsample(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
         return resize_bilinear(logits, size, self.align_corners)
 
@@ -60,8 +49,9 @@ class SegModel(nn.Module):
         size = x.shape[-2:]
         feats = self.encode(x)
         hin = self.head_input(feats)
-        logits = self.upsample(self.decode(hin), size)
+        head_logits = self.decode(hin)
         aux = self.decode_aux(feats)
         if aux is not None:
             aux = self.upsample(aux, size)
-        return SegOutput(logits=logits, aux=aux, features=feats, head_input=hin)
+        return SegOutput(logits=self.upsample(head_logits, size), aux=aux, features=feats, head_input=hin,
+                         head_logits=head_logits)

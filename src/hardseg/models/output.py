@@ -31,6 +31,8 @@ class SegOutput:
         head_input: exactly what the decode head consumed (a tensor or a
             dict of tensors); an HL branch is a fresh copy of the decode head
             applied to a detached copy of it.
+        head_logits: the decode head's output at its own resolution, before
+            upsampling (C2F feeds its coarsest level to the next stage).
         extras: outputs of strategy modules (HL logits, SR exits, C2F stages).
     """
 
@@ -38,11 +40,12 @@ class SegOutput:
     aux: Tensor | None = None
     features: dict[str, Tensor] = field(default_factory=dict)
     head_input: Any = None
+    head_logits: Tensor | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {"logits": self.logits, "aux": self.aux, "features": self.features,
-                "head_input": self.head_input, "extras": self.extras}
+                "head_input": self.head_input, "head_logits": self.head_logits, "extras": self.extras}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SegOutput":

@@ -2,48 +2,43 @@
 
 Levels: the hierarchy's coarse levels (coarsest first; ``hierarchy`` in the
 config, else ``StrategyContext.hierarchy``) and the dataset's classes last.
-Stages (on ``out.features``): stage 0 predicts level 0 from the deep feature;
-stage l takes concat[deep feature, raw scores of stage l−1 (not softmaxed,
-not detached), a shallower skip feature], everything resized to the skip's
-resolution. As in the paper's ``pspnet_stack`` (3 levels: stage 1 on the
+Stage 0 is the network's own decode head, rebuilt (``model.new_head``) to
+predict level 0, as in the paper's ``pspnet_stack``, whose stage 0 is its PSP
+head. Stage l ≥ 1 takes concat[deep feature, raw scores of stage l−1 (not
+softmaxed, not detached), a shallower skip feature], everything resized to
+the skip's resolution. As in ``pspnet_stack`` (3 levels: stage 1 on the
 stride-8 ``layer3`` next to the stride-8 deep feature, stage 2 on the stride-4
 ``layer1``), the middle stages run at the deep feature's resolution with the
 ``mid_skip`` feature resized to it, and only the last (finest) stage runs at
-the ``skip`` feature's resolution. Each stage is two conv3×3-BN-ReLU then a
-conv1×1 classifier; all scores are upsampled to label size.
+the ``skip`` feature's resolution. Each stage l ≥ 1 is two conv3×3-BN-ReLU
+then a conv1×1 classifier; all scores are upsampled to label size.
 
-The finest stage *is* the prediction: ``run_modules`` moves the network's own
-logits to ``extras["c2f/base"]`` and puts the finest stage in ``out.logits``,
-so the main loss (CE, or the weighting strategies) applies to it — that is
-the paper's finest-level term with w = 1. Terms: ``c2f/l0``, ``c2f/l1``, … =
-w_l · CE(p_l, y_l) for the coarse levels (ignore stays ignore at every level,
-:func:`~hardseg.strategies.functional.coarsen_labels`), and ``c2f/base`` =
-``base_weight`` · CE of the network's own decode head.
+The finest stage *is* the prediction: ``run_modules`` puts it in
+``out.logits``, so the main loss (CE, or the weighting strategies) applies to
+it — that is the paper's finest-level term with w = 1. Terms: ``c2f/l0``,
+``c2f/l1``, … = w_l · CE(p_l, y_l) for the coarse levels (ignore stays ignore
+at every level, :func:`~hardseg.strategies.functional.coarsen_labels`).
 
-**(choices)** The deep feature is the last of ``model.feature_channels``, the
-skip the shallowest feature at stride ≥ 4 (ResNet's layer1, MobileNetV3's
-stride-4 block, tiny_seg's stage4), the middle stages' skip the feature just
-before the deep one (ResNet's layer3 as in the paper, MobileNetV3's stride-16
-block, tiny_seg's stage4 averaged down to stride 8 by the bilinear resize);
-``deep``/``skip``/``mid_skip`` override them; stage 0 uses the same
-conv block as the others, on the deep feature alone (the paper's stage 0 is
-its PSP head), so it fits every model. The stage width defaults to the
-level's class count, as in the paper's ``segnetUp(in, n_classes)``, and a
-conv1×1 classifier replaces the paper's ReLU on the logits. The network's own
-decode head is kept (the model is not modified) and supervised like an
-auxiliary head (0.4) so it gets a gradient under DDP; like an auxiliary head
-it is left out of the exported model, which runs the encoder and the stages. Cost (``benchmarks/strategy_cost.py``, README): the finest stage
-runs at the skip's resolution, so a stride-2 skip (``skip: stage2``) costs
-far more than the default stride-4 one.
+**(choices)** The deep feature is the last of ``model.feature_channels`` (the
+paper's ``f``, the backbone's output), the skip the shallowest feature at
+stride ≥ 4 (ResNet's layer1, MobileNetV3's stride-4 block, tiny_seg's
+stage4), the middle stages' skip the feature just before the deep one
+(ResNet's layer3 as in the paper, MobileNetV3's stride-16 block, tiny_seg's
+stage4 averaged down to stride 8 by the bilinear resize);
+``deep``/``skip``/``mid_skip`` override them. Stage 0's scores enter stage 1
+at the decode head's own resolution, resized. The width of stages l ≥ 1
+defaults to the level's class count, as in the paper's
+``segnetUp(in, n_classes)``, and a conv1×1 classifier replaces the paper's
+ReLU on the logits. Cost (``benchmarks/strategy_cost.py``, README): the
+finest stage runs at the skip's resolution, so a stride-2 skip
+(``skip: stage2``) costs far more than the default stride-4 one.
 
 Inference: the stages are the model; :meth:`export` returns
-:class:`CoarseToFineNet` (the network's encoder + stages) whose ``logits``
-are the finest stage.
+:class:`CoarseToFineNet` (the network with its level-0 head, then the stages)
+whose ``logits`` are the finest stage.
 """
 
 from __future__ import annotations
-
-from typing import Sequence
 
 import torch
 import torch.nn as nn
@@ -53,7 +48,7 @@ from torch import Tensor
 from hardseg.errors import ConfigError
 from hardseg.models import SegModel, SegOutput, resize_bilinear
 from hardseg.strategies.base import Strategy, StrategyConfig, StrategyContext
-from hardseg.strategies.functional import coarse_to_fine_losses, mean_ce
+from hardseg.strategies.functional import coarse_to_fine_losses
 from hardseg.strategies.registry import register_strategy
 
 KEY = "strategy_params.coarse_to_fine"
@@ -63,8 +58,7 @@ class C2FConfig(StrategyConfig):
     hierarchy: list[list[int]] | None = Field(
         None, description="coarse levels, coarsest first: level[l][fine class] = coarse id; None = the dataset's")
     level_weights: list[float] | None = Field(None, description="w_l per coarse level; None = 1 each (the paper)")
-    base_weight: float = Field(0.4, ge=0, description="weight of the CE on the network's own decode head")
-    stage_channels: int | None = Field(None, ge=1, description="stage width; None = the level's class count")
+    stage_channels: int | None = Field(None, ge=1, description="width of stages 1 …; None = the level's class count")
     deep: str | None = Field(None, description="deep feature name; None = the deepest")
     skip: str | None = Field(None, description="the finest stage's skip feature; None = the shallowest at stride >= 4")
     mid_skip: str | None = Field(None, description="the middle stages' skip feature, resized to the deep one's "
@@ -106,53 +100,54 @@ class Stage(nn.Module):
 
 
 class C2FStages(nn.Module):
-    """The stacked stages; :meth:`apply` turns a network output into the C2F prediction."""
+    """Stages 1 … L−1; stage 0 is the network's decode head (level 0)."""
 
     def __init__(self, deep: str, mid_skip: str, skip: str, channels: dict[str, int], classes: list[int],
                  width: int | None, align_corners: bool):
         super().__init__()
         self.deep, self.mid_skip, self.skip, self.align_corners = deep, mid_skip, skip, align_corners
-        stages = [Stage(channels[deep], width or classes[0], classes[0])]
+        stages = []
         for level, (prev, k) in enumerate(zip(classes[:-1], classes[1:]), start=1):
             skip_ch = channels[skip if level == len(classes) - 1 else mid_skip]
             stages.append(Stage(channels[deep] + prev + skip_ch, width or k, k))
         self.stages = nn.ModuleList(stages)
 
-    def forward(self, features: dict[str, Tensor]) -> list[Tensor]:
-        """Raw scores of every level (coarsest first), at the stages' resolutions."""
+    def forward(self, features: dict[str, Tensor], level0: Tensor) -> list[Tensor]:
+        """Raw scores of levels 1 … L−1 at the stages' resolutions, from stage 0's raw scores."""
         ac = self.align_corners
         deep = features[self.deep]
-        scores = [self.stages[0](deep)]
-        for level, stage in enumerate(self.stages[1:], start=1):
-            if level == len(self.stages) - 1:
+        scores, prev = [], level0
+        for level, stage in enumerate(self.stages, start=1):
+            if level == len(self.stages):
                 skip = features[self.skip]
             else:
                 skip = resize_bilinear(features[self.mid_skip], deep.shape[-2:], ac)
             size = skip.shape[-2:]
-            scores.append(stage(torch.cat([resize_bilinear(deep, size, ac), resize_bilinear(scores[-1], size, ac), skip], dim=1)))
+            prev = stage(torch.cat([resize_bilinear(deep, size, ac), resize_bilinear(prev, size, ac), skip], dim=1))
+            scores.append(prev)
         return scores
 
-    def levels(self, features: dict[str, Tensor], size: Sequence[int]) -> list[Tensor]:
-        """Scores of every level (coarsest first) at ``size`` (the labels')."""
-        return [resize_bilinear(s, size, self.align_corners) for s in self(features)]
+    def apply(self, out: SegOutput) -> SegOutput:
+        """The C2F prediction from a network output whose head predicts level 0: ``out.logits``
+        becomes the finest level, ``extras["c2f/levels"]`` the coarse ones, all at label size."""
+        size = out.logits.shape[-2:]
+        finer = [resize_bilinear(s, size, self.align_corners) for s in self(out.features, out.head_logits)]
+        levels = [out.logits, *finer]
+        out.extras["c2f/levels"] = levels[:-1]
+        out.logits = levels[-1]
+        return out
 
 
 class CoarseToFineNet(nn.Module):
-    """The exported C2F model: the network's encoder, then the stages; ``logits`` = finest stage.
-
-    The network's own decode head and aux head are supervised in training only
-    and are not part of it (nor computed).
-    """
+    """The exported C2F model: the network (its head predicts level 0), then the stages."""
 
     def __init__(self, net: SegModel, stages: C2FStages):
         super().__init__()
-        self.net = net.without_heads()
+        self.net = net
         self.stages = stages
 
     def forward(self, x: Tensor) -> SegOutput:
-        features = self.net.encode(x)
-        levels = self.stages.levels(features, x.shape[-2:])
-        return SegOutput(logits=levels[-1], features=features, extras={"c2f/levels": levels[:-1]})
+        return self.stages.apply(self.net(x))
 
 
 @register_strategy("coarse_to_fine")
@@ -191,21 +186,17 @@ class CoarseToFine(Strategy):
         skip = self._feature(model, self.cfg.skip, stride4[0] if stride4 else names[0], "skip")
         before_deep = names[max(0, names.index(deep) - 1)]
         mid_skip = self._feature(model, self.cfg.mid_skip, before_deep, "mid_skip")
+        model.decode_head = model.new_head(self.classes[0])  # stage 0: the network's head predicts level 0
         return {"stages": C2FStages(deep, mid_skip, skip, model.feature_channels, self.classes,
                                     self.cfg.stage_channels, model.align_corners)}
 
     def run_modules(self, modules: nn.ModuleDict, out: SegOutput) -> None:
-        levels = modules["stages"].levels(out.features, out.logits.shape[-2:])
-        out.extras["c2f/base"] = out.logits
-        out.extras["c2f/levels"] = levels[:-1]
-        out.logits = levels[-1]
+        modules["stages"].apply(out)
 
     def terms(self, out: SegOutput, target: Tensor, progress: float) -> dict[str, Tensor]:
-        ign = self.ctx.ignore_index
-        levels = coarse_to_fine_losses(out.extras["c2f/levels"], target, self.hierarchy, self.weights, ign)
-        terms = {f"c2f/l{i}": t for i, t in enumerate(levels)}
-        terms["c2f/base"] = self.cfg.base_weight * mean_ce(out.extras["c2f/base"], target, ign)
-        return terms
+        levels = coarse_to_fine_losses(out.extras["c2f/levels"], target, self.hierarchy, self.weights,
+                                       self.ctx.ignore_index)
+        return {f"c2f/l{i}": t for i, t in enumerate(levels)}
 
     def export(self, net: SegModel, modules: nn.ModuleDict) -> nn.Module:
         return CoarseToFineNet(net, modules["stages"])

@@ -4,9 +4,9 @@ A run names one or more strategies (``strategies: [hl, coarse_to_fine]``).
 The :class:`Objective` runs every strategy's modules on the forward pass,
 then builds the loss in this order:
 
-1. **Structural modules that replace the prediction run first.** C2F moves
-   the network's logits to ``extras["c2f/base"]`` and puts its finest stage in
-   ``out.logits``; every later step sees the final prediction.
+1. **Structural modules that replace the prediction run first.** C2F puts
+   its finest stage in ``out.logits`` (the network's head predicts its
+   coarsest level); every later step sees the final prediction.
 2. **The main head's per-pixel loss** goes through the weighting strategies
    in a fixed order, whatever the order of the list:
 
