@@ -116,12 +116,10 @@ class C2FStages(nn.Module):
         """Raw scores of levels 1 … L−1 at the stages' resolutions, from stage 0's raw scores."""
         ac = self.align_corners
         deep = features[self.deep]
+        mid_skip = resize_bilinear(features[self.mid_skip], deep.shape[-2:], ac) if len(self.stages) > 1 else None
         scores, prev = [], level0
         for level, stage in enumerate(self.stages, start=1):
-            if level == len(self.stages):
-                skip = features[self.skip]
-            else:
-                skip = resize_bilinear(features[self.mid_skip], deep.shape[-2:], ac)
+            skip = features[self.skip] if level == len(self.stages) else mid_skip
             size = skip.shape[-2:]
             prev = stage(torch.cat([resize_bilinear(deep, size, ac), resize_bilinear(prev, size, ac), skip], dim=1))
             scores.append(prev)
