@@ -73,7 +73,7 @@ FORBIDDEN = ("ray", "mlflow", "optuna")
 # -- sizes -------------------------------------------------------------------------
 def settings(args: argparse.Namespace) -> dict:
     if args.smoke:
-        return dict(size=(64, 128), crop=(32, 64), batch=2, steps=3, strategy_steps=3, workers=1, threads=1,
+        return dict(size=(64, 128), crop=(32, 64), batch=2, steps=3, strategy_steps=2, workers=1, threads=1,
                     loader_batches=4)
     cpus = os.cpu_count() or 2
     return dict(size=(1024, 2048), crop=(512, 1024), batch=args.batch, steps=args.steps,
@@ -288,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     names = args.strategies or available_strategies()
     for name in ["ce"] + [n for n in names if n != "ce"]:
         cfg = cfg_for([name], 1)
+        if args.smoke:  # the worker code path ran above; spare the suite a worker start per strategy
+            cfg.data.loader_workers = 0
         try:
             check_strategies_fit(cfg)
         except ConfigError as err:

@@ -221,3 +221,23 @@ def test_fractional_gpus_on_a_ray_with_logical_gpus():
     assert out["trial_resources"] == {"CPU": 0.5, "GPU": 0.5}
     assert out["half"] == 4 and out["whole"] == 2 and out["ddp_half"] == 2
     assert out["placed"] == ["0", "0", "1", "1"] and out["fifth_waits"]
+
+
+def test_gpu_check_smoke_runs_without_ray_mlflow_optuna(tmp_path):
+    """benchmarks/gpu_check.py --smoke: the GPU check's code on CPU at tiny sizes, in a fresh process."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    out = tmp_path / "gpu_check.json"
+    proc = subprocess.run([sys.executable, str(script), "--smoke", "--model", "tiny_seg", "--out", str(out),
+                           "--data", str(tmp_path / "cs")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["imported"] == []  # ray, mlflow, optuna
+    assert res["loop_vs_bare"]["step_time_ratio"] > 0 and res["loader_vs_train"] > 0
+    from hardseg.strategies import available_strategies
+
+    assert set(res["strategies"]) == set(available_strategies())
+    assert all("step_vs_ce" in r for r in res["strategies"].values())
+    assert set(res["eval_one_image"]) == {"slide", "whole"}
+    assert "step time hardseg / bare" in proc.stdout
