@@ -24,6 +24,7 @@ The JSON lists which of ray/mlflow/optuna got imported (must be none).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -45,7 +46,7 @@ def _use_vendor() -> None:
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     if stamp.read_text().strip() == here:
         sys.path.insert(0, str(VENDOR))
-    else:
+    elif importlib.util.find_spec("pydantic") is None:
         print(f"[gpu_check] {VENDOR} is for Python {stamp.read_text().strip()}, not {here}: not used", flush=True)
 
 

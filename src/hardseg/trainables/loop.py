@@ -464,7 +464,7 @@ def slide_logits(net: nn.Module, images: Tensor, crop: tuple[int, int], stride: 
             total[:, :, y:y + ch, x:x + cw] += logits
             count[:, :, y:y + ch, x:x + cw] += 1
     assert total is not None
-    return total / count
+    return total.div_(count)  # in place: no second full-size copy
 
 
 def slide_settings(cfg: RunConfig) -> tuple[tuple[int, int], tuple[int, int]] | None:
