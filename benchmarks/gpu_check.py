@@ -74,10 +74,10 @@ FORBIDDEN = ("ray", "mlflow", "optuna")
 # -- sizes -------------------------------------------------------------------------
 def settings(args: argparse.Namespace) -> dict:
     if args.smoke:
-        return dict(size=(64, 128), crop=(32, 64), batch=2, steps=3, strategy_steps=2, workers=1, threads=1,
-                    loader_batches=4)
+        return dict(size=(64, 128), crop=(32, 64), batch=2, steps=args.steps or 3, strategy_steps=2, workers=1,
+                    threads=1, loader_batches=4)
     cpus = os.cpu_count() or 2
-    return dict(size=(1024, 2048), crop=(512, 1024), batch=args.batch, steps=args.steps,
+    return dict(size=(1024, 2048), crop=(512, 1024), batch=args.batch, steps=args.steps or 16,
                 strategy_steps=args.strategy_steps, workers=args.workers if args.workers is not None else cpus - 1,
                 threads=cpus, loader_batches=args.steps)
 
@@ -180,6 +180,48 @@ def bare_loop(cfg: RunConfig, device: torch.device) -> dict:
             "epoch_time_s": elapsed, "peak_mib": mem.mib}
 
 
+def step_only(cfg: RunConfig, device: torch.device, repeat: int) -> dict:
+    """The training step alone: hardseg's ``train_one_epoch`` vs the bare step on the same batches held in
+    memory (no loader), alternating ``repeat`` times; each side's fastest median step time."""
+    from hardseg.trainables.loop import train_one_epoch
+
+    torch.set_num_threads(cfg.train.num_threads or 1)
+    ds = build_dataset(cfg.data, "train", train=True)
+    loader, _ = build_train_loader(cfg, ds, 0, 1, device)
+    batches = list(loader)
+    info = ds.info
+
+    def fresh():
+        torch.manual_seed(cfg.seed)
+        tm, objective = build_training_model(cfg, info, None)
+        tm = tm.to(device).to(memory_format=torch.channels_last)
+        opt = build_optimizer(cfg, tm.parameters(), fused=device.type == "cuda")
+        return tm, objective, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0), torch.amp.GradScaler(device.type)
+
+    ours, bare = [], []
+    for _ in range(repeat):
+        tm, objective, opt, sched, scaler = fresh()
+        ours.append(train_one_epoch(tm, objective, batches, opt, sched, scaler, device, 0, 1, True, 1)
+                    ["train/step_time_s"])
+        tm, _, opt, sched, scaler = fresh()
+        net, times = tm.net.train(), []
+        for images, target in batches:
+            t0 = time.perf_counter()
+            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            target = target.to(device, non_blocking=True)
+            with autocast_for(device, True):
+                loss = F.cross_entropy(net(images).logits, target, ignore_index=255)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            times.append(time.perf_counter() - t0)
+        sync(device)
+        bare.append(statistics.median(times))
+    return {"hardseg_step_time_s": ours, "bare_step_time_s": bare, "step_time_ratio": min(ours) / min(bare)}
+
+
 def loader_images_per_s(cfg: RunConfig, device: torch.device, batches: int) -> float:
     """The training loader alone (decode, augment, collate, pin): images/s after its first batch."""
     ds = build_dataset(cfg.data, "train", train=True)
@@ -225,6 +267,7 @@ def table(res: dict) -> str:
     rows = [("model", res["model"], ""), ("device", res["device"], ""),
             ("step time hardseg / bare (median)", f"{res['loop_vs_bare']['step_time_ratio']:.3f}", "<= 1.05"),
             ("epoch time hardseg / bare", f"{res['loop_vs_bare']['epoch_time_ratio']:.3f}", ""),
+            ("step alone hardseg / bare (in-memory batches)", f"{res['step_only']['step_time_ratio']:.3f}", "<= 1.05"),
             ("hardseg step time (s)", f"{res['hardseg']['step_time_s']:.4f}", ""),
             ("bare step time (s)", f"{res['bare']['step_time_s']:.4f}", ""),
             ("hardseg peak memory (MiB)", f"{res['hardseg']['peak_mib']:.0f}", ""),
@@ -249,7 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="deeplabv3_resnet50", help="a registered model name (default: %(default)s)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes on CPU (the test suite's run)")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=16, help="training steps per epoch of the loop comparison")
+    p.add_argument("--steps", type=int, help="training steps per epoch of the loop comparison (16; --smoke: 3)")
+    p.add_argument("--repeat", type=int, default=1, help="alternate bare and hardseg runs this often; the "
+                   "ratios use each side's fastest run (a busy machine's noise only adds time)")
     p.add_argument("--strategy-steps", type=int, default=10, help="steps of each strategy's one-epoch run")
     p.add_argument("--workers", type=int, help="loader workers (default: CPUs - 1)")
     p.add_argument("--strategies", nargs="*", help="default: every registered strategy")
@@ -275,12 +320,19 @@ def main(argv: list[str] | None = None) -> int:
                  "torch": torch.__version__, "smoke": args.smoke}
     main_cfg = cfg_for(["ce"], 2)
     _limit_train_files(root, s["batch"] * s["steps"])
-    res["bare"] = bare_loop(main_cfg, device)
-    res["hardseg"] = hardseg_loop(main_cfg, device)
+    bare, ours = [], []
+    for _ in range(args.repeat):
+        bare.append(bare_loop(main_cfg, device))
+        ours.append(hardseg_loop(main_cfg, device))
+    res["bare"] = min(bare, key=lambda r: r["step_time_s"])
+    res["hardseg"] = min(ours, key=lambda r: r["step_time_s"])
+    res["runs"] = {"bare_step_time_s": [r["step_time_s"] for r in bare],
+                   "hardseg_step_time_s": [r["step_time_s"] for r in ours]}
     print(f"[gpu_check] loop: hardseg {res['hardseg']['step_time_s']:.4f}s/step, bare "
           f"{res['bare']['step_time_s']:.4f}s/step", flush=True)
     res["loop_vs_bare"] = {"step_time_ratio": res["hardseg"]["step_time_s"] / res["bare"]["step_time_s"],
                            "epoch_time_ratio": res["hardseg"]["epoch_time_s"] / res["bare"]["epoch_time_s"]}
+    res["step_only"] = step_only(main_cfg, device, max(2, args.repeat))
     res["loader_images_per_s"] = loader_images_per_s(main_cfg, device, s["loader_batches"])
     res["loader_vs_train"] = res["loader_images_per_s"] / res["hardseg"]["images_per_s"]
 

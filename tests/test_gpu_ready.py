@@ -20,8 +20,8 @@ import torch.nn as nn
 from hardseg.config import load_config
 from hardseg.data import SYNTHETIC_INFO, build_dataset
 from hardseg.errors import ConfigError
-from hardseg.trainables.loop import (build_training_model, build_train_loader, configure_backends, convert_sync_bn,
-                                     evaluate, _metrics_for, slide_logits, slide_settings, slide_windows,
+from hardseg.trainables.loop import (_metrics_for, build_train_loader, build_training_model, configure_backends,
+                                     convert_sync_bn, evaluate, slide_logits, slide_settings, slide_windows,
                                      train_one_epoch)
 
 from conftest import small_overrides
@@ -109,6 +109,14 @@ def test_sync_bn_converts_every_batchnorm_for_multi_gpu_ddp_only():
     assert sum(isinstance(m, nn.BatchNorm2d) for m in synced.modules()) == 0
     assert sum(type(m) is nn.SyncBatchNorm for m in synced.modules()) == n_bn
     assert set(synced.state_dict()) == set(tm.state_dict())  # checkpoints stay interchangeable
+
+
+def test_loader_workers_default_to_the_worker_cpus_beyond_the_training_process():
+    from hardseg.trainables.loop import loader_workers
+
+    assert loader_workers(load_config(None, [])) == 0  # 1 CPU per worker: the training process decodes
+    assert loader_workers(load_config(None, ["ray.cpus_per_worker=8"])) == 7
+    assert loader_workers(load_config(None, ["ray.cpus_per_worker=8", "data.loader_workers=2"])) == 2
 
 
 def test_loader_workers_give_the_same_batches_as_the_training_process(data_root):
