@@ -19,6 +19,10 @@ trap 'rm -rf "$WHEELS"' EXIT
 "$PIP" download --quiet --only-binary=:all: --python-version "$PYVER" --implementation cp \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
     --dest "$WHEELS" "pydantic>=2.7,<3" typing-inspection annotated-types typing_extensions
+# segmentation-models-pytorch for `--model smp:...` (pure Python; its dependencies timm, huggingface-hub,
+# safetensors and tqdm come with the box's timm), without pulling torch.
+"$PIP" download --quiet --no-deps --only-binary=:all: --python-version "$PYVER" --implementation cp \
+    --platform manylinux2014_x86_64 --dest "$WHEELS" "segmentation-models-pytorch==${SMP_VERSION:-0.6.0}"
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
