@@ -71,8 +71,10 @@ TIMING = ("images_per_s", "step_time_s", "epoch_time_s", "first_step_unix", "wal
 
 def test_same_seed_reproduces_metrics_exactly_and_logs_to_mlflow_server(ray_local, data_root, sqlite_uri,
                                                                         mlflow_server, tmp_path):
-    """Run 1 logs to a SQLite store, run 2 to a real `mlflow server`; metrics are identical."""
-    overrides = small_overrides(data_root, **{"ray.storage_path": str(tmp_path / "runs"), "seed": 7})
+    """Run 1 logs to a SQLite store, run 2 to a real `mlflow server`; metrics are identical, with a
+    DataLoader worker process per training worker preparing the augmented batches."""
+    overrides = small_overrides(data_root, **{"ray.storage_path": str(tmp_path / "runs"), "seed": 7,
+                                              "data.loader_workers": 1})
     a = run_training(load_config(None, overrides + [f"tracking.uri={sqlite_uri}"]))
     b = run_training(load_config(None, overrides + [f"tracking.uri={mlflow_server}"]))
     keys = [k for k in a.metrics if not any(t in k for t in TIMING)]

@@ -39,7 +39,8 @@ class AugmentConfig(_Strict):
 
     enabled: bool = True
     scale: tuple[float, float] = (0.75, 1.25)
-    crop: int | None = Field(None, description="crop side; None keeps the dataset's image size")
+    crop: int | tuple[int, int] | None = Field(
+        None, description="crop side or (height, width), e.g. [512, 1024] on Cityscapes; None keeps the image size")
     hflip: bool = True
 
     @field_validator("scale")
@@ -47,6 +48,13 @@ class AugmentConfig(_Strict):
     def _scale_order(cls, v: tuple[float, float]) -> tuple[float, float]:
         if not 0 < v[0] <= v[1]:
             raise ValueError("scale must be (low, high) with 0 < low <= high")
+        return v
+
+    @field_validator("crop")
+    @classmethod
+    def _crop_positive(cls, v: int | tuple[int, int] | None) -> int | tuple[int, int] | None:
+        if v is not None and min((v, v) if isinstance(v, int) else v) < 1:
+            raise ValueError("crop must be a positive side or (height, width)")
         return v
 
 
@@ -61,6 +69,10 @@ class DataConfig(_Strict):
         default_factory=lambda: ["fog-3"],
         description="extra evaluation splits after training, e.g. fog-3, night-1, target",
     )
+    loader_workers: int | None = Field(
+        None, ge=0, description="DataLoader worker processes per training worker; None = ray.cpus_per_worker - 1 "
+                                "(the training process keeps one CPU)")
+    prefetch_factor: int = Field(2, ge=1, description="batches each loader worker prepares ahead")
 
 
 class ModelConfig(_Strict):
@@ -69,6 +81,8 @@ class ModelConfig(_Strict):
     aux_weight: float = Field(0.4, ge=0, description="weight of the aux head's CE, the same for every strategy")
     width: int = Field(16, ge=4, le=256, description="base width of the tiny_seg model")
     norm: Literal["batch", "group"] = Field("batch", description="tiny_seg normalisation; group is batch-size independent")
+    sync_bn: bool = Field(False, description="convert BatchNorm to SyncBatchNorm for multi-GPU DDP "
+                                             "(a no-op on CPU/gloo and with one worker)")
 
 
 class TrainConfig(_Strict):
@@ -95,6 +109,33 @@ class TrainConfig(_Strict):
         return {True: "on", False: "off"}.get(v, v) if isinstance(v, bool) else v
 
     log_images_every: int = Field(1, ge=0, description="epochs between logged prediction images; 0 = never")
+    cudnn_benchmark: bool = Field(True, description="let cuDNN pick the fastest convolution algorithms (CUDA; "
+                                                    "off when train.deterministic)")
+    deterministic: bool = Field(False, description="deterministic algorithms where PyTorch has them (warns where "
+                                                   "it has none, e.g. CUDA bilinear upsampling's backward)")
+
+
+class EvalConfig(_Strict):
+    """Evaluation batching and inference mode (docs: ``mode: slide`` for large images)."""
+
+    batch_size: int | None = Field(None, ge=1, description="images per evaluation batch; None = train.batch_size")
+    mode: Literal["whole", "slide"] = Field("whole", description="whole image at once, or sliding windows whose "
+                                                                 "logits are averaged where they overlap")
+    crop: tuple[int, int] | None = Field(None, description="slide window (height, width), e.g. [512, 1024]; "
+                                                           "None = data.augment.crop")
+    stride: tuple[int, int] | None = Field(None, description="slide step (height, width); None = 2/3 of the window")
+
+    @field_validator("crop", "stride", mode="before")
+    @classmethod
+    def _square(cls, v: Any) -> Any:
+        return (v, v) if isinstance(v, int) else v
+
+    @field_validator("crop", "stride")
+    @classmethod
+    def _positive(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and min(v) < 1:
+            raise ValueError("must be positive (height, width)")
+        return v
 
 
 class RayConfig(_Strict):
@@ -102,8 +143,17 @@ class RayConfig(_Strict):
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
     use_gpu: bool = False
+    gpus_per_worker: float = Field(1.0, gt=0, description="GPUs per training worker when ray.use_gpu; a fraction "
+                                                         "(e.g. 0.5) lets trials share a GPU, above 1 it must be whole")
     max_failures: int = Field(2, ge=0)
     storage_path: str = Field("hardseg-runs", description="checkpoints and results; a local path or a URI")
+
+    @field_validator("gpus_per_worker")
+    @classmethod
+    def _whole_above_one(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError("above 1 GPU per worker, the count must be whole (Ray shares only fractions of one GPU)")
+        return v
 
 
 class TrackingConfig(_Strict):
@@ -128,6 +178,7 @@ class RunConfig(_Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
     strategies: list[str] = Field(default_factory=lambda: ["ce"])
     strategy_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     ray: RayConfig = RayConfig()
@@ -221,7 +272,15 @@ def validate_config(tree: dict[str, Any], source: str = "config") -> RunConfig:
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
     check_registered_names(cfg, source)
+    check_eval(cfg, source)
     return cfg
+
+
+def check_eval(cfg: RunConfig, source: str = "config") -> None:
+    """Sliding-window evaluation needs a window: ``eval.crop`` or, by default, ``data.augment.crop``."""
+    if cfg.eval.mode == "slide" and cfg.eval.crop is None and cfg.data.augment.crop is None:
+        raise ConfigError(f"{source}: eval.mode=slide needs a window; set eval.crop (or data.augment.crop), "
+                          f"e.g. eval.crop=[512,1024]")
 
 
 def check_registered_names(cfg: RunConfig, source: str = "config") -> None:

@@ -84,25 +84,26 @@ def trial_resources(cfg, in_process: bool) -> dict[str, float]:
     """One-worker trials train in the trial's process; others only drive a TorchTrainer."""
     from hardseg.platform.cluster import TRIAL_DRIVER_RESOURCE
 
+    from hardseg.platform.train_job import worker_resources
+
     if in_process and cfg.ray.num_workers == 1:
-        res = {"CPU": cfg.ray.cpus_per_worker}
-        if cfg.ray.use_gpu:
-            res["GPU"] = 1
-        return res
+        return worker_resources(cfg)
     return {TRIAL_DRIVER_RESOURCE: 1}
 
 
 def concurrency(cfg, resources: dict[str, float], limit: int | None, num_trials: int) -> int:
-    """Trials at once: what the cluster's CPUs (and GPUs) fit, capped by the space and the trial count."""
+    """Trials at once: what the cluster's CPUs (and GPUs, ``ray.gpus_per_worker`` each, fractions
+    included) fit, capped by the space and the trial count."""
     import ray
 
     from hardseg.platform.cluster import TRIAL_DRIVER_RESOURCE
+    from hardseg.platform.train_job import worker_resources
 
     total = ray.cluster_resources()
-    per_trial_cpu = cfg.ray.num_workers * cfg.ray.cpus_per_worker
-    n = int(total.get("CPU", 1) // per_trial_cpu)
-    if cfg.ray.use_gpu:
-        n = min(n, int(total.get("GPU", 0) // cfg.ray.num_workers))
+    n = None
+    for key, per_worker in worker_resources(cfg).items():
+        fits = _fits(total.get(key, 1 if key == "CPU" else 0), cfg.ray.num_workers * per_worker)
+        n = fits if n is None else min(n, fits)
     if TRIAL_DRIVER_RESOURCE in resources:
         drivers = int(total.get(TRIAL_DRIVER_RESOURCE, 0))
         if drivers < 1:
@@ -110,6 +111,11 @@ def concurrency(cfg, resources: dict[str, float], limit: int | None, num_trials:
                               f"its head with --resources='{{\"{TRIAL_DRIVER_RESOURCE}\": 4}}'")
         n = min(n, drivers)
     return max(1, min(n, limit or n, num_trials))
+
+
+def _fits(available: float, per_trial: float) -> int:
+    """Whole trials of ``per_trial`` in ``available`` (a tolerance for 0.1-style fractions)."""
+    return int(available / per_trial + 1e-9)
 
 
 # -- Tune pieces ------------------------------------------------------------------

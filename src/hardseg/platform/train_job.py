@@ -124,11 +124,29 @@ def start_run(cfg: RunConfig, config_text: str, tags: dict[str, str] | None = No
     return client, uri, exp_id, run_id
 
 
+def worker_resources(cfg: RunConfig) -> dict[str, float]:
+    """What one training worker reserves: ``ray.cpus_per_worker`` CPUs and, with ``ray.use_gpu``,
+    ``ray.gpus_per_worker`` GPUs (a fraction lets trials share a GPU). The one place for both the
+    Tune trial resources, Train's ``ScalingConfig`` and the sweep's concurrency."""
+    res = {"CPU": cfg.ray.cpus_per_worker}
+    if cfg.ray.use_gpu:
+        res["GPU"] = cfg.ray.gpus_per_worker
+    return res
+
+
+def scaling_config(cfg: RunConfig):
+    """Ray Train's ``ScalingConfig``: ``ray.num_workers`` workers of :func:`worker_resources` each."""
+    from ray.train import ScalingConfig
+
+    return ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
+                         resources_per_worker=worker_resources(cfg))
+
+
 def make_trainer(cfg: RunConfig, run_id: str, uri: str, *, name: str | None = None,
                  callbacks: list | None = None):
     """The ``TorchTrainer`` of one run: DDP workers, checkpoints under ``cfg.ray.storage_path``,
     each report logged to MLflow run ``run_id`` by a callback on the Train controller."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig as TrainRunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig as TrainRunConfig
     from ray.train.torch import TorchTrainer
 
     from hardseg.trainables.ray_worker import train_loop_per_worker
@@ -138,8 +156,7 @@ def make_trainer(cfg: RunConfig, run_id: str, uri: str, *, name: str | None = No
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run": cfg.model_dump(mode="json")},
-        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
-                                     resources_per_worker={"CPU": cfg.ray.cpus_per_worker}),
+        scaling_config=scaling_config(cfg),
         run_config=TrainRunConfig(
             name=name or f"train-{run_id}",
             storage_path=cfg.ray.storage_path,

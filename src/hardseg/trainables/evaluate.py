@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from hardseg.config import RunConfig
 from hardseg.data import dataset_info
 from hardseg.errors import ConfigError
-from hardseg.trainables.loop import build_training_model, evaluate_on_domains
+from hardseg.trainables.loop import build_training_model, eval_batch_size, evaluate_on_domains, resolve_flag
 
 
 def load_inference_model(path: str | Path) -> tuple[nn.Module, RunConfig]:
@@ -50,7 +50,14 @@ def load_inference_model(path: str | Path) -> tuple[nn.Module, RunConfig]:
 
 @torch.no_grad()
 def evaluate_domains(model: nn.Module, cfg: RunConfig, domains: list[str], device: str = "cpu",
-                     batch_size: int = 32) -> dict[str, float]:
-    """``{"<domain name>/<metric>": value}`` for every domain spec (bad specs or data raise DataError)."""
-    return evaluate_on_domains(model.to(device), cfg, domains, torch.device(device),
-                               lambda ds: DataLoader(ds, batch_size=batch_size))
+                     batch_size: int | None = None) -> dict[str, float]:
+    """``{"<domain name>/<metric>": value}`` for every domain spec (bad specs or data raise DataError).
+
+    Batches of ``batch_size`` (default ``eval.batch_size``), whole or sliding-window inference and
+    autocast (``train.amp``) as the run's ``cfg.eval`` and ``cfg.train`` say.
+    """
+    dev = torch.device(device)
+    size = batch_size or eval_batch_size(cfg)
+    return evaluate_on_domains(model.to(dev), cfg, domains, dev,
+                               lambda ds: DataLoader(ds, batch_size=size, pin_memory=dev.type == "cuda"),
+                               resolve_flag(cfg.train.channels_last, dev), resolve_flag(cfg.train.amp, dev))

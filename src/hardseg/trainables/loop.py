@@ -25,12 +25,28 @@ model is evaluated on each ``data.eval_domains`` entry (a split such as
   ``<family>-<s>/miou`` / ``best/val/miou`` (:mod:`hardseg.trainables.robustness`).
 
 ``val/<metric>`` stays the current epoch's model at every epoch.
+
+Input pipeline (:func:`build_train_loader`): ``data.loader_workers`` persistent
+worker processes decode and augment (``pin_memory`` and ``non_blocking``
+copies on CUDA). Every training sample's augmentation is seeded from
+``(seed, epoch, index)`` (:class:`SeededSamples`), so a seed reproduces every
+metric exactly whatever the number of loader workers.
+
+Evaluation (:func:`evaluate`): ``eval.batch_size`` images at a time, under
+autocast when AMP is on, either whole or by sliding windows
+(``eval.mode: slide``, :func:`slide_logits`) for images too large for one pass.
+
+No host synchronisation per step on CUDA (:func:`train_one_epoch`): loss
+terms are summed on the device and read once per epoch; a non-finite loss or
+gradient norm is recorded on the device with its step and checked every
+:data:`FINITE_CHECK_EVERY` steps (every step on CPU, where checking is free).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -42,11 +58,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
 from hardseg.config import RunConfig
 from hardseg.data import build_dataset, class_pixel_frequencies, dataset_info
 from hardseg.data.domains import build_domain, parse_domains
+from hardseg.errors import ConfigError
 from hardseg.models import SegOutput, build_model, predict_classes
 from hardseg.strategies import Objective, StrategyContext, TrainingModel
 from hardseg.trainables.metrics import SegMetrics
@@ -55,6 +73,7 @@ from hardseg.trainables.robustness import robustness
 CHECKPOINT_FILE = "checkpoint.pt"
 EXPORT_FILE = "model_export.pt"
 BEST_METRIC = "miou"  # the validation metric that picks the best epoch
+FINITE_CHECK_EVERY = 32  # CUDA steps between reads of the device-side non-finite flag
 
 
 class Session(Protocol):
@@ -97,11 +116,13 @@ def poly_lambda(total_steps: int, power: float, warmup_steps: int = 0):
     return f
 
 
-def build_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+def build_optimizer(cfg: RunConfig, params, fused: bool = False) -> torch.optim.Optimizer:
+    """``train.optimizer`` over ``params``; ``fused`` (CUDA) also lets GradScaler skip its per-step host sync."""
     t = cfg.train
+    extra = {"fused": True} if fused else {}
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, **extra)
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, **extra)
 
 
 def seed_for(*parts: int) -> int:
@@ -110,6 +131,117 @@ def seed_for(*parts: int) -> int:
     for p in parts:
         h = ((h ^ (p & 0xFFFFFFFF)) * 1099511628211) % (1 << 63)
     return h
+
+
+def configure_backends(cfg: RunConfig) -> None:
+    """``train.cudnn_benchmark`` and ``train.deterministic`` (process-wide PyTorch switches).
+
+    Deterministic mode warns instead of failing where an op has no deterministic
+    kernel (CUDA's bilinear upsampling backward, which every model here uses).
+    """
+    det = cfg.train.deterministic
+    torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark and not det
+    torch.backends.cudnn.deterministic = det
+    torch.use_deterministic_algorithms(det, warn_only=True)
+    if det:  # cuBLAS needs a fixed workspace for reproducible GEMMs (read when CUDA starts)
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def convert_sync_bn(model: nn.Module, enabled: bool, device: torch.device, world_size: int) -> nn.Module:
+    """``model.sync_bn``: BatchNorm → SyncBatchNorm for DDP on several GPUs.
+
+    A no-op on CPU (gloo; PyTorch's SyncBatchNorm needs a GPU) and with one
+    worker, where plain BatchNorm already sees the whole batch.
+    """
+    if not enabled or world_size < 2 or device.type != "cuda":
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+# -- input pipeline ---------------------------------------------------------------
+def loader_workers(cfg: RunConfig) -> int:
+    """``data.loader_workers``, by default one per CPU of the training worker beyond its own."""
+    if cfg.data.loader_workers is not None:
+        return cfg.data.loader_workers
+    return max(0, int(cfg.ray.cpus_per_worker) - 1)
+
+
+class SeededSamples(Dataset):
+    """``ds[(epoch, index)]`` = ``dataset[index]`` with the augmentation seeded from ``(seed, epoch, index)``.
+
+    The sample's random draws come from torch's CPU generator, reseeded here and
+    restored afterwards, so they do not depend on which loader worker (or the
+    training process itself) prepares the sample, nor on the model's draws.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]):
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(seed_for(self.seed, epoch, index))
+            return self.dataset[index]
+
+
+class EpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(epoch, index)`` from ``sampler``; :meth:`set_epoch` reshuffles as the inner sampler allows."""
+
+    def __init__(self, sampler: Sampler[int], seed: int):
+        self.sampler, self.seed, self.epoch = sampler, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if isinstance(self.sampler, DistributedSampler):
+            self.sampler.set_epoch(epoch)
+        elif isinstance(self.sampler, RandomSampler) and self.sampler.generator is not None:
+            self.sampler.generator.manual_seed(seed_for(self.seed, epoch))
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return ((self.epoch, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)  # type: ignore[arg-type]
+
+
+def _loader_options(cfg: RunConfig, device: torch.device, persistent: bool) -> dict[str, Any]:
+    workers = loader_workers(cfg)
+    opts: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
+    if workers:
+        opts.update(prefetch_factor=cfg.data.prefetch_factor, persistent_workers=persistent)
+    return opts
+
+
+def build_train_loader(cfg: RunConfig, train_set: Dataset, rank: int, world_size: int,
+                       device: torch.device) -> tuple[DataLoader, EpochSampler]:
+    """The training batches of this rank and the sampler whose ``set_epoch`` starts each epoch."""
+    if cfg.train.shuffle:
+        inner: Sampler = DistributedSampler(train_set, world_size, rank, shuffle=True, seed=cfg.seed,
+                                            drop_last=True) if world_size > 1 \
+            else RandomSampler(train_set, generator=torch.Generator().manual_seed(cfg.seed))
+    else:
+        inner = DistributedSampler(train_set, world_size, rank, shuffle=False, drop_last=True) \
+            if world_size > 1 else SequentialSampler(train_set)
+    sampler = EpochSampler(inner, cfg.seed)
+    # Its own generator: the loader's worker base seed must not draw from the global one the model uses.
+    loader = DataLoader(SeededSamples(train_set, cfg.seed), batch_size=cfg.train.batch_size, sampler=sampler,
+                        drop_last=True, generator=torch.Generator().manual_seed(seed_for(cfg.seed, rank)),
+                        **_loader_options(cfg, device, persistent=True))
+    return loader, sampler
+
+
+def eval_batch_size(cfg: RunConfig) -> int:
+    return cfg.eval.batch_size or cfg.train.batch_size
+
+
+def build_eval_loader(cfg: RunConfig, ds: Dataset, rank: int, world_size: int, device: torch.device,
+                      persistent: bool = False) -> DataLoader:
+    """``eval.batch_size`` batches of ``ds``, each rank its own shard."""
+    return DataLoader(ds, batch_size=eval_batch_size(cfg), sampler=ShardSampler(len(ds), rank, world_size),
+                      **_loader_options(cfg, device, persistent))
 
 
 class BestModel:
@@ -183,21 +315,45 @@ def check_strategies_fit(cfg: RunConfig) -> None:
     build_training_model(cfg, info, np.ones(info.num_classes), meta=True)
 
 
+def autocast_for(device: torch.device, enabled: bool):
+    """Mixed precision as the loop uses it: float16 on CUDA, bfloat16 on CPU; a null context when off."""
+    if not enabled:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+
+
+def grad_norm(model: nn.Module) -> Tensor:
+    """The global L2 norm of the gradients, on the device (no host read)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.nn.utils.get_total_norm(grads)
+
+
 def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     scheduler, scaler: torch.amp.GradScaler | None, device: torch.device, epoch: int, epochs: int,
-                    channels_last: bool, world_size: int) -> dict[str, float]:
+                    channels_last: bool, world_size: int, check_every: int | None = None) -> dict[str, float]:
     """One pass over the training shard; returns mean loss terms and throughput.
 
-    Raises ``FloatingPointError`` when the loss or the (DDP-averaged)
-    gradients stop being finite; every rank sees the same averaged
-    gradients, so every rank stops at the same step.
+    Nothing is read back to the host per step: loss terms are summed on the
+    device and read at the end. A non-finite loss, or (without a GradScaler,
+    which skips such steps itself) a non-finite gradient norm, is recorded on
+    the device with its 1-based step; the flag is read every ``check_every``
+    steps (default :data:`FINITE_CHECK_EVERY` on CUDA, 1 on CPU), before the
+    optimiser step, and at the end of the epoch.
+
+    Raises ``FloatingPointError`` naming the epoch and the step where it first
+    happened. DDP ranks agree on that step (the flag is reduced over ranks), so
+    every rank stops at the same check.
     """
     model.train()
-    sums: dict[str, float] = {}
+    check_every = check_every or (FINITE_CHECK_EVERY if device.type == "cuda" else 1)
+    sums: dict[str, Tensor] = {}
+    bad_step = torch.zeros((), dtype=torch.int64, device=device)  # 0: every step finite so far
+    bad_values = torch.zeros(2, device=device)  # loss and gradient norm at bad_step
     n_images, step_times = 0, []
     steps = len(loader)
-    amp = torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16) \
-        if scaler is not None else nullcontext()
+    amp = autocast_for(device, scaler is not None)
     start = time.perf_counter()
     first_step_unix = time.time()
     for step, (images, target) in enumerate(loader):
@@ -213,12 +369,16 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, 
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
+            norm = torch.zeros((), device=device)  # the scaler checks (and skips) non-finite gradients
         else:
             loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
-        if not (math.isfinite(loss.item()) and math.isfinite(grad_norm.item())):
-            raise FloatingPointError(f"loss became {loss.item()} (gradient norm {grad_norm.item()}) at epoch {epoch + 1}, step {step + 1}")
+            norm = grad_norm(model).to(device)
+        values = torch.stack([loss.detach().float(), norm.float()])
+        first = (bad_step == 0) & ~torch.isfinite(values).all()
+        bad_step = torch.where(first, step + 1, bad_step)
+        bad_values = torch.where(first, values, bad_values)
+        if (step + 1) % check_every == 0 or step + 1 == steps:
+            _raise_if_not_finite(bad_step, bad_values, epoch, world_size)
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -226,12 +386,13 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, 
             optimizer.step()
         scheduler.step()
         for key, value in terms.items():
-            sums[key] = sums.get(key, 0.0) + float(value.detach())
+            v = value.detach().float()
+            sums[key] = sums[key] + v if key in sums else v
         n_images += images.shape[0]
         step_times.append(time.perf_counter() - t0)
+    means = _mean_over_ranks(sums, world_size, device)  # the epoch's one host read
     elapsed = time.perf_counter() - start
-    sums = _mean_over_ranks(sums, world_size)
-    stats = {f"train/{k}": v / max(1, steps) for k, v in sums.items()}
+    stats = {f"train/{k}": v / max(1, steps) for k, v in means.items()}
     stats["train/images_per_s"] = n_images * world_size / elapsed
     stats["train/step_time_s"] = float(np.median(step_times)) if step_times else float("nan")
     stats["train/epoch_time_s"] = elapsed
@@ -240,27 +401,110 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, 
     return stats
 
 
-def _mean_over_ranks(values: dict[str, float], world_size: int) -> dict[str, float]:
-    """Average per-rank epoch sums over DDP ranks, so reported losses are global."""
-    if world_size == 1 or not values or not (dist.is_available() and dist.is_initialized()):
-        return values
+def _raise_if_not_finite(bad_step: Tensor, bad_values: Tensor, epoch: int, world_size: int) -> None:
+    """Read the device-side flag (one host sync); every rank raises at the first bad step of any rank."""
+    step = bad_step
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        never = torch.iinfo(torch.int64).max
+        step = torch.where(bad_step > 0, bad_step, never)
+        dist.all_reduce(step, op=dist.ReduceOp.MIN)
+        step = torch.where(step == never, 0, step)
+    s = int(step.item())
+    if s == 0:
+        return
+    if int(bad_step.item()) == s:
+        loss, norm = bad_values.tolist()
+        raise FloatingPointError(f"loss became {loss} (gradient norm {norm}) at epoch {epoch + 1}, step {s}")
+    raise FloatingPointError(f"loss or gradients stopped being finite on another rank at epoch {epoch + 1}, step {s}")
+
+
+def _mean_over_ranks(values: dict[str, Tensor], world_size: int, device: torch.device | None = None
+                     ) -> dict[str, float]:
+    """Read per-rank epoch sums (device scalars) and average them over DDP ranks, so reported losses are global."""
+    if not values:
+        return {}
     keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-    dist.all_reduce(t)
-    return {k: float(v) / world_size for k, v in zip(keys, t)}
+    t = torch.stack([values[k].to(device or values[k].device, torch.float64) for k in keys])
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+        t = t / world_size
+    return dict(zip(keys, t.tolist()))
+
+
+def _logits(out: Any) -> Tensor:
+    return out.logits if isinstance(out, SegOutput) else out
+
+
+def slide_windows(size: int, crop: int, stride: int) -> list[int]:
+    """Window starts along one axis, as mmsegmentation's ``slide`` test mode: a grid of ``stride`` steps,
+    the last window moved back to end at the border; one window when ``crop`` covers ``size``."""
+    crop = min(crop, size)
+    n = max(size - crop + stride - 1, 0) // stride + 1
+    return [min(i * stride, size - crop) for i in range(n)]
+
+
+@torch.no_grad()
+def slide_logits(net: nn.Module, images: Tensor, crop: tuple[int, int], stride: tuple[int, int],
+                 channels_last: bool = False) -> Tensor:
+    """Logits (N, C, H, W) of ``images`` by sliding ``crop`` windows ``stride`` apart and averaging the
+    windows' logits (float32) where they overlap. Memory: one window of the batch at a time, plus the
+    full-size float32 logits."""
+    _, _, h, w = images.shape
+    ch, cw = min(crop[0], h), min(crop[1], w)
+    total: Tensor | None = None
+    count = torch.zeros((1, 1, h, w), device=images.device)
+    for y in slide_windows(h, ch, stride[0]):
+        for x in slide_windows(w, cw, stride[1]):
+            window = images[:, :, y:y + ch, x:x + cw]
+            if channels_last:
+                window = window.contiguous(memory_format=torch.channels_last)
+            logits = _logits(net(window)).float()
+            if total is None:
+                total = logits.new_zeros((images.shape[0], logits.shape[1], h, w))
+            total[:, :, y:y + ch, x:x + cw] += logits
+            count[:, :, y:y + ch, x:x + cw] += 1
+    assert total is not None
+    return total.div_(count)  # in place: no second full-size copy
+
+
+def slide_settings(cfg: RunConfig) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """``(crop, stride)`` for ``eval.mode: slide`` (None: whole-image inference).
+
+    The window defaults to ``data.augment.crop`` (what the model was trained on),
+    the stride to two thirds of the window (mmsegmentation's Cityscapes configs:
+    512×1024 windows, 341×683 stride).
+    """
+    if cfg.eval.mode != "slide":
+        return None
+    crop = cfg.eval.crop
+    if crop is None:
+        c = cfg.data.augment.crop
+        if c is None:
+            raise ConfigError("eval.mode=slide needs a window: set eval.crop (or data.augment.crop), e.g. [512, 1024]")
+        crop = (c, c) if isinstance(c, int) else tuple(c)
+    stride = cfg.eval.stride or (max(1, crop[0] * 2 // 3), max(1, crop[1] * 2 // 3))
+    return tuple(crop), tuple(stride)  # type: ignore[return-value]
 
 
 @torch.no_grad()
 def evaluate(net: nn.Module, loader: DataLoader, device: torch.device, metrics: SegMetrics,
-             channels_last: bool = False) -> dict[str, float]:
-    """Confusion-matrix metrics over a (sharded) split, summed over ranks."""
+             channels_last: bool = False, amp: bool = False,
+             slide: tuple[tuple[int, int], tuple[int, int]] | None = None) -> dict[str, float]:
+    """Confusion-matrix metrics over a (sharded) split, summed over ranks.
+
+    ``amp``: autocast as in training; ``slide``: ``(crop, stride)`` for sliding-window
+    inference (:func:`slide_logits`), else each batch in one pass.
+    """
     net.eval()
     for images, target in loader:
         images = images.to(device, non_blocking=True)
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        out = net(images)
-        logits = out.logits if isinstance(out, SegOutput) else out
+        with autocast_for(device, amp):
+            if slide is not None:
+                logits = slide_logits(net, images, slide[0], slide[1], channels_last)
+            else:
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                logits = _logits(net(images))
         metrics.update(target, predict_classes(logits))
     metrics.reduce_from_all_processes()
     return metrics.compute()
@@ -271,67 +515,64 @@ def _metrics_for(info) -> SegMetrics:
                       info.thin_classes, ignore_index=info.ignore_index)
 
 
-def _sharded_loader(cfg: RunConfig, ds: Dataset, session: Session) -> DataLoader:
-    """Evaluation batches of ``ds``, each rank its own shard."""
-    return DataLoader(ds, batch_size=max(cfg.train.batch_size, 32),
-                      sampler=ShardSampler(len(ds), session.rank, session.world_size))
-
-
 def evaluate_on_domains(model: nn.Module, cfg: RunConfig, specs: list[str], device: torch.device,
-                        loader_for: Callable[[Dataset], DataLoader], channels_last: bool = False) -> dict[str, float]:
+                        loader_for: Callable[[Dataset], DataLoader], channels_last: bool = False,
+                        amp: bool = False) -> dict[str, float]:
     """``{"<domain name>/<metric>": value}`` for every domain spec (:mod:`hardseg.data.domains`; bad specs or
-    data raise DataError); ``loader_for`` batches a domain's dataset."""
+    data raise DataError); ``loader_for`` batches a domain's dataset; ``cfg.eval`` picks whole or slide."""
     out: dict[str, float] = {}
+    slide = slide_settings(cfg)
     for domain in parse_domains(specs):
         ds = build_domain(cfg.data, domain)
-        res = evaluate(model, loader_for(ds), device, _metrics_for(ds.info), channels_last)
+        res = evaluate(model, loader_for(ds), device, _metrics_for(ds.info), channels_last, amp, slide)
         out.update({f"{domain.name}/{k}": v for k, v in res.items()})
     return out
 
 
 def evaluate_best_on_domains(cfg: RunConfig, session: Session, best: BestModel, inference: nn.Module,
-                             channels_last: bool) -> dict[str, float]:
+                             channels_last: bool, amp: bool = False) -> dict[str, float]:
     """The best model on every ``cfg.data.eval_domains`` entry, plus ``best/...`` and robustness (module docstring)."""
-    domains = evaluate_on_domains(best.model(inference), cfg, cfg.data.eval_domains, session.device,
-                                  lambda ds: _sharded_loader(cfg, ds, session), channels_last)
+    domains = evaluate_on_domains(
+        best.model(inference), cfg, cfg.data.eval_domains, session.device,
+        lambda ds: build_eval_loader(cfg, ds, session.rank, session.world_size, session.device), channels_last, amp)
     out: dict[str, float] = best.metrics()
     out.update(domains)
     out.update(robustness(domains, BEST_METRIC, clean=best.score))
     return out
 
 
-def _visual_batch(loader: DataLoader, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+def _visual_batch(loader: DataLoader, n: int = 4, window: tuple[int, int] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` images of ``loader``, cut to their top-left ``window`` (slide mode) to bound memory."""
     images, target = next(iter(loader))
-    return images[:n], target[:n]
+    h, w = window or images.shape[-2:]
+    return images[:n, :, :h, :w], target[:n, :h, :w]
 
 
 def fit(cfg: RunConfig, session: Session) -> dict[str, Any]:
     """Train ``cfg`` on this worker; returns the last reported metrics."""
     device = session.device
     torch.set_num_threads(cfg.train.num_threads or max(1, int(cfg.ray.cpus_per_worker)))
+    configure_backends(cfg)
     use_amp = resolve_flag(cfg.train.amp, device)
     channels_last = resolve_flag(cfg.train.channels_last, device)
+    slide = slide_settings(cfg)
 
-    # Data. The augmentation stream is reseeded per (seed, epoch, rank) below.
+    # Data: each sample's augmentation is seeded from (seed, epoch, index), see SeededSamples.
     train_set = build_dataset(cfg.data, "train", train=True)
     info = train_set.info
-    if cfg.train.shuffle:
-        sampler: Sampler = DistributedSampler(train_set, session.world_size, session.rank, shuffle=True,
-                                              seed=cfg.seed, drop_last=True) if session.world_size > 1 \
-            else RandomSampler(train_set, generator=torch.Generator().manual_seed(cfg.seed))
-    else:
-        sampler = DistributedSampler(train_set, session.world_size, session.rank, shuffle=False, drop_last=True) \
-            if session.world_size > 1 else SequentialSampler(train_set)
-    train_loader = DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler, drop_last=True)
-    val_loader = _sharded_loader(cfg, build_dataset(cfg.data, "val", train=False), session)
+    train_loader, sampler = build_train_loader(cfg, train_set, session.rank, session.world_size, device)
+    val_loader = build_eval_loader(cfg, build_dataset(cfg.data, "val", train=False), session.rank,
+                                   session.world_size, device, persistent=True)
 
     # Model and objective: the same seed on every rank gives the same init.
     torch.manual_seed(cfg.seed)
     tm, objective = build_training_model(cfg, info, class_pixel_frequencies(train_set))
+    tm = convert_sync_bn(tm, cfg.model.sync_bn, device, session.world_size)
     tm = tm.to(device)
     if channels_last:
         tm = tm.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, tm.parameters())
+    optimizer = build_optimizer(cfg, tm.parameters(), fused=device.type == "cuda")
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} is larger than a worker's share of the "
@@ -358,10 +599,7 @@ def fit(cfg: RunConfig, session: Session) -> dict[str, Any]:
     for epoch in range(start_epoch, cfg.train.epochs):
         _maybe_inject_fault(cfg, session, epoch, resumed)
         torch.manual_seed(seed_for(cfg.seed, epoch, session.rank))
-        if isinstance(sampler, DistributedSampler):
-            sampler.set_epoch(epoch)
-        elif isinstance(sampler, RandomSampler):
-            sampler.generator.manual_seed(seed_for(cfg.seed, epoch))
+        sampler.set_epoch(epoch)
         try:
             metrics: dict[str, Any] = {"epoch": epoch + 1}
             metrics.update(train_one_epoch(model, objective, train_loader, optimizer, scheduler, scaler, device,
@@ -375,15 +613,15 @@ def fit(cfg: RunConfig, session: Session) -> dict[str, Any]:
         is_last = epoch + 1 == cfg.train.epochs
         inference = tm.export()  # the network, plus C2F's stages where they make the prediction
         if is_last or (epoch + 1) % cfg.train.eval_every == 0:
-            val = evaluate(inference, val_loader, device, _metrics_for(info), channels_last)
+            val = evaluate(inference, val_loader, device, _metrics_for(info), channels_last, use_amp, slide)
             metrics.update({f"val/{k}": v for k, v in val.items()})
             best.update(epoch + 1, val, inference)
         if is_last:
-            metrics.update(evaluate_best_on_domains(cfg, session, best, inference, channels_last))
+            metrics.update(evaluate_best_on_domains(cfg, session, best, inference, channels_last, use_amp))
         visuals = {}
         every = cfg.train.log_images_every
         if session.rank == 0 and every and ((epoch + 1) % every == 0 or is_last):
-            visuals = _visuals(tm, objective, val_loader, device, channels_last)
+            visuals = _visuals(tm, objective, val_loader, device, channels_last, slide[0] if slide else None)
         if session.rank == 0:
             _print_progress(epoch, cfg.train.epochs, metrics)
         ckpt_dir = _save_checkpoint(tm, optimizer, scheduler, scaler, epoch, cfg, visuals, best) \
@@ -399,8 +637,8 @@ def fit(cfg: RunConfig, session: Session) -> dict[str, Any]:
 
 @torch.no_grad()
 def _visuals(tm: TrainingModel, objective: Objective, loader: DataLoader, device: torch.device,
-             channels_last: bool) -> dict[str, np.ndarray]:
-    images, target = _visual_batch(loader)
+             channels_last: bool, window: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    images, target = _visual_batch(loader, window=window)
     images, target = images.to(device), target.to(device)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)

@@ -114,7 +114,10 @@ class SegMetrics:
         """Sum the matrices over DDP ranks (a no-op without a process group)."""
         if dist.is_available() and dist.is_initialized():
             both = torch.stack([self.mat, self.band_mat])
+            if dist.get_backend() == "nccl":  # NCCL reduces device tensors only
+                both = both.cuda()
             dist.all_reduce(both)
+            both = both.cpu()
             self.mat, self.band_mat = both[0].clone(), both[1].clone()
 
     def compute(self) -> dict[str, float]:
