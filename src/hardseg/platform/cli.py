@@ -124,6 +124,24 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    """Exit 0: the tree reads cleanly; 2: a problem (the first one named on the error line)."""
+    from hardseg.config import DataConfig
+    from hardseg.data.check import check_tree, format_report
+    from hardseg.data.registry import get_dataset
+
+    get_dataset(args.dataset)  # unknown name: one line listing the known ones
+    cfg = DataConfig(dataset=args.dataset, root=str(Path(args.root).resolve()))
+    reports, names = check_tree(cfg, args.split, args.variant)
+    print(format_report(reports, names))
+    problems = [p for r in reports for p in r.problems]
+    if problems:
+        more = f" ({len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise HardsegError(problems[0] + more)
+    print(f"[hardseg] {sum(r.pairs for r in reports)} pairs in {len(reports)} split(s): no problem found")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from hardseg.reports.collect import find_parent, open_client
     from hardseg.reports.publish import write_report
@@ -273,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(g)
     g.add_argument("--root", help="output folder (default: data.root of the config)")
     g.set_defaults(func=cmd_data_generate)
+    ck = dsub.add_parser("check", help="scan a dataset tree: pairs, missing masks, image sizes, label ids, "
+                         "class frequencies; exit 2 on a broken tree")
+    ck.add_argument("root", help="the dataset's root folder (layouts: docs/datasets.md)")
+    ck.add_argument("--dataset", required=True, help="format: cityscapes, folder, ade20k, voc, gta5, "
+                    "foggy_cityscapes, acdc, dark_zurich, or a plugin's name")
+    ck.add_argument("--split", nargs="+", help="splits to scan (default: every split found)")
+    ck.add_argument("--variant", help="ACDC's condition or Foggy Cityscapes' beta (default: all)")
+    ck.set_defaults(func=cmd_data_check)
 
     sw = sub.add_parser("sweep", help="search strategy weights: Ray Tune + Optuna (+ ASHA), one MLflow parent run")
     sw.add_argument("space", nargs="?", help="search space: a preset (quickstart, hl, ohem, ...) or a YAML file")
