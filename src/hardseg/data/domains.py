@@ -7,7 +7,8 @@ A domain spec is one of
 * ``corrupt:<corruption>-<severity>[:SPLIT]``: the training dataset's split
   (``val`` by default) with an ImageNet-C corruption applied to every image
   (:mod:`hardseg.data.corruptions`; e.g. ``corrupt:gaussian_noise-3``), named
-  ``<corruption>-<severity>``;
+  ``corrupt.<corruption>-<severity>`` (so ImageNet-C's ``fog`` never mixes with
+  the synthetic set's ``fog`` shift);
 * ``KIND:PATH[:SPLIT]``: a split (``val`` by default) of a dataset of format
   ``KIND`` at ``PATH`` (any registered format: ``cityscapes``, ``folder``,
   ``ade20k``, ``voc``, ``gta5``, ``dark_zurich``, plugins), named after the
@@ -35,6 +36,7 @@ from hardseg.config import DataConfig
 from hardseg.errors import DataError
 
 CORRUPT = "corrupt"
+CORRUPT_PREFIX = "corrupt."  # metric names of corruption domains: corrupt.<name>-<severity>
 # Metric prefixes the loop uses itself; a domain of that name would overwrite them.
 RESERVED = ("train", "best", "robustness", "lr", "epoch", "test", "corruption")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -98,7 +100,7 @@ def _corrupt_domain(spec: str, name: str, tail: str) -> Domain:
         raise DataError(f"evaluation domain '{spec}': write corrupt:<name>-<severity> with a severity 1-5 and a "
                         f"name of {', '.join(CORRUPTIONS)}")
     split = split or "val"
-    default = f"{corruption}-{severity}" + ("" if split == "val" else f"_{split}")
+    default = f"{CORRUPT_PREFIX}{corruption}-{severity}" + ("" if split == "val" else f"_{split}")
     return Domain(spec, name or default, None, None, split, corruption=(corruption, int(severity)))
 
 
