@@ -223,12 +223,20 @@ class PairedFileSource:
         return image, mask
 
     def validate(self) -> None:
-        """Read every mask and image header: a bad file raises DataError naming it."""
+        """Read every mask and image header: a bad file raises DataError naming it. The class pixel
+        counts are kept, so :meth:`class_pixel_counts` does not read the masks again."""
+        counts = np.zeros(self.info.num_classes, dtype=np.int64)
         for i in range(len(self)):
             w, h = image_size(self.images[i])
-            check_sizes(np.empty((h, w, 0)), self.load_mask(i), self.images[i], self.masks[i])
+            mask = self.load_mask(i)
+            check_sizes(np.empty((h, w, 0)), mask, self.images[i], self.masks[i])
+            counts += count_classes([mask], self.info.num_classes)
+        self._counts = counts
 
     def class_pixel_counts(self) -> np.ndarray:
+        cached = getattr(self, "_counts", None)
+        if cached is not None:
+            return cached.copy()
         return count_classes((self.load_mask(i) for i in range(len(self))), self.info.num_classes)
 
     def files(self) -> list[Path]:

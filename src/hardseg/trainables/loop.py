@@ -22,7 +22,10 @@ model is evaluated on each ``data.eval_domains`` entry (a split such as
 * ``<domain>/<metric>``: the best model on each domain (``fog-3/miou``,
   ``fog-3/band_iou``, ``fog-3/small_iou``, ``fog-3/thin_iou``, ``fog-3/iou/<class>``, ...);
 * ``robustness/<family>/miou``: mean over the evaluated severities of
-  ``<family>-<s>/miou`` / ``best/val/miou`` (:mod:`hardseg.trainables.robustness`).
+  ``<family>-<s>/miou`` / ``best/val/miou`` (:mod:`hardseg.trainables.robustness`);
+  with ``corrupt:`` domains also ``robustness/mPC/miou`` and ``robustness/rPC/miou``;
+* ``test/<metric>``: the best model on ``data.test_split`` when set (the split the
+  final numbers are reported on; the best epoch is still chosen on val).
 
 ``val/<metric>`` stays the current epoch's model at every epoch.
 """
@@ -297,6 +300,11 @@ def evaluate_best_on_domains(cfg: RunConfig, session: Session, best: BestModel, 
     out: dict[str, float] = best.metrics()
     out.update(domains)
     out.update(robustness(domains, BEST_METRIC, clean=best.score))
+    if cfg.data.test_split:  # held out: reported here only, never used to pick an epoch
+        test_set = build_dataset(cfg.data, cfg.data.test_split, train=False)
+        res = evaluate(best.model(inference), _sharded_loader(cfg, test_set, session), session.device,
+                       _metrics_for(test_set.info), channels_last)
+        out.update({f"test/{k}": v for k, v in res.items()})
     return out
 
 
