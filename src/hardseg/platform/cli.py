@@ -101,9 +101,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for d in (d.name for d in parse_domains(domains)):
         row = [metrics.get(f"{d}/{k}") for k in ("miou", "band_iou", "small_iou", "thin_iou")]
         print(f"{d:<28} " + " ".join(f"{v:7.4f}" if isinstance(v, float) else f"{'-':>7}" for v in row))
+    notes = {"mPC": "mean over corruptions and severities of mIoU", "rPC": "mPC / clean mIoU"}
     for key, value in metrics.items():
         if key.startswith("robustness/"):
-            print(f"{key:<28} {value:7.4f}  (mean over severities of shifted / clean mIoU)")
+            note = notes.get(key.split("/")[1], "mean over severities of shifted / clean mIoU")
+            print(f"{key:<28} {value:7.4f}  ({note})")
     if args.run_id:
         from hardseg.platform import tracking
 
@@ -341,8 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="evaluate a trained model on evaluation domains (cross-domain)")
     ev.add_argument("checkpoint", help="model_export.pt (MLflow artifact model/) or a checkpoint.pt")
-    ev.add_argument("--domains", nargs="+", help="splits (val fog-1 … night-5 target) or [NAME=]cityscapes:PATH[:SPLIT] "
-                    "/ [NAME=]folder:PATH[:SPLIT]; default: val and the run's data.eval_domains")
+    ev.add_argument("--domains", nargs="+", help="splits (val fog-1 … night-5 target), corrupt:<name>-<severity>, "
+                    "or [NAME=]KIND:PATH[:SPLIT] with KIND cityscapes, folder, ade20k, voc, gta5, dark_zurich, "
+                    "acdc (KIND:PATH:<condition>), foggy_cityscapes (docs/datasets.md); default: val and the run's "
+                    "data.eval_domains")
     ev.add_argument("--data-root", help="where the model's dataset lives now (default: the run's data.root)")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--run-id", help="also log the metrics to this MLflow run")
