@@ -175,3 +175,54 @@ def test_folder_label_map_suffixes_and_split_lists(tmp_path):
     ft.png(r2 / "images" / "val" / "x.png", ft.rgb(0))
     ft.png(r2 / "masks" / "val" / "x.png", ft.stripes([0, 1, 3, 255]))
     np.testing.assert_array_equal(build_source(_cfg("folder", r2), "val").load_mask(0), ft.stripes([255, 0, 2, 255]))
+
+
+PLUGIN = '''
+from hardseg.data.folder import FolderSource, load_classes
+from hardseg.data.registry import DatasetFormat
+
+FORMAT = DatasetFormat("ignored_name", lambda root, split, v, cfg, strict=True: FolderSource(root, split, strict),
+                       lambda root, cfg: load_classes(root), lambda root, cfg: ["val"])
+'''
+
+
+def _install(tmp_path, monkeypatch, request, module: str, source: str, entry: str) -> None:
+    """A real distribution on sys.path: a package plus ``*.dist-info`` with entry_points.txt."""
+    import sys
+
+    from hardseg.data import registry
+
+    registry._load()
+    (tmp_path / module).mkdir()
+    (tmp_path / module / "__init__.py").write_text(source)
+    info = tmp_path / f"{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[hardseg.datasets]\n{entry}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_FORMATS", dict(registry._FORMATS))  # undone after the test
+    monkeypatch.setattr(registry, "_BROKEN", {})
+    monkeypatch.setattr(registry, "_loaded", False)
+    request.addfinalizer(lambda: sys.modules.pop(module, None))
+
+
+def test_dataset_plugin_through_entry_points(tmp_path, monkeypatch, request):
+    _install(tmp_path, monkeypatch, request, "hardseg_data_plugin", PLUGIN, "my_set = hardseg_data_plugin:FORMAT")
+    root = tmp_path / "mine"
+    root.mkdir()
+    (root / "classes.yaml").write_text("[a, b]\n")
+    ft.png(root / "images" / "val" / "x.png", ft.rgb(0))
+    ft.png(root / "masks" / "val" / "x.png", ft.stripes([0, 1]))
+    assert "my_set" in available_datasets()
+    cfg = load_config(None, ["data.dataset=my_set", f"data.root={root}"]).data
+    assert available_splits(cfg) == ["val"] and len(build_source(cfg, "val")) == 1
+    assert parse_domain(f"my_set:{root}").name == "mine"
+
+
+def test_broken_dataset_plugin_is_one_line_error(tmp_path, monkeypatch, request):
+    _install(tmp_path, monkeypatch, request, "hardseg_data_broken", "raise ImportError('no such thing')",
+             "broken_set = hardseg_data_broken:FORMAT")
+    assert "cityscapes" in available_datasets() and "broken_set" not in available_datasets()
+    with pytest.raises(ConfigError, match="dataset plugin 'broken_set'.*no such thing.*'data.dataset'") as err:
+        load_config(None, ["data.dataset=broken_set"])
+    assert "\n" not in str(err.value)
