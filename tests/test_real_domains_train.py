@@ -70,16 +70,27 @@ def test_lineage_tells_copies_apart(tmp_path):
     assert digest(a) != digest(b)  # one relabelled mask: another dataset
 
 
+def _city_with_shifts(p):
+    root = ft.foggy(p / "cityscapes")  # val + Foggy Cityscapes
+    ft.cityscapes(root, splits=("train",))
+    return root
+
+
 @pytest.mark.parametrize("fmt", ["ade20k", "voc", "cityscapes", "acdc"])
 def test_each_format_trains_one_epoch_and_is_evaluated_as_a_domain(tmp_path, fmt):
     root = {"ade20k": lambda p: ft.ade20k(p / "ADEChallengeData2016"),
             "voc": lambda p: ft.voc(p / "VOC2012", n=4),
-            "cityscapes": lambda p: ft.cityscapes(p / "cityscapes"),
+            "cityscapes": _city_with_shifts,
             "acdc": lambda p: ft.acdc(p / "acdc")}[fmt](tmp_path)
-    domain = {"ade20k": f"ade20k:{root}", "voc": f"voc:{root}:val", "cityscapes": f"dark_zurich:{ft.dark_zurich(tmp_path / 'dz')}",
-              "acdc": f"acdc:{root}:night"}[fmt]
+    acdc = ft.acdc(tmp_path / "acdc_eval", conditions=("night", "fog"), splits=("val",))
+    domains = {"ade20k": [f"ade20k:{root}"], "voc": [f"voc:{root}:val"],
+               "cityscapes": [f"acdc:{acdc}:night", f"acdc:{acdc}:fog", f"foggy_cityscapes:{root}",
+                              f"dark_zurich:{ft.dark_zurich(tmp_path / 'dz')}"],
+               "acdc": [f"acdc:{root}:night"]}[fmt]
     cfg = load_config(None, [f"{k}={v}" for k, v in {**TINY, "data.dataset": fmt, "data.root": root,
-                                                       "data.eval_domains": f"[{domain}, corrupt:contrast-2]"}.items()])
+                                                       "data.eval_domains": f"[{', '.join(domains)}, corrupt:contrast-2]"}.items()])
     last = run_local(cfg, device="cpu")[-1]
-    names = {"ade20k": "ade20k", "voc": "voc", "cityscapes": "dark_zurich", "acdc": "acdc_night"}
-    assert math.isfinite(last[f"{names[fmt]}/miou"]) and math.isfinite(last["corrupt.contrast-2/miou"])
+    names = {"ade20k": ["ade20k"], "voc": ["voc"], "acdc": ["acdc_night"],
+             "cityscapes": ["acdc_night", "acdc_fog", "foggy-1", "foggy-2", "foggy-3", "dark_zurich"]}[fmt]
+    for name in names + ["corrupt.contrast-2"]:
+        assert math.isfinite(last[f"{name}/miou"]), name

@@ -67,7 +67,7 @@ def _path_domain(spec: str, name: str, kind: str, tail: str) -> Domain:
     variant = None
     if fmt.variants and args:
         key = f"{fmt.variant_key}=" if fmt.variant_key else ""
-        if key and args[0].startswith(key) or not key and args[0] in fmt.variants:
+        if (key and args[0].startswith(key)) or (not key and args[0] in fmt.variants):
             variant = args.pop(0)[len(key):]
             if variant not in fmt.variants:
                 raise DataError(f"evaluation domain '{spec}': {fmt.variant_key or 'variant'} '{variant}' is not one "
