@@ -12,7 +12,7 @@ from PIL import Image
 
 import fixture_trees as ft
 from hardseg.config import DataConfig, load_config
-from hardseg.data import available_datasets, available_splits, build_dataset, build_source, dataset_info
+from hardseg.data import available_datasets, available_splits, build_source, dataset_info
 from hardseg.data.cityscapes import ID_TO_TRAIN_ID
 from hardseg.data.domains import absolute_spec, build_domain, parse_domain, parse_domains
 from hardseg.errors import ConfigError, DataError
