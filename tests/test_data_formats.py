@@ -141,7 +141,7 @@ def test_cityscapes_missing_label_unreadable_image_and_size_mismatch(tmp_path: P
     lbl.unlink()
     with pytest.raises(DataError) as err:
         CityscapesSource(root, "train")
-    assert str(lbl) in _one_line(err) and "label file missing" in str(err.value)
+    assert str(lbl) in _one_line(err) and "mask missing" in str(err.value)
 
     _png(lbl, RAW)
     img.write_bytes(b"this is not a png")

@@ -61,7 +61,8 @@ class AugmentConfig(_Strict):
 class DataConfig(_Strict):
     """Which dataset to train and evaluate on."""
 
-    dataset: Literal["synthetic", "cityscapes", "folder"] = "synthetic"
+    dataset: str = Field("synthetic", description="a registered dataset format: synthetic, cityscapes, folder, ade20k, "
+                         "voc, gta5, foggy_cityscapes, acdc, dark_zurich, or a hardseg.datasets plugin")
     root: str = Field("data/synthetic", description="dataset folder; relative paths are taken from the working directory")
     synthetic: SyntheticConfig = SyntheticConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -73,6 +74,9 @@ class DataConfig(_Strict):
         None, ge=0, description="DataLoader worker processes per training worker; None = ray.cpus_per_worker - 1 "
                                 "(the training process keeps one CPU)")
     prefetch_factor: int = Field(2, ge=1, description="batches each loader worker prepares ahead")
+    test_split: str | None = Field(
+        None, description="held-out split the best (by val) model is also evaluated on at the end, logged as "
+        "test/<metric>; never used to choose epochs or sweep trials")
 
 
 class ModelConfig(_Strict):
@@ -284,9 +288,16 @@ def check_eval(cfg: RunConfig, source: str = "config") -> None:
 
 
 def check_registered_names(cfg: RunConfig, source: str = "config") -> None:
-    """Model and strategy names must exist; strategy parameters must validate."""
+    """Model, dataset and strategy names must exist; strategy parameters must validate."""
+    from hardseg.data.registry import get_dataset
+    from hardseg.errors import DataError
     from hardseg.models import available_models
     from hardseg.strategies import validate_strategies
+
+    try:
+        get_dataset(cfg.data.dataset)
+    except DataError as err:  # "unknown dataset 'x'; allowed: ..." or a broken plugin's reason
+        raise ConfigError(f"{source}: {err} (key 'data.dataset')") from None
 
     models = available_models()
     if cfg.model.name not in models:

@@ -1,8 +1,10 @@
-"""Datasets: the synthetic hard-pixel benchmark, Cityscapes and a generic folder format.
+"""Datasets: the synthetic hard-pixel benchmark, Cityscapes, ADE20K, VOC, GTA5, Foggy Cityscapes, ACDC,
+Dark Zurich and a generic folder format, looked up by name in :mod:`hardseg.data.registry`
+(plugins: the ``hardseg.datasets`` entry-point group; layouts: docs/datasets.md).
 
 Public API::
 
-    build_dataset(cfg: DataConfig, split, *, train) -> SegmentationDataset
+    build_dataset(cfg: DataConfig, split, *, train, variant=None) -> SegmentationDataset
     dataset_info(cfg) -> DatasetInfo
     available_splits(cfg) -> list[str]
     class_pixel_frequencies(dataset_or_cfg) -> np.ndarray   # int64 pixels per class
@@ -25,21 +27,16 @@ import numpy as np
 
 from hardseg.config import DataConfig
 from hardseg.data.base import SegmentationDataset, Source
-from hardseg.data.cityscapes import CITYSCAPES_INFO, CityscapesSource
-from hardseg.data.cityscapes import available_splits as _cityscapes_splits
-from hardseg.data.folder import FolderSource, load_classes
-from hardseg.data.folder import available_splits as _folder_splits
+from hardseg.data.cityscapes import CITYSCAPES_INFO
 from hardseg.data.info import DatasetInfo
+from hardseg.data.registry import DatasetFormat, available_datasets, get_dataset, register_dataset
 from hardseg.data.synthetic import (
-    SPLITS as SYNTHETIC_SPLITS,
     SYNTHETIC_INFO,
-    SyntheticSource,
     ensure_synthetic,
     generate_command,
     generate_synthetic,
 )
 from hardseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
-from hardseg.errors import DataError
 
 __all__ = [
     "DatasetInfo",
@@ -57,6 +54,10 @@ __all__ = [
     "generate_synthetic",
     "generate_command",
     "resolve_root",
+    "DatasetFormat",
+    "available_datasets",
+    "get_dataset",
+    "register_dataset",
 ]
 
 
@@ -65,49 +66,28 @@ def resolve_root(cfg: DataConfig) -> Path:
     return Path(cfg.root).expanduser().absolute()
 
 
-def build_source(cfg: DataConfig, split: str) -> Source:
-    """The raw (untransformed) reader of one split."""
-    root = resolve_root(cfg)
-    if cfg.dataset == "synthetic":
-        if split not in SYNTHETIC_SPLITS:
-            raise DataError(f"unknown split '{split}' for dataset 'synthetic'; available: {', '.join(SYNTHETIC_SPLITS)}")
-        return SyntheticSource(ensure_synthetic(root, cfg.synthetic), split)
-    if cfg.dataset == "cityscapes":
-        return CityscapesSource(root, split)
-    if cfg.dataset == "folder":
-        return FolderSource(root, split)
-    raise DataError(f"unknown dataset '{cfg.dataset}'")  # pragma: no cover - DataConfig forbids it
+def build_source(cfg: DataConfig, split: str, variant: str | None = None, *, strict: bool = True) -> Source:
+    """The raw (untransformed) reader of one split (``variant``: ACDC's condition, Foggy Cityscapes' beta)."""
+    return get_dataset(cfg.dataset).source(resolve_root(cfg), split, variant, cfg, strict=strict)
 
 
-def build_dataset(cfg: DataConfig, split: str, *, train: bool) -> SegmentationDataset:
+def build_dataset(cfg: DataConfig, split: str, *, train: bool, variant: str | None = None) -> SegmentationDataset:
     """One split as a torch Dataset; ``train=True`` adds the augmentation of ``cfg.augment``.
 
     Raises:
         DataError: missing/malformed data, or an unknown split (the message lists the available ones).
     """
-    return SegmentationDataset(build_source(cfg, split), build_transform(cfg.augment, train=train))
+    return SegmentationDataset(build_source(cfg, split, variant), build_transform(cfg.augment, train=train))
 
 
 def dataset_info(cfg: DataConfig) -> DatasetInfo:
     """Class names, hard-class groups and hierarchy, without loading any image."""
-    if cfg.dataset == "synthetic":
-        return SYNTHETIC_INFO
-    if cfg.dataset == "cityscapes":
-        return CITYSCAPES_INFO
-    return load_classes(resolve_root(cfg))
+    return get_dataset(cfg.dataset).info(resolve_root(cfg), cfg)
 
 
 def available_splits(cfg: DataConfig) -> list[str]:
     """Split names usable with :func:`build_dataset`."""
-    root = resolve_root(cfg)
-    if cfg.dataset == "synthetic":
-        return list(SYNTHETIC_SPLITS)
-    if cfg.dataset == "cityscapes":
-        if not root.is_dir():
-            raise DataError(f"Cityscapes root not found: {root}")
-        return _cityscapes_splits(root)
-    load_classes(root)  # checks the root and classes.yaml
-    return _folder_splits(root)
+    return get_dataset(cfg.dataset).splits(resolve_root(cfg), cfg)
 
 
 def class_pixel_frequencies(dataset_or_cfg: SegmentationDataset | DataConfig) -> np.ndarray:

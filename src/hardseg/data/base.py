@@ -157,22 +157,64 @@ def list_split_dirs(parent: Path) -> list[str]:
     return sorted(p.name for p in parent.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def identity_lut(num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """Label lookup table for masks that already hold class ids: ``0..n-1`` and ``ignore_index``
+    map to themselves, every other value to -1 (unknown)."""
+    lut = np.full(256, -1, dtype=np.int16)
+    lut[:num_classes] = np.arange(num_classes)
+    lut[ignore_index] = ignore_index
+    return lut
+
+
+def apply_lut(raw: np.ndarray, lut: np.ndarray, path: Path | str, unknown: str) -> np.ndarray:
+    """``lut[raw]`` as uint8; a raw id whose entry is -1 raises DataError naming ``path`` and the id.
+
+    ``unknown`` completes the message after ``label id N``, e.g. ``"is not a VOC class (0-20, 255)"``.
+    """
+    mapped = lut[raw]
+    if (mapped < 0).any():
+        bad = [int(v) for v in np.unique(raw[mapped < 0])]
+        more = f"; other unknown ids: {', '.join(map(str, bad[1:6]))}" if len(bad) > 1 else ""
+        raise DataError(f"mask {path}: label id {bad[0]} {unknown}{more}")
+    return mapped.astype(np.uint8)
+
+
 class PairedFileSource:
     """A split stored as image files with one mask file each (``images[i]`` ↔ ``masks[i]``).
 
-    Subclasses fill ``images``, ``masks`` and ``info`` and implement
-    :meth:`load_mask` (reading and, where needed, remapping label ids).
+    Subclasses fill ``images``, ``masks``, ``info``, ``lut`` (raw mask value → class id,
+    255 = ignore, -1 = unknown id; see :func:`apply_lut`) and ``unknown_text``. A mask
+    file may be missing while the pairs are listed; :meth:`require_masks` (called by
+    every reader's constructor unless ``strict=False``, which ``hardseg data check``
+    uses to count them) raises at the first one.
     """
 
     images: list[Path]
     masks: list[Path]
     info: Any
+    lut: np.ndarray
+    unknown_text: str = "is not a known label id"
 
     def __len__(self) -> int:
         return len(self.images)
 
+    def missing_masks(self) -> list[tuple[Path, Path]]:
+        """``(image, expected mask)`` for every image whose mask file does not exist."""
+        return [(i, m) for i, m in zip(self.images, self.masks) if not m.is_file()]
+
+    def require_masks(self) -> None:
+        missing = self.missing_masks()
+        if missing:
+            img, mask = missing[0]
+            more = f" ({len(missing) - 1} more images lack their mask)" if len(missing) > 1 else ""
+            raise DataError(f"mask missing for image {img}: expected {mask}{more}")
+
+    def raw_mask(self, index: int) -> np.ndarray:
+        """The mask file's values before any id mapping."""
+        return read_mask(self.masks[index])
+
     def load_mask(self, index: int) -> np.ndarray:
-        raise NotImplementedError
+        return apply_lut(self.raw_mask(index), self.lut, self.masks[index], self.unknown_text)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image = read_image(self.images[index])
@@ -181,11 +223,32 @@ class PairedFileSource:
         return image, mask
 
     def validate(self) -> None:
-        """Read every mask and image header: a bad file raises DataError naming it."""
+        """Read every mask and image header: a bad file raises DataError naming it. The class pixel
+        counts are kept, so :meth:`class_pixel_counts` does not read the masks again."""
+        counts = np.zeros(self.info.num_classes, dtype=np.int64)
         for i in range(len(self)):
             w, h = image_size(self.images[i])
-            check_sizes(np.empty((h, w, 0)), self.load_mask(i), self.images[i], self.masks[i])
+            mask = self.load_mask(i)
+            check_sizes(np.empty((h, w, 0)), mask, self.images[i], self.masks[i])
+            counts += count_classes([mask], self.info.num_classes)
+        self._counts = counts
 
     def class_pixel_counts(self) -> np.ndarray:
+        cached = getattr(self, "_counts", None)
+        if cached is not None:
+            return cached.copy()
         return count_classes((self.load_mask(i) for i in range(len(self))), self.info.num_classes)
 
+    def files(self) -> list[Path]:
+        """Every file the split reads (for lineage digests)."""
+        return [p for pair in zip(self.images, self.masks) for p in pair]
+
+
+def read_split_list(path: Path) -> list[str]:
+    """Non-empty, stripped lines of a split list file; DataError naming the file when absent or empty."""
+    if not path.is_file():
+        raise DataError(f"split list not found: {path}")
+    names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not names:
+        raise DataError(f"split list {path} is empty (one image name per line expected)")
+    return names

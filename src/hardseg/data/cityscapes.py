@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from hardseg.data.base import PairedFileSource, list_split_dirs, read_mask
+from hardseg.data.base import PairedFileSource, apply_lut, identity_lut, list_split_dirs
 from hardseg.data.info import DatasetInfo
 from hardseg.errors import DataError
 
@@ -114,18 +114,15 @@ def _build_lut() -> np.ndarray:
 
 
 ID_TO_TRAIN_ID = _build_lut()
+UNKNOWN_ID_TEXT = "is not in the Cityscapes labels table (valid raw ids: 0-33 and 255)"
+# Masks already in train ids (ACDC, Dark Zurich ``*_gt_labelTrainIds.png``): 0..18 and 255.
+TRAIN_ID_LUT = identity_lut(CITYSCAPES_INFO.num_classes)
+TRAIN_ID_TEXT = "is not a Cityscapes train id (0-18, 255 = ignore)"
 
 
 def map_label_ids(raw: np.ndarray, path: Path | str = "<array>") -> np.ndarray:
     """Map a raw labelIds array to train ids (uint8); DataError on unknown ids."""
-    mapped = ID_TO_TRAIN_ID[raw]
-    if (mapped < 0).any():
-        bad = [int(v) for v in np.unique(raw[mapped < 0])]
-        more = f"; other unknown ids: {', '.join(map(str, bad[1:6]))}" if len(bad) > 1 else ""
-        raise DataError(
-            f"mask {path}: label id {bad[0]} is not in the Cityscapes labels table (valid raw ids: 0-33 and 255{more})"
-        )
-    return mapped.astype(np.uint8)
+    return apply_lut(raw, ID_TO_TRAIN_ID, path, UNKNOWN_ID_TEXT)
 
 
 LAYOUT_HELP = "expected <root>/leftImg8bit/<split>/<city>/*_leftImg8bit.png and <root>/gtFine/<split>/<city>/*_gtFine_labelIds.png"
@@ -140,8 +137,10 @@ class CityscapesSource(PairedFileSource):
     """One split of a Cityscapes-layout dataset."""
 
     info = CITYSCAPES_INFO
+    lut = ID_TO_TRAIN_ID
+    unknown_text = UNKNOWN_ID_TEXT
 
-    def __init__(self, root: Path | str, split: str) -> None:
+    def __init__(self, root: Path | str, split: str, strict: bool = True) -> None:
         self.root = Path(root)
         self.split = split
         if not self.root.is_dir():
@@ -158,13 +157,8 @@ class CityscapesSource(PairedFileSource):
         self.images = sorted(img_dir.glob(f"*/*{IMAGE_SUFFIX}"))
         if not self.images:
             raise DataError(f"no *{IMAGE_SUFFIX} files in {img_dir}/<city>/ ({LAYOUT_HELP})")
-        self.masks = []
-        for img in self.images:
-            lbl = lbl_dir / img.parent.name / (img.name[: -len(IMAGE_SUFFIX)] + LABEL_SUFFIX)
-            if not lbl.is_file():
-                raise DataError(f"label file missing for image {img}: expected {lbl}")
-            self.masks.append(lbl)
-
-    def load_mask(self, index: int) -> np.ndarray:
-        return map_label_ids(read_mask(self.masks[index]), self.masks[index])
+        self.masks = [lbl_dir / img.parent.name / (img.name[: -len(IMAGE_SUFFIX)] + LABEL_SUFFIX)
+                      for img in self.images]
+        if strict:
+            self.require_masks()
 

@@ -12,6 +12,18 @@ classes (ids 0..254). A value ``>= num_classes`` other than 255 raises
 :class:`~hardseg.errors.DataError` naming the mask and the id. Splits are
 the sub-folders of ``images/`` that also exist under ``masks/``.
 
+Datasets laid out otherwise are read through optional keys of ``classes.yaml``
+(see docs/datasets.md)::
+
+    label_map: {0: ignore, 7: road, 26: car, 255: ignore}   # raw id -> class name/id or ignore;
+                                 # raw ids not listed are errors (named with the file)
+    reduce_zero_label: true      # raw 0 -> ignore, raw k -> class k-1 (ADE20K's convention)
+    image_suffix: .jpg           # image file = <stem><image_suffix> (default: .png/.jpg/.jpeg)
+    mask_suffix: _mask.png       # mask file = <stem><mask_suffix> (default: .png)
+    split_lists: {train: lists/train.txt, val: lists/val.txt}
+                                 # stems (relative to images/ and masks/, one a line) per split,
+                                 # instead of the images/<split>/ sub-folders
+
 ``classes.yaml`` is either a plain list of class names, or a mapping::
 
     name: my-dataset             # optional; default: the root folder's name
@@ -39,8 +51,9 @@ import yaml
 from hardseg.data.base import (
     PairedFileSource,
     IMAGE_EXTENSIONS,
+    identity_lut,
     list_split_dirs,
-    read_mask,
+    read_split_list,
 )
 from hardseg.data.info import DatasetInfo
 from hardseg.errors import DataError
@@ -66,7 +79,7 @@ def load_classes(root: Path | str) -> DatasetInfo:
         doc = {"classes": doc}
     if not isinstance(doc, dict) or "classes" not in doc:
         raise DataError(f"{path}: expected a list of class names or a mapping with a 'classes' list")
-    known = {"name", "classes", "large", "small", "thin", "hierarchy", "palette"}
+    known = {"name", "classes", "large", "small", "thin", "hierarchy", "palette", *LAYOUT_KEYS}
     extra = sorted(set(doc) - known)
     if extra:
         raise DataError(f"{path}: unknown key '{extra[0]}' (allowed: {', '.join(sorted(known))})")
@@ -134,53 +147,117 @@ def load_classes(root: Path | str) -> DatasetInfo:
     )
 
 
+LAYOUT_KEYS = ("label_map", "reduce_zero_label", "image_suffix", "mask_suffix", "split_lists")
+
+
+def _layout(root: Path) -> dict[str, Any]:
+    doc = yaml.safe_load((root / "classes.yaml").read_text())
+    return doc if isinstance(doc, dict) else {}
+
+
+def folder_lut(root: Path | str, info: DatasetInfo | None = None) -> np.ndarray:
+    """Raw mask value -> class id (255 ignore, -1 unknown) from ``classes.yaml``'s
+    ``label_map`` / ``reduce_zero_label`` (module docstring); identity otherwise."""
+    root = Path(root)
+    info = info or load_classes(root)
+    doc, path, n = _layout(root), root / "classes.yaml", info.num_classes
+    label_map, reduce = doc.get("label_map"), bool(doc.get("reduce_zero_label", False))
+    if label_map is not None and reduce:
+        raise DataError(f"{path}: give 'label_map' or 'reduce_zero_label', not both")
+    if reduce:
+        lut = np.full(256, -1, dtype=np.int16)
+        lut[0], lut[1:n + 1], lut[255] = 255, np.arange(n), 255
+        return lut
+    if label_map is None:
+        return identity_lut(n)
+    if not isinstance(label_map, dict) or not label_map:
+        raise DataError(f"{path}: 'label_map' must map raw ids (0-255) to class names, class ids or 'ignore'")
+    lut = np.full(256, -1, dtype=np.int16)
+    index = {name: i for i, name in enumerate(info.class_names)}
+    for raw, target in label_map.items():
+        if not (isinstance(raw, int) and 0 <= raw <= 255):
+            raise DataError(f"{path}: label_map key {raw!r} is not a raw id 0-255")
+        if target in ("ignore", 255):
+            lut[raw] = 255
+        elif isinstance(target, int) and 0 <= target < n:
+            lut[raw] = target
+        elif str(target) in index:
+            lut[raw] = index[str(target)]
+        else:
+            raise DataError(f"{path}: label_map maps {raw} to unknown class {target!r} (a class name, 0-{n - 1} or ignore)")
+    return lut
+
+
 def available_splits(root: Path | str) -> list[str]:
     root = Path(root)
+    lists = _layout(root).get("split_lists") if (root / "classes.yaml").is_file() else None
+    if isinstance(lists, dict):
+        return sorted(str(k) for k in lists)
     return [s for s in list_split_dirs(root / "images") if (root / "masks" / s).is_dir()]
 
 
 class FolderSource(PairedFileSource):
     """One split of a folder-layout dataset."""
 
-    def __init__(self, root: Path | str, split: str) -> None:
+    def __init__(self, root: Path | str, split: str, strict: bool = True) -> None:
         self.root = Path(root)
         self.split = split
         self.info = load_classes(self.root)
-        img_dir = self.root / "images" / split
-        mask_dir = self.root / "masks" / split
-        if not img_dir.is_dir() or not mask_dir.is_dir():
-            missing = img_dir if not img_dir.is_dir() else mask_dir
-            avail = available_splits(self.root)
-            raise DataError(
-                f"split '{split}' not found: {missing} is missing "
-                f"(available splits: {', '.join(avail) or 'none'}; {LAYOUT_HELP})"
-            )
-        self.images = sorted(p for p in img_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not self.images:
-            raise DataError(f"no .png/.jpg images in {img_dir} ({LAYOUT_HELP})")
-        stems: dict[str, Path] = {}
-        for p in self.images:
-            if p.stem in stems:
-                raise DataError(f"two images share the stem '{p.stem}': {stems[p.stem]} and {p}")
-            stems[p.stem] = p
-        self.masks = []
-        for img in self.images:
-            m = mask_dir / f"{img.stem}.png"
-            if not m.is_file():
-                raise DataError(f"mask missing for image {img}: expected {m}")
-            self.masks.append(m)
-
-    def load_mask(self, index: int) -> np.ndarray:
-        path = self.masks[index]
-        mask = read_mask(path)
+        self.lut = folder_lut(self.root, self.info)
         n = self.info.num_classes
-        bad = (mask >= n) & (mask != 255)
-        if bad.any():
-            v = int(mask[bad].min())
-            raise DataError(
-                f"mask {path}: label id {v} is outside the class table (ids 0-{n - 1} from classes.yaml; 255 = ignore)"
-            )
-        return mask
+        self.unknown_text = ("is not mapped by label_map in classes.yaml" if _layout(self.root).get("label_map")
+                             else f"is outside the class table (ids 0-{n - 1} from classes.yaml; 255 = ignore)")
+        doc = _layout(self.root)
+        image_suffix, mask_suffix = doc.get("image_suffix"), str(doc.get("mask_suffix") or ".png")
+        lists = doc.get("split_lists")
+        if lists is not None:
+            if not isinstance(lists, dict) or split not in lists:
+                raise DataError(f"split '{split}' not found: {self.root / 'classes.yaml'} split_lists names "
+                                f"{', '.join(map(str, lists or {})) or 'no split'}")
+            stems = read_split_list(self.root / str(lists[split]))
+            img_dir, mask_dir = self.root / "images", self.root / "masks"
+            self.images = [self._image_for(img_dir, s, image_suffix) for s in stems]
+            self.masks = [mask_dir / f"{s}{mask_suffix}" for s in stems]
+        else:
+            img_dir = self.root / "images" / split
+            mask_dir = self.root / "masks" / split
+            if not img_dir.is_dir() or not mask_dir.is_dir():
+                missing = img_dir if not img_dir.is_dir() else mask_dir
+                avail = available_splits(self.root)
+                raise DataError(
+                    f"split '{split}' not found: {missing} is missing "
+                    f"(available splits: {', '.join(avail) or 'none'}; {LAYOUT_HELP})"
+                )
+            suffixes = (str(image_suffix),) if image_suffix else IMAGE_EXTENSIONS
+            self.images = sorted(p for p in img_dir.iterdir()
+                                 if p.is_file() and any(p.name.lower().endswith(x.lower()) for x in suffixes))
+            if not self.images:
+                raise DataError(f"no {'/'.join(suffixes)} images in {img_dir} ({LAYOUT_HELP})")
+            stems_seen: dict[str, Path] = {}
+            for p in self.images:
+                stem = _strip(p.name, suffixes)
+                if stem in stems_seen:
+                    raise DataError(f"two images share the stem '{stem}': {stems_seen[stem]} and {p}")
+                stems_seen[stem] = p
+            self.masks = [mask_dir / f"{_strip(p.name, suffixes)}{mask_suffix}" for p in self.images]
+        if strict:
+            self.require_masks()
+
+    @staticmethod
+    def _image_for(img_dir: Path, stem: str, suffix: str | None) -> Path:
+        if suffix:
+            return img_dir / f"{stem}{suffix}"
+        for ext in IMAGE_EXTENSIONS:
+            if (img_dir / f"{stem}{ext}").is_file():
+                return img_dir / f"{stem}{ext}"
+        return img_dir / f"{stem}.png"
+
+
+def _strip(name: str, suffixes: tuple[str, ...]) -> str:
+    for x in suffixes:
+        if name.lower().endswith(x.lower()):
+            return name[: -len(x)]
+    return name
 
 
 

@@ -101,9 +101,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for d in (d.name for d in parse_domains(domains)):
         row = [metrics.get(f"{d}/{k}") for k in ("miou", "band_iou", "small_iou", "thin_iou")]
         print(f"{d:<28} " + " ".join(f"{v:7.4f}" if isinstance(v, float) else f"{'-':>7}" for v in row))
+    notes = {"mPC": "mean over corruptions and severities of mIoU", "rPC": "mPC / clean mIoU"}
     for key, value in metrics.items():
         if key.startswith("robustness/"):
-            print(f"{key:<28} {value:7.4f}  (mean over severities of shifted / clean mIoU)")
+            note = notes.get(key.split("/")[1], "mean over severities of shifted / clean mIoU")
+            print(f"{key:<28} {value:7.4f}  ({note})")
     if args.run_id:
         from hardseg.platform import tracking
 
@@ -121,6 +123,24 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
         raise HardsegError(f"data.dataset is '{cfg.data.dataset}'; 'hardseg data generate' makes the synthetic set only")
     root = Path(args.root or cfg.data.root).resolve()
     generate_command(root, cfg.data.synthetic)
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    """Exit 0: the tree reads cleanly; 2: a problem (the first one named on the error line)."""
+    from hardseg.config import DataConfig
+    from hardseg.data.check import check_tree, format_report
+    from hardseg.data.registry import get_dataset
+
+    get_dataset(args.dataset)  # unknown name: one line listing the known ones
+    cfg = DataConfig(dataset=args.dataset, root=str(Path(args.root).resolve()))
+    reports, names = check_tree(cfg, args.split, args.variant)
+    print(format_report(reports, names))
+    problems = [p for r in reports for p in r.problems]
+    if problems:
+        more = f" ({len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise HardsegError(problems[0] + more)
+    print(f"[hardseg] {sum(r.pairs for r in reports)} pairs in {len(reports)} split(s): no problem found")
     return 0
 
 
@@ -273,6 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(g)
     g.add_argument("--root", help="output folder (default: data.root of the config)")
     g.set_defaults(func=cmd_data_generate)
+    ck = dsub.add_parser("check", help="scan a dataset tree: pairs, missing masks, image sizes, label ids, "
+                         "class frequencies; exit 2 on a broken tree")
+    ck.add_argument("root", help="the dataset's root folder (layouts: docs/datasets.md)")
+    ck.add_argument("--dataset", required=True, help="format: cityscapes, folder, ade20k, voc, gta5, "
+                    "foggy_cityscapes, acdc, dark_zurich, or a plugin's name")
+    ck.add_argument("--split", nargs="+", help="splits to scan (default: every split found)")
+    ck.add_argument("--variant", help="ACDC's condition or Foggy Cityscapes' beta (default: all)")
+    ck.set_defaults(func=cmd_data_check)
 
     sw = sub.add_parser("sweep", help="search strategy weights: Ray Tune + Optuna (+ ASHA), one MLflow parent run")
     sw.add_argument("space", nargs="?", help="search space: a preset (quickstart, hl, ohem, ...) or a YAML file")
@@ -315,8 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="evaluate a trained model on evaluation domains (cross-domain)")
     ev.add_argument("checkpoint", help="model_export.pt (MLflow artifact model/) or a checkpoint.pt")
-    ev.add_argument("--domains", nargs="+", help="splits (val fog-1 … night-5 target) or [NAME=]cityscapes:PATH[:SPLIT] "
-                    "/ [NAME=]folder:PATH[:SPLIT]; default: val and the run's data.eval_domains")
+    ev.add_argument("--domains", nargs="+", help="splits (val fog-1 … night-5 target), corrupt:<name>-<severity>, "
+                    "or [NAME=]KIND:PATH[:SPLIT] with KIND cityscapes, folder, ade20k, voc, gta5, dark_zurich, "
+                    "acdc (KIND:PATH:<condition>), foggy_cityscapes (docs/datasets.md); default: val and the run's "
+                    "data.eval_domains")
     ev.add_argument("--data-root", help="where the model's dataset lives now (default: the run's data.root)")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--run-id", help="also log the metrics to this MLflow run")

@@ -255,7 +255,7 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
     if storage_exists(storage_join(sweep_root, name)):
         raise ConfigError(f"sweep '{name}' already exists in {sweep_root}; resume it with "
                           f"'hardseg sweep --resume {name}' or choose another --name")
-    prepare_data(base_cfg)
+    lineage = prepare_data(base_cfg)
     if "strategies" in space.params:  # every strategy list a trial can have must fit the model
         for choice in space.params["strategies"].choices:
             check_strategies_fit(resolve_paths(space.run_config({"strategies": choice}, config_path, overrides),
@@ -275,6 +275,7 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
     if storage_url:
         extra["sweep.optuna_storage"] = storage_url
     parent = start_parent_run(client, exp_id, name, kind, space, base_cfg, extra, parent_tags)
+    tracking.log_lineage(client, parent, lineage)
     spec = TrialSpec(sweep_name=name, space=space.to_dict(), config_path=config_path, overrides=overrides + resolved,
                      tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent, metrics=space.sweep.metrics,
                      kind=kind, in_process=in_process)

@@ -71,6 +71,18 @@ def set_tags(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
     client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
+def log_lineage(client: MlflowClient, run_id: str, records: list) -> None:
+    """Each :class:`hardseg.data.lineage.Lineage` as an MLflow dataset input of the run (what
+    ``mlflow.log_input`` records, through the client): name, digest of the file list and label
+    statistics, source, class names, and the context (training, validation, test, evaluation)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    inputs = [DatasetInput(Dataset(r.name, r.digest, "local", r.source, r.schema, r.profile),
+                           [InputTag("mlflow.data.context", r.context)]) for r in records]
+    if inputs:
+        client.log_inputs(run_id, datasets=inputs)
+
+
 def log_visuals(client: MlflowClient, run_id: str, folder: Path, step: int) -> None:
     """Log every PNG in ``folder`` as an MLflow image with a step slider."""
     from PIL import Image
@@ -127,4 +139,4 @@ def ray_callback(tracking_uri: str, run_id: str):
 
 
 __all__ = ["mlflow", "MlflowClient", "resolve_tracking_uri", "get_or_create_experiment", "log_params",
-           "log_metrics", "set_tags", "MLflowEpochLogger", "ray_callback"]
+           "log_metrics", "set_tags", "log_lineage", "MLflowEpochLogger", "ray_callback"]

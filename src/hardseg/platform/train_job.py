@@ -59,12 +59,17 @@ def resolve_paths(cfg: RunConfig, workdir: Path | None = None) -> RunConfig:
     return cfg
 
 
-def prepare_data(cfg: RunConfig) -> None:
+def prepare_data(cfg: RunConfig) -> list:
     """Generate the synthetic set once on the driver, or check a real dataset,
     so that workers neither race to generate it nor fail on a bad file later;
-    then check the strategies' settings against the model and the dataset."""
-    from hardseg.data import available_splits, build_dataset
+    then check the strategies' settings against the model and the dataset.
+
+    Returns the lineage (:class:`hardseg.data.lineage.Lineage`) of the training,
+    validation and test splits and of every evaluation domain, for MLflow.
+    """
+    from hardseg.data import available_splits, build_dataset, resolve_root
     from hardseg.data.domains import build_domain, parse_domains
+    from hardseg.data.lineage import derived, lineage
     from hardseg.trainables.loop import check_strategies_fit
 
     splits = available_splits(cfg.data)
@@ -73,13 +78,36 @@ def prepare_data(cfg: RunConfig) -> None:
         if split not in splits:
             raise HardsegError(f"data.eval_domains: unknown split '{split}' for dataset '{cfg.data.dataset}'; "
                                f"available: {', '.join(splits)}")
-    if cfg.data.dataset != "synthetic":
-        for split in ["train", "val"]:
-            build_dataset(cfg.data, split, train=False).validate()
+    test = [cfg.data.test_split] if cfg.data.test_split else []
+    if test and (test[0] not in splits or test[0] in ("train", "val")):
+        raise HardsegError(f"data.test_split: '{test[0]}' is not a held-out split of dataset '{cfg.data.dataset}' "
+                           f"(available: {', '.join(s for s in splits if s not in ('train', 'val')) or 'none'})")
+    real = cfg.data.dataset != "synthetic"
+    root = resolve_root(cfg.data)
+    own: dict[str, object] = {}  # split of the training set -> its lineage
+    records = []
+    for split, context in [("train", "training"), ("val", "validation"), *((t, "test") for t in test)]:
+        source = build_dataset(cfg.data, split, train=False).source
+        if real:
+            source.validate()
+        own[split] = lineage(source, f"{cfg.data.dataset}:{split}", context, cfg.data.dataset, root)
+        records.append(own[split])
     for domain in domains:
-        if domain.dataset is not None or cfg.data.dataset != "synthetic":
-            build_domain(cfg.data, domain).validate()  # a path spec: same label space, readable files
+        if domain.dataset is None and domain.split not in own:
+            source = build_dataset(cfg.data, domain.split, train=False).source
+            if real:
+                source.validate()
+            own[domain.split] = lineage(source, f"{cfg.data.dataset}:{domain.split}", "evaluation",
+                                        cfg.data.dataset, root)
+        if domain.dataset is None:  # the training set's split, maybe corrupted: no second pass over its files
+            records.append(derived(own[domain.split], domain.name, domain.corruption))
+        else:  # a path spec: same label space, readable files
+            ds = build_domain(cfg.data, domain)
+            ds.validate()
+            records.append(lineage(ds.source, domain.name, "evaluation", domain.dataset, Path(domain.root),
+                                   variant=domain.variant))
     check_strategies_fit(cfg)
+    return records
 
 
 def git_commit(path: Path | None = None) -> str:
@@ -99,6 +127,9 @@ def run_tags(cfg: RunConfig) -> dict[str, str]:
         "hardseg.strategies": "+".join(cfg.strategies),
         "hardseg.model": cfg.model.name,
         "hardseg.dataset": cfg.data.dataset,
+        # which split each reported number comes from: best epoch and sweeps use val; test/* is held out
+        "hardseg.selection_split": "val",
+        "hardseg.test_split": cfg.data.test_split or "none",
         "hardseg.seed": str(cfg.seed),
         "git_commit": git_commit(Path(__file__).parent),
         "ray_version": ray.__version__,
@@ -109,8 +140,9 @@ def run_tags(cfg: RunConfig) -> dict[str, str]:
 
 
 def start_run(cfg: RunConfig, config_text: str, tags: dict[str, str] | None = None,
-              parent_run_id: str | None = None) -> tuple[tracking.MlflowClient, str, str, str]:
-    """Create the MLflow run with params, tags and the config artifact."""
+              parent_run_id: str | None = None, lineage: list | None = None
+              ) -> tuple[tracking.MlflowClient, str, str, str]:
+    """Create the MLflow run with params, tags, the config artifact and the datasets' lineage."""
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     client = tracking.MlflowClient(uri)
     exp_id = tracking.get_or_create_experiment(client, cfg.tracking.experiment, uri)
@@ -121,6 +153,7 @@ def start_run(cfg: RunConfig, config_text: str, tags: dict[str, str] | None = No
     run_id = run.info.run_id
     tracking.log_params(client, run_id, cfg.flat())
     client.log_text(run_id, config_text, "config.yaml")
+    tracking.log_lineage(client, run_id, lineage or [])
     return client, uri, exp_id, run_id
 
 
@@ -238,10 +271,10 @@ def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str,
     from hardseg.platform.cluster import ensure_ray
 
     cfg = resolve_paths(cfg, workdir)
-    prepare_data(cfg)
+    lineage = prepare_data(cfg)
     ensure_ray(cfg.ray)
     config_text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    client, uri, exp_id, run_id = start_run(cfg, config_text, tags)
+    client, uri, exp_id, run_id = start_run(cfg, config_text, tags, lineage=lineage)
     print(f"[hardseg] MLflow run {run_id} in experiment '{cfg.tracking.experiment}' at {uri}", flush=True)
 
     start = time.perf_counter()

@@ -27,7 +27,7 @@ from hardseg.reports.tables import NO_CI, _mean_cell, _md, ablation_table
 from hardseg.trainables.robustness import robustness, shift_family
 
 CLEAN = "clean"
-SKIP_PREFIXES = ("val/", "best/", "train/", "robustness/")
+SKIP_PREFIXES = ("val/", "best/", "train/", "robustness/", "test/")
 
 
 def domain_columns(df: pd.DataFrame, metric: str = "miou") -> list[str]:

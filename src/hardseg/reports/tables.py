@@ -27,6 +27,11 @@ FIELDS = ["mean", "ci_low", "ci_high", "half_width", "n", "delta", "p_value", "s
           "mde", "seeds_needed"]
 DEFAULT_METRICS = ["val/miou", "val/band_iou", "val/small_iou", "val/thin_iou"]
 NO_CI = "n/a (1 seed)"
+SPLIT_NOTES = {
+    "val": "Split: val (each run's last epoch; the best epoch and sweep trials are selected on this split).",
+    "best": "Split: val, at each run's best epoch (selected on val).",
+    "test": "Split: data.test_split, held out: the best-by-val model, never used for any selection.",
+}
 MAX_REASON = 300
 
 
@@ -176,8 +181,10 @@ def _group_table(table: pd.DataFrame, group: str, metrics: list[str]) -> list[st
     for m in metrics:
         short = m.split("/", 1)[-1]
         head += [short, f"Δ {short} vs {baseline}"]
-    lines = [f"## {group or 'metrics'}", "", "| " + " | ".join(_md(h) for h in head) + " |",
-             "|" + "---|" * len(head)]
+    lines = [f"## {group or 'metrics'}", ""]
+    if group in SPLIT_NOTES:  # which split the table's numbers come from (issue 15)
+        lines += [SPLIT_NOTES[group], ""]
+    lines += ["| " + " | ".join(_md(h) for h in head) + " |", "|" + "---|" * len(head)]
     for s in table.index:
         row = [s, str(seeds.get(s, 0))]
         for m in metrics:
@@ -244,8 +251,10 @@ def to_markdown(table: pd.DataFrame, metrics: list[str] | None = None) -> str:
 def default_metrics(df: pd.DataFrame) -> list[str]:
     """:data:`DEFAULT_METRICS` and ``<domain>/miou`` of every eval domain, those the runs have."""
     have = metric_columns(df)
-    domains = [c for c in have if c.endswith("/miou") and not c.startswith(("val/", "best/", "train/", "robustness/"))]
-    return [m for m in DEFAULT_METRICS if m in have] + sorted(domains)
+    domains = [c for c in have if c.endswith("/miou")
+               and not c.startswith(("val/", "best/", "train/", "robustness/", "test/"))]
+    test = [m.replace("val/", "test/", 1) for m in DEFAULT_METRICS]
+    return [m for m in DEFAULT_METRICS + test if m in have] + sorted(domains)
 
 
 def parquet_safe(df: pd.DataFrame) -> pd.DataFrame:

@@ -30,6 +30,8 @@ class _Strict(BaseModel):
 def _metric(v: str) -> str:
     if not _METRIC.match(v):
         raise ValueError("must look like <split>/<name>, e.g. val/miou")
+    if v.startswith("test/"):
+        raise ValueError("sweeps optimise validation metrics; test/<name> (data.test_split) is reported, never optimised")
     return v
 
 

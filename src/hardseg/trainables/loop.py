@@ -22,7 +22,10 @@ model is evaluated on each ``data.eval_domains`` entry (a split such as
 * ``<domain>/<metric>``: the best model on each domain (``fog-3/miou``,
   ``fog-3/band_iou``, ``fog-3/small_iou``, ``fog-3/thin_iou``, ``fog-3/iou/<class>``, ...);
 * ``robustness/<family>/miou``: mean over the evaluated severities of
-  ``<family>-<s>/miou`` / ``best/val/miou`` (:mod:`hardseg.trainables.robustness`).
+  ``<family>-<s>/miou`` / ``best/val/miou`` (:mod:`hardseg.trainables.robustness`);
+  with ``corrupt:`` domains also ``robustness/mPC/miou`` and ``robustness/rPC/miou``;
+* ``test/<metric>``: the best model on ``data.test_split`` when set (the split the
+  final numbers are reported on; the best epoch is still chosen on val).
 
 ``val/<metric>`` stays the current epoch's model at every epoch.
 
@@ -532,12 +535,21 @@ def evaluate_on_domains(model: nn.Module, cfg: RunConfig, specs: list[str], devi
 def evaluate_best_on_domains(cfg: RunConfig, session: Session, best: BestModel, inference: nn.Module,
                              channels_last: bool, amp: bool = False) -> dict[str, float]:
     """The best model on every ``cfg.data.eval_domains`` entry, plus ``best/...`` and robustness (module docstring)."""
-    domains = evaluate_on_domains(
-        best.model(inference), cfg, cfg.data.eval_domains, session.device,
-        lambda ds: build_eval_loader(cfg, ds, session.rank, session.world_size, session.device), channels_last, amp)
+    best_model = best.model(inference)
+
+    def loader_for(ds: Dataset) -> DataLoader:
+        return build_eval_loader(cfg, ds, session.rank, session.world_size, session.device)
+
+    domains = evaluate_on_domains(best_model, cfg, cfg.data.eval_domains, session.device, loader_for,
+                                  channels_last, amp)
     out: dict[str, float] = best.metrics()
     out.update(domains)
     out.update(robustness(domains, BEST_METRIC, clean=best.score))
+    if cfg.data.test_split:  # held out: reported here only, never used to pick an epoch
+        test_set = build_dataset(cfg.data, cfg.data.test_split, train=False)
+        res = evaluate(best_model, loader_for(test_set), session.device, _metrics_for(test_set.info),
+                       channels_last, amp, slide_settings(cfg))
+        out.update({f"test/{k}": v for k, v in res.items()})
     return out
 
 

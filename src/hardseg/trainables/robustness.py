@@ -6,7 +6,19 @@ For a shift family ``f`` evaluated at severities ``S`` (domains ``f-1`` … ``f-
 
 with ``clean`` the same model's score on the clean validation split. 1.0 means
 no loss under shift. Domains without a ``-<severity>`` suffix (``target``) form
-no family. Pure Python (no torch), so reports use the same formula.
+no family.
+
+Corruption domains (``corrupt.<corruption>-<severity>``, ImageNet-C; see
+:mod:`hardseg.data.corruptions`) add, as in Hendrycks & Dietterich 2019 and
+Kamann & Rother 2020 (their "mean performance under corruption")::
+
+    CP_c                 = (1/|S_c|) · Σ_s metric(corrupt.c-s)
+    robustness/mPC/<m>   = (1/|C|) · Σ_c CP_c                  (absolute)
+    robustness/rPC/<m>   = mPC / clean                          (relative)
+    robustness/corruption_<family>/<m> = (1/|C_f|) · Σ_{c∈f} CP_c / clean
+
+over the corruptions C evaluated, families noise, blur, weather, digital.
+No torch, so reports use the same formulas.
 """
 
 from __future__ import annotations
@@ -56,4 +68,32 @@ def robustness(metrics: Mapping[str, float], metric: str = "miou", clean: float 
     for family, by_severity in sorted(families.items()):
         if all(math.isfinite(v) for v in by_severity.values()):
             out[f"robustness/{family}/{metric}"] = relative_robustness(clean, by_severity)
+    out.update(corruption_robustness(families, metric, clean))
+    return out
+
+
+
+def corruption_robustness(families: Mapping[str, Mapping[int, float]], metric: str, clean: float
+                          ) -> dict[str, float]:
+    """mPC, rPC and per-family relative robustness (module docstring) from ``{family: {severity: score}}``;
+    empty without corruption domains or with a non-finite score among them."""
+    from hardseg.data.corruptions import FAMILY_OF
+    from hardseg.data.domains import CORRUPT_PREFIX
+
+    cp: dict[str, float] = {}
+    for family, by_severity in families.items():
+        name = family[len(CORRUPT_PREFIX):] if family.startswith(CORRUPT_PREFIX) else None
+        if name in FAMILY_OF:
+            if not all(math.isfinite(v) for v in by_severity.values()):
+                return {}
+            cp[name] = sum(by_severity.values()) / len(by_severity)
+    if not cp:
+        return {}
+    mpc = sum(cp.values()) / len(cp)
+    out = {f"robustness/mPC/{metric}": mpc, f"robustness/rPC/{metric}": mpc / clean}
+    by_family: dict[str, list[float]] = {}
+    for name, value in cp.items():
+        by_family.setdefault(FAMILY_OF[name], []).append(value / clean)
+    for fam, values in sorted(by_family.items()):
+        out[f"robustness/corruption_{fam}/{metric}"] = sum(values) / len(values)
     return out

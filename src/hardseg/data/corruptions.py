@@ -1,0 +1,393 @@
+"""ImageNet-C corruptions for segmentation evaluation, in numpy/scipy/scikit-image.
+
+The formulas and per-severity constants are those of Hendrycks & Dietterich,
+"Benchmarking Neural Network Robustness to Common Corruptions and
+Perturbations" (ICLR 2019), as packaged for arbitrary image sizes by the
+``imagecorruptions`` package (Michaelis et al. 2019, file
+``imagecorruptions/corruptions.py``) and used for segmentation on Cityscapes,
+VOC and ADE20K by Kamann & Rother, "Benchmarking the Robustness of Semantic
+Segmentation Models" (CVPR 2020). That package does not import with the
+pinned stack (it needs ``pkg_resources``, gone from setuptools >= 81, and
+OpenCV), so the formulas are re-implemented here; docs/datasets.md lists the
+differences:
+
+* OpenCV calls are replaced by their definitions (``cv2.filter2D`` with
+  reflect-101 borders = ``scipy.ndimage.correlate(mode="mirror")``; RGB→grey
+  with 0.299/0.587/0.114);
+* ``frost`` (needs the package's frost photographs) and ``spatter`` (built on
+  OpenCV's Canny and distance transform) are not provided;
+* randomness comes from a ``numpy.random.Generator`` seeded by (image,
+  corruption, severity) (:func:`corruption_seed`), so an image is corrupted
+  identically in every run and on every DDP rank; any object with numpy's
+  ``normal``/``poisson``/``uniform``/``random`` methods (e.g. a
+  ``RandomState``) can be passed instead, which is how the tests compare with
+  the package's outputs.
+
+Each function maps a uint8 RGB image ``(H, W, 3)`` to a float image in
+[0, 255]; :func:`corrupt` converts the result to uint8 by truncation, as the
+package does. Families as in ImageNet-C: noise, blur, weather, digital.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import zlib
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+SEVERITIES = (1, 2, 3, 4, 5)
+Rng = Any  # numpy Generator or RandomState
+
+
+def _f(x: np.ndarray) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64) / 255.0
+
+
+def _gaussian(x: np.ndarray, sigma, mode: str = "nearest", truncate: float = 4.0) -> np.ndarray:
+    """``skimage.filters.gaussian`` on the spatial axes (channels untouched)."""
+    sig = tuple(np.broadcast_to(np.asarray(sigma, dtype=float), (2,))) + (0.0,) * (x.ndim - 2)
+    return ndimage.gaussian_filter(x, sigma=sig, mode=mode, truncate=truncate)
+
+
+def _rgb2gray(x: np.ndarray) -> np.ndarray:
+    return x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
+
+
+# ---------------------------------------------------------------- noise
+
+def gaussian_noise(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
+    c = (0.08, 0.12, 0.18, 0.26, 0.38)[severity - 1]
+    x = _f(x)
+    return np.clip(x + rng.normal(size=x.shape, scale=c), 0, 1) * 255
+
+
+def shot_noise(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
+    c = (60, 25, 12, 5, 3)[severity - 1]
+    x = _f(x)
+    return np.clip(rng.poisson(x * c) / float(c), 0, 1) * 255
+
+
+def impulse_noise(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
+    """Salt-and-pepper noise on a fraction ``c`` of the values, half salt, half pepper
+    (``skimage.util.random_noise(mode="s&p")``)."""
+    c = (0.03, 0.06, 0.09, 0.17, 0.27)[severity - 1]
+    x = _f(x).copy()
+    hit = rng.random(x.shape) < c
+    salt = rng.random(x.shape) < 0.5
+    x[hit & salt] = 1.0
+    x[hit & ~salt] = 0.0
+    return np.clip(x, 0, 1) * 255
+
+
+def speckle_noise(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
+    c = (0.15, 0.2, 0.35, 0.45, 0.6)[severity - 1]
+    x = _f(x)
+    return np.clip(x + x * rng.normal(size=x.shape, scale=c), 0, 1) * 255
+
+
+# ---------------------------------------------------------------- blur
+
+def _disk(radius: float, alias_blur: float) -> np.ndarray:
+    """An anti-aliased disk kernel: the aliased disk, normalised, then a small Gaussian blur
+    (3x3, or 5x5 above radius 8; reflect-101 borders as in ``cv2.GaussianBlur``)."""
+    if radius <= 8:
+        L, k = np.arange(-8, 9), 3
+    else:
+        L, k = np.arange(-radius, radius + 1), 5
+    X, Y = np.meshgrid(L, L)
+    d = np.array((X ** 2 + Y ** 2) <= radius ** 2, dtype=np.float32)
+    d /= d.sum()
+    t = np.arange(k) - (k - 1) / 2
+    g = np.exp(-(t ** 2) / (2 * alias_blur ** 2))
+    g /= g.sum()
+    d = ndimage.correlate1d(d, g.astype(np.float32), axis=0, mode="mirror")
+    return ndimage.correlate1d(d, g.astype(np.float32), axis=1, mode="mirror")
+
+
+def defocus_blur(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
+    c = ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))[severity - 1]
+    x = _f(x)
+    k = _disk(c[0], c[1]).astype(np.float64)
+    out = np.stack([ndimage.correlate(x[..., i], k, mode="mirror") for i in range(3)], axis=-1)
+    return np.clip(out, 0, 1) * 255
+
+
+def gaussian_blur(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
+    c = (1, 2, 3, 4, 6)[severity - 1]
+    return np.clip(_gaussian(_f(x), c), 0, 1) * 255
+
+
+def glass_blur(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
+    """Blur, locally shuffle pixels (each pixel, bottom-right to top-left, takes a random neighbour's
+    value within ``max_delta``), blur again.
+
+    The swaps are sequential by definition, so this is a Python loop over pixels
+    (seconds per megapixel and iteration)."""
+    sigma, delta, iterations = ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2))[severity - 1]
+    x = np.uint8(_gaussian(_f(x), sigma) * 255)
+    h, w = x.shape[:2]
+    for _ in range(iterations):
+        rows = list(range(h - delta, delta, -1))
+        cols = list(range(w - delta, delta, -1))
+        offsets = rng.uniform(-delta, delta, size=(len(rows), len(cols), 2))
+        offsets = np.floor(offsets).astype(np.int64)  # uniform integers in [-delta, delta)
+        for a, r in enumerate(rows):
+            for b, col in enumerate(cols):
+                dx, dy = offsets[a, b]
+                # The reference's "swap" assigns numpy views, so it copies the neighbour's pixel
+                # and leaves the neighbour as it was; the benchmark is defined by that behaviour.
+                x[r, col] = x[r + dy, col + dx]
+    return np.clip(_gaussian(x / 255.0, sigma), 0, 1) * 255
+
+
+def _shift(image: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """Translate by (dx, dy) pixels, repeating the edge row/column into the uncovered part."""
+    out = image
+    if dx:
+        out = np.roll(out, dx, axis=1)
+        if dx > 0:
+            out[:, :dx] = out[:, dx:dx + 1]
+        else:
+            out[:, dx:] = out[:, dx - 1:dx]
+    if dy:
+        out = np.roll(out, dy, axis=0)
+        if dy > 0:
+            out[:dy] = out[dy:dy + 1]
+        else:
+            out[dy:] = out[dy - 1:dy]
+    return out
+
+
+def _motion(x: np.ndarray, radius: int, sigma: float, angle: float) -> np.ndarray:
+    """Sum of shifted copies along ``angle`` weighted by a one-sided Gaussian of ``sigma``."""
+    width = 2 * radius + 1
+    k = np.exp(-np.arange(width) ** 2 / (2 * sigma ** 2))
+    k /= k.sum()
+    py, px = width * np.sin(np.deg2rad(angle)), width * np.cos(np.deg2rad(angle))
+    hyp = math.hypot(py, px)
+    out = np.zeros(x.shape, dtype=np.float32)
+    for i in range(width):
+        dy = -math.ceil(i * py / hyp - 0.5)
+        dx = -math.ceil(i * px / hyp - 0.5)
+        if abs(dy) >= x.shape[0] or abs(dx) >= x.shape[1]:
+            break
+        out = out + k[i] * _shift(x, dx, dy)
+    return out
+
+
+def motion_blur(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
+    radius, sigma = ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15))[severity - 1]
+    angle = rng.uniform(-45, 45)
+    return np.clip(_motion(np.asarray(x), radius, sigma, angle), 0, 255)
+
+
+def _clipped_zoom(img: np.ndarray, factor: float) -> np.ndarray:
+    """Zoom the centre crop of ``1/factor`` of the image back to (at least) full size, bilinearly."""
+    h0, w0 = int(np.ceil(img.shape[0] / factor)), int(np.ceil(img.shape[1] / factor))
+    top, left = (img.shape[0] - h0) // 2, (img.shape[1] - w0) // 2
+    return ndimage.zoom(img[top:top + h0, left:left + w0], (factor, factor, 1), order=1)
+
+
+def zoom_blur(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
+    factors = (np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01), np.arange(1, 1.21, 0.02),
+               np.arange(1, 1.26, 0.02), np.arange(1, 1.31, 0.03))[severity - 1]
+    x = _f(x).astype(np.float32)
+    out = np.zeros_like(x)
+    for z in factors:
+        layer = _clipped_zoom(x, z)[: x.shape[0], : x.shape[1]]
+        out[: layer.shape[0], : layer.shape[1]] += layer
+    return np.clip((x + out) / (len(factors) + 1), 0, 1) * 255
+
+
+# ---------------------------------------------------------------- weather
+
+def plasma_fractal(size: int, decay: float, rng: Rng) -> np.ndarray:
+    """Diamond-square height map in [0, 1] of side ``size`` (a power of two)."""
+    m = np.empty((size, size), dtype=np.float64)
+    m[0, 0] = 0
+    step, wibble = size, 100.0
+
+    def mean_plus_noise(a: np.ndarray) -> np.ndarray:
+        return a / 4 + wibble * rng.uniform(-wibble, wibble, a.shape)
+
+    while step >= 2:
+        half = step // 2
+        corners = m[0:size:step, 0:size:step]
+        sq = corners + np.roll(corners, -1, axis=0)
+        sq = sq + np.roll(sq, -1, axis=1)
+        m[half:size:step, half:size:step] = mean_plus_noise(sq)
+        centres = m[half:size:step, half:size:step]
+        corners = m[0:size:step, 0:size:step]
+        lt = centres + np.roll(centres, 1, axis=0) + corners + np.roll(corners, -1, axis=1)
+        m[0:size:step, half:size:step] = mean_plus_noise(lt)
+        tt = centres + np.roll(centres, 1, axis=1) + corners + np.roll(corners, -1, axis=0)
+        m[half:size:step, 0:size:step] = mean_plus_noise(tt)
+        step //= 2
+        wibble /= decay
+    m -= m.min()
+    return m / m.max()
+
+
+def fog(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
+    c = ((1.5, 2), (2.0, 2), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4))[severity - 1]
+    h, w = x.shape[:2]
+    size = 1 << (max(h, w, 3) - 1).bit_length()
+    x = _f(x)
+    top = x.max()
+    x = x + c[0] * plasma_fractal(size, c[1], rng)[:h, :w][..., None]
+    return np.clip(x * top / (top + c[0]), 0, 1) * 255
+
+
+def snow(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
+    c = ((0.1, 0.3, 3, 0.5, 10, 4, 0.8), (0.2, 0.3, 2, 0.5, 12, 4, 0.7), (0.55, 0.3, 4, 0.9, 12, 8, 0.7),
+         (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65), (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55))[severity - 1]
+    x = np.asarray(x, dtype=np.float32) / 255.0
+    layer = rng.normal(size=x.shape[:2], loc=c[0], scale=c[1])
+    layer = _clipped_zoom(layer[..., None], c[2])
+    layer[layer < c[3]] = 0
+    layer = np.clip(layer.squeeze(), 0, 1)
+    layer = _motion(layer, c[4], c[5], rng.uniform(-135, -45))
+    layer = (np.round(layer * 255).astype(np.uint8) / 255.0)[..., None][: x.shape[0], : x.shape[1]]
+    grey = _rgb2gray(x)[..., None]
+    x = c[6] * x + (1 - c[6]) * np.maximum(x, grey * 1.5 + 0.5)
+    return np.clip(x + layer + np.rot90(layer, k=2), 0, 1) * 255
+
+
+def brightness(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
+    from skimage.color import hsv2rgb, rgb2hsv
+
+    c = (0.1, 0.2, 0.3, 0.4, 0.5)[severity - 1]
+    hsv = rgb2hsv(_f(x))
+    hsv[..., 2] = np.clip(hsv[..., 2] + c, 0, 1)
+    return np.clip(hsv2rgb(hsv), 0, 1) * 255
+
+
+# ---------------------------------------------------------------- digital
+
+def contrast(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
+    c = (0.4, 0.3, 0.2, 0.1, 0.05)[severity - 1]
+    x = _f(x)
+    means = x.mean(axis=(0, 1), keepdims=True)
+    return np.clip((x - means) * c + means, 0, 1) * 255
+
+
+def saturate(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
+    from skimage.color import hsv2rgb, rgb2hsv
+
+    c = ((0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2))[severity - 1]
+    hsv = rgb2hsv(_f(x))
+    hsv[..., 1] = np.clip(hsv[..., 1] * c[0] + c[1], 0, 1)
+    return np.clip(hsv2rgb(hsv), 0, 1) * 255
+
+
+def jpeg_compression(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
+    quality = (25, 18, 15, 10, 7)[severity - 1]
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(x, dtype=np.uint8)).save(buf, "JPEG", quality=quality)
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.float64)
+
+
+def pixelate(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
+    c = (0.6, 0.5, 0.4, 0.3, 0.25)[severity - 1]
+    h, w = x.shape[:2]
+    im = Image.fromarray(np.asarray(x, dtype=np.uint8))
+    im = im.resize((int(w * c), int(h * c)), Image.BOX).resize((w, h), Image.NEAREST)
+    return np.asarray(im, dtype=np.float64)
+
+
+def elastic_transform(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
+    """Displace pixels by a smoothed random field (Simard et al. 2003), bilinear sampling, reflected borders."""
+    image = np.asarray(x, dtype=np.float32) / 255.0
+    h, w = image.shape[:2]
+    sigma = np.array((h, w)) * 0.01
+    alpha = (250 * 0.05, 250 * 0.065, 250 * 0.085, 250 * 0.1, 250 * 0.12)[severity - 1]
+    m = h * 0.005
+    dx = (_gaussian(rng.uniform(-m, m, size=(h, w)), sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)
+    dy = (_gaussian(rng.uniform(-m, m, size=(h, w)), sigma, mode="reflect", truncate=3) * alpha).astype(np.float32)
+    yy, xx = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    out = np.empty_like(image)
+    for ch in range(image.shape[2]):
+        out[..., ch] = ndimage.map_coordinates(image[..., ch], (yy + dy, xx + dx), order=1, mode="reflect")
+    return np.clip(out, 0, 1) * 255
+
+
+# ---------------------------------------------------------------- registry
+
+FAMILIES: dict[str, tuple[str, ...]] = {
+    "noise": ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"),
+    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "gaussian_blur"),
+    "weather": ("snow", "fog", "brightness"),
+    "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression", "saturate"),
+}
+CORRUPTIONS: dict[str, Callable[[np.ndarray, int, Rng], np.ndarray]] = {
+    name: globals()[name] for names in FAMILIES.values() for name in names
+}
+FAMILY_OF = {name: fam for fam, names in FAMILIES.items() for name in names}
+_CODE = {name: zlib.crc32(name.encode()) for name in CORRUPTIONS}
+
+
+def corruption_seed(image_key: int, name: str, severity: int) -> list[int]:
+    """The seed sequence of one (image, corruption, severity): the same in every run and on every rank."""
+    return [0x1C0FFEE, _CODE[name], int(severity), int(image_key)]
+
+
+def corrupt(image: np.ndarray, name: str, severity: int, image_key: int = 0, rng: Rng | None = None) -> np.ndarray:
+    """``image`` (uint8 RGB ``(H, W, 3)``) with corruption ``name`` at ``severity`` (1-5), as uint8.
+
+    ``image_key`` identifies the image (its index or a hash of its file name); the
+    randomness is drawn from ``default_rng(corruption_seed(image_key, name, severity))``
+    unless ``rng`` is given.
+    """
+    if name not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {name!r}; known: {', '.join(CORRUPTIONS)}")
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity must be 1..5, got {severity}")
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected a uint8 (H, W, 3) image, got {image.dtype} {image.shape}")
+    rng = rng if rng is not None else np.random.default_rng(corruption_seed(image_key, name, severity))
+    return np.uint8(CORRUPTIONS[name](image, severity, rng))
+
+
+class CorruptedSource:
+    """A source whose images are corrupted on load (masks unchanged); see :func:`corrupt`.
+
+    The image key is the CRC-32 of the image file's name where the source has
+    files (so an image is corrupted the same way whatever split or order it is
+    read in), its index otherwise.
+    """
+
+    def __init__(self, base: Any, name: str, severity: int) -> None:
+        if name not in CORRUPTIONS or severity not in SEVERITIES:
+            raise ValueError(f"unknown corruption {name}-{severity}")
+        self.base, self.name, self.severity = base, name, severity
+        self.info, self.split = base.info, base.split
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def image_key(self, index: int) -> int:
+        images = getattr(self.base, "images", None)
+        return zlib.crc32(images[index].name.encode()) if isinstance(images, list) else index
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image, mask = self.base.load(index)
+        return corrupt(image, self.name, self.severity, self.image_key(index)), mask
+
+    def load_mask(self, index: int) -> np.ndarray:
+        return self.base.load_mask(index)
+
+    def validate(self) -> None:
+        self.base.validate()
+
+    def class_pixel_counts(self) -> np.ndarray:
+        return self.base.class_pixel_counts()
+
+    def files(self) -> list:
+        return self.base.files() if hasattr(self.base, "files") else []

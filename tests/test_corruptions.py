@@ -1,0 +1,103 @@
+"""ImageNet-C corruptions: against the imagecorruptions package's outputs, deterministic across runs and
+DDP shards, as evaluation domains, and mPC / rPC."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from hardseg.data.corruptions import CORRUPTIONS, FAMILIES, corrupt
+from hardseg.data.domains import parse_domain, parse_domains
+from hardseg.errors import DataError
+from hardseg.trainables.robustness import robustness
+
+REF = Path(__file__).parent / "data" / "corruptions_ref.npz"
+SEED = 1234  # tests/data/make_corruption_fixture.py
+
+
+def test_matches_the_imagecorruptions_package():
+    """Reference outputs of imagecorruptions 1.1.2 (tests/data/make_corruption_fixture.py); the random ones
+    were drawn after np.random.seed(SEED + k), so a RandomState(SEED + k) draws the same numbers here."""
+    ref = np.load(REF)
+    cases = [k for k in ref.files if k != "images"]
+    assert len(cases) == 14
+    for key in cases:
+        name, sev = key.rsplit("-", 1)
+        for k, img in enumerate(ref["images"]):
+            ours = corrupt(img, name, int(sev), rng=np.random.RandomState(SEED + k)).astype(int)
+            diff = np.abs(ours - ref[key][k].astype(int))
+            # float32 sums (motion blur) may flip a truncation: at most 1 level on < 1 % of the values
+            assert diff.max() <= 1 and (diff > 0).mean() < 0.01, (key, k, diff.max(), (diff > 0).mean())
+
+
+def test_the_others_by_their_definition():
+    img = np.load(REF)["images"][0]
+    out = corrupt(img, "impulse_noise", 5, 7).astype(int)  # 27 % of the values set to 0 or 255
+    changed = (out != img) & ((out == 0) | (out == 255))
+    assert 0.2 < changed.mean() < 0.3
+    blur = corrupt(img, "gaussian_blur", 2)
+    want = np.uint8(np.clip(ndimage.gaussian_filter(img / 255.0, (2, 2, 0), mode="nearest"), 0, 1) * 255)
+    np.testing.assert_array_equal(blur, want)
+    glass = corrupt(img, "glass_blur", 1, 3)
+    assert glass.shape == img.shape and np.abs(glass.astype(int) - img).mean() > 3
+
+
+def test_every_corruption_and_severity_is_deterministic_and_grows():
+    img = np.load(REF)["images"][1]
+    assert sorted(n for f in FAMILIES.values() for n in f) == sorted(CORRUPTIONS)
+    for name in CORRUPTIONS:
+        diffs = []
+        for sev in (1, 3, 5):
+            a, b = corrupt(img, name, sev, 11), corrupt(img, name, sev, 11)
+            assert a.dtype == np.uint8 and a.shape == img.shape
+            np.testing.assert_array_equal(a, b)
+            diffs.append(np.abs(a.astype(int) - img).mean())
+        assert diffs[2] > diffs[0] or name == "saturate", (name, diffs)  # saturate: 0.3x, 0.1x, 2x, 5x, 20x
+
+
+def _digests(root: str, rank: int, world: int) -> dict[int, str]:
+    from hardseg.config import DataConfig
+    from hardseg.data.domains import build_domain
+    from hardseg.trainables.loop import ShardSampler
+
+    ds = build_domain(DataConfig(root=root, synthetic={"size": 32, "n_train": 64, "n_val": 32, "n_shift": 16}),
+                      "corrupt:gaussian_noise-4")
+    return {i: hashlib.sha256(ds[i][0].numpy().tobytes()).hexdigest() for i in ShardSampler(len(ds), rank, world)}
+
+
+def test_corrupted_domain_is_identical_across_runs_and_ranks(data_root):
+    whole = _digests(str(data_root), 0, 1)
+    assert len(set(whole.values())) == len(whole) == 32  # every image its own noise
+    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+            f"from test_corruptions import _digests; print(json.dumps(_digests({str(data_root)!r}, 1, 2)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    import json
+
+    rank1 = {int(k): v for k, v in json.loads(out.strip().splitlines()[-1]).items()}
+    rank0 = _digests(str(data_root), 0, 2)
+    assert sorted(rank0) == list(range(0, 32, 2)) and sorted(rank1) == list(range(1, 32, 2))
+    assert {**rank0, **rank1} == whole
+
+
+def test_domain_specs_and_mpc():
+    d = parse_domain("corrupt:gaussian_noise-3")
+    assert (d.name, d.dataset, d.split, d.corruption) == ("corrupt.gaussian_noise-3", None, "val", ("gaussian_noise", 3))
+    assert parse_domain("corrupt:fog-2:target").name == "corrupt.fog-2_target"
+    assert [x.name for x in parse_domains(["fog-3", "corrupt:fog-3"])] == ["fog-3", "corrupt.fog-3"]
+    for bad in ("corrupt:frost-3", "corrupt:fog-6", "corrupt:fog"):
+        with pytest.raises(DataError, match="corrupt:<name>-<severity>"):
+            parse_domain(bad)
+    m = {"corrupt.gaussian_noise-1": 0.6, "corrupt.gaussian_noise-3": 0.4, "corrupt.contrast-2": 0.5,
+         "corrupt.motion_blur-5": 0.3, "fog-3": 0.1}
+    r = robustness({f"{k}/miou": v for k, v in m.items()}, clean=0.8)
+    assert r["robustness/mPC/miou"] == pytest.approx((0.5 + 0.5 + 0.3) / 3)  # the synthetic fog-3 is no corruption
+    assert r["robustness/rPC/miou"] == pytest.approx((0.5 + 0.5 + 0.3) / 3 / 0.8)
+    assert r["robustness/corruption_noise/miou"] == pytest.approx(0.5 / 0.8)
+    assert r["robustness/corruption_blur/miou"] == pytest.approx(0.3 / 0.8)
+    assert r["robustness/corrupt.gaussian_noise/miou"] == pytest.approx(0.625) and r["robustness/fog/miou"] == 0.125
