@@ -69,6 +69,23 @@ class ModelConfig(_Strict):
     aux_weight: float = Field(0.4, ge=0, description="weight of the aux head's CE, the same for every strategy")
     width: int = Field(16, ge=4, le=256, description="base width of the tiny_seg model")
     norm: Literal["batch", "group"] = Field("batch", description="tiny_seg normalisation; group is batch-size independent")
+    encoder: str | None = Field(None, description="encoder of smp:* models: resnet18, resnet50, mobilenet_v2, mit_b0, "
+                                "tu-<timm name>, ...; None = resnet50 (Segformer: mit_b0)")
+    pretrained: str = Field("none", description="encoder weights: none, imagenet (from the local TORCH_HOME/HF_HOME "
+                            "caches, never downloaded) or a .pth/.pt/.safetensors file")
+    init_from: str | None = Field(None, description="whole-model warm start: a hardseg model_export.pt or "
+                                  "runs:/RUN_ID/model/model_export.pt")
+
+    @field_validator("pretrained", mode="before")
+    @classmethod
+    def _pretrained(cls, v: Any) -> Any:
+        if v is None or v is False:
+            return "none"
+        if not isinstance(v, str):
+            return v
+        if not v:
+            raise ValueError("use none, imagenet or a weights file")
+        return "none" if v.lower() in ("none", "null") else ("imagenet" if v.lower() == "imagenet" else v)
 
 
 class TrainConfig(_Strict):
@@ -226,10 +243,8 @@ def validate_config(tree: dict[str, Any], source: str = "config") -> RunConfig:
 
 def check_registered_names(cfg: RunConfig, source: str = "config") -> None:
     """Model and strategy names must exist; strategy parameters must validate."""
-    from hardseg.models import available_models
+    from hardseg.models import check_model_name
     from hardseg.strategies import validate_strategies
 
-    models = available_models()
-    if cfg.model.name not in models:
-        raise ConfigError(f"{source}: unknown model '{cfg.model.name}' for 'model.name'; allowed: {', '.join(models)}")
+    check_model_name(cfg.model.name, source)
     validate_strategies(cfg.strategies, cfg.strategy_params, source=source)
