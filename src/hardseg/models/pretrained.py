@@ -142,15 +142,28 @@ def load_into(module: nn.Module, state: dict[str, Tensor], key: str, source: str
 
 
 # -- model.pretrained: imagenet ------------------------------------------------------------------------------
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache as the environment says now (HF_HUB_CACHE, else HF_HOME/hub)."""
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hub"
+    return Path(constants.HF_HUB_CACHE)
+
+
 def _hf_cached(repo_id: str, filenames: tuple[str, ...], revision: str | None, encoder: str) -> Path:
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.constants import HF_HUB_CACHE
 
+    cache = hf_cache_dir()
     for name in filenames:
         try:
-            return Path(hf_hub_download(repo_id, filename=name, revision=revision, local_files_only=True))
+            return Path(hf_hub_download(repo_id, filename=name, revision=revision, cache_dir=cache,
+                                        local_files_only=True))
         except Exception:  # not in the cache
             continue
+    HF_HUB_CACHE = cache
     rev = f" --revision {revision}" if revision else ""
     raise ConfigError(f"model.pretrained=imagenet: the ImageNet weights of encoder '{encoder}' are not cached and "
                       f"hardseg downloads nothing at run time; put {filenames[0]} of https://huggingface.co/{repo_id} "

@@ -56,13 +56,52 @@ def resolve_paths(cfg: RunConfig, workdir: Path | None = None) -> RunConfig:
     cfg.data.root = absolute_location(cfg.data.root, base)
     cfg.ray.storage_path = absolute_location(cfg.ray.storage_path, base)
     cfg.data.eval_domains = [absolute_spec(d, base) for d in cfg.data.eval_domains]
+    if cfg.model.pretrained not in ("none", "imagenet"):
+        cfg.model.pretrained = str((base / cfg.model.pretrained).resolve())
+    if cfg.model.init_from:
+        cfg.model.init_from = fetch_init_from(cfg.model.init_from, cfg, base)
     return cfg
 
 
-def prepare_data(cfg: RunConfig) -> None:
+def fetch_init_from(location: str, cfg: RunConfig, base: Path) -> str:
+    """``model.init_from`` as a local file: a path made absolute, or an MLflow ``runs:/RUN_ID/PATH``
+    (or other artifact URI) downloaded once on the driver into ``<storage_path>/init_from/``
+    (a local storage path; a temporary folder otherwise). A folder (``runs:/ID/model``) means
+    its ``model_export.pt``."""
+    from hardseg.trainables.loop import EXPORT_FILE
+
+    if "://" not in location and not location.startswith("runs:/"):
+        return str((base / location).resolve())
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
+
+    storage = cfg.ray.storage_path
+    root = Path(storage) / "init_from" if "://" not in storage else Path(tempfile.mkdtemp(prefix="hardseg-init-"))
+    dest = root / location.replace("://", "_").replace(":/", "_").replace("/", "_")
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        local = Path(download_artifacts(artifact_uri=location, dst_path=str(dest),
+                                        tracking_uri=tracking.resolve_tracking_uri(cfg.tracking.uri)))
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HardsegError(f"model.init_from: cannot fetch {location}: {msg} (give runs:/RUN_ID/model/"
+                           f"{EXPORT_FILE} of an existing run, or a local file)") from None
+    if local.is_dir():
+        found = sorted(local.rglob(EXPORT_FILE))
+        if not found:
+            raise HardsegError(f"model.init_from: {location} holds no {EXPORT_FILE}")
+        local = found[0]
+    return str(local)
+
+
+def prepare_data(cfg: RunConfig) -> list:
     """Generate the synthetic set once on the driver, or check a real dataset,
     so that workers neither race to generate it nor fail on a bad file later;
-    then check the strategies' settings against the model and the dataset."""
+    then check the strategies' settings and the weight files (``model.pretrained``,
+    ``model.init_from``) against the model and the dataset. Prints what the weight
+    files give (loaded, missing and unexpected keys) once and returns those
+    :class:`~hardseg.models.pretrained.LoadReport` s."""
     from hardseg.data import available_splits, build_dataset
     from hardseg.data.domains import build_domain, parse_domains
     from hardseg.trainables.loop import check_strategies_fit
@@ -79,7 +118,22 @@ def prepare_data(cfg: RunConfig) -> None:
     for domain in domains:
         if domain.dataset is not None or cfg.data.dataset != "synthetic":
             build_domain(cfg.data, domain).validate()  # a path spec: same label space, readable files
-    check_strategies_fit(cfg)
+    reports = check_strategies_fit(cfg)
+    for report in reports:
+        print(f"[hardseg] {report.summary()}", flush=True)
+    return reports
+
+
+def model_tags(cfg: RunConfig, reports: list | None = None) -> dict[str, str]:
+    """The model's encoder, weights and the input normalisation of the run (data/transforms.py,
+    the weights' recipe: models/pretrained.py), plus what each weight file gave."""
+    from hardseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    tags = {"hardseg.encoder": cfg.model.encoder or "", "hardseg.pretrained": cfg.model.pretrained,
+            "hardseg.normalisation": f"mean={list(IMAGENET_MEAN)} std={list(IMAGENET_STD)}"}
+    for report in reports or []:
+        tags.update(report.tags())
+    return tags
 
 
 def git_commit(path: Path | None = None) -> str:
@@ -105,6 +159,7 @@ def run_tags(cfg: RunConfig) -> dict[str, str]:
         "torch_version": torch.__version__,
         "python_version": _platform.python_version(),
         "mlflow.runName": cfg.name,
+        **model_tags(cfg),
     }
 
 
@@ -220,10 +275,12 @@ def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str,
     """
     from hardseg.platform.cluster import ensure_ray
 
+    init_uri = cfg.model.init_from
     cfg = resolve_paths(cfg, workdir)
-    prepare_data(cfg)
+    reports = prepare_data(cfg)
     ensure_ray(cfg.ray)
     config_text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    tags = {**model_tags(cfg, reports), **({"hardseg.init_from.uri": init_uri} if init_uri else {}), **(tags or {})}
     client, uri, exp_id, run_id = start_run(cfg, config_text, tags)
     print(f"[hardseg] MLflow run {run_id} in experiment '{cfg.tracking.experiment}' at {uri}", flush=True)
 
