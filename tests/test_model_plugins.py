@@ -106,7 +106,7 @@ def test_plugin_model_trains_with_two_ddp_workers(plugin_registry, data_root, tm
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     sets = sum((["--set", o] for o in small_overrides(data_root, **{
         "train.epochs": 1, "data.eval_domains": "[]", "ray.num_workers": 2, "strategies": "[hl]",
-        "ray.storage_path": str(tmp_path / "runs"), "train.log_images_every": 0})), [])
+        "ray.storage_path": str(tmp_path / "runs"), "train.log_images_every": 0, "tracking.log_model": "true"})), [])
     ok = run_cli(["train", *sets, "--set", "model.name=demo_net", "--tracking-uri", uri], plugin_registry, tmp_path)
     assert ok.returncode == 0, (ok.stdout[-3000:], ok.stderr[-3000:])
     client = MlflowClient(uri)
@@ -114,3 +114,9 @@ def test_plugin_model_trains_with_two_ddp_workers(plugin_registry, data_root, tm
     assert run.info.status == "FINISHED"
     assert run.data.tags["hardseg.model"] == "demo_net" and run.data.params["ray.num_workers"] == "2"
     assert 0.0 <= run.data.metrics["val/miou"] <= 1.0 and "train/hl/hl" in run.data.metrics
+    # its MLflow model (the plugin's class, pickled) loads where the plugin is installed
+    import mlflow.pytorch
+
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pytorch.load_model(f"runs:/{run.info.run_id}/model")
+    assert type(model.model).__name__ == "DemoNet" and model.metadata["architecture"] == "demo_net"

@@ -126,6 +126,8 @@ class RayConfig(_Strict):
 class TrackingConfig(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; None = MLFLOW_TRACKING_URI or ./mlruns/mlflow.db")
     experiment: str = "hardseg"
+    log_model: bool = Field(True, description="log each run's best model in MLflow's pytorch format under model/ "
+                            "(mlflow.pytorch.load_model('runs:/<id>/model'))")
     optuna_storage: str | None = Field(None, description="Optuna RDB URL for sweeps; None = optuna.db next to a "
                                        "SQLite MLflow store (use PostgreSQL on a multi-node cluster)")
 

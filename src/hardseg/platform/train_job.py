@@ -217,11 +217,22 @@ def raise_if_run_failed(client: tracking.MlflowClient, run_id: str) -> None:
 
 def log_final_artifacts(client: tracking.MlflowClient, run_id: str, checkpoint_dir: Path | None,
                         config_text: str, wall_s: float) -> None:
-    """The exported model of the last checkpoint, its config and the run's wall time."""
+    """The exported model of the last checkpoint (``model_export.pt`` and, with ``tracking.log_model``,
+    the same model in MLflow's format, :mod:`hardseg.platform.export`), its config and the run's wall time."""
     from hardseg.trainables.loop import EXPORT_FILE
 
-    if checkpoint_dir is not None and (Path(checkpoint_dir) / EXPORT_FILE).is_file():
-        client.log_artifact(run_id, str(Path(checkpoint_dir) / EXPORT_FILE), EXPORT_ARTIFACT_DIR)
+    export = Path(checkpoint_dir) / EXPORT_FILE if checkpoint_dir is not None else None
+    if export is not None and export.is_file():
+        client.log_artifact(run_id, str(export), EXPORT_ARTIFACT_DIR)
+        if yaml.safe_load(config_text).get("tracking", {}).get("log_model", True):
+            from hardseg.platform.export import log_mlflow_model
+
+            try:
+                log_mlflow_model(client, run_id, export)
+            except Exception as exc:  # the run's results stand; say why its MLflow model is missing
+                why = _one_line(exc)
+                tracking.set_tags(client, run_id, {"hardseg.model_log_error": why})
+                print(f"[hardseg] warning: the MLflow model of run {run_id} was not logged: {why}", flush=True)
     client.log_text(run_id, config_text, f"{EXPORT_ARTIFACT_DIR}/config.yaml")
     tracking.log_metrics(client, run_id, {"wall_time_s": wall_s})
 
