@@ -19,7 +19,7 @@ from test_strategies_models import CASES, CTX, K
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SMP = [f"smp:{a}" for a in ARCHITECTURES]
-# Small encoders keep the tests cheap; Segformer with its own (mit_b0) encoder, built on CPU then moved to meta.
+# Small encoders keep the tests cheap (resnet18 on the meta device); Segformer also with its own mit_b0.
 ENCODER = {"smp:Segformer": "mit_b0"}
 
 
@@ -31,7 +31,7 @@ def meta_training_model(model: str, case: str) -> TrainingModel:
     names, params = CASES[case]
     objective = Objective(names, params, CTX)  # as build_training_model: the objective's tensors stay real
     with torch.device("meta"):
-        net = build_model(model, K, encoder=ENCODER.get(model, "resnet18") if model.startswith("smp:") else None)
+        net = build_model(model, K, encoder="resnet18" if model.startswith("smp:") else None)
         return TrainingModel(net, objective)
 
 
@@ -60,12 +60,22 @@ def test_smp_model_output_features_and_new_head(model):
     for name, feat in out.features.items():
         assert feat.shape[1] == net.feature_channels[name]
         assert 64 // feat.shape[-1] == net.feature_strides[name], name
+    net.train()  # every parameter gets a gradient (DDP without find_unused_parameters)
+    out = net(torch.randn(2, 3, 64, 64))
+    (out.logits.sum() + (out.aux.sum() if out.aux is not None else 0)).backward()
+    assert not [n for n, p in net.named_parameters() if p.grad is None]
     head = net.new_head(1)
     assert isinstance(head, SmpHead) and n_params(head) < n_params(net.decode_head)
     assert not any(torch.equal(a, b) for a, b in zip(head.decoder.parameters(), net.decode_head.decoder.parameters())
                    if a.dim() > 1)  # freshly initialised convolutions, not copies of the weights
     with torch.no_grad():
         assert head(out.head_input).shape[-2:] == out.head_logits.shape[-2:]
+
+
+def test_mit_encoders_build_on_the_meta_device():
+    with torch.device("meta"):  # mit_* call .item() while building: built on CPU, then moved
+        net = build_model("smp:Segformer", K, encoder="mit_b0")
+    assert all(p.device.type == "meta" for p in net.parameters())
 
 
 def test_smp_bad_names_are_one_line_config_errors():

@@ -20,6 +20,9 @@ What the strategies see (docs/models.md):
   ``SegmentationHead`` does;
 * ``new_head(k)``: a copy of the decoder re-initialised with smp's decoder
   initialisation, plus a fresh convolution to ``k`` channels;
+* PSPNet runs its pyramid pooling on the whole encoder dilated to stride 8
+  (the paper's ResNet; smp's default stops at stride 8 without the last two
+  stages);
 * aux head (``model.aux``): an FCN head (conv3×3, BN, ReLU, dropout, conv1×1)
   on the feature before the deepest, as mmsegmentation's configs of
   DeepLabV3, DeepLabV3+, PSPNet and UPerNet have; the other architectures
@@ -158,7 +161,9 @@ def build_smp(arch: str, num_classes: int, aux: bool = False, encoder: str | Non
 
     encoder = encoder or default_encoder(arch)
     check_encoder(encoder)
-    kwargs = {"encoder_name": encoder, "encoder_weights": None, "classes": num_classes}
+    kwargs: dict[str, Any] = {"encoder_name": encoder, "encoder_weights": None, "classes": num_classes}
+    if arch == "PSPNet":  # smp's default (depth 3) leaves layer3/4 unused (DDP); PSPNet as in its paper: all stages
+        kwargs["encoder_depth"] = 5
     try:
         net = smp.create_model(arch, **kwargs)
     except (ValueError, KeyError) as err:
@@ -171,4 +176,17 @@ def build_smp(arch: str, num_classes: int, aux: bool = False, encoder: str | Non
         with torch.device("cpu"):
             net = smp.create_model(arch, **kwargs)
         net = net.to("meta")
+    if arch == "PSPNet":
+        net.encoder = _dilated_encoder(net.encoder, encoder, 8)
     return SmpSeg(net, arch, encoder, num_classes, aux=aux)
+
+
+def _dilated_encoder(built: nn.Module, encoder: str, output_stride: int) -> nn.Module:
+    """``encoder`` rebuilt at ``output_stride`` (dilated last stages, as PSPNet's paper), where it supports it."""
+    from segmentation_models_pytorch.encoders import get_encoder
+
+    try:
+        with torch.device(next(built.parameters()).device):
+            return get_encoder(encoder, depth=5, weights=None, output_stride=output_stride)
+    except Exception:  # noqa: BLE001 - e.g. mit_* encoders cannot be dilated: keep stride 32
+        return built
