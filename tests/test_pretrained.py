@@ -150,3 +150,15 @@ def test_wrong_shapes_on_the_command_line(capsys, sqlite_uri, data_root, tmp_pat
                     "--set", f"model.pretrained={tmp_path / 'bad.pth'}", "--tracking-uri", sqlite_uri],
            "shape mismatch at 'conv1.weight'")
     assert _no_runs(sqlite_uri)
+
+
+def test_evaluating_an_export_does_not_read_its_weight_files(data_root, tmp_path):
+    from hardseg.trainables.evaluate import load_inference_model
+
+    cfg = load_config(None, small_overrides(data_root, **{"model.pretrained": "/gone/enc.pth"}))
+    net = build_model("tiny_seg", 7)
+    torch.save({"model": net.state_dict(), "config": cfg.model_dump(mode="json"), "epoch": 1},
+               tmp_path / "model_export.pt")
+    model, cfg2 = load_inference_model(tmp_path / "model_export.pt")
+    assert cfg2.model.pretrained == "/gone/enc.pth"
+    assert_same(net.state_dict(), model)
