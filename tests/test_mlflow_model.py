@@ -59,6 +59,24 @@ def test_logged_model_reproduces_best_val_miou_and_is_evaluated_by_uri(data_root
     assert cli(["evaluate", f"runs:/{run_id}/model", "--domains", "val", "--tracking-uri", sqlite_uri]) == 0
     assert f"{best:7.4f}" in capsys.readouterr().out
 
+    # model.init_from: runs:/<id>/model is fetched on the driver (its model_export.pt) and warm-starts the model
+    from hardseg.platform.train_job import resolve_paths
+    from hardseg.trainables.evaluate import load_inference_model
+
+    warm = cfg.model_copy(deep=True)
+    warm.model.init_from, warm.tracking.uri, warm.ray.storage_path = f"runs:/{run_id}/model", sqlite_uri, str(
+        tmp_path / "storage")
+    warm = resolve_paths(warm)
+    assert warm.model.init_from.endswith("model_export.pt") and str(tmp_path / "storage") in warm.model.init_from
+    from hardseg.data import dataset_info
+    from hardseg.trainables.loop import build_training_model
+
+    info = dataset_info(warm.data)
+    tm = build_training_model(warm, info, torch.ones(info.num_classes).numpy())[0]
+    best_model = load_inference_model(tmp_path / "out" / "checkpoint_latest" / "model_export.pt")[0]
+    for k, v in best_model.state_dict().items():
+        torch.testing.assert_close(tm.export().state_dict()[k], v, rtol=0, atol=0)
+
     uri = register(run_id, "hardseg-test-model", sqlite_uri)
     assert uri == "models:/hardseg-test-model/1"
     assert isinstance(mlflow.pytorch.load_model(uri), ExportedModel)
