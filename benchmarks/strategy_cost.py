@@ -21,6 +21,7 @@ exports identical to CE's. Writes ``benchmarks/results/strategy_cost.json``
 
     python benchmarks/strategy_cost.py                     # tiny_seg, the defaults
     python benchmarks/strategy_cost.py --model lraspp_mobilenet_v3_large --steps 10
+    python benchmarks/strategy_cost.py --model smp:DeepLabV3Plus --encoder resnet18 --size 256 --batch 4
     python benchmarks/strategy_cost.py --variants ce hl 'self_regulation@self_regulation.exit_channels=16'
 """
 
@@ -86,7 +87,7 @@ class Bench:
         self.spec = spec
         names, params = parse_variant(spec)
         torch.manual_seed(0)
-        net = build_model(args.model, NUM_CLASSES)
+        net = build_model(args.model, NUM_CLASSES, encoder=args.encoder)
         self.objective = Objective(names, params, context())
         self.tm = TrainingModel(net, self.objective).to(args.device)
         self.opt = torch.optim.AdamW(self.tm.parameters(), lr=1e-3)
@@ -195,6 +196,8 @@ def memory_child(args: argparse.Namespace) -> None:
 def peak_memory(spec: str, args: argparse.Namespace) -> int | None:
     cmd = [sys.executable, __file__, "--memory-child", spec, "--model", args.model, "--batch", str(args.batch),
            "--size", str(args.size), "--threads", str(args.threads), "--device", args.device]
+    if args.encoder:
+        cmd += ["--encoder", args.encoder]
     # A fixed mmap threshold: freed activations go back to the OS, so RSS follows the live tensors.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
@@ -215,7 +218,8 @@ def paired_ratio(rounds: list[list[float]], ref_rounds: list[list[float]]) -> fl
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="tiny_seg")
+    p.add_argument("--model", default="tiny_seg", help="a registered model, e.g. smp:DeepLabV3Plus")
+    p.add_argument("--encoder", default=None, help="encoder of an smp:* model, e.g. resnet18")
     p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS,
                    help="strategies, '+'-joined compositions, optional '@strategy.param=value,...'; the first is the reference")
     p.add_argument("--batch", type=int, default=16)
@@ -232,7 +236,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.out is None:
-        args.out = RESULTS if args.model == "tiny_seg" else RESULTS.with_name(f"strategy_cost_{args.model}.json")
+        tag = args.model.replace(":", "_") + (f"_{args.encoder}" if args.encoder else "")
+        args.out = RESULTS if args.model == "tiny_seg" else RESULTS.with_name(f"strategy_cost_{tag}.json")
     torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(args)
@@ -284,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r["target_x"] = max(TARGETS.get(n, DEFAULT_TARGET) for n in names) if ref is not r else None
         r["meets_target"] = None if r["target_x"] is None else r["step_ms_x"] <= r["target_x"]
 
-    result = {"model": args.model, "batch": args.batch, "size": args.size, "threads": args.threads,
+    result = {"model": args.model, "encoder": args.encoder, "batch": args.batch, "size": args.size, "threads": args.threads,
               "device": args.device, "steps": per_round * args.rounds, "torch": torch.__version__,
               "machine": platform.machine(), "reference": ref["variant"], "rows": rows}
     print_table(result)

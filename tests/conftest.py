@@ -28,6 +28,8 @@ def small_overrides(data_root: Path, **extra) -> list[str]:
         "train.epochs": 2,
         "train.batch_size": 8,
         "data.eval_domains": "[fog-3]",
+        # the MLflow-format model costs an mlflow.pytorch import per process; tests that check it turn it on
+        "tracking.log_model": "false",
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]

@@ -87,6 +87,23 @@ class ModelConfig(_Strict):
     norm: Literal["batch", "group"] = Field("batch", description="tiny_seg normalisation; group is batch-size independent")
     sync_bn: bool = Field(False, description="convert BatchNorm to SyncBatchNorm for multi-GPU DDP "
                                              "(a no-op on CPU/gloo and with one worker)")
+    encoder: str | None = Field(None, description="encoder of smp:* models: resnet18, resnet50, mobilenet_v2, mit_b0, "
+                                "tu-<timm name>, ...; None = resnet50 (Segformer: mit_b0)")
+    pretrained: str = Field("none", description="encoder weights: none, imagenet (from the local TORCH_HOME/HF_HOME "
+                            "caches, never downloaded) or a .pth/.pt/.safetensors file")
+    init_from: str | None = Field(None, description="whole-model warm start: a hardseg model_export.pt or "
+                                  "runs:/RUN_ID/model/model_export.pt")
+
+    @field_validator("pretrained", mode="before")
+    @classmethod
+    def _pretrained(cls, v: Any) -> Any:
+        if v is None or v is False:
+            return "none"
+        if not isinstance(v, str):
+            return v
+        if not v:
+            raise ValueError("use none, imagenet or a weights file")
+        return "none" if v.lower() in ("none", "null") else ("imagenet" if v.lower() == "imagenet" else v)
 
 
 class TrainConfig(_Strict):
@@ -163,6 +180,8 @@ class RayConfig(_Strict):
 class TrackingConfig(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; None = MLFLOW_TRACKING_URI or ./mlruns/mlflow.db")
     experiment: str = "hardseg"
+    log_model: bool = Field(True, description="log each run's best model in MLflow's pytorch format under model/ "
+                            "(mlflow.pytorch.load_model('runs:/<id>/model'))")
     optuna_storage: str | None = Field(None, description="Optuna RDB URL for sweeps; None = optuna.db next to a "
                                        "SQLite MLflow store (use PostgreSQL on a multi-node cluster)")
 
@@ -291,15 +310,12 @@ def check_registered_names(cfg: RunConfig, source: str = "config") -> None:
     """Model, dataset and strategy names must exist; strategy parameters must validate."""
     from hardseg.data.registry import get_dataset
     from hardseg.errors import DataError
-    from hardseg.models import available_models
+    from hardseg.models import check_model_name
     from hardseg.strategies import validate_strategies
 
     try:
         get_dataset(cfg.data.dataset)
     except DataError as err:  # "unknown dataset 'x'; allowed: ..." or a broken plugin's reason
         raise ConfigError(f"{source}: {err} (key 'data.dataset')") from None
-
-    models = available_models()
-    if cfg.model.name not in models:
-        raise ConfigError(f"{source}: unknown model '{cfg.model.name}' for 'model.name'; allowed: {', '.join(models)}")
+    check_model_name(cfg.model.name, source)
     validate_strategies(cfg.strategies, cfg.strategy_params, source=source)

@@ -1,44 +1,110 @@
 """Segmentation networks and their registry.
 
-``@register_model("name")`` adds a builder ``fn(num_classes, aux=False, width=...)
+``@register_model("name")`` adds a builder ``fn(num_classes, aux=False, **options)
 -> SegModel``; :func:`build_model` looks it up. Every model returns a
 :class:`SegOutput` (main logits, optional aux logits, named features).
+
+Built in: ``tiny_seg`` (CPU tests and demos), four torchvision models, and the
+segmentation-models-pytorch zoo as ``smp:<Architecture>`` (``model.encoder``
+picks the encoder, :mod:`hardseg.models.smp`). A third-party package adds a
+model by declaring an entry point in the ``hardseg.models`` group whose object
+builds a :class:`SegModel` (a builder function or the SegModel subclass
+itself), called as ``obj(num_classes, aux=..., width=..., norm=...)`` plus
+``encoder=...`` when ``model.encoder`` is set::
+
+    [project.entry-points."hardseg.models"]
+    my_net = "my_pkg.net:MyNet"
+
+Entry points are read in every process that builds a model (the driver and
+each Ray worker). A plugin that fails to import does not break the built-ins:
+naming it raises a one-line ConfigError that says why (docs/models.md).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from functools import partial
+from importlib.metadata import entry_points
+from typing import Any, Callable
 
 from hardseg.errors import ConfigError
 from hardseg.models.base import SegModel
 from hardseg.models.output import SegOutput, predict_classes
 from hardseg.models.resize import resize_bilinear
-from hardseg.models import tiny, tv
+from hardseg.models import smp, tiny, tv
 
+ENTRY_POINT_GROUP = "hardseg.models"
 _MODELS: dict[str, Callable[..., SegModel]] = {}
+_BUILTIN: set[str] = set()
+_BROKEN: dict[str, str] = {}  # plugin name -> why it could not be loaded
+_entry_points_loaded = False
 
 
 def register_model(name: str) -> Callable[[Callable[..., SegModel]], Callable[..., SegModel]]:
     def deco(fn: Callable[..., SegModel]) -> Callable[..., SegModel]:
-        if name in _MODELS:
+        if name in _MODELS and _MODELS[name] is not fn:
             raise ValueError(f"model '{name}' is already registered")
         _MODELS[name] = fn
         return fn
     return deco
 
 
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _MODELS:
+            continue
+        try:
+            obj = ep.load()
+        except Exception as exc:  # a broken plugin must not break the built-ins
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            _BROKEN[ep.name] = f"model plugin '{ep.name}' ({ep.value}) failed to import: {type(exc).__name__}: {why}"
+            continue
+        if not callable(obj):
+            _BROKEN[ep.name] = f"model plugin '{ep.name}' ({ep.value}) is not a SegModel class or builder"
+            continue
+        register_model(ep.name)(obj)
+
+
 def available_models() -> list[str]:
+    _load_entry_points()
     return sorted(_MODELS)
 
 
-def build_model(name: str, num_classes: int, *, aux: bool = False, width: int = 16, norm: str = "batch") -> SegModel:
+def check_model_name(name: str, source: str = "config") -> None:
+    """ConfigError (one line) for an unknown model or a plugin that failed to load."""
+    _load_entry_points()
+    if name in _BROKEN and name not in _MODELS:
+        raise ConfigError(f"{source}: {_BROKEN[name]} (in 'model.name')")
+    if name not in _MODELS:
+        raise ConfigError(f"{source}: unknown model '{name}' for 'model.name'; allowed: {', '.join(available_models())}")
+
+
+def build_model(name: str, num_classes: int, *, aux: bool = False, width: int = 16, norm: str = "batch",
+                encoder: str | None = None) -> SegModel:
     """Build a registered model with fresh weights (nothing is downloaded).
 
-    ``width`` and ``norm`` apply to ``tiny_seg``; torchvision models ignore them.
+    ``width`` and ``norm`` apply to ``tiny_seg``, ``encoder`` to ``smp:*``
+    models (and plugins that take it); torchvision models have fixed backbones.
     """
+    _load_entry_points()
+    if name in _BROKEN and name not in _MODELS:
+        raise ConfigError(_BROKEN[name])
     if name not in _MODELS:
         raise ConfigError(f"unknown model '{name}'; allowed: {', '.join(available_models())}")
-    return _MODELS[name](num_classes, aux=aux, width=width, norm=norm)
+    options: dict[str, Any] = {"aux": aux, "width": width, "norm": norm}
+    if encoder is not None:
+        if name in _BUILTIN and not name.startswith("smp:"):
+            raise ConfigError(f"'model.encoder' applies to smp:* models; '{name}' has a fixed backbone "
+                              "(unset model.encoder)")
+        options["encoder"] = encoder
+    model = _MODELS[name](num_classes, **options)
+    if not isinstance(model, SegModel):
+        raise ConfigError(f"model '{name}' built a {type(model).__name__}, not a hardseg SegModel "
+                          "(see the SegModel contract in docs/models.md)")
+    return model
 
 
 @register_model("tiny_seg")
@@ -46,11 +112,13 @@ def tiny_seg(num_classes: int, aux: bool = False, width: int = 16, norm: str = "
     return tiny.TinySeg(num_classes, width=width, aux=aux, norm=norm)
 
 
-
 register_model("fcn_resnet50")(tv.fcn_resnet50)
 register_model("deeplabv3_resnet50")(tv.deeplabv3_resnet50)
 register_model("deeplabv3_mobilenet_v3_large")(tv.deeplabv3_mobilenet_v3_large)
 register_model("lraspp_mobilenet_v3_large")(tv.lraspp_mobilenet_v3_large)
+for _arch in smp.ARCHITECTURES:
+    register_model(f"smp:{_arch}")(partial(smp.build_smp, _arch))
+_BUILTIN.update(_MODELS)
 
-__all__ = ["SegModel", "SegOutput", "available_models", "predict_classes", "build_model", "register_model",
-           "resize_bilinear"]
+__all__ = ["SegModel", "SegOutput", "available_models", "check_model_name", "predict_classes", "build_model",
+           "register_model", "resize_bilinear", "ENTRY_POINT_GROUP"]

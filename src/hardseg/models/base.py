@@ -15,7 +15,8 @@ class SegModel(nn.Module):
     """A segmentation network split into the parts strategies attach to.
 
     Subclasses implement :meth:`encode`, :meth:`head_input`, :meth:`decode`
-    and :meth:`new_head`; :meth:`forward` puts them together. ``decode_head``
+    and :meth:`new_head` (and :meth:`encoder_module` for pretrained weights);
+    :meth:`forward` puts them together (docs/models.md has the contract). ``decode_head``
     must be the module that maps ``head_input(features)`` to logits, so that
     ``new_head(k)`` can build a fresh copy of its architecture with ``k``
     output channels.
@@ -41,6 +42,14 @@ class SegModel(nn.Module):
     def new_head(self, out_channels: int) -> nn.Module:
         """A freshly initialised module with the decode head's architecture."""
         raise NotImplementedError
+
+    def encoder_module(self) -> nn.Module:
+        """The backbone/encoder that ``model.pretrained`` weights load into (``self.backbone`` by default)."""
+        backbone = getattr(self, "backbone", None)
+        if not isinstance(backbone, nn.Module):
+            raise NotImplementedError(f"{type(self).__name__} does not say which module is its encoder "
+                                      "(define encoder_module())")
+        return backbone
 
     def upsample(self, logits: Tensor, size: tuple[int, int]) -> Tensor:
         return resize_bilinear(logits, size, self.align_corners)

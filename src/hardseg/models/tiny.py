@@ -67,6 +67,9 @@ class TinySeg(SegModel):
         self.decode_head = TinyHead(*self._head_args, num_classes, norm=norm)
         self.aux_head = nn.Conv2d(4 * w, num_classes, 1) if aux else None
 
+    def encoder_module(self) -> nn.Module:
+        return nn.ModuleDict({"stem": self.stem, "stage2": self.stage2, "stage4": self.stage4, "stage8": self.stage8})
+
     def encode(self, x: Tensor) -> dict[str, Tensor]:
         f1 = self.stem(x)
         f2 = self.stage2(f1)

@@ -46,7 +46,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             summary += f" | {domain}/miou {m[f'{domain}/miou']:.4f}"
     print(f"[hardseg] done in {out.wall_s:.0f}s: {summary}")
     print(f"[hardseg] MLflow run {out.run_id}; open the UI with: mlflow ui --backend-store-uri {out.tracking_uri}")
+    _register(args, out.run_id, out.tracking_uri)
     return 0
+
+
+def _register(args: argparse.Namespace, run_id: str | None, tracking_uri: str) -> None:
+    """``--register NAME``: the run's MLflow model (``runs:/<id>/model``) as a new version of NAME."""
+    if not getattr(args, "register", None) or not run_id:
+        return
+    from hardseg.platform.export import register
+
+    uri = register(run_id, args.register, tracking_uri)
+    print(f"[hardseg] registered runs:/{run_id}/model as {uri}; load it with mlflow.pytorch.load_model('{uri}')")
 
 
 def _print_sweep(out) -> None:
@@ -73,6 +84,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         out = run_sweep(space, config_path=args.config, overrides=overrides, name=args.name,
                         in_process=not args.always_trainer)
     _print_sweep(out)
+    if not out.interrupted and out.best:
+        _register(args, out.best.get("run_id"), out.tracking_uri)
     return 130 if out.interrupted else 0
 
 
@@ -91,7 +104,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from hardseg.trainables.evaluate import evaluate_domains, load_inference_model
     from hardseg.trainables.robustness import robustness
 
-    model, cfg = load_inference_model(args.checkpoint)
+    from hardseg.platform.export import is_model_uri, load_logged_model
+
+    if is_model_uri(args.checkpoint):  # an MLflow model: runs:/<id>/model, models:/<name>/<version>
+        from hardseg.platform import tracking
+
+        model, cfg = load_logged_model(args.checkpoint, tracking.resolve_tracking_uri(args.tracking_uri))
+    else:
+        model, cfg = load_inference_model(args.checkpoint)
     if args.data_root:
         cfg.data.root = str(Path(args.data_root).resolve())
     domains = args.domains or ["val", *cfg.data.eval_domains]
@@ -285,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="one DDP training run on Ray Train, logged to MLflow")
     _add_config_args(t)
+    t.add_argument("--register", metavar="NAME", help="register the run's MLflow model in the model registry as NAME")
     t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("data", help="datasets")
@@ -315,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--storage-path", help="with --resume: the ray.storage_path the sweep ran with")
     sw.add_argument("--always-trainer", action="store_true",
                     help="fit a TorchTrainer even for one-worker trials (default: train in the trial's process)")
+    sw.add_argument("--register", metavar="NAME",
+                    help="register the best trial's MLflow model in the model registry as NAME")
     sw.set_defaults(func=cmd_sweep)
 
     ab = sub.add_parser("ablate", help="strategies × seeds with identical budgets, one MLflow parent run")
@@ -342,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
 
     ev = sub.add_parser("evaluate", help="evaluate a trained model on evaluation domains (cross-domain)")
-    ev.add_argument("checkpoint", help="model_export.pt (MLflow artifact model/) or a checkpoint.pt")
+    ev.add_argument("checkpoint", help="model_export.pt (MLflow artifact model/), a checkpoint.pt, or an MLflow "
+                    "model URI: runs:/<run id>/model, models:/<name>/<version>")
     ev.add_argument("--domains", nargs="+", help="splits (val fog-1 … night-5 target), corrupt:<name>-<severity>, "
                     "or [NAME=]KIND:PATH[:SPLIT] with KIND cityscapes, folder, ade20k, voc, gta5, dark_zurich, "
                     "acdc (KIND:PATH:<condition>), foggy_cityscapes (docs/datasets.md); default: val and the run's "

@@ -255,7 +255,7 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
     if storage_exists(storage_join(sweep_root, name)):
         raise ConfigError(f"sweep '{name}' already exists in {sweep_root}; resume it with "
                           f"'hardseg sweep --resume {name}' or choose another --name")
-    lineage = prepare_data(base_cfg)
+    lineage = prepare_data(base_cfg).lineage
     if "strategies" in space.params:  # every strategy list a trial can have must fit the model
         for choice in space.params["strategies"].choices:
             check_strategies_fit(resolve_paths(space.run_config({"strategies": choice}, config_path, overrides),

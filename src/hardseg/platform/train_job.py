@@ -56,16 +56,63 @@ def resolve_paths(cfg: RunConfig, workdir: Path | None = None) -> RunConfig:
     cfg.data.root = absolute_location(cfg.data.root, base)
     cfg.ray.storage_path = absolute_location(cfg.ray.storage_path, base)
     cfg.data.eval_domains = [absolute_spec(d, base) for d in cfg.data.eval_domains]
+    if cfg.model.pretrained not in ("none", "imagenet"):
+        cfg.model.pretrained = str((base / cfg.model.pretrained).resolve())
+    if cfg.model.init_from:
+        cfg.model.init_from = fetch_init_from(cfg.model.init_from, cfg, base)
     return cfg
 
 
-def prepare_data(cfg: RunConfig) -> list:
+def fetch_init_from(location: str, cfg: RunConfig, base: Path) -> str:
+    """``model.init_from`` as a local file: a path made absolute, or an MLflow ``runs:/RUN_ID/PATH``
+    (or other artifact URI) downloaded once on the driver into ``<storage_path>/init_from/``
+    (a local storage path; a temporary folder otherwise). A folder (``runs:/ID/model``) means
+    its ``model_export.pt``."""
+    from hardseg.trainables.loop import EXPORT_FILE
+
+    if "://" not in location and not location.startswith("runs:/"):
+        return str((base / location).resolve())
+    import tempfile
+
+    from mlflow.artifacts import download_artifacts
+
+    storage = cfg.ray.storage_path
+    root = Path(storage) / "init_from" if "://" not in storage else Path(tempfile.mkdtemp(prefix="hardseg-init-"))
+    dest = root / location.replace("://", "_").replace(":/", "_").replace("/", "_")
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        local = Path(download_artifacts(artifact_uri=location, dst_path=str(dest),
+                                        tracking_uri=tracking.resolve_tracking_uri(cfg.tracking.uri)))
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HardsegError(f"model.init_from: cannot fetch {location}: {msg} (give runs:/RUN_ID/model/"
+                           f"{EXPORT_FILE} of an existing run, or a local file)") from None
+    if local.is_dir():
+        found = sorted(local.rglob(EXPORT_FILE))
+        if not found:
+            raise HardsegError(f"model.init_from: {location} holds no {EXPORT_FILE}")
+        local = found[0]
+    return str(local)
+
+
+@dataclass
+class PreparedData:
+    """What the driver's checks found: the datasets' lineage for MLflow, and what the weight files gave."""
+
+    lineage: list = field(default_factory=list)  # hardseg.data.lineage.Lineage records
+    weight_reports: list = field(default_factory=list)  # hardseg.models.pretrained.LoadReport
+
+
+def prepare_data(cfg: RunConfig) -> PreparedData:
     """Generate the synthetic set once on the driver, or check a real dataset,
     so that workers neither race to generate it nor fail on a bad file later;
-    then check the strategies' settings against the model and the dataset.
+    then check the strategies' settings and the weight files (``model.pretrained``,
+    ``model.init_from``) against the model and the dataset, and print once what
+    the weight files give (loaded, missing and unexpected keys).
 
     Returns the lineage (:class:`hardseg.data.lineage.Lineage`) of the training,
-    validation and test splits and of every evaluation domain, for MLflow.
+    validation and test splits and of every evaluation domain, and the weight
+    files' :class:`~hardseg.models.pretrained.LoadReport` s.
     """
     from hardseg.data import available_splits, build_dataset, resolve_root
     from hardseg.data.domains import build_domain, parse_domains
@@ -106,8 +153,22 @@ def prepare_data(cfg: RunConfig) -> list:
             ds.validate()
             records.append(lineage(ds.source, domain.name, "evaluation", domain.dataset, Path(domain.root),
                                    variant=domain.variant))
-    check_strategies_fit(cfg)
-    return records
+    reports = check_strategies_fit(cfg)
+    for report in reports:
+        print(f"[hardseg] {report.summary()}", flush=True)
+    return PreparedData(records, reports)
+
+
+def model_tags(cfg: RunConfig, reports: list | None = None) -> dict[str, str]:
+    """The model's encoder, weights and the input normalisation of the run (data/transforms.py,
+    the weights' recipe: models/pretrained.py), plus what each weight file gave."""
+    from hardseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    tags = {"hardseg.encoder": cfg.model.encoder or "", "hardseg.pretrained": cfg.model.pretrained,
+            "hardseg.normalisation": f"mean={list(IMAGENET_MEAN)} std={list(IMAGENET_STD)}"}
+    for report in reports or []:
+        tags.update(report.tags())
+    return tags
 
 
 def git_commit(path: Path | None = None) -> str:
@@ -136,6 +197,7 @@ def run_tags(cfg: RunConfig) -> dict[str, str]:
         "torch_version": torch.__version__,
         "python_version": _platform.python_version(),
         "mlflow.runName": cfg.name,
+        **model_tags(cfg),
     }
 
 
@@ -212,11 +274,22 @@ def raise_if_run_failed(client: tracking.MlflowClient, run_id: str) -> None:
 
 def log_final_artifacts(client: tracking.MlflowClient, run_id: str, checkpoint_dir: Path | None,
                         config_text: str, wall_s: float) -> None:
-    """The exported model of the last checkpoint, its config and the run's wall time."""
+    """The exported model of the last checkpoint (``model_export.pt`` and, with ``tracking.log_model``,
+    the same model in MLflow's format, :mod:`hardseg.platform.export`), its config and the run's wall time."""
     from hardseg.trainables.loop import EXPORT_FILE
 
-    if checkpoint_dir is not None and (Path(checkpoint_dir) / EXPORT_FILE).is_file():
-        client.log_artifact(run_id, str(Path(checkpoint_dir) / EXPORT_FILE), EXPORT_ARTIFACT_DIR)
+    export = Path(checkpoint_dir) / EXPORT_FILE if checkpoint_dir is not None else None
+    if export is not None and export.is_file():
+        client.log_artifact(run_id, str(export), EXPORT_ARTIFACT_DIR)
+        if yaml.safe_load(config_text).get("tracking", {}).get("log_model", True):
+            from hardseg.platform.export import log_mlflow_model
+
+            try:
+                log_mlflow_model(client, run_id, export)
+            except Exception as exc:  # the run's results stand; say why its MLflow model is missing
+                why = _one_line(exc)
+                tracking.set_tags(client, run_id, {"hardseg.model_log_error": why})
+                print(f"[hardseg] warning: the MLflow model of run {run_id} was not logged: {why}", flush=True)
     client.log_text(run_id, config_text, f"{EXPORT_ARTIFACT_DIR}/config.yaml")
     tracking.log_metrics(client, run_id, {"wall_time_s": wall_s})
 
@@ -270,11 +343,14 @@ def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str,
     """
     from hardseg.platform.cluster import ensure_ray
 
+    init_uri = cfg.model.init_from
     cfg = resolve_paths(cfg, workdir)
-    lineage = prepare_data(cfg)
+    prepared = prepare_data(cfg)
     ensure_ray(cfg.ray)
     config_text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    client, uri, exp_id, run_id = start_run(cfg, config_text, tags, lineage=lineage)
+    tags = {**model_tags(cfg, prepared.weight_reports), **({"hardseg.init_from.uri": init_uri} if init_uri else {}),
+            **(tags or {})}
+    client, uri, exp_id, run_id = start_run(cfg, config_text, tags, lineage=prepared.lineage)
     print(f"[hardseg] MLflow run {run_id} in experiment '{cfg.tracking.experiment}' at {uri}", flush=True)
 
     start = time.perf_counter()

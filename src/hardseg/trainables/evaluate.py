@@ -37,9 +37,12 @@ def load_inference_model(path: str | Path) -> tuple[nn.Module, RunConfig]:
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ConfigError(f"{path} is not a hardseg checkpoint (no 'model' and 'config' entries)")
     cfg = RunConfig.model_validate(state["config"])
-    # Class frequencies only shape cb_ce's training loss; inference does not use them.
+    # Class frequencies only shape cb_ce's training loss; inference does not use them. The stored
+    # weights replace the initial ones: model.pretrained / init_from files are not needed (nor read).
     info = dataset_info(cfg.data)
-    tm, _ = build_training_model(cfg, info, np.ones(info.num_classes))
+    build_cfg = cfg.model_copy(deep=True)
+    build_cfg.model.pretrained, build_cfg.model.init_from = "none", None
+    tm, _ = build_training_model(build_cfg, info, np.ones(info.num_classes))
     if "optimizer" in state:  # a training checkpoint: the whole TrainingModel
         tm.load_state_dict(state["model"])
         return tm.export().eval(), cfg

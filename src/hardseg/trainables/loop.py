@@ -69,6 +69,7 @@ from hardseg.data import build_dataset, class_pixel_frequencies, dataset_info
 from hardseg.data.domains import build_domain, parse_domains
 from hardseg.errors import ConfigError
 from hardseg.models import SegOutput, build_model, predict_classes
+from hardseg.models.pretrained import load_weights
 from hardseg.strategies import Objective, StrategyContext, TrainingModel
 from hardseg.trainables.metrics import SegMetrics
 from hardseg.trainables.robustness import robustness
@@ -296,6 +297,9 @@ def build_training_model(cfg: RunConfig, info, class_frequencies: np.ndarray | N
 
     ``meta``: build the network and the modules on PyTorch's meta device (no
     memory, no init cost), which is all :func:`check_strategies_fit` needs.
+    Pretrained and warm-start weights (``model.pretrained``, ``model.init_from``)
+    are loaded, or on the meta device only checked; ``tm.weight_reports``
+    says what each file gave.
 
     Raises ConfigError for strategy settings that do not fit the model or the
     dataset (an SR exit or a C2F feature the model lacks, C2F without a
@@ -307,15 +311,20 @@ def build_training_model(cfg: RunConfig, info, class_frequencies: np.ndarray | N
     objective = Objective(cfg.strategies, cfg.strategy_params, ctx)
     with torch.device("meta") if meta else nullcontext():
         net = build_model(cfg.model.name, info.num_classes, aux=cfg.model.aux, width=cfg.model.width,
-                          norm=cfg.model.norm)
-        return TrainingModel(net, objective), objective
+                          norm=cfg.model.norm, encoder=cfg.model.encoder)
+        tm = TrainingModel(net, objective)
+    # model.pretrained / model.init_from (models/pretrained.py); on the meta device only checked
+    tm.weight_reports = load_weights(tm.net, tm.export(), cfg.model, load=not meta)
+    return tm, objective
 
 
-def check_strategies_fit(cfg: RunConfig) -> None:
+def check_strategies_fit(cfg: RunConfig) -> list:
     """Build the training model on the meta device so that model- and dataset-dependent strategy
-    settings fail on the driver, before anything is logged; ConfigError names the key."""
+    settings and weight files fail on the driver, before anything is logged; ConfigError names the key.
+    Returns the weight files' load reports (:class:`hardseg.models.pretrained.LoadReport`)."""
     info = dataset_info(cfg.data)
-    build_training_model(cfg, info, np.ones(info.num_classes), meta=True)
+    tm, _ = build_training_model(cfg, info, np.ones(info.num_classes), meta=True)
+    return tm.weight_reports
 
 
 def autocast_for(device: torch.device, enabled: bool):

@@ -1,0 +1,247 @@
+"""Weights from local files: ``model.pretrained`` (the encoder) and ``model.init_from`` (the whole model).
+
+Nothing is downloaded at run time (docs/models.md, "Pretrained weights"):
+
+* ``model.pretrained: imagenet`` resolves the provider's ImageNet file from the
+  local caches: smp encoders from the Hugging Face cache (``HF_HOME``, repository
+  ``smp-hub/<encoder>.imagenet``), ``tu-<timm name>`` encoders from timm's
+  Hugging Face repository in the same cache, torchvision backbones from
+  ``$TORCH_HOME/hub/checkpoints/`` (the weight enum's file). A file that is not
+  cached is a ConfigError naming the file and the folder to put it in.
+* ``model.pretrained: PATH`` reads an encoder state dict (``.pth``/``.pt`` with
+  ``torch.load(weights_only=True)``, or ``.safetensors``); a hardseg export
+  (``model_export.pt``: ``{"model": state_dict, ...}``) works too, its
+  encoder's part is taken.
+* ``model.init_from: PATH`` loads a hardseg export into the whole inference
+  model (the warm start of fine-tuning); ``runs:/RUN_ID/...`` URIs are
+  downloaded on the driver first (:mod:`hardseg.platform.train_job`).
+
+Keys are matched after stripping the one prefix under which most of the
+file's keys name the target's parameters (``encoder.``, ``backbone.``,
+``module.``, ``net.`` …). A shape mismatch is an error naming the first bad
+key; missing and unexpected keys are counted in a :class:`LoadReport` that the
+driver prints once and logs as MLflow tags (never silently dropped).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from hardseg.errors import ConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the recipe of torchvision's and smp's ImageNet weights
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TORCHVISION_BACKBONES = {  # model name -> (weights enum, attribute): torchvision's default weights_backbone
+    "fcn_resnet50": ("ResNet50_Weights", "IMAGENET1K_V1"),
+    "deeplabv3_resnet50": ("ResNet50_Weights", "IMAGENET1K_V1"),
+    "deeplabv3_mobilenet_v3_large": ("MobileNet_V3_Large_Weights", "IMAGENET1K_V1"),
+    "lraspp_mobilenet_v3_large": ("MobileNet_V3_Large_Weights", "IMAGENET1K_V1"),
+}
+
+
+@dataclass
+class LoadReport:
+    """What a weights file gave a module: loaded, missing and unexpected keys."""
+
+    key: str  # the config key: model.pretrained or model.init_from
+    source: str
+    prefix: str
+    loaded: int
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    outside: int = 0  # the file's keys not under ``prefix`` (e.g. a whole export's decoder)
+
+    def summary(self) -> str:
+        def first(keys: list[str]) -> str:
+            return f" (first: {', '.join(keys[:3])})" if keys else ""
+
+        return (f"{self.key}: loaded {self.loaded} tensors from {self.source}"
+                + (f" under prefix '{self.prefix}'" if self.prefix else "")
+                + f"; missing {len(self.missing)}{first(self.missing)}; unexpected {len(self.unexpected)}"
+                + f"{first(self.unexpected)}" + (f"; {self.outside} keys outside the prefix ignored" if self.outside else ""))
+
+    def tags(self) -> dict[str, str]:
+        base = f"hardseg.{self.key.split('.')[-1]}"
+        return {f"{base}.source": self.source, f"{base}.loaded": str(self.loaded),
+                f"{base}.missing_keys": str(len(self.missing)), f"{base}.unexpected_keys": str(len(self.unexpected)),
+                f"{base}.missing_first": ",".join(self.missing[:5]),
+                f"{base}.unexpected_first": ",".join(self.unexpected[:5])}
+
+
+def read_state_dict(path: str | os.PathLike, key: str) -> dict[str, Tensor]:
+    """Tensors of a ``.safetensors`` file or a ``torch.save``d state dict (``weights_only=True``).
+
+    A dict holding the state dict under ``model`` or ``state_dict`` (hardseg
+    exports and checkpoints, many training scripts) is unwrapped.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{key}: weights file not found: {p} (give a .pth, .pt or .safetensors file)")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(p), device="cpu")
+        else:
+            state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{key}: cannot read weights file {p}: {msg}") from None
+    for wrapper in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    tensors = {k: v for k, v in state.items() if isinstance(v, Tensor)} if isinstance(state, dict) else {}
+    if not tensors:
+        raise ConfigError(f"{key}: {p} holds no state dict (expected a mapping of parameter names to tensors)")
+    return tensors
+
+
+def match_prefix(keys: list[str], target: set[str]) -> tuple[str, int]:
+    """The prefix whose stripping makes most of ``keys`` name keys of ``target`` (ties: the shorter)."""
+    counts: Counter[str] = Counter()
+    for k in keys:
+        starts = [0] + [i + 1 for i, ch in enumerate(k) if ch == "."]
+        for i in starts:
+            if k[i:] in target:
+                counts[k[:i]] += 1
+                break
+    if not counts:
+        return "", 0
+    prefix, n = max(counts.items(), key=lambda kv: (kv[1], -len(kv[0])))
+    return prefix, n
+
+
+def load_into(module: nn.Module, state: dict[str, Tensor], key: str, source: str, what: str,
+              load: bool = True) -> LoadReport:
+    """Check ``state`` against ``module`` and (``load``) copy it in; ConfigError on no match or a shape mismatch."""
+    own = module.state_dict()
+    prefix, n = match_prefix(list(state), set(own))
+    if n == 0:
+        raise ConfigError(f"{key}: no tensor of {source} matches a parameter of the {what} (file key "
+                          f"'{next(iter(state))}', {what} key '{next(iter(own), '-')}'); is it this model's weights?")
+    mine = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    bad = [k for k in own if k in mine and tuple(mine[k].shape) != tuple(own[k].shape)]
+    if bad:
+        k = bad[0]
+        raise ConfigError(f"{key}: shape mismatch at '{prefix}{k}' of {source}: {tuple(mine[k].shape)} in the file, "
+                          f"{tuple(own[k].shape)} in the {what} ({len(bad)} keys differ)")
+    report = LoadReport(key, source, prefix, loaded=sum(k in own for k in mine),
+                        missing=[k for k in own if k not in mine], unexpected=[k for k in mine if k not in own],
+                        outside=len(state) - len(mine))
+    if load:
+        module.load_state_dict({k: v for k, v in mine.items() if k in own}, strict=False)
+    return report
+
+
+# -- model.pretrained: imagenet ------------------------------------------------------------------------------
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache as the environment says now (HF_HUB_CACHE, else HF_HOME/hub)."""
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]) / "hub"
+    return Path(constants.HF_HUB_CACHE)
+
+
+def _hf_cached(repo_id: str, filenames: tuple[str, ...], revision: str | None, encoder: str) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    cache = hf_cache_dir()
+    for name in filenames:
+        try:
+            return Path(hf_hub_download(repo_id, filename=name, revision=revision, cache_dir=cache,
+                                        local_files_only=True))
+        except Exception:  # not in the cache
+            continue
+    HF_HUB_CACHE = cache
+    rev = f" --revision {revision}" if revision else ""
+    raise ConfigError(f"model.pretrained=imagenet: the ImageNet weights of encoder '{encoder}' are not cached and "
+                      f"hardseg downloads nothing at run time; put {filenames[0]} of https://huggingface.co/{repo_id} "
+                      f"into the Hugging Face cache {HF_HUB_CACHE} (e.g. `hf download {repo_id} {filenames[0]}{rev}` "
+                      f"with HF_HOME set as for training), or save it anywhere and set model.pretrained=PATH")
+
+
+def imagenet_file(model_name: str, encoder: str | None) -> Path:
+    """The cached ImageNet weights file of the model's backbone/encoder (module docstring)."""
+    if model_name.startswith("smp:"):
+        from hardseg.models.smp import default_encoder
+
+        encoder = encoder or default_encoder(model_name[4:])
+        if encoder.startswith("tu-"):
+            import timm
+
+            cfg = timm.models.get_pretrained_cfg(encoder[3:])
+            if cfg is None or not getattr(cfg, "hf_hub_id", None):
+                raise ConfigError(f"model.pretrained=imagenet: timm has no pretrained weights for '{encoder[3:]}' "
+                                  "(give a tag, e.g. tu-resnet18.a1_in1k, or model.pretrained=PATH)")
+            return _hf_cached(cfg.hf_hub_id, ("model.safetensors", "pytorch_model.bin"), None, encoder)
+        import segmentation_models_pytorch as smp
+
+        settings = smp.encoders.encoders.get(encoder, {}).get("pretrained_settings", {})
+        if "imagenet" not in settings:
+            raise ConfigError(f"model.pretrained=imagenet: smp has no ImageNet weights for encoder '{encoder}' "
+                              f"(it has: {', '.join(settings) or 'none'}); use model.pretrained=PATH")
+        s = settings["imagenet"]
+        return _hf_cached(s["repo_id"], ("model.safetensors",), s.get("revision"), encoder)
+    if model_name in TORCHVISION_BACKBONES:
+        import torchvision.models as tvm
+
+        enum, member = TORCHVISION_BACKBONES[model_name]
+        url = getattr(getattr(tvm, enum), member).url
+        folder = Path(torch.hub.get_dir()) / "checkpoints"
+        path = folder / os.path.basename(url)
+        if not path.is_file():
+            raise ConfigError(f"model.pretrained=imagenet: {path.name} ({enum}.{member}) is not cached and hardseg "
+                              f"downloads nothing at run time; put {url} into {folder} (TORCH_HOME), or set "
+                              "model.pretrained=PATH")
+        return path
+    raise ConfigError(f"model.pretrained=imagenet: model '{model_name}' has no ImageNet weights; use "
+                      "model.pretrained=PATH (an encoder state dict) or none")
+
+
+def weights_normalisation(model_name: str, encoder: str | None, pretrained: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Mean and std of the input normalisation the weights were trained with (ImageNet's unless timm says otherwise)."""
+    if pretrained == "imagenet" and model_name.startswith("smp:") and encoder and encoder.startswith("tu-"):
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(encoder[3:])
+        if cfg is not None:
+            return tuple(cfg.mean), tuple(cfg.std)
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def load_weights(net: nn.Module, inference: nn.Module, model_cfg: Any, load: bool = True) -> list[LoadReport]:
+    """Apply ``model.pretrained`` to ``net``'s encoder, then ``model.init_from`` to the inference model.
+
+    ``load=False`` only checks (files, keys, shapes), as the driver does on a
+    meta-device model before any MLflow run exists.
+    """
+    reports = []
+    pretrained = model_cfg.pretrained
+    if pretrained != "none":
+        path = imagenet_file(model_cfg.name, model_cfg.encoder) if pretrained == "imagenet" else Path(pretrained)
+        mean, std = weights_normalisation(model_cfg.name, model_cfg.encoder, pretrained)
+        if (tuple(mean), tuple(std)) != (IMAGENET_MEAN, IMAGENET_STD):
+            raise ConfigError(f"model.pretrained=imagenet: the weights of '{model_cfg.encoder}' expect inputs "
+                              f"normalised with mean {mean} and std {std}, hardseg's data pipeline uses ImageNet's "
+                              f"{IMAGENET_MEAN}/{IMAGENET_STD}; pick an encoder trained with ImageNet normalisation")
+        try:
+            encoder = net.encoder_module()
+        except NotImplementedError as err:
+            raise ConfigError(f"model.pretrained: {err}") from None
+        reports.append(load_into(encoder, read_state_dict(path, "model.pretrained"), "model.pretrained", str(path),
+                                 "encoder", load))
+    if model_cfg.init_from:
+        state = read_state_dict(model_cfg.init_from, "model.init_from")
+        reports.append(load_into(inference, state, "model.init_from", str(model_cfg.init_from), "model", load))
+    return reports

@@ -1,0 +1,120 @@
+"""Runs' exported models in MLflow's model format (``mlflow.pytorch``), and loading them back.
+
+At the end of every run the best model (``model_export.pt``) is rebuilt, wrapped
+as :class:`hardseg.models.export.ExportedModel` (images → logits) and written
+with ``mlflow.pytorch.save_model`` (pickle serialisation, so any input size
+works; ``pt2`` would fix the traced shapes) into the run's ``model/`` artifact
+folder next to ``model_export.pt`` and ``config.yaml``: the ``MLmodel`` file
+carries hardseg's metadata (architecture, encoder, class names, palette,
+normalisation, config), a tensor signature ``images (-1, 3, -1, -1) float32 →
+logits (-1, C, -1, -1)`` and a 32×32 input example. It is written with
+``save_model`` + ``MlflowClient.log_artifacts`` rather than ``log_model`` so
+that no fluent (process-global) active run or tracking URI is touched;
+``mlflow.pytorch.load_model("runs:/<id>/model")`` and
+``mlflow.register_model`` take it as a logged model (docs/models.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from hardseg.errors import ConfigError
+
+ARTIFACT = "model"
+EXAMPLE_SIDE = 32  # every built-in model takes 32×32 (smp encoders need multiples of 32)
+
+
+def _requirements(model_name: str) -> list[str]:
+    pkgs = ["torch", "torchvision", "hardseg"] + (["segmentation-models-pytorch", "timm"]
+                                                  if model_name.startswith("smp:") else [])
+    out = []
+    for pkg in pkgs:
+        try:
+            out.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            out.append(pkg)
+    return out
+
+
+def build_exported_model(export_file: Path):
+    """The :class:`ExportedModel` of a ``model_export.pt`` (best weights, run config, dataset info)."""
+    from hardseg.data import dataset_info
+    from hardseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from hardseg.models.export import ExportedModel, export_metadata
+    from hardseg.trainables.evaluate import load_inference_model
+
+    model, cfg = load_inference_model(export_file)
+    epoch = torch.load(export_file, map_location="cpu", weights_only=False).get("epoch")
+    meta = export_metadata(cfg, dataset_info(cfg.data), IMAGENET_MEAN, IMAGENET_STD, epoch)
+    return ExportedModel(model, meta).eval()
+
+
+def save_mlflow_model(exported, path: Path) -> None:
+    """``exported`` in MLflow's pytorch format at ``path`` (a new folder)."""
+    import mlflow.pytorch
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    meta = exported.metadata
+    example = np.zeros((1, 3, EXAMPLE_SIDE, EXAMPLE_SIDE), dtype=np.float32)
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, -1, -1), "images")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, meta["num_classes"], -1, -1), "logits")]))
+    quiet = logging.getLogger("mlflow.pytorch")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # the pickle-format notice, once per run
+    try:
+        mlflow.pytorch.save_model(exported, str(path), signature=signature, input_example=example, metadata=meta,
+                                  pip_requirements=_requirements(meta["architecture"]),
+                                  serialization_format="pickle")
+    finally:
+        quiet.setLevel(level)
+
+
+def log_mlflow_model(client, run_id: str, export_file: Path) -> None:
+    """Write the run's best model as an MLflow model under ``model/`` of run ``run_id``."""
+    exported = build_exported_model(export_file)
+    with tempfile.TemporaryDirectory(prefix="hardseg-mlflow-model-") as d:
+        save_mlflow_model(exported, Path(d) / ARTIFACT)
+        client.log_artifacts(run_id, str(Path(d) / ARTIFACT), ARTIFACT)
+
+
+def is_model_uri(location: str) -> bool:
+    return location.startswith(("runs:/", "models:/")) or ("://" in location and not Path(location).exists())
+
+
+def load_logged_model(uri: str, tracking_uri: str) -> tuple[torch.nn.Module, Any]:
+    """(model, RunConfig) of a logged hardseg model (``runs:/<id>/model``, ``models:/<name>/<version>``);
+    needs nothing of the dataset (class names, palette and normalisation are in its metadata)."""
+    import mlflow.pytorch
+    from mlflow.artifacts import download_artifacts
+    from mlflow.models import Model
+
+    from hardseg.config import RunConfig
+
+    try:
+        local = download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri)
+        meta = Model.load(local).metadata or {}
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot load the MLflow model {uri} from {tracking_uri}: {msg}") from None
+    if "config" not in meta:
+        raise ConfigError(f"{uri} is not a hardseg model (its MLmodel has no hardseg metadata)")
+    model = mlflow.pytorch.load_model(local, map_location="cpu")
+    return model.eval(), RunConfig.model_validate(meta["config"])
+
+
+def register(run_id: str, name: str, tracking_uri: str) -> str:
+    """Register run ``run_id``'s model as a new version of ``name``; returns ``models:/<name>/<version>``."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mv = mlflow.register_model(f"runs:/{run_id}/{ARTIFACT}", name)
+    return f"models:/{mv.name}/{mv.version}"
