@@ -153,6 +153,15 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     return out.exit_code
 
 
+def _check_tracking_uri(args: argparse.Namespace) -> None:
+    """An unsupported ``--tracking-uri`` / ``MLFLOW_TRACKING_URI`` fails here, before Ray or MLflow start."""
+    uri = getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        from hardseg.platform.tracking import check_tracking_uri
+
+        check_tracking_uri(uri)
+
+
 DEMO_STRATEGIES = ["ce", "hl", "ohem"]
 DEMO_SEEDS = [0, 1]
 DEMO_EPOCHS = 8
@@ -341,9 +350,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hardseg.platform.console import quiet_console
+
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    quiet_console()  # before any command imports Ray
     args = build_parser().parse_args(argv)
     try:
+        _check_tracking_uri(args)
         return args.func(args)
     except HardsegError as err:
         print(f"error: {err}", file=sys.stderr)
