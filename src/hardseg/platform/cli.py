@@ -22,6 +22,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)")
 
 
+def _add_dry_run(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--dry-run", action="store_true", help=text)
+
+
 def _load(args: argparse.Namespace):
     from hardseg.config import load_config
 
@@ -35,6 +39,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hardseg.platform.train_job import run_training
 
     cfg = _load(args)
+    if args.dry_run:
+        from hardseg.platform.dryrun import dry_run_train
+
+        return dry_run_train(cfg)
     out = run_training(cfg)
     m = out.metrics
     summary = " | ".join(f"{k} {m[k]:.4f}" for k in ("val/miou", "val/band_iou", "val/small_iou", "val/thin_iou")
@@ -45,7 +53,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if isinstance(m.get(f"{domain}/miou"), float):
             summary += f" | {domain}/miou {m[f'{domain}/miou']:.4f}"
     print(f"[hardseg] done in {out.wall_s:.0f}s: {summary}")
-    print(f"[hardseg] MLflow run {out.run_id}; open the UI with: mlflow ui --backend-store-uri {out.tracking_uri}")
+    from hardseg.platform.tracking import ui_hint
+
+    print(f"[hardseg] MLflow run {out.run_id}; UI: {ui_hint(out.tracking_uri, out.experiment_id)}")
     return 0
 
 
@@ -58,6 +68,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from hardseg.platform.sweep import resume_sweep, run_sweep
     from hardseg.search_spaces import load_space
 
+    if args.resume and args.dry_run:
+        raise HardsegError("--dry-run shows a new sweep's trials; it does not apply to --resume")
     if args.resume:
         out = resume_sweep(args.resume, storage_path=args.storage_path)
     else:
@@ -70,6 +82,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.max_concurrent:
             space.sweep.max_concurrent = args.max_concurrent
         overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
+        if args.dry_run:
+            from hardseg.platform.dryrun import dry_run_sweep
+
+            return dry_run_sweep(space, args.config, overrides)
         out = run_sweep(space, config_path=args.config, overrides=overrides, name=args.name,
                         in_process=not args.always_trainer)
     _print_sweep(out)
@@ -80,6 +96,13 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from hardseg.platform.sweep import run_ablation
 
     overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
+    if args.dry_run:
+        from hardseg.platform.dryrun import dry_run_sweep
+        from hardseg.platform.sweep import ablation_space
+
+        space = ablation_space(args.strategies, args.seeds)
+        grid = {"strategies": list(space.params["strategies"].choices), "seed": list(args.seeds)}
+        return dry_run_sweep(space, args.config, overrides, grid=grid)
     out = run_ablation(args.strategies, args.seeds, config_path=args.config, overrides=overrides, name=args.name,
                        in_process=not args.always_trainer, max_concurrent=args.max_concurrent)
     _print_sweep(out)
@@ -188,8 +211,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     paths = write_report(client, client.get_run(out.parent_run_id), Path("reports").resolve() / out.name)
     print(f"[hardseg] report: {paths['markdown']} and {paths['html']} (also under report/ of MLflow run "
           f"{out.parent_run_id})")
-    print(f"[hardseg] compare the runs in the MLflow UI: mlflow ui --backend-store-uri {uri}  "
-          "(open http://127.0.0.1:5000, experiment 'hardseg', expand the parent run, select its children, Compare)")
+    from hardseg.platform.tracking import ui_hint
+
+    exp_id = client.get_run(out.parent_run_id).info.experiment_id
+    print(f"[hardseg] compare the runs in the MLflow UI: {ui_hint(uri, exp_id)} "
+          "(expand the parent run, select its children, Compare)")
     return 0
 
 
@@ -274,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="one DDP training run on Ray Train, logged to MLflow")
     _add_config_args(t)
+    _add_dry_run(t, "print the resolved config and exit; no Ray, no MLflow run, no data generated")
     t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("data", help="datasets")
@@ -296,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--storage-path", help="with --resume: the ray.storage_path the sweep ran with")
     sw.add_argument("--always-trainer", action="store_true",
                     help="fit a TorchTrainer even for one-worker trials (default: train in the trial's process)")
+    _add_dry_run(sw, "print the base config and the trials' parameters and exit; nothing started")
     sw.set_defaults(func=cmd_sweep)
 
     ab = sub.add_parser("ablate", help="strategies × seeds with identical budgets, one MLflow parent run")
@@ -307,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: what fits)")
     ab.add_argument("--always-trainer", action="store_true",
                     help="fit a TorchTrainer even for one-worker trials")
+    _add_dry_run(ab, "print the base config and the grid's trials and exit; nothing started")
     ab.set_defaults(func=cmd_ablate)
 
     rp = sub.add_parser("report", help="Markdown, HTML, PNG and Parquet report of a sweep or ablation, "

@@ -18,7 +18,9 @@ off, through the environment variable Ray 2.60 reads for it:
 * ``RAY_COLOR_PREFIX=0`` when stdout is not a terminal: worker lines forwarded to
   the driver carry no ANSI colour codes in a log file or a CI log.
 * ``MLFLOW_LOGGING_LEVEL=WARNING``: no "Creating initial MLflow database tables"
-  INFO lines when a command creates the SQLite store.
+  INFO lines when a command creates the SQLite store;
+  ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false``: no "Downloading artifacts" bar when
+  ``hardseg report`` fetches the HL maps.
 * the "Token authentication is enabled for this Ray cluster" warning of every
   new local runtime is dropped by a logging filter (:class:`DropTokenNotice`);
   token authentication itself stays on, as Ray 2.60 sets it up. Setting
@@ -43,7 +45,8 @@ TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 def console_env(stream: TextIO | None = None) -> dict[str, str]:
     """The environment defaults that keep Ray's console quiet, for ``stream`` (default stdout)."""
     stream = stream or sys.stdout
-    env = {"RAY_AIR_NEW_OUTPUT": "0", "RAY_DEDUP_LOGS": "0", "MLFLOW_LOGGING_LEVEL": "WARNING"}
+    env = {"RAY_AIR_NEW_OUTPUT": "0", "RAY_DEDUP_LOGS": "0", "MLFLOW_LOGGING_LEVEL": "WARNING",
+           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     if not _isatty(stream):
         env["RAY_COLOR_PREFIX"] = "0"
     return env

@@ -86,6 +86,23 @@ def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
     return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
 
 
+def ui_url(experiment_id: str, server: str = "http://127.0.0.1:5000") -> str:
+    """The experiment's runs table in the MLflow UI served at ``server``.
+
+    MLflow 3.17's UI keeps a global GenAI / Model-training switch that wins over the
+    experiment's ``mlflow.experimentKind`` tag and starts on GenAI (traces, "no data");
+    ``workflowType=machine_learning`` in the URL opens the runs table.
+    """
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def ui_hint(uri: str, experiment_id: str) -> str:
+    """How to look at the runs: the ``mlflow ui`` command for ``uri`` and the page to open."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {ui_url(experiment_id, uri)}"
+    return f"mlflow ui --backend-store-uri {uri}, then open {ui_url(experiment_id)}"
+
+
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:
     items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in sorted(params.items())]
     for i in range(0, len(items), 100):
