@@ -43,6 +43,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         from hardseg.platform.dryrun import dry_run_train
 
         return dry_run_train(cfg)
+    from hardseg.platform.console import progress_bar_wanted
+    from hardseg.trainables.progress import BAR_ENV
+
+    if progress_bar_wanted("train"):
+        os.environ.setdefault(BAR_ENV, "1")  # before Ray starts: its workers inherit it
     out = run_training(cfg)
     m = out.metrics
     summary = " | ".join(f"{k} {m[k]:.4f}" for k in ("val/miou", "val/band_iou", "val/small_iou", "val/thin_iou")

@@ -38,7 +38,6 @@ import os
 import sys
 from typing import TextIO
 
-PROGRESS_BAR_ENV = "HARDSEG_PROGRESS_BAR"
 TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
@@ -69,7 +68,8 @@ class DropTokenNotice(logging.Filter):
 
 
 def progress_bar_wanted(command: str, stream: TextIO | None = None) -> bool:
-    """A bar within each epoch only for a single run (``hardseg train``) on a terminal."""
+    """A bar within each epoch only for a single run (``hardseg train``) on a terminal
+    (:mod:`hardseg.trainables.progress`)."""
     return command == "train" and _isatty(stream or sys.stdout)
 
 

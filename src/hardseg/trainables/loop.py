@@ -50,6 +50,7 @@ from hardseg.data.domains import build_domain, parse_domains
 from hardseg.models import SegOutput, build_model, predict_classes
 from hardseg.strategies import Objective, StrategyContext, TrainingModel
 from hardseg.trainables.metrics import SegMetrics
+from hardseg.trainables.progress import epoch_bar
 from hardseg.trainables.robustness import robustness
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -200,7 +201,7 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, 
         if scaler is not None else nullcontext()
     start = time.perf_counter()
     first_step_unix = time.time()
-    for step, (images, target) in enumerate(loader):
+    for step, (images, target) in enumerate(epoch_bar(loader, epoch, epochs)):
         t0 = time.perf_counter()
         images = images.to(device, non_blocking=True)
         if channels_last:
