@@ -44,13 +44,22 @@ def test_epoch_bar_only_when_a_factory_is_installed():
     assert progress.epoch_bar(loader, 0, 2) is loader
     seen = {}
 
-    def factory(iterable, desc, total):
-        seen.update(desc=desc, total=total)
-        return iter(iterable)
+    class Bar:
+        def __init__(self, iterable, desc, total):
+            seen.update(desc=desc, total=total)
+            self.iterable = iterable
+
+        def __iter__(self):
+            return iter(self.iterable)
+
+        def close(self):
+            seen["closed"] = True
+
+    factory = Bar
 
     progress.set_bar_factory(factory)
     try:
-        assert list(progress.epoch_bar(loader, 1, 4)) == loader and seen == {"desc": "epoch 2/4", "total": 3}
+        assert list(progress.epoch_bar(loader, 1, 4)) == loader and seen == {"desc": "epoch 2/4", "total": 3, "closed": True}
     finally:
         progress.set_bar_factory(None)
     assert console.progress_bar_wanted("train", _Tty()) and not console.progress_bar_wanted("train", io.StringIO())

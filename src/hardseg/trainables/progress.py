@@ -15,7 +15,7 @@ unchanged: their console is the per-epoch line and the live trial table.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 BAR_ENV = "HARDSEG_PROGRESS_BAR"  # "1": draw the bar (set by the driver; read by ray_worker)
 
@@ -33,4 +33,12 @@ def epoch_bar(loader: Iterable[T], epoch: int, epochs: int) -> Iterable[T]:
     """``loader`` itself, or wrapped in the installed bar labelled ``epoch e/E`` (``epoch`` 0-based)."""
     if _factory is None:
         return loader
-    return _factory(loader, desc=f"epoch {epoch + 1}/{epochs}", total=len(loader))
+    return _closing(_factory(loader, desc=f"epoch {epoch + 1}/{epochs}", total=len(loader)))
+
+
+def _closing(bar) -> Iterator:
+    """Iterate ``bar`` and close it at the end (Ray's bar sends its final state only on close)."""
+    try:
+        yield from bar
+    finally:
+        bar.close()
