@@ -107,3 +107,6 @@ def test_dry_run_prints_config_and_trials_and_starts_nothing(capsys, tmp_path, m
     assert list(tmp_path.iterdir()) == []  # no MLflow store, no Tune folder, no generated data
     _one_line_error(capsys, ["ablate", "--strategies", "ce", "nonsense", "--dry-run"], "nonsense")
     _one_line_error(capsys, ["sweep", "quickstart", "--dry-run", "--set", "train.lr=0.1"], "train.lr")
+    _one_line_error(capsys, ["ablate", "--strategies", "ce", "--name", "bad/name", "--dry-run"], "bad/name")
+    _one_line_error(capsys, ["train", "--dry-run", "--set", "tracking.uri=ftp://host/x"], "ftp://host/x")
+    assert list(tmp_path.iterdir()) == []

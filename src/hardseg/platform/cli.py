@@ -32,7 +32,12 @@ def _load(args: argparse.Namespace):
     overrides = list(args.overrides)
     if getattr(args, "tracking_uri", None):
         overrides.append(f"tracking.uri={args.tracking_uri}")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    if cfg.tracking.uri:  # --set tracking.uri=... or the config file: checked before Ray starts
+        from hardseg.platform.tracking import check_tracking_uri
+
+        check_tracking_uri(cfg.tracking.uri)
+    return cfg
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -90,7 +95,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.dry_run:
             from hardseg.platform.dryrun import dry_run_sweep
 
-            return dry_run_sweep(space, args.config, overrides)
+            return dry_run_sweep(space, args.config, overrides, name=args.name)
         out = run_sweep(space, config_path=args.config, overrides=overrides, name=args.name,
                         in_process=not args.always_trainer)
     _print_sweep(out)
@@ -107,7 +112,7 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
         space = ablation_space(args.strategies, args.seeds)
         grid = {"strategies": list(space.params["strategies"].choices), "seed": list(args.seeds)}
-        return dry_run_sweep(space, args.config, overrides, grid=grid)
+        return dry_run_sweep(space, args.config, overrides, grid=grid, name=args.name)
     out = run_ablation(args.strategies, args.seeds, config_path=args.config, overrides=overrides, name=args.name,
                        in_process=not args.always_trainer, max_concurrent=args.max_concurrent)
     _print_sweep(out)

@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from hardseg.errors import ConfigError
+from hardseg.platform.tracking import check_tracking_uri
 
 
 def dry_run_train(cfg) -> int:
@@ -25,6 +26,8 @@ def dry_run_train(cfg) -> int:
     from hardseg.trainables.loop import check_strategies_fit
 
     cfg = resolve_paths(cfg)
+    if cfg.tracking.uri:
+        check_tracking_uri(cfg.tracking.uri)
     check_strategies_fit(cfg)
     print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())
     print(f"[hardseg] dry run: config valid ({'+'.join(cfg.strategies)} on {cfg.model.name}, "
@@ -32,12 +35,16 @@ def dry_run_train(cfg) -> int:
     return 0
 
 
-def dry_run_sweep(space, config_path: str | None, overrides: list[str], grid: dict[str, list] | None = None) -> int:
+def dry_run_sweep(space, config_path: str | None, overrides: list[str], grid: dict[str, list] | None = None,
+                  name: str | None = None) -> int:
     """Print the base config and the trials of a sweep (``grid`` None) or an ablation grid."""
+    from hardseg.platform.sweep import check_name
     from hardseg.platform.train_job import resolve_paths
     from hardseg.platform.trial import trial_run_name
     from hardseg.trainables.loop import check_strategies_fit
 
+    if name:
+        check_name(name)
     space.validate(config_path)
     config_path = str(Path(config_path).resolve()) if config_path else None
     for item in overrides:
@@ -46,6 +53,8 @@ def dry_run_sweep(space, config_path: str | None, overrides: list[str], grid: di
             raise ConfigError(f"--set {key}: '{key}' is a parameter of {space.label}; remove the --set "
                               f"(or the parameter from the space)")
     base = resolve_paths(space.run_config({}, config_path, overrides))
+    if base.tracking.uri:
+        check_tracking_uri(base.tracking.uri)
     if "strategies" in space.params:
         for choice in space.params["strategies"].choices:
             check_strategies_fit(resolve_paths(space.run_config({"strategies": choice}, config_path, overrides)))
