@@ -9,9 +9,10 @@ off, through the environment variable Ray 2.60 reads for it:
   The new output engine prints the "Configuration for experiment" box and the
   "View detailed results here" / TensorBoard hint at *every* verbosity
   (``ray/tune/experimental/output.py``, ``TuneTerminalReporter.experiment_started``);
-  the legacy reporter prints nothing at verbosity 0. The TensorBoard logger
-  itself stays (``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`` is left alone: Tune's
-  per-trial ``result.json`` is part of the experiment folder a resumed sweep reads).
+  the legacy reporter prints nothing at verbosity 0, so the TensorBoard hint goes
+  with the box. ``TUNE_DISABLE_AUTO_CALLBACK_LOGGERS`` is left alone: it would
+  also drop Tune's per-trial CSV and JSON result files
+  (``ray/tune/utils/callback.py``), which users and tools read.
 * ``RAY_DEDUP_LOGS=0``: no "[repeated 2x across cluster]" rewriting of worker
   lines; it is read when ``ray`` is first imported, hence :func:`quiet_console`
   runs in ``main`` before any command imports Ray.
