@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         if sys.stdout.isatty():  # a bar within each epoch (hardseg.trainables.progress)
-            from tqdm import tqdm
+            from tqdm import tqdm  # local: only a run on a terminal needs it
 
             set_bar_factory(tqdm)
         history = run_local(cfg, args.out, args.device)

@@ -63,7 +63,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point given to ``TorchTrainer``; ``config["run"]`` is a RunConfig dump."""
     session = RaySession()
     if session.rank == 0 and os.environ.get(BAR_ENV) == "1":
-        from ray.experimental.tqdm_ray import tqdm
+        from ray.experimental.tqdm_ray import tqdm  # local: only a run on a terminal needs it
 
         set_bar_factory(tqdm)  # drawn by Ray on the driver's terminal
     fit(RunConfig.model_validate(config["run"]), session)
