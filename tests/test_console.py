@@ -59,7 +59,8 @@ def test_epoch_bar_only_when_a_factory_is_installed():
 
     progress.set_bar_factory(factory)
     try:
-        assert list(progress.epoch_bar(loader, 1, 4)) == loader and seen == {"desc": "epoch 2/4", "total": 3, "closed": True}
+        assert list(progress.epoch_bar(loader, 1, 4)) == loader
+        assert seen == {"desc": "epoch 2/4", "total": 3, "closed": True}
     finally:
         progress.set_bar_factory(None)
     assert console.progress_bar_wanted("train", _Tty()) and not console.progress_bar_wanted("train", io.StringIO())

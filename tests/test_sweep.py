@@ -177,7 +177,8 @@ def test_demo_ablation_grid_is_strategies_times_seeds_with_report(ray_local, dat
     # The MLflow UI: runs table, children named by what differs, the report's first section as description.
     assert client.get_experiment(parents[0].info.experiment_id).tags["mlflow.experimentKind"] == \
         "custom_model_development"
-    assert sorted(c.info.run_name for c in children) == [f"{s} · seed {k}" for s in ("ce", "hl", "ohem") for k in (0, 1)]
+    names = sorted(c.info.run_name for c in children)
+    assert names == [f"{s} · seed {k}" for s in ("ce", "hl", "ohem") for k in (0, 1)]
     assert "| hl | 2 |" in client.get_run(parents[0].info.run_id).data.tags["mlflow.note.content"]
 
 

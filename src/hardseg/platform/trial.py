@@ -65,7 +65,7 @@ def trial_run_name(sampled: dict[str, Any]) -> str:
     parts = [str(strategies)] if strategies is not None else []
     for key in sorted(k for k in sampled if k not in ("strategies", "seed")):
         value = sampled[key]
-        parts.append(f"{key.split('.')[-1]}={value:.2g}" if isinstance(value, float) else f"{key.split('.')[-1]}={value}")
+        parts.append(f"{key.split('.')[-1]}=" + (f"{value:.2g}" if isinstance(value, float) else str(value)))
     name = " ".join(parts) or "trial"
     return f"{name} · seed {sampled['seed']}" if "seed" in sampled else name
 
