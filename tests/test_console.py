@@ -30,13 +30,16 @@ def test_console_env_drops_colour_only_off_a_terminal_and_never_overrides(monkey
     assert os.environ["RAY_DEDUP_LOGS"] == "1" and os.environ["RAY_COLOR_PREFIX"] == "0"
 
 
-def test_token_notice_is_dropped_and_other_warnings_kept(caplog):
+def test_ray_notices_are_dropped_and_other_warnings_kept(caplog):
     console.quiet_console(io.StringIO())
-    log = logging.getLogger(console.TOKEN_NOTICE_LOGGER)
-    with caplog.at_level(logging.WARNING, logger=console.TOKEN_NOTICE_LOGGER):
-        log.warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=disabled to opt out.")
-        log.warning("Token authentication is disabled for this Ray cluster. Anyone with network access ...")
-    assert [r.getMessage()[:35] for r in caplog.records] == ["Token authentication is disabled fo"]
+    token = "ray._private.authentication.authentication_token_setup"
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger(token).warning("Token authentication is enabled for this Ray cluster. Set RAY_AUTH_MODE=...")
+        logging.getLogger(token).warning("Token authentication is disabled for this Ray cluster. Anyone with ...")
+        logging.getLogger("ray.tune.tune").warning("Stop signal received (e.g. via SIGINT/Ctrl+C), ending Ray Tune")
+        logging.getLogger("ray.tune.tune").warning("Trials did not complete: [x]")
+    assert [r.getMessage()[:30] for r in caplog.records] == ["Token authentication is disabl",
+                                                             "Trials did not complete: [x]"]
 
 
 def test_epoch_bar_only_when_a_factory_is_installed():

@@ -22,12 +22,14 @@ off, through the environment variable Ray 2.60 reads for it:
   INFO lines when a command creates the SQLite store;
   ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false``: no "Downloading artifacts" bar when
   ``hardseg report`` fetches the HL maps.
-* the "Token authentication is enabled for this Ray cluster" warning of every
-  new local runtime is dropped by a logging filter (:class:`DropTokenNotice`);
-  token authentication itself stays on, as Ray 2.60 sets it up. Setting
-  ``RAY_AUTH_MODE=token`` instead would also silence it, but Ray reads that
-  variable once, at import, and a driver joining a cluster without a token
-  must keep Ray's own choice.
+* two kinds of Ray notices are dropped by a logging filter (:class:`DropNotices`,
+  :data:`DROPPED_NOTICES`): the "Token authentication is enabled for this Ray
+  cluster" warning of every new local runtime (token authentication itself stays
+  on, as Ray 2.60 sets it up; ``RAY_AUTH_MODE=token`` would also silence it, but
+  Ray reads it once, at import, and a driver joining a cluster without a token must
+  keep Ray's own choice), and Tune's Ctrl-C notices, whose "Resume experiment with:
+  Tuner.restore(...)" is not the command to run (hardseg prints
+  ``hardseg sweep --resume NAME``).
 
 Every knob is a default: a value already in the environment wins.
 """
@@ -39,7 +41,11 @@ import os
 import sys
 from typing import TextIO
 
-TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+# logger name -> starts of the messages dropped from it
+DROPPED_NOTICES = {
+    "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled for this Ray",),
+    "ray.tune.tune": ("Stop signal received", "Experiment has been interrupted, but the most recent state"),
+}
 
 
 def console_env(stream: TextIO | None = None) -> dict[str, str]:
@@ -56,16 +62,21 @@ def quiet_console(stream: TextIO | None = None) -> None:
     """Set :func:`console_env` as defaults of this process (and so of the Ray processes it starts)."""
     for key, value in console_env(stream).items():
         os.environ.setdefault(key, value)
-    token_logger = logging.getLogger(TOKEN_NOTICE_LOGGER)
-    if not any(isinstance(f, DropTokenNotice) for f in token_logger.filters):
-        token_logger.addFilter(DropTokenNotice())
+    for name, prefixes in DROPPED_NOTICES.items():
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DropNotices) for f in logger.filters):
+            logger.addFilter(DropNotices(prefixes))
 
 
-class DropTokenNotice(logging.Filter):
-    """Drops Ray's notice that a new local cluster uses token authentication (a default, not a problem)."""
+class DropNotices(logging.Filter):
+    """Drops log records whose message starts with one of ``prefixes``."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+        return not record.getMessage().startswith(self.prefixes)
 
 
 def progress_bar_wanted(command: str, stream: TextIO | None = None) -> bool:
