@@ -22,19 +22,37 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)")
 
 
+def _add_dry_run(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--dry-run", action="store_true", help=text)
+
+
 def _load(args: argparse.Namespace):
     from hardseg.config import load_config
 
     overrides = list(args.overrides)
     if getattr(args, "tracking_uri", None):
         overrides.append(f"tracking.uri={args.tracking_uri}")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    if cfg.tracking.uri:  # --set tracking.uri=... or the config file: checked before Ray starts
+        from hardseg.platform.tracking import check_tracking_uri
+
+        check_tracking_uri(cfg.tracking.uri)
+    return cfg
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from hardseg.platform.train_job import run_training
 
     cfg = _load(args)
+    if args.dry_run:
+        from hardseg.platform.dryrun import dry_run_train
+
+        return dry_run_train(cfg)
+    from hardseg.platform.console import progress_bar_wanted
+    from hardseg.trainables.progress import BAR_ENV
+
+    if progress_bar_wanted("train"):
+        os.environ.setdefault(BAR_ENV, "1")  # before Ray starts: its workers inherit it
     out = run_training(cfg)
     m = out.metrics
     summary = " | ".join(f"{k} {m[k]:.4f}" for k in ("val/miou", "val/band_iou", "val/small_iou", "val/thin_iou")
@@ -45,7 +63,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if isinstance(m.get(f"{domain}/miou"), float):
             summary += f" | {domain}/miou {m[f'{domain}/miou']:.4f}"
     print(f"[hardseg] done in {out.wall_s:.0f}s: {summary}")
-    print(f"[hardseg] MLflow run {out.run_id}; open the UI with: mlflow ui --backend-store-uri {out.tracking_uri}")
+    from hardseg.platform.tracking import ui_hint
+
+    print(f"[hardseg] MLflow run {out.run_id}; UI: {ui_hint(out.tracking_uri, out.experiment_id)}")
     _register(args, out.run_id, out.tracking_uri)
     return 0
 
@@ -69,6 +89,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from hardseg.platform.sweep import resume_sweep, run_sweep
     from hardseg.search_spaces import load_space
 
+    if args.resume and args.dry_run:
+        raise HardsegError("--dry-run shows a new sweep's trials; it does not apply to --resume")
     if args.resume:
         out = resume_sweep(args.resume, storage_path=args.storage_path)
     else:
@@ -81,6 +103,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.max_concurrent:
             space.sweep.max_concurrent = args.max_concurrent
         overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
+        if args.dry_run:
+            from hardseg.platform.dryrun import dry_run_sweep
+
+            return dry_run_sweep(space, args.config, overrides, name=args.name)
         out = run_sweep(space, config_path=args.config, overrides=overrides, name=args.name,
                         in_process=not args.always_trainer)
     _print_sweep(out)
@@ -93,6 +119,13 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from hardseg.platform.sweep import run_ablation
 
     overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
+    if args.dry_run:
+        from hardseg.platform.dryrun import dry_run_sweep
+        from hardseg.platform.sweep import ablation_space
+
+        space = ablation_space(args.strategies, args.seeds)
+        grid = {"strategies": list(space.params["strategies"].choices), "seed": list(args.seeds)}
+        return dry_run_sweep(space, args.config, overrides, grid=grid, name=args.name)
     out = run_ablation(args.strategies, args.seeds, config_path=args.config, overrides=overrides, name=args.name,
                        in_process=not args.always_trainer, max_concurrent=args.max_concurrent)
     _print_sweep(out)
@@ -193,6 +226,15 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     return out.exit_code
 
 
+def _check_tracking_uri(args: argparse.Namespace) -> None:
+    """An unsupported ``--tracking-uri`` / ``MLFLOW_TRACKING_URI`` fails here, before Ray or MLflow start."""
+    uri = getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        from hardseg.platform.tracking import check_tracking_uri
+
+        check_tracking_uri(uri)
+
+
 DEMO_STRATEGIES = ["ce", "hl", "ohem"]
 DEMO_SEEDS = [0, 1]
 DEMO_EPOCHS = 8
@@ -219,8 +261,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     paths = write_report(client, client.get_run(out.parent_run_id), Path("reports").resolve() / out.name)
     print(f"[hardseg] report: {paths['markdown']} and {paths['html']} (also under report/ of MLflow run "
           f"{out.parent_run_id})")
-    print(f"[hardseg] compare the runs in the MLflow UI: mlflow ui --backend-store-uri {uri}  "
-          "(open http://127.0.0.1:5000, experiment 'hardseg', expand the parent run, select its children, Compare)")
+    from hardseg.platform.tracking import ui_hint
+
+    exp_id = client.get_run(out.parent_run_id).info.experiment_id
+    print(f"[hardseg] compare the runs in the MLflow UI: {ui_hint(uri, exp_id)} "
+          "(expand the parent run, select its children, Compare)")
     return 0
 
 
@@ -306,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="one DDP training run on Ray Train, logged to MLflow")
     _add_config_args(t)
     t.add_argument("--register", metavar="NAME", help="register the run's MLflow model in the model registry as NAME")
+    _add_dry_run(t, "print the resolved config and exit; no Ray, no MLflow run, no data generated")
     t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("data", help="datasets")
@@ -338,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="fit a TorchTrainer even for one-worker trials (default: train in the trial's process)")
     sw.add_argument("--register", metavar="NAME",
                     help="register the best trial's MLflow model in the model registry as NAME")
+    _add_dry_run(sw, "print the base config and the trials' parameters and exit; nothing started")
     sw.set_defaults(func=cmd_sweep)
 
     ab = sub.add_parser("ablate", help="strategies × seeds with identical budgets, one MLflow parent run")
@@ -349,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: what fits)")
     ab.add_argument("--always-trainer", action="store_true",
                     help="fit a TorchTrainer even for one-worker trials")
+    _add_dry_run(ab, "print the base config and the grid's trials and exit; nothing started")
     ab.set_defaults(func=cmd_ablate)
 
     rp = sub.add_parser("report", help="Markdown, HTML, PNG and Parquet report of a sweep or ablation, "
@@ -395,9 +443,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hardseg.platform.console import quiet_console
+
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    quiet_console()  # before any command imports Ray
     args = build_parser().parse_args(argv)
     try:
+        _check_tracking_uri(args)
         return args.func(args)
     except HardsegError as err:
         print(f"error: {err}", file=sys.stderr)

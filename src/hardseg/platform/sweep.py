@@ -281,7 +281,7 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
                      kind=kind, in_process=in_process)
     state = SweepState(asdict(spec), grid, storage_url, base_cfg.train.epochs, num_trials, max_conc, resources)
     state.save(storage_join(sweep_root, name))
-    _announce(name, parent, uri, storage_url, max_conc, num_trials, resources)
+    _announce(name, parent, uri, storage_url, max_conc, num_trials, resources, exp_id)
     tuner = _make_tuner(state, sweep_root, space)
     return _fit_and_close(tuner, state, space, client, start=time.perf_counter())
 
@@ -308,7 +308,7 @@ def resume_sweep(name: str, *, storage_path: str | None = None, workdir: Path | 
     client.update_run(spec.parent_run_id, status="RUNNING")
     tracking.set_tags(client, spec.parent_run_id, {"hardseg.resumed": time.strftime("%Y-%m-%dT%H:%M:%S")})
     _announce(name, spec.parent_run_id, spec.tracking_uri, state.optuna_storage, state.max_concurrent,
-              state.num_samples, state.resources)
+              state.num_samples, state.resources, spec.experiment_id)
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), state.resources)
     tuner = tune.Tuner.restore(folder, trainable=trainable, resume_unfinished=True, resume_errored=False)
     return _fit_and_close(tuner, state, space, client, start=time.perf_counter())
@@ -354,10 +354,10 @@ def _make_tuner(state: SweepState, sweep_root: str, space: SearchSpace):
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
 
 
-def _announce(name, parent, uri, storage_url, max_conc, num_trials, resources) -> None:
+def _announce(name, parent, uri, storage_url, max_conc, num_trials, resources, exp_id) -> None:
     print(f"[hardseg] sweep '{name}': {num_trials} trials, up to {max_conc} at once, trial resources {resources}",
           flush=True)
-    print(f"[hardseg] MLflow parent run {parent}; UI: mlflow ui --backend-store-uri {uri}", flush=True)
+    print(f"[hardseg] MLflow parent run {parent}; UI: {tracking.ui_hint(uri, exp_id)}", flush=True)
     if storage_url:
         print(f"[hardseg] Optuna study '{name}' in {storage_url}; dashboard: optuna-dashboard {storage_url}",
               flush=True)
@@ -388,8 +388,8 @@ def _fit_and_close(tuner, state: SweepState, space: SearchSpace, client, start: 
         client.set_terminated(spec.parent_run_id, "FINISHED")
     print(f"[hardseg] sweep '{spec.sweep_name}': {info['statuses']} in {wall:.0f}s; best: "
           f"{json.dumps(info['best']) if info['best'] else 'none'}", flush=True)
-    print(f"[hardseg] MLflow parent run {spec.parent_run_id}; UI: mlflow ui --backend-store-uri {spec.tracking_uri}",
-          flush=True)
+    print(f"[hardseg] MLflow parent run {spec.parent_run_id}; UI: "
+          f"{tracking.ui_hint(spec.tracking_uri, spec.experiment_id)}", flush=True)
     if not interrupted:
         print(f"[hardseg] tables with CIs and paired tests: hardseg report {spec.sweep_name} "
               f"--tracking-uri {spec.tracking_uri}", flush=True)

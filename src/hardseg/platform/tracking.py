@@ -16,14 +16,42 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from hardseg.errors import ConfigError
+
 DEFAULT_DIR = "mlruns"
 MAX_PARAM_LEN = 6000
+# MLflow 3's UI picks an experiment's first screen from this tag (runs table vs GenAI traces).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
+def check_tracking_uri(uri: str) -> str:
+    """``uri`` if MLflow has a tracking store for its scheme, else a one-line :class:`ConfigError`.
+
+    MLflow's own store registry decides (``sqlite``, ``postgresql[+driver]``, ``mysql``,
+    ``mssql``, ``http(s)``, ``file`` or a local path, ``databricks``); without this check an
+    unsupported scheme such as ``ftp://`` fails deep inside MLflow, after Ray has started.
+    """
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    try:
+        _tracking_store_registry.get_store_builder(uri)
+    except Exception:  # MLflow raises its UnsupportedModelRegistryStoreURIException here
+        raise ConfigError(f"tracking URI '{uri}' (--tracking-uri, tracking.uri or MLFLOW_TRACKING_URI): MLflow "
+                          "cannot store runs there; use sqlite:///PATH.db, http://HOST:PORT (an mlflow server), "
+                          "postgresql://..., mysql://... or a local folder") from None
+    return uri
 
 
 def resolve_tracking_uri(uri: str | None = None, workdir: Path | None = None) -> str:
-    """``uri`` > ``MLFLOW_TRACKING_URI`` > ``sqlite:///<workdir>/mlruns/mlflow.db``."""
+    """``uri`` > ``MLFLOW_TRACKING_URI`` > ``sqlite:///<workdir>/mlruns/mlflow.db``.
+
+    Raises:
+        ConfigError: a URI whose scheme MLflow cannot store runs in (:func:`check_tracking_uri`).
+    """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
+        check_tracking_uri(uri)
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
             path = Path(uri[len("sqlite:///"):]).resolve()
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,12 +70,37 @@ def default_artifact_root(uri: str) -> str | None:
 
 
 def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    """The experiment's id; created (artifacts under :func:`default_artifact_root`) when missing.
+
+    Tagged ``mlflow.experimentKind=custom_model_development``: MLflow 3's UI opens an
+    untagged experiment without runs in its GenAI view (traces), and a tagged one in
+    the runs table. An existing experiment without the tag gets it.
+    """
     exp = client.get_experiment_by_name(name)
     if exp is not None:
+        if EXPERIMENT_KIND_TAG not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return exp.experiment_id
     root = default_artifact_root(uri)
     location = f"{root}/{name}" if root else None
-    return client.create_experiment(name, artifact_location=location)
+    return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+
+
+def ui_url(experiment_id: str, server: str = "http://127.0.0.1:5000") -> str:
+    """The experiment's runs table in the MLflow UI served at ``server``.
+
+    MLflow 3.17's UI keeps a global GenAI / Model-training switch that wins over the
+    experiment's ``mlflow.experimentKind`` tag and starts on GenAI (traces, "no data");
+    ``workflowType=machine_learning`` in the URL opens the runs table.
+    """
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def ui_hint(uri: str, experiment_id: str) -> str:
+    """How to look at the runs: the ``mlflow ui`` command for ``uri`` and the page to open."""
+    if uri.startswith(("http://", "https://")):
+        return f"open {ui_url(experiment_id, uri)}"
+    return f"mlflow ui --backend-store-uri {uri}, then open {ui_url(experiment_id)}"
 
 
 def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> None:

@@ -52,6 +52,24 @@ class TrialSpec:
     extra_tags: dict[str, str] = field(default_factory=dict)
 
 
+def trial_run_name(sampled: dict[str, Any]) -> str:
+    """A child run's name in the MLflow UI: what differs between the trials, not the trial id.
+
+    The strategies first, then each sampled parameter by its last path component with
+    two significant digits, the seed last: ``hl · seed 1`` (an ablation cell),
+    ``hl lam=0.03 lr=0.0031`` (a search trial). The trial id stays in ``hardseg.trial_id``.
+    """
+    strategies = sampled.get("strategies")
+    if isinstance(strategies, (list, tuple)):
+        strategies = "+".join(map(str, strategies))
+    parts = [str(strategies)] if strategies is not None else []
+    for key in sorted(k for k in sampled if k not in ("strategies", "seed")):
+        value = sampled[key]
+        parts.append(f"{key.split('.')[-1]}=" + (f"{value:.2g}" if isinstance(value, float) else str(value)))
+    name = " ".join(parts) or "trial"
+    return f"{name} · seed {sampled['seed']}" if "seed" in sampled else name
+
+
 def find_trial_run(client: tracking.MlflowClient, spec: TrialSpec, trial_id: str) -> str | None:
     runs = client.search_runs([spec.experiment_id], filter_string=(
         f"tags.`mlflow.parentRunId` = '{spec.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'"), max_results=2)
@@ -77,8 +95,10 @@ def open_trial_run(client: tracking.MlflowClient, spec: TrialSpec, cfg, sampled:
         return run_id
     tags = {**run_tags(cfg), **spec.extra_tags, **node_tags(), "hardseg.kind": f"{spec.kind}-trial",
             SWEEP_TAG: spec.sweep_name,
-            TRIAL_TAG: trial_id, "mlflow.parentRunId": spec.parent_run_id, "mlflow.runName": cfg.name}
-    run_id = client.create_run(spec.experiment_id, run_name=cfg.name, tags=tags).info.run_id
+            TRIAL_TAG: trial_id, "mlflow.parentRunId": spec.parent_run_id}
+    name = trial_run_name(sampled)
+    tags["mlflow.runName"] = name
+    run_id = client.create_run(spec.experiment_id, run_name=name, tags=tags).info.run_id
     tracking.log_params(client, run_id, cfg.flat())
     tracking.set_tags(client, run_id, {f"sampled.{k}": v for k, v in sampled.items()})
     client.log_text(run_id, config_text, "config.yaml")

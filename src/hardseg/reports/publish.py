@@ -20,6 +20,10 @@ from hardseg.reports.html import render_html
 from hardseg.reports.images import HL_PANEL_KEY, best_hl_run, latest_image
 from hardseg.reports.tables import build_report, save_report
 
+# A run's description in the MLflow UI (Markdown, shown on the run's page and as the tooltip of its name).
+NOTE_TAG = "mlflow.note.content"
+NOTE_MAX_CHARS = 5000  # MLflow keeps tag values up to 8,000 characters
+
 CAPTIONS = {
     "metrics_png": "Metrics per strategy: mean over FINISHED seeds, error bars ± CI half-width (none with one seed).",
     "per_class_png": "Per-class IoU (val) per strategy: mean over FINISHED seeds ± CI half-width.",
@@ -69,4 +73,24 @@ def write_report(client: MlflowClient, parent_run: Run, out_dir: Path | str, met
     paths["html"].write_text(render_html(markdown, images), encoding="utf-8")
     for path in paths.values():
         client.log_artifact(parent_run.info.run_id, str(path), artifact_path="report")
+    client.set_tag(parent_run.info.run_id, NOTE_TAG, parent_description(markdown))
     return paths
+
+
+def parent_description(markdown: str, max_chars: int = NOTE_MAX_CHARS) -> str:
+    """The sweep's parent-run description (``mlflow.note.content``): what the sweep found, first.
+
+    The report up to the end of its first section: the opening lines (runs, statuses, best
+    trial; an answer paragraph placed there shows up here too) and the first table (the
+    validation metrics, mean ± CI and Δ vs the baseline), cut at a line end to ``max_chars``,
+    then where the whole report is.
+    """
+    lines = markdown.strip().splitlines()
+    if lines and lines[0].startswith("# "):
+        lines = lines[1:]
+    sections = [i for i, line in enumerate(lines) if line.startswith("## ")]
+    text = "\n".join(lines[:sections[1] if len(sections) > 1 else len(lines)]).strip()
+    if len(text) > max_chars:
+        text = text[:text.rfind("\n", 0, max_chars)].rstrip() + "\n\n…"
+    return text + ("\n\nThe whole report (every domain, failed runs, figures): artifacts `report/report.md` and "
+                   "`report/report.html` of this run, or `hardseg report NAME`.")

@@ -29,7 +29,7 @@ stage4 averaged down to stride 8 by the bilinear resize);
 at the decode head's own resolution, resized. The width of stages l ≥ 1
 defaults to the level's class count, as in the paper's
 ``segnetUp(in, n_classes)``, and a conv1×1 classifier replaces the paper's
-ReLU on the logits. Cost (``benchmarks/strategy_cost.py``, README): the
+ReLU on the logits. Cost (``benchmarks/strategy_cost.py``, ``benchmarks/README.md``): the
 finest stage runs at the skip's resolution, so a stride-2 skip
 (``skip: stage2``) costs far more than the default stride-4 one.
 

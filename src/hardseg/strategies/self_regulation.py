@@ -22,7 +22,7 @@ shallowest exit) average-pools it to that stride first, so exits on
 full-resolution stems (tiny_seg) cost what the paper's cost; on torchvision's
 ResNet/MobileNet backbones every feature is already at stride ≥ 4.
 ``exit_channels`` defaults to the demo's 256; scale it down for small models:
-see ``benchmarks/strategy_cost.py`` and README for the measured step cost.
+see ``benchmarks/strategy_cost.py`` and ``benchmarks/README.md`` for the measured step cost.
 
 Inference: exits and FCs are training-only; the exported model is the
 network alone.

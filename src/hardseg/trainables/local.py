@@ -21,6 +21,7 @@ import torch.nn as nn
 from hardseg.config import RunConfig, load_config
 from hardseg.errors import HardsegError
 from hardseg.trainables.loop import CHECKPOINT_FILE, fit
+from hardseg.trainables.progress import set_bar_factory
 
 
 class LocalSession:
@@ -74,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        if sys.stdout.isatty():  # a bar within each epoch (hardseg.trainables.progress)
+            from tqdm import tqdm  # local: only a run on a terminal needs it
+
+            set_bar_factory(tqdm)
         history = run_local(cfg, args.out, args.device)
     except HardsegError as err:
         print(f"error: {err}", file=sys.stderr)

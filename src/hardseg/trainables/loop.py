@@ -72,6 +72,7 @@ from hardseg.models import SegOutput, build_model, predict_classes
 from hardseg.models.pretrained import load_weights
 from hardseg.strategies import Objective, StrategyContext, TrainingModel
 from hardseg.trainables.metrics import SegMetrics
+from hardseg.trainables.progress import epoch_bar
 from hardseg.trainables.robustness import robustness
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -368,7 +369,7 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, 
     amp = autocast_for(device, scaler is not None)
     start = time.perf_counter()
     first_step_unix = time.time()
-    for step, (images, target) in enumerate(loader):
+    for step, (images, target) in enumerate(epoch_bar(loader, epoch, epochs)):
         t0 = time.perf_counter()
         images = images.to(device, non_blocking=True)
         if channels_last:

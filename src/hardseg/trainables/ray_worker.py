@@ -8,6 +8,7 @@ group; :class:`RaySession` adapts Ray Train's context to the loop's
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch.nn as nn
 
 from hardseg.config import RunConfig
 from hardseg.trainables.loop import CHECKPOINT_FILE, fit
+from hardseg.trainables.progress import BAR_ENV, set_bar_factory
 
 
 def _quiet_report_log() -> None:
@@ -59,4 +61,9 @@ class RaySession:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point given to ``TorchTrainer``; ``config["run"]`` is a RunConfig dump."""
-    fit(RunConfig.model_validate(config["run"]), RaySession())
+    session = RaySession()
+    if session.rank == 0 and os.environ.get(BAR_ENV) == "1":
+        from ray.experimental.tqdm_ray import tqdm  # local: only a run on a terminal needs it
+
+        set_bar_factory(tqdm)  # drawn by Ray on the driver's terminal
+    fit(RunConfig.model_validate(config["run"]), session)

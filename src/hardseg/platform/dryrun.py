@@ -1,0 +1,77 @@
+"""``--dry-run`` of ``hardseg train``, ``sweep`` and ``ablate``: the resolved config and trials, nothing started.
+
+A dry run validates what the real command validates before Ray starts (the config,
+the space, ``--set`` against searched keys, every strategy choice built on PyTorch's
+meta device), prints the resolved run config as YAML and, for sweeps and ablations,
+the trials (an ablation's grid cell by cell, named as their MLflow runs will be; a
+search's parameters and budget), then exits 0. It starts no Ray, creates no MLflow
+run or store, and generates no data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import yaml
+
+from hardseg.errors import ConfigError
+from hardseg.platform.tracking import check_tracking_uri
+
+
+def dry_run_train(cfg) -> int:
+    """Print the resolved config of one ``hardseg train`` run."""
+    from hardseg.platform.train_job import resolve_paths
+    from hardseg.trainables.loop import check_strategies_fit
+
+    cfg = resolve_paths(cfg)
+    if cfg.tracking.uri:
+        check_tracking_uri(cfg.tracking.uri)
+    check_strategies_fit(cfg)
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())
+    print(f"[hardseg] dry run: config valid ({'+'.join(cfg.strategies)} on {cfg.model.name}, "
+          f"{cfg.train.epochs} epochs, {cfg.ray.num_workers} worker(s)); nothing started", flush=True)
+    return 0
+
+
+def dry_run_sweep(space, config_path: str | None, overrides: list[str], grid: dict[str, list] | None = None,
+                  name: str | None = None) -> int:
+    """Print the base config and the trials of a sweep (``grid`` None) or an ablation grid."""
+    from hardseg.platform.sweep import check_name
+    from hardseg.platform.train_job import resolve_paths
+    from hardseg.platform.trial import trial_run_name
+    from hardseg.trainables.loop import check_strategies_fit
+
+    if name:
+        check_name(name)
+    space.validate(config_path)
+    config_path = str(Path(config_path).resolve()) if config_path else None
+    for item in overrides:
+        key = item.split("=", 1)[0]
+        if key in space.params:
+            raise ConfigError(f"--set {key}: '{key}' is a parameter of {space.label}; remove the --set "
+                              f"(or the parameter from the space)")
+    base = resolve_paths(space.run_config({}, config_path, overrides))
+    if base.tracking.uri:
+        check_tracking_uri(base.tracking.uri)
+    if "strategies" in space.params:
+        for choice in space.params["strategies"].choices:
+            check_strategies_fit(resolve_paths(space.run_config({"strategies": choice}, config_path, overrides)))
+    print("# base run config of every trial")
+    print(yaml.safe_dump(base.model_dump(mode="json"), sort_keys=False).rstrip())
+    if grid is not None:
+        cells = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+        print(f"# {len(cells)} trials (the grid {' × '.join(grid)}), as their MLflow runs will be named:")
+        for i, cell in enumerate(cells):
+            print(f"  {i:>3}  {trial_run_name(cell)}")
+    else:
+        s = space.sweep
+        target = ", ".join(f"{m} ({mode})" for m, mode in zip(s.metrics, s.modes))
+        print(f"# {s.num_samples} trials sampled by Optuna TPE (seed {s.seed}) for {target}"
+              + (f", ASHA grace {s.scheduler.grace_period}, factor {s.scheduler.reduction_factor}" if s.scheduler
+                 else "") + "; parameters:")
+        for path, param in space.params.items():
+            print(f"  {path}: {json.dumps(param.to_dict())}")
+    print("[hardseg] dry run: space and config valid; nothing started", flush=True)
+    return 0
