@@ -134,7 +134,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("reports") / name
     # an explicit --baseline must exist; the default 'ce' may not (a sweep over one strategy's weights)
     paths = write_report(client, parent, out, metrics=args.metrics, baseline=args.baseline or "ce",
-                         require_baseline=bool(args.baseline))
+                         require_baseline=bool(args.baseline), correction=args.correction)
     figures = ", ".join(str(p) for k, p in paths.items() if k.endswith("_png"))
     print(f"[hardseg] report of '{name}': {paths['markdown']}, {paths['html']} and {paths['parquet']}, figures "
           f"{figures} (also artifacts of MLflow run {parent.info.run_id} under report/; store {uri})")
@@ -311,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--metrics", nargs="+", metavar="METRIC",
                     help="metrics to tabulate, e.g. val/miou val/band_iou fog-3/miou "
                          "(default: val/miou, band, small and thin IoU, and <domain>/miou)")
+    rp.add_argument("--correction", default="holm",
+                    help="multiple-comparison correction over the report's tests: holm (family-wise error, "
+                         "default), bh (Benjamini-Hochberg, false discovery rate) or none")
     rp.set_defaults(func=cmd_report)
 
     ev = sub.add_parser("evaluate", help="evaluate a trained model on evaluation domains (cross-domain)")

@@ -29,7 +29,8 @@ CAPTIONS = {
 
 
 def write_report(client: MlflowClient, parent_run: Run, out_dir: Path | str, metrics: list[str] | None = None,
-                 baseline: str = "ce", alpha: float = 0.05, require_baseline: bool = False) -> dict[str, Path]:
+                 baseline: str = "ce", alpha: float = 0.05, require_baseline: bool = False,
+                 correction: str = "holm") -> dict[str, Path]:
     """Write and log (under ``report/``) the whole report of ``parent_run`` to ``out_dir``.
 
     Arguments and errors as :func:`hardseg.reports.tables.write_report` (nothing is written on an
@@ -38,7 +39,7 @@ def write_report(client: MlflowClient, parent_run: Run, out_dir: Path | str, met
     ``"slice_png"`` for a search over numeric parameters and ``"hl_maps_png"`` when a FINISHED HL
     run logged its maps.
     """
-    df, table, markdown = build_report(client, parent_run, metrics, baseline, alpha, require_baseline)
+    df, table, markdown = build_report(client, parent_run, metrics, baseline, alpha, require_baseline, correction)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     params, tags = parent_run.data.params, parent_run.data.tags
