@@ -86,6 +86,24 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 130 if out.interrupted else 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    """Exit 0: done (report written); 130: interrupted (resume with --resume NAME); 2: bad input."""
+    from hardseg.platform.study import load_study, resume_study, run_study
+
+    if args.resume:
+        out = resume_study(args.resume, storage_path=args.storage_path)
+    else:
+        if not args.study:
+            raise HardsegError("hardseg study needs a STUDY (a preset such as 'quick' or a YAML file) or --resume NAME")
+        overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
+        out = run_study(load_study(args.study), overrides=overrides, name=args.name,
+                        in_process=not args.always_trainer)
+    if out.interrupted:
+        print(f"[hardseg] resume with: hardseg study --resume {out.name}")
+        return 130
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from hardseg.data.domains import parse_domains
     from hardseg.trainables.evaluate import evaluate_domains, load_inference_model
@@ -315,6 +333,18 @@ def build_parser() -> argparse.ArgumentParser:
                     help="multiple-comparison correction over the report's tests: holm (family-wise error, "
                          "default), bh (Benjamini-Hochberg, false discovery rate) or none")
     rp.set_defaults(func=cmd_report)
+
+    st = sub.add_parser("study", help="the whole question: defaults x seeds, a search over combinations and "
+                                      "weights, confirmation on fresh seeds, one report that answers first")
+    st.add_argument("study", nargs="?", help="a shipped study ('quick') or a study YAML file")
+    st.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a run-config key for every run of every stage, after the study's base")
+    st.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)")
+    st.add_argument("--name", help="study name (default: <study>-<date>-<time>)")
+    st.add_argument("--resume", metavar="NAME", help="finish an interrupted study (finished trials are not rerun)")
+    st.add_argument("--storage-path", help="with --resume: the ray.storage_path the study ran with")
+    st.add_argument("--always-trainer", action="store_true", help="fit a TorchTrainer even for one-worker trials")
+    st.set_defaults(func=cmd_study)
 
     ev = sub.add_parser("evaluate", help="evaluate a trained model on evaluation domains (cross-domain)")
     ev.add_argument("checkpoint", help="model_export.pt (MLflow artifact model/) or a checkpoint.pt")

@@ -33,6 +33,7 @@ from hardseg.platform.train_job import (RunCloser, TrialStopped, log_final_artif
 TRIAL_TAG = "hardseg.trial_id"
 SWEEP_TAG = "hardseg.sweep"
 NODE_TAG = "hardseg.node_id"
+CONFIG_KEY = "config"  # a grid key naming one of TrialSpec.configs (tag sampled.config)
 
 
 @dataclass
@@ -50,6 +51,9 @@ class TrialSpec:
     kind: str = "sweep"  # or "ablation"
     in_process: bool = True
     extra_tags: dict[str, str] = field(default_factory=dict)
+    # Named configurations a grid picks with its ``config`` key ({label: [KEY=VALUE, ...]}), applied
+    # after ``overrides``: ``hardseg study`` confirms searched configurations this way.
+    configs: dict[str, list[str]] = field(default_factory=dict)
 
 
 def find_trial_run(client: tracking.MlflowClient, spec: TrialSpec, trial_id: str) -> str | None:
@@ -141,7 +145,9 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     trial_id = tune.get_context().get_trial_id()
     space = SearchSpace.from_dict(spec.space, source=f"sweep {spec.sweep_name}")
-    cfg = space.run_config(sampled, spec.config_path, [*spec.overrides, f"name={spec.sweep_name}-{trial_id}"])
+    chosen = spec.configs[sampled[CONFIG_KEY]] if CONFIG_KEY in sampled else []
+    cfg = space.run_config({k: v for k, v in sampled.items() if k != CONFIG_KEY}, spec.config_path,
+                           [*spec.overrides, *chosen, f"name={spec.sweep_name}-{trial_id}"])
     config_text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     client = tracking.MlflowClient(spec.tracking_uri)
     run_id = open_trial_run(client, spec, cfg, sampled, trial_id, config_text)

@@ -30,14 +30,15 @@ CAPTIONS = {
 
 def write_report(client: MlflowClient, parent_run: Run, out_dir: Path | str, metrics: list[str] | None = None,
                  baseline: str = "ce", alpha: float = 0.05, require_baseline: bool = False,
-                 correction: str = "holm") -> dict[str, Path]:
+                 correction: str = "holm", lead: str | None = None) -> dict[str, Path]:
     """Write and log (under ``report/``) the whole report of ``parent_run`` to ``out_dir``.
 
     Arguments and errors as :func:`hardseg.reports.tables.write_report` (nothing is written on an
     error). Returns ``{"markdown", "parquet", "metrics_png", "html"}`` paths, plus ``"per_class_png"``
     when runs logged ``val/iou/<class>``, ``"domains_png"`` when they logged ``<domain>/miou``,
     ``"slice_png"`` for a search over numeric parameters and ``"hl_maps_png"`` when a FINISHED HL
-    run logged its maps.
+    run logged its maps. ``lead``: Markdown put first (``hardseg study``'s answer); the sweep's own
+    report then follows with every heading one level down.
     """
     df, table, markdown = build_report(client, parent_run, metrics, baseline, alpha, require_baseline, correction)
     out = Path(out_dir)
@@ -63,6 +64,9 @@ def write_report(client: MlflowClient, parent_run: Run, out_dir: Path | str, met
                                    "hardness w (dark 0.1 = easy, bright 1.1 = hard).")
         markdown += (f"\n## HL maps\n\n{captions['hl_maps_png']} File: `hl_maps.png`; every epoch's maps are "
                      f"images of MLflow run `{best_hl['run_id']}`.\n")
+    if lead:
+        markdown = lead.rstrip() + "\n\n" + "\n".join("#" + line if line.startswith("#") else line
+                                                       for line in markdown.splitlines()) + "\n"
     paths = save_report(df, markdown, out)
     paths.update({k: p for k, p in figures.items() if p is not None})
     paths["html"] = out / "report.html"
