@@ -379,7 +379,8 @@ def confirm_configs(client, search_run_id: str, study: Study) -> dict[str, dict[
         for s in study.strategies}
     runs = [r for r in child_runs(client, run.info.experiment_id, search_run_id)
             if r.info.status == "FINISHED" and study.metric in r.data.metrics]
-    runs.sort(key=lambda r: r.data.metrics[study.metric], reverse=study.mode == "max")
+    sign = -1.0 if study.mode == "max" else 1.0  # best first; a tie goes to the earlier trial
+    runs.sort(key=lambda r: (sign * r.data.metrics[study.metric], r.info.start_time or 0))
     seen: set[str] = set()
     for r in runs:
         sampled = {k[len("sampled."):]: v for k, v in r.data.tags.items() if k.startswith("sampled.")}

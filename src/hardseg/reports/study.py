@@ -101,7 +101,7 @@ def study_markdown(client: MlflowClient, study_run: Run, alpha: float = 0.05,
     name = study_run.data.tags.get("hardseg.sweep", study_run.info.run_name)
     seeds3 = json.loads(params.get("study.confirm_seeds", "[]"))
     lines = [f"# hardseg study: {name}", "",
-             f"MLflow run `{study_run.info.run_id}` ({study_run.info.status}). Stage 1: "
+             f"MLflow run `{study_run.info.run_id}`. Stage 1: "
              f"{', '.join(json.loads(params.get('study.strategies', '[]')))} at their defaults on seeds "
              f"{params.get('study.seeds')}; stage 2: a search on seed {params.get('study.search_seed')}; stage 3: "
              f"the top {params.get('study.top_k')} searched configurations and every stage-1 strategy on fresh "
@@ -130,8 +130,8 @@ def study_markdown(client: MlflowClient, study_run: Run, alpha: float = 0.05,
                  f"{baseline} {confirmed[baseline]:.3f}" + ("" if beats else f"; no configuration beats {baseline} "
                                                              "on its confirmed mean") + ".")
     for a, b, col, cell in tests:
-        what = "vs the best single strategy" if b != baseline else f"vs {baseline}"
-        lines.append(f"- {a} {what} ({b}) on {col}: {verdict(cell, col, b, correction)}.")
+        what = " (the best single strategy of stage 1)" if b != baseline else ""
+        lines.append(f"- {a}, **{col}** vs {b}{what}: {verdict(cell, col, b, correction)}.")
     selected = source.get("search_score") if source.get("search_score") is not None else stage1.get(winner)
     if selected is not None:
         on = "its search trial" if source.get("search_score") is not None else "its stage-1 mean"
