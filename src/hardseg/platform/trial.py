@@ -62,6 +62,17 @@ def find_trial_run(client: tracking.MlflowClient, spec: TrialSpec, trial_id: str
     return runs[0].info.run_id if runs else None
 
 
+def finished_run_metrics(client: tracking.MlflowClient, spec: TrialSpec, trial_id: str) -> dict[str, float] | None:
+    """The final metrics of the trial's run if it already FINISHED, else None. A trial closes its run
+    before its last report to Tune, so a sweep stopped in between restores the trial as unfinished;
+    it then reports these metrics instead of training again (a resumed sweep repeats no finished trial)."""
+    run_id = find_trial_run(client, spec, trial_id)
+    if run_id is None:
+        return None
+    run = client.get_run(run_id)
+    return numeric(dict(run.data.metrics)) if run.info.status == "FINISHED" else None
+
+
 def node_tags() -> dict[str, str]:
     """Where the trial runs: its Ray node id and host name (tags ``hardseg.node_id``, ``hardseg.hostname``)."""
     import socket
@@ -150,6 +161,10 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
                            [*spec.overrides, *chosen, f"name={spec.sweep_name}-{trial_id}"])
     config_text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     client = tracking.MlflowClient(spec.tracking_uri)
+    done = finished_run_metrics(client, spec, trial_id)
+    if done is not None:  # restored after its run FINISHED (Ctrl-C before Tune saw the final report)
+        tune.report({**done, "epoch": cfg.train.epochs})
+        return
     run_id = open_trial_run(client, spec, cfg, sampled, trial_id, config_text)
     epochs = cfg.train.epochs
     start = time.perf_counter()
