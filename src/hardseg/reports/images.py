@@ -80,7 +80,7 @@ def hl_maps_figure(panel_png: Path | str, path: Path | str, offset: float = 0.1,
     w = (img.shape[1] + PANEL_GAP) // ncol - PANEL_GAP
     nrow = max(1, (img.shape[0] + PANEL_GAP) // (w + PANEL_GAP))
     h = (img.shape[0] + PANEL_GAP) // nrow - PANEL_GAP
-    fig = Figure(figsize=(2.0 * ncol + 1.0, 2.0 * nrow + 0.7), dpi=110)
+    fig = Figure(figsize=(2.0 * ncol + 1.0, 2.0 * nrow + 0.7), dpi=110, layout="constrained")
     axes = fig.subplots(nrow, ncol, squeeze=False)
     for r in range(nrow):
         for c in range(ncol):
