@@ -289,6 +289,13 @@ def test_cli_report(store, tmp_path, capsys):
                                                   "--metrics", "val/nope"])
     assert "baseline 'sgd'" in _one_line_error(capsys, ["report", NAME, "--tracking-uri", uri, "--out", str(out),
                                                         "--baseline", "sgd"])
+    assert "unknown correction 'bonf'" in _one_line_error(capsys, ["report", NAME, "--tracking-uri", uri, "--out",
+                                                                   str(tmp_path / "c"), "--correction", "bonf"])
+    assert not (tmp_path / "c").exists()
+    assert cli(["report", NAME, "--tracking-uri", uri, "--out", str(tmp_path / "bh"), "--correction", "bh"]) == 0
+    bh = (tmp_path / "bh" / "report.md").read_text()
+    assert "correction: Benjamini-Hochberg (false discovery rate)" in bh and "adj. p=" in bh
+    assert bh.index("## Answer") < bh.index("## val")  # the answer before the tables
     missing = tmp_path / "none" / "mlflow.db"
     assert "no MLflow store" in _one_line_error(capsys, ["report", NAME, "--tracking-uri", f"sqlite:///{missing}"])
     assert not missing.exists()
