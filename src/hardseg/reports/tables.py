@@ -3,9 +3,13 @@
 Statistics come from :mod:`hardseg.reports.stats` over FINISHED runs only, one
 value per seed (several FINISHED runs of one strategy and seed are averaged).
 Δ is the mean paired difference over the seeds a strategy shares with the
-baseline; a Δ whose paired t-test is not significant is written ``n.s.`` and
-never in bold (bold marks the best mean of a column, nothing else). Runs that
-did not finish are listed, never dropped.
+baseline. Every Δ with at least :data:`~hardseg.reports.stats.MIN_PAIRED_SEEDS`
+paired seeds is tested (paired t-test), and all tests of one table (strategies ×
+metrics × domains) are one family, adjusted with Holm (default), Benjamini-Hochberg
+or not at all; "significant" refers to the adjusted p. A Δ on fewer paired seeds is
+shown with the seeds a test needs, never with a verdict. A Δ that is not significant
+is written ``n.s.`` and never in bold (bold marks the best mean of a column, nothing
+else). Runs that did not finish are listed, never dropped.
 """
 
 from __future__ import annotations
