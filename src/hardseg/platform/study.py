@@ -347,8 +347,10 @@ def _run_stage(state: StudyState, stage: str, client, workdir: Path | None):
     if state.configs is None:
         state.configs = confirm_configs(client, state.stage_runs["search"], study)
         state.save()
-        tracking.log_params(client, state.parent_run_id, {f"study.confirm.{label}": json.dumps(c)[:6000]
-                                                          for label, c in state.configs.items()})
+    if "study.confirm.0" not in client.get_run(state.parent_run_id).data.params:
+        # indexed keys: a label such as "search1:hl+ohem" is no valid MLflow param name
+        tracking.log_params(client, state.parent_run_id, {f"study.confirm.{i}": json.dumps({"label": label, **c})[:6000]
+                                                          for i, (label, c) in enumerate(state.configs.items())})
     labels = list(state.configs)
     strategies = list(dict.fromkeys(c["strategies"] for c in state.configs.values()))
     space = ablation_space(strategies, study.confirm.seeds, max_concurrent=study.max_concurrent)

@@ -93,7 +93,7 @@ def study_markdown(client: MlflowClient, study_run: Run, alpha: float = 0.05,
     if "confirm" not in stages:
         raise ReportError(f"study '{study_run.info.run_name}' has no confirmation stage yet (stages: "
                           f"{', '.join(stages) or 'none'}); finish it with hardseg study --resume")
-    configs = {k[len("study.confirm."):]: json.loads(v) for k, v in params.items() if k.startswith("study.confirm.")}
+    configs = {c["label"]: c for c in (json.loads(v) for k, v in params.items() if k.startswith("study.confirm."))}
     df3 = runs_frame(client, stages["confirm"])
     df1 = runs_frame(client, stages["defaults"]) if "defaults" in stages else df3.iloc[0:0]
     frame, robust = with_robustness(df3, "miou")
