@@ -46,7 +46,7 @@ def verdict(c: dict[str, Any], metric: str, baseline: str, correction: str) -> s
         better = (c["delta"] > 0) == _higher_is_better(metric)
         word = "**significantly better**" if better else "**significantly worse**"
     else:
-        word = "**not significant** (within seed noise)"
+        word = "**not significant**" + ("" if correction == "none" else " after the correction")
         if c["seeds_needed"] is not None and c["delta"] != 0:
             word += f"; about {c['seeds_needed']} paired seeds would detect this Δ"
     return f"{delta}{ci} ({_p(c['p_value'])}{adj}, {c['n_pairs']} paired seeds): {word}"
@@ -94,5 +94,5 @@ def answer_lines(table: pd.DataFrame) -> list[str]:
             listed = "; ".join(f"{s} on {m.split('/', 1)[0]} {c['delta']:+.3f} (adjusted {_p(c['p_adj'])})"
                                for s, m, c in sig)
             lines.append(f"- **Under shift** ({domains}): {len(sig)} of {len(tested)} strategy × domain differences "
-                         f"are significant after the correction: {listed}.")
+                         f"{'is' if len(sig) == 1 else 'are'} significant after the correction: {listed}.")
     return lines + [""]
