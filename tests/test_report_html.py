@@ -78,9 +78,9 @@ def _browser(chromium: str, tmp_path, *args: str) -> subprocess.CompletedProcess
 
 def test_files_and_artifacts(report):
     client, parent, paths = report
-    assert set(paths) == {"markdown", "parquet", "metrics_png", "per_class_png", "domains_png", "html"}
-    assert {p.name for p in paths.values()} == {"report.md", "runs.parquet", "metrics.png", "per_class.png",
-                                                "domains.png", "report.html"}
+    assert set(paths) == {"markdown", "parquet", "forest_png", "metrics_png", "per_class_png", "domains_png", "html"}
+    assert {p.name for p in paths.values()} == {"report.md", "runs.parquet", "forest.png", "metrics.png",
+                                                "per_class.png", "domains.png", "report.html"}
     assert all(p.parent == paths["markdown"].parent and p.stat().st_size > 0 for p in paths.values())
     listed = {a.path for a in client.list_artifacts(parent, "report")}
     assert listed == {f"report/{p.name}" for p in paths.values()}
@@ -88,7 +88,7 @@ def test_files_and_artifacts(report):
 
 def test_pngs_are_valid_and_not_blank(report):
     _, _, paths = report
-    for key in ("metrics_png", "per_class_png", "domains_png"):
+    for key in ("forest_png", "metrics_png", "per_class_png", "domains_png"):
         pixels = _image(paths[key])
         assert pixels.shape[0] > 100 and pixels.shape[1] > 100 and pixels.std() > 5.0, key
 
@@ -104,6 +104,37 @@ def test_plots_skip_what_runs_did_not_log(tmp_path):
     assert _image(plots.metric_bars(table, ["val/miou"], tmp_path / "m.png")).std() > 5.0
 
 
+def test_forest_plot_marks_verdicts(tmp_path):
+    """One row per strategy × metric; a significant Δ is a filled marker, a 2-seed Δ grey and hollow."""
+    df = pd.DataFrame({"run_id": [f"r{i}" for i in range(8)], "trial_id": [f"t{i}" for i in range(8)],
+                       "strategies": ["ce"] * 3 + ["ohem"] * 3 + ["hl"] * 2,
+                       "seed": pd.array([0, 1, 2, 0, 1, 2, 0, 1], dtype="Int64"), "status": ["FINISHED"] * 8,
+                       "reason": [None] * 8, "epochs": pd.array([1] * 8, dtype="Int64"),
+                       "val/miou": [0.70, 0.71, 0.72, 0.75, 0.761, 0.770, 0.71, 0.70]})
+    table = ablation_table(df, ["val/miou"], correction="none")
+    assert table.loc["ohem", ("val/miou", "significant")] and not table.loc["hl", ("val/miou", "tested")]
+    pixels = _image(plots.forest_plot(table, tmp_path / "f.png"))
+    assert pixels.shape[0] > 100 and pixels.std() > 5.0
+    only_ce = ablation_table(df[df["strategies"] == "ce"], ["val/miou"])
+    assert plots.forest_plot(only_ce, tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()
+
+
+def test_hl_maps_figure_has_titles_colour_bar_and_size(tmp_path):
+    from hardseg.reports.images import hl_maps_figure
+
+    tile, gap, rows = 16, 2, 3
+    panel = np.full((rows * (tile + gap) - gap, 4 * (tile + gap) - gap, 3), 255, dtype=np.uint8)
+    rng = np.random.default_rng(0)
+    for r in range(rows):
+        for c in range(4):
+            panel[r * (tile + gap): r * (tile + gap) + tile, c * (tile + gap): c * (tile + gap) + tile] = \
+                rng.integers(0, 255, (tile, tile, 3))
+    Image.fromarray(panel).save(tmp_path / "panel.png")
+    pixels = _image(hl_maps_figure(tmp_path / "panel.png", tmp_path / "hl.png", offset=0.1, title="t"))
+    # 4 columns of ~2 inches at 110 dpi plus the bar: far larger than the 70-px-wide raw panel
+    assert pixels.shape[1] >= 800 and pixels.shape[0] >= 3 * 180 and pixels.std() > 5.0
+
+
 def test_html_is_self_contained(report):
     _, _, paths = report
     page = paths["html"].read_text(encoding="utf-8")
@@ -112,9 +143,9 @@ def test_html_is_self_contained(report):
     assert not re.search(r"(src|href)\s*=\s*[\"']?\s*(https?:)?//", page, re.I)
     assert "<link" not in page and "<script" not in page and "@import" not in page
     embedded = [base64.b64decode(link.split(",", 1)[1]) for link in links]
-    assert embedded == [paths[k].read_bytes() for k in ("metrics_png", "per_class_png", "domains_png")]
+    assert embedded == [paths[k].read_bytes() for k in ("forest_png", "metrics_png", "per_class_png", "domains_png")]
     assert all(Image.open(io.BytesIO(b)).format == "PNG" for b in embedded)
-    assert page.count("<figcaption>") == 3
+    assert page.count("<figcaption>") == 4
     for strategy in MIOU:
         assert f"<td>{strategy}</td>" in page
     assert re.search(r"<td>(<strong>)?0\.\d{3}(</strong>)? ± 0\.\d{3}", page)
@@ -147,7 +178,7 @@ def test_chromium_renders_report(report, chromium, tmp_path):
     assert pixels.std() > 5.0 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10
     dom = _browser(chromium, tmp_path, "--dump-dom", url)
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert dom.stdout.count("<img") == 3 and 'src="data:image/png;base64,' in dom.stdout
+    assert dom.stdout.count("<img") == 4 and 'src="data:image/png;base64,' in dom.stdout
     for strategy in MIOU:
         assert f"<td>{strategy}</td>" in dom.stdout
     assert "± " in dom.stdout and f"hardseg report: {NAME}" in dom.stdout

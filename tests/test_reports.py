@@ -140,8 +140,27 @@ def test_runs_frame_one_row_per_child_paginated(store, monkeypatch):
     assert ok["param:strategies"] == "hl" and ok["param:seed"] == 1 and ok.trial_id.startswith("t")
 
 
+def _holm_by_hand(p: list[float]) -> list[float]:
+    """Holm's step-down adjustment written out: sorted p_(j) · (m - j + 1), running max, capped at 1."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    out, running = [0.0] * len(p), 0.0
+    for j, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - j) * p[i]))
+        out[i] = running
+    return out
+
+
 def test_ablation_table_matches_hand_and_stats(frame):
     table = ablation_table(frame, ["val/miou", "val/band_iou"], baseline="ce")
+    # the family: hl and ohem × 2 metrics are tested (3 paired seeds); focal's 2 Δs (1 seed) are not
+    assert (table.attrs["correction"], table.attrs["tests"], table.attrs["comparisons"]) == ("holm", 4, 6)
+    level = 0.05 / 6  # MDE and seeds needed at the correction's strictest per-test level
+    assert table.attrs["family_alpha"] == pytest.approx(level)
+    cells = [(s, m) for s in ("hl", "ohem") for m in ("val/miou", "val/band_iou")]
+    raw = [table.loc[s, (m, "p_value")] for s, m in cells]
+    for (s, m), adj in zip(cells, _holm_by_hand(raw)):
+        assert table.loc[s, (m, "p_adj")] == pytest.approx(adj, rel=1e-12)
+        assert table.loc[s, (m, "significant")] == (adj < 0.05) and table.loc[s, (m, "tested")]
     assert list(table.index) == ["ce", "hl", "ohem", "focal"]
     for s in ("ce", "hl", "ohem"):
         mean, low, high = _ci(list(MIOU[s].values()))
@@ -155,10 +174,9 @@ def test_ablation_table_matches_hand_and_stats(frame):
         assert row["n_pairs"] == 3
         assert row["delta"] == pytest.approx(np.mean(np.subtract(a, b)), rel=1e-12)
         assert row["p_value"] == pytest.approx(ref.pvalue, rel=1e-9)
-        assert row["significant"] == (ref.pvalue < 0.05)
         sd = float(np.std(np.subtract(a, b), ddof=1))
-        assert row["mde"] == pytest.approx(stats.min_detectable_difference(sd, 3), rel=1e-12)
-        assert row["seeds_needed"] == stats.seeds_needed(row["delta"], sd)
+        assert row["mde"] == pytest.approx(stats.min_detectable_difference(sd, 3, alpha=level), rel=1e-12)
+        assert row["seeds_needed"] == max(3, stats.seeds_needed(row["delta"], sd, alpha=level))
         band = table.loc[s, "val/band_iou"]
         ref_band = stats.paired_test([_band(s, k) for k in MIOU[s]], [_band("ce", k) for k in MIOU[s]])
         assert band["p_value"] == pytest.approx(ref_band.p_value, rel=1e-12)
@@ -166,6 +184,7 @@ def test_ablation_table_matches_hand_and_stats(frame):
     focal = table.loc["focal", "val/miou"]
     assert focal["mean"] == pytest.approx(0.695) and focal["ci_low"] is None and focal["n"] == 1
     assert focal["delta"] == pytest.approx(-0.005) and focal["p_value"] is None and focal["mde"] is None
+    assert not focal["tested"] and not focal["significant"] and focal["p_adj"] is None
     assert table.loc["ce", ("val/miou", "delta")] is None
     assert table.attrs["seeds"] == {"ce": 4, "hl": 3, "ohem": 3, "focal": 1}
     assert all(type(table.loc["hl", ("val/miou", f)]) is int for f in ("n", "n_pairs", "seeds_needed"))
@@ -184,18 +203,25 @@ def test_markdown(frame):
     assert "## val" in md and "## fog-3" in md
     hl, ohem, focal = (_row(md, s) for s in ("hl", "ohem", "focal"))
     p_hl, half_hl = table.loc["hl", ("val/miou", "p_value")], table.loc["hl", ("val/miou", "half_width")]
+    adj_hl = table.loc["hl", ("val/miou", "p_adj")]
     mean_hl = np.mean(list(MIOU["hl"].values()))
     assert hl == ["hl", "3", f"{mean_hl:.3f} ± {half_hl:.3f}",
-                  f"+0.007 (p={p_hl:.2g}, n.s.)"]  # no bold anywhere: neither best nor significant
+                  f"+0.007 (p={p_hl:.2g}, adj. p={adj_hl:.2g}, n.s.)"]  # no bold: neither best nor significant
     mean, _, high = _ci(list(MIOU["ohem"].values()))
     assert ohem[2] == f"**{mean:.3f}** ± {high - mean:.3f}"  # the best mean, the only bold
     assert ohem[3].endswith(", significant)") and "**" not in ohem[3]
-    assert focal[2] == "0.695 ± n/a (1 seed)" and focal[3] == "-0.005 (n/a (1 seed), n.s.)"
+    assert focal[2] == "0.695 ± n/a (1 seed)" and focal[3] == "-0.005 (1 paired seed: no test, needs ≥ 3)"
     assert _row(md, "ce")[3] == "baseline"
-    assert "MDE" in md and "seeds needed" in md
-    hl_need = table.loc["hl", ("val/miou", "seeds_needed")]
-    assert f"- hl vs ce: miou MDE {table.loc['hl', ('val/miou', 'mde')]:.3f} (3 paired seeds), seeds needed for " \
-           f"Δ +0.007: {hl_need}" in md
+    assert md.startswith("Tests: 4 paired t-tests vs **ce** (α = 0.05), multiple-comparison correction: "
+                         "Holm-Bonferroni (family-wise error rate) over all 4 tests")
+    assert "2 of 6 differences have fewer than 3 paired seeds" in md
+    # one power table for the whole report, not one paragraph per domain
+    power = md.split("## Seeds and power", 1)[1].split("## Failed", 1)[0]
+    assert md.count("## Seeds and power") == 1 and "MDE" in power
+    hl_power = _row(power, "hl")
+    mde, need = table.loc["hl", ("val/miou", "mde")], table.loc["hl", ("val/miou", "seeds_needed")]
+    assert hl_power[:3] == ["hl", "3", f"{mde:.3f} / {need}"]
+    assert _row(power, "focal")[:3] == ["focal", "1", "n/a / ≥ 3 (spread unknown)"]
     assert "Fewer seeds than others: hl (3 of 4), ohem (3 of 4), focal (1 of 4)" in md
     failed_section = md.split("## Failed or stopped runs", 1)[1]
     assert "| t_failed | hl | 3 | FAILED | TrainingError: the loss became nan at epoch 2 |" in failed_section
@@ -263,6 +289,13 @@ def test_cli_report(store, tmp_path, capsys):
                                                   "--metrics", "val/nope"])
     assert "baseline 'sgd'" in _one_line_error(capsys, ["report", NAME, "--tracking-uri", uri, "--out", str(out),
                                                         "--baseline", "sgd"])
+    assert "unknown correction 'bonf'" in _one_line_error(capsys, ["report", NAME, "--tracking-uri", uri, "--out",
+                                                                   str(tmp_path / "c"), "--correction", "bonf"])
+    assert not (tmp_path / "c").exists()
+    assert cli(["report", NAME, "--tracking-uri", uri, "--out", str(tmp_path / "bh"), "--correction", "bh"]) == 0
+    bh = (tmp_path / "bh" / "report.md").read_text()
+    assert "correction: Benjamini-Hochberg (false discovery rate)" in bh and "adj. p=" in bh
+    assert bh.index("## Answer") < bh.index("## val")  # the answer before the tables
     missing = tmp_path / "none" / "mlflow.db"
     assert "no MLflow store" in _one_line_error(capsys, ["report", NAME, "--tracking-uri", f"sqlite:///{missing}"])
     assert not missing.exists()

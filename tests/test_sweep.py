@@ -146,7 +146,7 @@ def test_invalid_space_is_rejected_before_any_trial(tmp_path, capsys, monkeypatc
 
 def test_demo_ablation_grid_is_strategies_times_seeds_with_report(ray_local, data_root, sqlite_uri, tmp_path,
                                                                    capsys, monkeypatch):
-    """``hardseg demo`` (= ``hardseg ablate`` ce hl ohem × seeds 0 1, then ``hardseg report``) on tiny data."""
+    """``hardseg demo`` (= ``hardseg ablate`` ce hl ohem × seeds 0 1 2, then ``hardseg report``) on tiny data."""
     monkeypatch.chdir(tmp_path)
     args = ["demo"]  # the demo's own overrides come first; these (tiny data, 2 epochs) win
     for o in _overrides(data_root, tmp_path, sqlite_uri, **{"data.eval_domains": "[fog-1,fog-3]"}):
@@ -155,7 +155,7 @@ def test_demo_ablation_grid_is_strategies_times_seeds_with_report(ray_local, dat
     client, parents, children = _runs(sqlite_uri)
     assert len(parents) == 1 and parents[0].data.tags["hardseg.kind"] == "ablation"
     cells = sorted((c.data.tags["hardseg.strategies"], c.data.tags["hardseg.seed"]) for c in children)
-    assert cells == [(s, seed) for s in ("ce", "hl", "ohem") for seed in ("0", "1")]
+    assert cells == [(s, seed) for s in ("ce", "hl", "ohem") for seed in ("0", "1", "2")]
     assert all(c.info.status == "FINISHED" for c in children)
     # Identical budgets and data: only strategies and seed differ between the cells.
     differing = {k for c in children for k, v in c.data.params.items() if v != children[0].data.params.get(k)}
@@ -169,8 +169,11 @@ def test_demo_ablation_grid_is_strategies_times_seeds_with_report(ray_local, dat
     # The demo's report: written under ./reports/<name>/ and logged on the parent run.
     folder = tmp_path / "reports" / parents[0].data.tags["hardseg.sweep"]
     md = (folder / "report.md").read_text()
-    assert "| ce | 2 |" in md and "| hl | 2 |" in md and "| ohem | 2 |" in md and "## fog-3" in md
-    assert {"report.html", "runs.parquet", "metrics.png", "domains.png", "hl_maps.png"} <= {p.name for p in folder.iterdir()}
+    assert "| ce | 3 |" in md and "| hl | 3 |" in md and "| ohem | 3 |" in md and "## fog-3" in md
+    assert md.split("\n## ")[1].startswith("Answer")  # the answer comes before every table
+    assert "Tests: " in md and "multiple-comparison correction: Holm-Bonferroni" in md
+    assert {"report.html", "runs.parquet", "metrics.png", "domains.png", "hl_maps.png", "forest.png"} <= {
+        p.name for p in folder.iterdir()}
     assert str(folder / "report.html") in out
     # The console: hardseg's lines, no Tune experiment box or TensorBoard hint (hardseg.platform.console).
     assert "Configuration for experiment" not in out and "tensorboard" not in out.lower()

@@ -56,8 +56,8 @@ def format_table(rows: dict[str, dict[str, Any]], metric: str) -> str:
     lines = [f"{'trial':<12} {'strategy':<22} {'epoch':>5} {metric:>10} {'status':<8} params"]
     for tid, r in rows.items():
         cfg = r["config"]
-        strategy = str(cfg.get("strategies", "-"))
-        params = " ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in cfg.items() if k != "strategies")
+        strategy = str(cfg.get("strategies", cfg.get("config", "-")))  # a study's confirmation: the configuration
+        params = " ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in cfg.items() if k not in ("strategies", "config"))
         value = f"{r['value']:.4f}" if isinstance(r.get("value"), float) else "-"
         lines.append(f"{tid:<12} {strategy:<22} {r.get('epoch', 0):>5} {value:>10} {r.get('status', '-'):<8} {params}")
     return "\n".join(lines)

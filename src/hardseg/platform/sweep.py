@@ -224,10 +224,12 @@ def connect_ray(base_cfg) -> dict:
 def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: list[str] | None = None,
               name: str | None = None, grid: dict[str, list] | None = None, kind: str = "sweep",
               in_process: bool = True, workdir: Path | None = None,
-              parent_tags: dict[str, str] | None = None) -> SweepOutcome:
+              parent_tags: dict[str, str] | None = None, configs: dict[str, list[str]] | None = None) -> SweepOutcome:
     """Validate everything, then run the sweep (``grid`` set: an ablation grid without a searcher).
 
-    ``parent_tags`` go on the sweep's parent run (``hardseg nightly`` nests it under its own run).
+    ``parent_tags`` go on the sweep's parent run (``hardseg nightly`` and ``hardseg study`` nest it
+    under their own run). ``configs``: named ``--set`` lists a grid's ``config`` key picks
+    (:attr:`hardseg.platform.trial.TrialSpec.configs`); each is validated here, before any run.
 
     Raises:
         ConfigError: an invalid space or config, before any trial or MLflow run starts.
@@ -260,6 +262,8 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
         for choice in space.params["strategies"].choices:
             check_strategies_fit(resolve_paths(space.run_config({"strategies": choice}, config_path, overrides),
                                                workdir))
+    for label, sets in (configs or {}).items():
+        check_strategies_fit(resolve_paths(space.run_config({}, config_path, [*overrides, *sets]), workdir))
     resources = trial_resources(base_cfg, in_process)
     connect_ray(base_cfg)
     num_trials = space.sweep.num_samples if grid is None else _grid_size(grid)
@@ -278,7 +282,7 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
     tracking.log_lineage(client, parent, lineage)
     spec = TrialSpec(sweep_name=name, space=space.to_dict(), config_path=config_path, overrides=overrides + resolved,
                      tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent, metrics=space.sweep.metrics,
-                     kind=kind, in_process=in_process)
+                     kind=kind, in_process=in_process, configs=dict(configs or {}))
     state = SweepState(asdict(spec), grid, storage_url, base_cfg.train.epochs, num_trials, max_conc, resources)
     state.save(storage_join(sweep_root, name))
     _announce(name, parent, uri, storage_url, max_conc, num_trials, resources, exp_id)

@@ -33,6 +33,7 @@ from hardseg.platform.train_job import (RunCloser, TrialStopped, log_final_artif
 TRIAL_TAG = "hardseg.trial_id"
 SWEEP_TAG = "hardseg.sweep"
 NODE_TAG = "hardseg.node_id"
+CONFIG_KEY = "config"  # a grid key naming one of TrialSpec.configs (tag sampled.config)
 
 
 @dataclass
@@ -50,6 +51,9 @@ class TrialSpec:
     kind: str = "sweep"  # or "ablation"
     in_process: bool = True
     extra_tags: dict[str, str] = field(default_factory=dict)
+    # Named configurations a grid picks with its ``config`` key ({label: [KEY=VALUE, ...]}), applied
+    # after ``overrides``: ``hardseg study`` confirms searched configurations this way.
+    configs: dict[str, list[str]] = field(default_factory=dict)
 
 
 def trial_run_name(sampled: dict[str, Any]) -> str:
@@ -74,6 +78,17 @@ def find_trial_run(client: tracking.MlflowClient, spec: TrialSpec, trial_id: str
     runs = client.search_runs([spec.experiment_id], filter_string=(
         f"tags.`mlflow.parentRunId` = '{spec.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'"), max_results=2)
     return runs[0].info.run_id if runs else None
+
+
+def finished_run_metrics(client: tracking.MlflowClient, spec: TrialSpec, trial_id: str) -> dict[str, float] | None:
+    """The final metrics of the trial's run if it already FINISHED, else None. A trial closes its run
+    before its last report to Tune, so a sweep stopped in between restores the trial as unfinished;
+    it then reports these metrics instead of training again (a resumed sweep repeats no finished trial)."""
+    run_id = find_trial_run(client, spec, trial_id)
+    if run_id is None:
+        return None
+    run = client.get_run(run_id)
+    return numeric(dict(run.data.metrics)) if run.info.status == "FINISHED" else None
 
 
 def node_tags() -> dict[str, str]:
@@ -161,9 +176,15 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     trial_id = tune.get_context().get_trial_id()
     space = SearchSpace.from_dict(spec.space, source=f"sweep {spec.sweep_name}")
-    cfg = space.run_config(sampled, spec.config_path, [*spec.overrides, f"name={spec.sweep_name}-{trial_id}"])
+    chosen = spec.configs[sampled[CONFIG_KEY]] if CONFIG_KEY in sampled else []
+    cfg = space.run_config({k: v for k, v in sampled.items() if k != CONFIG_KEY}, spec.config_path,
+                           [*spec.overrides, *chosen, f"name={spec.sweep_name}-{trial_id}"])
     config_text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     client = tracking.MlflowClient(spec.tracking_uri)
+    done = finished_run_metrics(client, spec, trial_id)
+    if done is not None:  # restored after its run FINISHED (Ctrl-C before Tune saw the final report)
+        tune.report({**done, "epoch": cfg.train.epochs})
+        return
     run_id = open_trial_run(client, spec, cfg, sampled, trial_id, config_text)
     epochs = cfg.train.epochs
     start = time.perf_counter()

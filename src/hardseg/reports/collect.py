@@ -119,6 +119,10 @@ def _scalar(text: str) -> Any:
 
 
 def _strategies(run: Run) -> str | None:
+    """The run's row label: a study's named configuration (tag ``sampled.config``), else its strategies."""
+    config = run.data.tags.get(SAMPLED_PREFIX + "config")
+    if config:
+        return config
     tag = run.data.tags.get("hardseg.strategies")
     if tag:
         return tag

@@ -57,14 +57,15 @@ def with_robustness(df: pd.DataFrame, metric: str = "miou") -> tuple[pd.DataFram
     return out, names
 
 
-def cross_domain_section(df: pd.DataFrame, baseline: str = "ce", alpha: float = 0.05, metric: str = "miou") -> str:
+def cross_domain_section(df: pd.DataFrame, baseline: str = "ce", alpha: float = 0.05, metric: str = "miou",
+                         correction: str = "holm") -> str:
     """The ``## Cross-domain`` Markdown section; empty when no run logged an evaluation domain."""
     domains = domain_columns(df, metric)
     if not domains or df.empty:
         return ""
     frame, robust = with_robustness(df, metric)
     columns = [CLEAN, *domains, *robust]
-    table = ablation_table(frame, columns, baseline=baseline, alpha=alpha)
+    table = ablation_table(frame, columns, baseline=baseline, alpha=alpha, correction=correction)
     seeds = table.attrs["seeds"]
     head = ["strategy", "seeds", f"clean (val {metric})", *(c.split("/", 1)[0] for c in domains),
             *(f"robustness {c.split('/')[1]}" for c in robust)]

@@ -58,3 +58,43 @@ def best_hl_run(df: pd.DataFrame, metric: str = "val/miou", mode: str = "max") -
     if hl.empty:
         return None
     return hl.loc[hl[metric].idxmax() if mode == "max" else hl[metric].idxmin()]
+
+
+HL_COLUMNS = ("image", "ground truth", "prediction", "hardness w")
+PANEL_GAP = 2  # white pixels between tiles (hardseg.strategies.visuals.grid)
+
+
+def hl_maps_figure(panel_png: Path | str, path: Path | str, offset: float = 0.1, title: str = "") -> Path:
+    """Re-draw the HL panel (rows of image | ground truth | prediction | hardness, tiles separated by
+    :data:`PANEL_GAP` white pixels) with column titles, a colour bar for the hardness w ∈ [offset,
+    1 + offset] and tiles large enough to read. The panel's hardness ramp is viridis' anchor colours
+    (``hardseg.strategies.visuals``), so the bar uses matplotlib's viridis."""
+    import matplotlib
+    import matplotlib.image as mpimg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    img = mpimg.imread(str(panel_png))[..., :3]
+    ncol = len(HL_COLUMNS)
+    w = (img.shape[1] + PANEL_GAP) // ncol - PANEL_GAP
+    nrow = max(1, (img.shape[0] + PANEL_GAP) // (w + PANEL_GAP))
+    h = (img.shape[0] + PANEL_GAP) // nrow - PANEL_GAP
+    fig = Figure(figsize=(2.0 * ncol + 1.0, 2.0 * nrow + 0.7), dpi=110, layout="constrained")
+    axes = fig.subplots(nrow, ncol, squeeze=False)
+    for r in range(nrow):
+        for c in range(ncol):
+            ax = axes[r, c]
+            y0, x0 = r * (h + PANEL_GAP), c * (w + PANEL_GAP)
+            ax.imshow(img[y0:y0 + h, x0:x0 + w], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(HL_COLUMNS[c], fontsize=10)
+    bar = ScalarMappable(norm=Normalize(offset, 1.0 + offset), cmap=matplotlib.colormaps["viridis"])
+    fig.colorbar(bar, ax=list(axes[:, -1]), label="hardness w (easy → hard)", fraction=0.08, pad=0.04)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    path = Path(path)
+    fig.savefig(path, format="png")
+    return path

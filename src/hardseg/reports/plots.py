@@ -1,4 +1,5 @@
-"""PNG figures of a sweep's report: metric bars, per-class IoU bars, and the strategy × domain matrix.
+"""PNG figures of a sweep's report: metric bars, per-class IoU bars, the strategy × domain matrix, and the
+forest plot of paired differences vs the baseline.
 
 Drawn with matplotlib's Agg canvas on :class:`matplotlib.figure.Figure` objects (no pyplot, no
 display, no global state). Every mean and CI comes from :func:`hardseg.reports.stats.mean_ci`
@@ -126,6 +127,51 @@ def domain_matrix(df: pd.DataFrame, path: Path | str, alpha: float = 0.05,
     ax.set_yticks(range(len(strategies)), strategies)
     ax.set_title("mean mIoU per strategy and domain")
     fig.colorbar(image, ax=ax, label="mIoU")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, format="png")
+    return path
+
+
+def forest_plot(table: pd.DataFrame, path: Path | str, metrics: list[str] | None = None) -> Path | None:
+    """Paired Δ vs the baseline of an :func:`ablation_table`: one panel per metric group (``val`` and each
+    evaluation domain), one row per strategy × metric, the mean Δ with its 95 % paired t-interval
+    (``delta_ci_low``/``delta_ci_high``; none with one paired seed), a line at 0. Filled marker:
+    significant after the report's correction; hollow: tested, not significant; grey: fewer than
+    :data:`stats.MIN_PAIRED_SEEDS` paired seeds (no test). None (nothing written) without any Δ."""
+    a = table.attrs
+    metrics = list(metrics or a["metrics"])
+    groups: dict[str, list[tuple[str, str, dict[str, Any]]]] = {}
+    for m in metrics:
+        for s in table.index:
+            c = table.loc[s, m].to_dict()
+            if s != a["baseline"] and c["delta"] is not None:
+                groups.setdefault(m.split("/", 1)[0] if "/" in m else "metrics", []).append((s, m, c))
+    if not groups:
+        return None
+    strategies = [s for s in table.index if s != a["baseline"]]
+    heights = [max(1, len(rows)) for rows in groups.values()]
+    fig = Figure(figsize=(7.5, 1.2 + 0.28 * sum(heights) + 0.5 * len(groups)), dpi=DPI)
+    axes = fig.subplots(len(groups), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
+    for ax, (group, rows) in zip(axes, groups.items()):
+        for y, (s, m, c) in enumerate(rows):
+            color = _color(strategies.index(s) if s in strategies else 0)
+            if c["delta_ci_low"] is not None:
+                ax.plot([c["delta_ci_low"], c["delta_ci_high"]], [y, y], color=color if c["tested"] else "grey",
+                        linewidth=1.5)
+            face = color if c["significant"] else "white"
+            ax.plot([c["delta"]], [y], marker="o", markersize=6, linestyle="none",
+                    markerfacecolor=face if c["tested"] else "lightgrey",
+                    markeredgecolor=color if c["tested"] else "grey")
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(rows)), [f"{s} · {m.split('/', 1)[-1]}" for s, m, _ in rows], fontsize=8)
+        ax.set_ylim(len(rows) - 0.5, -0.5)
+        ax.set_title(group, fontsize=9, loc="left")
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1].set_xlabel(f"Δ vs {a['baseline']} (mean over paired seeds, 95 % CI)")
+    corr = {"holm": "Holm", "bh": "BH", "none": "un"}[a.get("correction", "holm")]
+    fig.suptitle(f"paired differences vs {a['baseline']}: filled = significant ({corr}-adjusted), hollow = n.s., "
+                 f"grey = < {stats.MIN_PAIRED_SEEDS} paired seeds (no test)", fontsize=8)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, format="png")

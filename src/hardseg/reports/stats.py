@@ -16,6 +16,12 @@ Standard formulas (e.g. Montgomery, *Design and Analysis of Experiments*; Cohen,
   noncentrality λ = δ·√n/σ_d, power = P(T' > t*) + P(T' < -t*), T' ~ nct(n-1, λ).
 * Relative robustness (as in ImageNet-C/Cityscapes-C): mean_s shifted_s / clean
   (:func:`hardseg.trainables.robustness.relative_robustness`, re-exported here).
+* Multiple comparisons (a report runs one test per strategy × metric × domain):
+  Holm's step-down adjustment (Holm 1979, *Scand. J. Statist.* 6:65-70; controls the
+  family-wise error rate under any dependence) and Benjamini-Hochberg's step-up
+  adjustment (Benjamini & Hochberg 1995, *JRSS B* 57:289-300; controls the false
+  discovery rate), the values ``statsmodels.stats.multitest.multipletests`` gives.
+* A verdict needs :data:`MIN_PAIRED_SEEDS` paired seeds (see there).
 """
 
 from __future__ import annotations
@@ -28,6 +34,17 @@ import numpy as np
 from scipy import stats
 
 from hardseg.trainables.robustness import relative_robustness  # noqa: F401  (one formula, shared with training)
+
+MIN_PAIRED_SEEDS = 3
+"""Fewest paired seeds on which a report runs a test and may call a difference significant.
+
+With 2 seeds the paired t-test has one degree of freedom: its spread estimate rests on a
+single difference of differences, so two nearly identical seed differences make any Δ,
+however small, "significant". Below this many pairs a report shows the mean Δ and the
+seeds a test would need, never a verdict (README, "hardseg report")."""
+
+CORRECTIONS = ("holm", "bh", "none")
+"""Multiple-comparison adjustments of :func:`adjust_p`: Holm (the default), Benjamini-Hochberg, none."""
 
 
 @dataclass(frozen=True)
@@ -185,3 +202,67 @@ def seeds_needed(
         if paired_power(delta, sd_diff, n, alpha) >= power:
             return n
     return None
+
+
+def adjust_p(p_values: Sequence[float] | np.ndarray, method: str = "holm") -> np.ndarray:
+    """Adjusted p-values of one family of tests, along the last axis (a batch of families works too).
+
+    * ``holm``: sort p ascending, p̃_(i) = max_{j ≤ i} min(1, (m - j + 1) · p_(j)); rejecting
+      p̃ < α keeps the family-wise error rate ≤ α under any dependence between the tests.
+    * ``bh``: p̃_(i) = min_{j ≥ i} min(1, m / j · p_(j)); rejecting p̃ < α keeps the false
+      discovery rate ≤ α (independent or positively dependent tests).
+    * ``none``: p unchanged.
+
+    NaN entries are not tests: they stay NaN and do not count in m. Values outside [0, 1] or an
+    unknown method raise ValueError.
+    """
+    if method not in CORRECTIONS:
+        raise ValueError(f"unknown correction {method!r}: use one of {', '.join(CORRECTIONS)}")
+    p = np.array(p_values, dtype=float, ndmin=1)
+    finite = ~np.isnan(p)
+    if np.any((p[finite] < 0) | (p[finite] > 1)):
+        raise ValueError(f"p-values must lie in [0, 1], got {p[finite].tolist()}")
+    if method == "none" or p.size == 0:
+        return p
+    m = finite.sum(axis=-1, keepdims=True)  # tests per family
+    order = np.argsort(np.where(finite, p, np.inf), axis=-1, kind="stable")  # NaN last
+    ps = np.take_along_axis(np.where(finite, p, 1.0), order, axis=-1)
+    rank = np.arange(1, p.shape[-1] + 1)  # 1-based rank among the sorted values
+    if method == "holm":
+        adj = np.maximum.accumulate(np.minimum(1.0, (m - rank + 1) * ps), axis=-1)
+    else:  # bh
+        raw = np.minimum(1.0, m / rank * ps)
+        adj = np.minimum.accumulate(raw[..., ::-1], axis=-1)[..., ::-1]
+    out = np.empty_like(p)
+    np.put_along_axis(out, order, adj, axis=-1)
+    out[~finite] = np.nan
+    return out
+
+
+def correction_name(method: str) -> str:
+    """How a report names a correction."""
+    if method not in CORRECTIONS:
+        raise ValueError(f"unknown correction {method!r}: use one of {', '.join(CORRECTIONS)}")
+    return {"holm": "Holm-Bonferroni (family-wise error rate)", "bh": "Benjamini-Hochberg (false discovery rate)",
+            "none": "none (each test at its own α)"}[method]
+
+
+def family_alpha(alpha: float, m: int, method: str) -> float:
+    """The per-test level a difference must reach in a family of m comparisons, at worst: α/m under Holm
+    and BH (their strictest step, Bonferroni's level), α without a correction. Reports compute the
+    minimum detectable difference and the seeds a verdict needs at this level, so they hold under
+    the correction."""
+    if method not in CORRECTIONS:
+        raise ValueError(f"unknown correction {method!r}: use one of {', '.join(CORRECTIONS)}")
+    return alpha if method == "none" or m <= 1 else alpha / m
+
+
+def paired_t_pvalues(diffs: np.ndarray) -> np.ndarray:
+    """Two-sided paired t-test p-values of ``diffs[..., n]`` (seed differences on the last axis),
+    vectorised; the statistic of :func:`paired_test`, for simulations over many tables."""
+    d = np.asarray(diffs, dtype=float)
+    n = d.shape[-1]
+    if n < 2:
+        raise ValueError(f"a paired t-test needs at least 2 pairs, got n={n}")
+    t = d.mean(axis=-1) / (d.std(axis=-1, ddof=1) / math.sqrt(n))
+    return 2.0 * stats.t.sf(np.abs(t), n - 1)

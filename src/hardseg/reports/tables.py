@@ -3,9 +3,13 @@
 Statistics come from :mod:`hardseg.reports.stats` over FINISHED runs only, one
 value per seed (several FINISHED runs of one strategy and seed are averaged).
 Δ is the mean paired difference over the seeds a strategy shares with the
-baseline; a Δ whose paired t-test is not significant is written ``n.s.`` and
-never in bold (bold marks the best mean of a column, nothing else). Runs that
-did not finish are listed, never dropped.
+baseline. Every Δ with at least :data:`~hardseg.reports.stats.MIN_PAIRED_SEEDS`
+paired seeds is tested (paired t-test), and all tests of one table (strategies ×
+metrics × domains) are one family, adjusted with Holm (default), Benjamini-Hochberg
+or not at all; "significant" refers to the adjusted p. A Δ on fewer paired seeds is
+shown with the seeds a test needs, never with a verdict. A Δ that is not significant
+is written ``n.s.`` and never in bold (bold marks the best mean of a column, nothing
+else). Runs that did not finish are listed, never dropped.
 """
 
 from __future__ import annotations
@@ -23,8 +27,8 @@ from hardseg.reports import stats
 from hardseg.reports.collect import ReportError, metric_columns, runs_frame
 
 POWER = 0.8
-FIELDS = ["mean", "ci_low", "ci_high", "half_width", "n", "delta", "p_value", "significant", "n_pairs", "sd_diff",
-          "mde", "seeds_needed"]
+FIELDS = ["mean", "ci_low", "ci_high", "half_width", "n", "delta", "delta_ci_low", "delta_ci_high", "p_value",
+          "tested", "p_adj", "significant", "n_pairs", "sd_diff", "mde", "seeds_needed"]
 DEFAULT_METRICS = ["val/miou", "val/band_iou", "val/small_iou", "val/thin_iou"]
 NO_CI = "n/a (1 seed)"
 SPLIT_NOTES = {
@@ -60,8 +64,9 @@ def _per_seed(rows: pd.DataFrame, metric: str) -> dict[Any, float]:
 
 
 def _cell_stats(values: dict[Any, float], base: dict[Any, float] | None, alpha: float) -> dict[str, Any]:
+    """Mean, CI and the raw paired test of one cell; the family's correction comes later (:func:`_correct`)."""
     out: dict[str, Any] = dict.fromkeys(FIELDS)
-    out["n"], out["n_pairs"], out["significant"] = len(values), 0, False
+    out["n"], out["n_pairs"], out["significant"], out["tested"] = len(values), 0, False, False
     if not values:
         return out
     ci = stats.mean_ci(list(values.values()), confidence=1.0 - alpha)
@@ -70,26 +75,54 @@ def _cell_stats(values: dict[Any, float], base: dict[Any, float] | None, alpha: 
     if base is None or not shared:
         return out
     test = stats.paired_test([values[k] for k in shared], [base[k] for k in shared], alpha=alpha)
-    out.update(delta=test.delta_mean, p_value=test.p_value, significant=test.significant, n_pairs=test.n,
-               sd_diff=test.sd_diff)
-    if test.n >= 2 and test.sd_diff is not None:
-        out["mde"] = stats.min_detectable_difference(test.sd_diff, test.n, alpha=alpha, power=POWER)
-        out["seeds_needed"] = stats.seeds_needed(test.delta_mean, test.sd_diff, alpha=alpha, power=POWER)
+    out.update(delta=test.delta_mean, p_value=test.p_value, n_pairs=test.n, sd_diff=test.sd_diff,
+               delta_ci_low=test.delta_ci_low, delta_ci_high=test.delta_ci_high,
+               tested=test.n >= stats.MIN_PAIRED_SEEDS and test.p_value is not None)
     return out
 
 
-def ablation_table(df: pd.DataFrame, metrics: list[str], baseline: str = "ce", alpha: float = 0.05) -> pd.DataFrame:
+def _correct(records: dict[str, dict[tuple[str, str], Any]], metrics: list[str], baseline: str, alpha: float,
+             correction: str) -> tuple[int, int, float]:
+    """Adjust the p-values of the tested cells as one family, set ``p_adj``/``significant``, then the MDE
+    and seeds needed at the family's worst-case per-test level. Returns (comparisons, tests, that level)."""
+    cells = [records[s] for s in records if s != baseline]
+    keys = [(rec, m) for rec in cells for m in metrics if rec[(m, "delta")] is not None]
+    tested = [(rec, m) for rec, m in keys if rec[(m, "tested")]]
+    adjusted = stats.adjust_p([rec[(m, "p_value")] for rec, m in tested], correction) if tested else []
+    for (rec, m), p_adj in zip(tested, adjusted):
+        rec[(m, "p_adj")] = float(p_adj)
+        rec[(m, "significant")] = bool(p_adj < alpha)
+    level = stats.family_alpha(alpha, len(keys), correction)
+    for rec, m in keys:
+        n, sd, delta = rec[(m, "n_pairs")], rec[(m, "sd_diff")], rec[(m, "delta")]
+        if n >= stats.MIN_PAIRED_SEEDS and sd is not None:
+            rec[(m, "mde")] = stats.min_detectable_difference(sd, n, alpha=level, power=POWER)
+        if n >= 2 and sd is not None:
+            need = stats.seeds_needed(delta, sd, alpha=level, power=POWER)
+            rec[(m, "seeds_needed")] = None if need is None else max(need, stats.MIN_PAIRED_SEEDS)
+    return len(keys), len(tested), level
+
+
+def ablation_table(df: pd.DataFrame, metrics: list[str], baseline: str = "ce", alpha: float = 0.05,
+                   correction: str = "holm") -> pd.DataFrame:
     """One row per strategy (baseline first); columns ``(metric, field)`` for ``field`` in :data:`FIELDS`.
 
     ``mean``/``ci_low``/``ci_high``/``half_width``: :func:`stats.mean_ci` at 1 - alpha over the
-    strategy's FINISHED seeds (CI None with one seed); ``n``: those seeds. ``delta``, ``p_value``,
-    ``significant``, ``sd_diff``: :func:`stats.paired_test` of strategy - baseline over the
-    ``n_pairs`` seeds both have (None for the baseline itself); ``mde``: the smallest Δ those
-    seeds detect with 80 % power; ``seeds_needed``: seeds for 80 % power at the observed Δ.
-    ``table.attrs`` carries what :func:`to_markdown` also prints: ``baseline``, ``alpha``,
+    strategy's FINISHED seeds (CI None with one seed); ``n``: those seeds. ``delta``, ``delta_ci_*``,
+    ``p_value`` (raw), ``sd_diff``: :func:`stats.paired_test` of strategy - baseline over the
+    ``n_pairs`` seeds both have (None for the baseline itself). ``tested``: ``n_pairs`` ≥
+    :data:`stats.MIN_PAIRED_SEEDS`; the tested cells of the whole table (strategies × metrics, domains
+    included) are one family, adjusted by ``correction`` (:func:`stats.adjust_p`: holm, bh or none)
+    into ``p_adj``; ``significant``: tested and ``p_adj`` < alpha. ``mde``: the smallest Δ the
+    tested pairs detect with 80 % power; ``seeds_needed``: paired seeds (≥ the minimum) for 80 %
+    power at the observed Δ and spread; both at :func:`stats.family_alpha`, so they hold under the
+    correction. ``table.attrs`` carries what :func:`to_markdown` also prints: ``baseline``, ``alpha``,
+    ``correction``, ``comparisons`` (Δ cells), ``tests`` (tested cells), ``family_alpha``,
     ``metrics``, ``seeds`` ({strategy: FINISHED seeds}), ``not_finished`` (every other run),
     ``averaged`` (strategies with several FINISHED runs of one seed), ``statuses``.
     """
+    if correction not in stats.CORRECTIONS:
+        raise ReportError(f"unknown correction '{correction}': use one of {', '.join(stats.CORRECTIONS)}")
     finished = df[df["status"] == "FINISHED"]
     order = list(dict.fromkeys(_label(s) for s in df["strategies"]))
     if baseline in order:
@@ -106,6 +139,7 @@ def ablation_table(df: pd.DataFrame, metrics: list[str], baseline: str = "ce", a
             base = None if base_values is None or strategy == baseline else base_values[m]
             rec.update({(m, f): v for f, v in _cell_stats(_per_seed(rows, m), base, alpha).items()})
         records[strategy] = rec
+    comparisons, tests, level = _correct(records, list(metrics), baseline, alpha, correction)
     columns = pd.MultiIndex.from_product([metrics, FIELDS], names=["metric", "field"])
     table = pd.DataFrame([[records[s][c] for c in columns] for s in order], index=order, columns=columns,
                          dtype=object)  # Python values: ints stay ints, missing stays None
@@ -116,7 +150,8 @@ def ablation_table(df: pd.DataFrame, metrics: list[str], baseline: str = "ce", a
     not_finished = [{"trial": _text(r.trial_id), "strategy": _label(r.strategies), "status": r.status,
                      "seed": None if _missing(r.seed) else int(r.seed), "reason": _text(r.reason), "run_id": r.run_id}
                     for r in df[df["status"] != "FINISHED"].itertuples()]
-    table.attrs.update(baseline=baseline, alpha=alpha, metrics=list(metrics), seeds=seeds_of,
+    table.attrs.update(baseline=baseline, alpha=alpha, correction=correction, comparisons=comparisons, tests=tests,
+                       family_alpha=level, metrics=list(metrics), seeds=seeds_of,
                        not_finished=not_finished, statuses=df["status"].value_counts().to_dict(),
                        averaged=sorted({s for (s, _), n in dup.items() if n > 1}))
     return table
@@ -143,26 +178,58 @@ def _mean_cell(c: dict[str, Any], seeds: int, best: bool) -> str:
     return text + (f" (n={c['n']})" if c["n"] != seeds else "")
 
 
-def _delta_cell(c: dict[str, Any], is_baseline: bool, has_baseline: bool) -> str:
+def _delta_cell(c: dict[str, Any], is_baseline: bool, has_baseline: bool, correction: str = "holm") -> str:
     if is_baseline:
         return "baseline"
     if not has_baseline or c["mean"] is None:
         return "n/a"
     if c["delta"] is None:
         return "n/a (no shared seed)"
-    if c["p_value"] is None:
-        return f"{c['delta']:+.3f} ({NO_CI}, n.s.)"
-    return f"{c['delta']:+.3f} ({_p(c['p_value'])}, {'significant' if c['significant'] else 'n.s.'})"
+    if not c["tested"]:
+        n = c["n_pairs"]
+        return (f"{c['delta']:+.3f} ({n} paired seed{'s' if n != 1 else ''}: no test, needs ≥ "
+                f"{stats.MIN_PAIRED_SEEDS})")
+    adj = "" if correction == "none" else f", adj. {_p(c['p_adj'])}"
+    return f"{c['delta']:+.3f} ({_p(c['p_value'])}{adj}, {'significant' if c['significant'] else 'n.s.'})"
 
 
-def _footnote(metric: str, c: dict[str, Any]) -> str:
-    short = metric.split("/", 1)[-1]
+def _power_cell(c: dict[str, Any]) -> str:
+    """``MDE / seeds needed`` of one Δ cell (see :func:`power_section`)."""
+    if c["delta"] is None:
+        return "n/a"
+    mde = "n/a" if c["mde"] is None else f"{c['mde']:.3f}"
     if c["n_pairs"] < 2:
-        return f"{short} MDE n/a ({c['n_pairs']} paired seed{'s' if c['n_pairs'] != 1 else ''})"
-    need = c["seeds_needed"]
-    need_text = "n/a (Δ = 0)" if c["delta"] == 0 else ("> 1000" if need is None else str(need))
-    return (f"{short} MDE {c['mde']:.3f} ({c['n_pairs']} paired seeds), "
-            f"seeds needed for Δ {c['delta']:+.3f}: {need_text}")
+        need = f"≥ {stats.MIN_PAIRED_SEEDS} (spread unknown)"
+    elif c["delta"] == 0:
+        need = "n/a (Δ = 0)"
+    else:
+        need = "> 1000" if c["seeds_needed"] is None else str(c["seeds_needed"])
+    return f"{mde} / {need}"
+
+
+def power_section(table: pd.DataFrame, metrics: list[str] | None = None) -> list[str]:
+    """One table for the whole report: per strategy and metric, the minimum detectable difference of
+    its paired seeds and the seeds a verdict on its observed Δ would need."""
+    a = table.attrs
+    metrics = list(metrics or a["metrics"])
+    baseline, seeds = a["baseline"], a["seeds"]
+    rows = [s for s in table.index if s != baseline and seeds.get(s, 0) > 0]
+    if not seeds.get(baseline) or not rows:
+        return []
+    lines = ["## Seeds and power", "",
+             f"Per Δ vs {baseline}: MDE = the smallest true Δ the paired seeds detect with {POWER:.0%} power "
+             f"(n/a below {stats.MIN_PAIRED_SEEDS} paired seeds) / the paired seeds a verdict on the observed Δ "
+             f"needs at the observed spread (at least {stats.MIN_PAIRED_SEEDS}). Both at the per-test level "
+             f"{a['family_alpha']:.2g} (α = {a['alpha']:g}"
+             + ("" if a["correction"] == "none" else f" over {a['comparisons']} comparisons, the correction's "
+                                                       "strictest step") + "), so they hold after the correction.",
+             "", "| " + " | ".join(["strategy", "paired seeds", *(_md(m) for m in metrics)]) + " |",
+             "|" + "---|" * (len(metrics) + 2)]
+    for s in rows:
+        pairs = max((table.loc[s, (m, "n_pairs")] or 0) for m in metrics)
+        lines.append("| " + " | ".join(_md(x) for x in [s, str(pairs), *(_power_cell(table.loc[s, m].to_dict())
+                                                                          for m in metrics)]) + " |")
+    return lines + [""]
 
 
 def _group_table(table: pd.DataFrame, group: str, metrics: list[str]) -> list[str]:
@@ -190,15 +257,23 @@ def _group_table(table: pd.DataFrame, group: str, metrics: list[str]) -> list[st
         for m in metrics:
             c = cells[m][s]
             row += [_mean_cell(c, seeds.get(s, 0), s in best.get(m, set())),
-                    _delta_cell(c, s == baseline, has_baseline)]
+                    _delta_cell(c, s == baseline, has_baseline, a.get("correction", "holm"))]
         lines.append("| " + " | ".join(_md(x) for x in row) + " |")
-    notes = [f"- {s} vs {baseline}: " + "; ".join(_footnote(m, cells[m][s]) for m in metrics)
-             for s in table.index if has_baseline and s != baseline and seeds.get(s, 0) > 0]
-    if notes:
-        lines += ["", f"MDE: smallest Δ the paired t-test detects with {POWER:.0%} power at α = {a['alpha']:g}; "
-                      f"seeds needed: paired seeds for {POWER:.0%} power at the observed Δ and seed-to-seed spread.",
-                  *notes]
     return lines + [""]
+
+
+def tests_line(table: pd.DataFrame) -> str:
+    """The report header's sentence on the tests: which correction, how many tests, what is untested."""
+    a = table.attrs
+    untested = a["comparisons"] - a["tests"]
+    text = (f"Tests: {a['tests']} paired t-tests vs **{a['baseline']}** (α = {a['alpha']:g}), multiple-comparison "
+            f"correction: {stats.correction_name(a['correction'])} over all {a['tests']} tests of this report "
+            f"(strategies × metrics × domains); \"significant\" refers to the "
+            f"{'adjusted' if a['correction'] != 'none' else 'raw'} p.")
+    if untested:
+        text += (f" {untested} of {a['comparisons']} differences have fewer than {stats.MIN_PAIRED_SEEDS} paired "
+                 f"seeds: shown without a test or verdict.")
+    return text
 
 
 def _failed_section(table: pd.DataFrame) -> list[str]:
@@ -216,7 +291,7 @@ def _failed_section(table: pd.DataFrame) -> list[str]:
     return lines + [""]
 
 
-def to_markdown(table: pd.DataFrame, metrics: list[str] | None = None) -> str:
+def to_markdown(table: pd.DataFrame, metrics: list[str] | None = None, header: bool = True) -> str:
     """The :func:`ablation_table` as Markdown: one table per metric group (``val``, ``fog-3``, ...),
     cells ``0.732 ± 0.010`` (mean ± CI half-width; ``n/a (1 seed)`` without a CI), Δ cells
     ``+0.007 (p=0.09, n.s.)``, the best mean per column in bold, MDE and seeds-needed footnotes,
@@ -225,9 +300,10 @@ def to_markdown(table: pd.DataFrame, metrics: list[str] | None = None) -> str:
     metrics = list(metrics or a["metrics"])
     baseline, seeds = a["baseline"], a["seeds"]
     conf = f"{1 - a['alpha']:.0%}"
-    lines = [f"Cells: mean ± half-width of the {conf} Student-t interval over seeds, FINISHED runs only. "
-             f"Δ: mean paired difference vs **{baseline}** over the seeds both have (two-sided paired t-test, "
-             f"α = {a['alpha']:g}; n.s. = not significant, not a win). Bold: the best mean of a column only.", ""]
+    lines = ([tests_line(table), ""] if header else []) + [
+             f"Cells: mean ± half-width of the {conf} Student-t interval over seeds, FINISHED runs only. "
+             f"Δ: mean paired difference vs **{baseline}** over the seeds both have, with the raw p and the "
+             f"adjusted p (n.s. = not significant, not a win). Bold: the best mean of a column only.", ""]
     if not seeds.get(baseline):
         lines += [f"Baseline '{baseline}' has no FINISHED run: no Δ. Strategies: {', '.join(table.index) or 'none'}.",
                   ""]
@@ -243,6 +319,7 @@ def to_markdown(table: pd.DataFrame, metrics: list[str] | None = None) -> str:
         groups.setdefault(m.split("/", 1)[0] if "/" in m else "", []).append(m)
     for group, ms in groups.items():
         lines += _group_table(table, group, ms)
+    lines += power_section(table, metrics)
     lines += _failed_section(table)
     return "\n".join(lines)
 
@@ -272,8 +349,12 @@ def parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_report(client: MlflowClient, parent_run: Run, metrics: list[str] | None = None, baseline: str = "ce",
-                 alpha: float = 0.05, require_baseline: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+                 alpha: float = 0.05, require_baseline: bool = False,
+                 correction: str = "holm") -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """``(runs_frame, ablation_table, report Markdown)`` of a sweep, nothing written.
+
+    The Markdown opens with the header, the tests line and the answer
+    (:func:`hardseg.reports.answer.answer_lines`), then the tables.
 
     ``metrics`` None: :func:`default_metrics`. A metric no run logged, or with ``require_baseline``
     a baseline no run trained, raises :class:`ReportError`.
@@ -287,7 +368,9 @@ def build_report(client: MlflowClient, parent_run: Run, metrics: list[str] | Non
     if require_baseline and baseline not in strategies:
         raise ReportError(f"baseline '{baseline}' is not a strategy of this sweep (strategies: "
                           f"{', '.join(strategies) or 'none'})")
-    table = ablation_table(df, metrics, baseline=baseline, alpha=alpha)
+    if correction not in stats.CORRECTIONS:
+        raise ReportError(f"unknown correction '{correction}': use one of {', '.join(stats.CORRECTIONS)}")
+    table = ablation_table(df, metrics, baseline=baseline, alpha=alpha, correction=correction)
     tags = parent_run.data.tags
     name = tags.get("hardseg.sweep", parent_run.info.run_name)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(table.attrs["statuses"].items()))
@@ -297,10 +380,12 @@ def build_report(client: MlflowClient, parent_run: Run, metrics: list[str] | Non
     if tags.get("hardseg.best_run_id"):
         head.append(f"Best trial (by the sweep's metric): {tags.get('hardseg.best_trial') or '?'}, "
                     f"run `{tags['hardseg.best_run_id']}`.")
-    from hardseg.reports.domains import cross_domain_section  # it builds on this module's table
+    from hardseg.reports.answer import answer_lines  # both build on this module's table
+    from hardseg.reports.domains import cross_domain_section
 
-    markdown = "\n".join(head) + "\n\n" + to_markdown(table, metrics)
-    cross = cross_domain_section(df, baseline=baseline, alpha=alpha)
+    head += ["", tests_line(table), "", *answer_lines(table)]
+    markdown = "\n".join(head) + "\n" + to_markdown(table, metrics, header=False)
+    cross = cross_domain_section(df, baseline=baseline, alpha=alpha, correction=correction)
     return df, table, markdown + ("\n" + cross if cross else "")
 
 
@@ -315,7 +400,8 @@ def save_report(df: pd.DataFrame, markdown: str, out_dir: Path | str) -> dict[st
 
 
 def write_report(client: MlflowClient, parent_run: Run, out_dir: Path | str, metrics: list[str] | None = None,
-                 baseline: str = "ce", alpha: float = 0.05, require_baseline: bool = False) -> dict[str, Path]:
+                 baseline: str = "ce", alpha: float = 0.05, require_baseline: bool = False,
+                 correction: str = "holm") -> dict[str, Path]:
     """Write ``report.md`` and ``runs.parquet`` to ``out_dir`` and log both to the parent run under ``report/``.
 
     ``metrics`` None: :func:`default_metrics`. A metric no run logged, or with ``require_baseline``
@@ -323,7 +409,7 @@ def write_report(client: MlflowClient, parent_run: Run, out_dir: Path | str, met
     Returns ``{"markdown": path, "parquet": path}``. With figures and HTML:
     :func:`hardseg.reports.publish.write_report`.
     """
-    df, _, markdown = build_report(client, parent_run, metrics, baseline, alpha, require_baseline)
+    df, _, markdown = build_report(client, parent_run, metrics, baseline, alpha, require_baseline, correction)
     paths = save_report(df, markdown, out_dir)
     for path in paths.values():
         client.log_artifact(parent_run.info.run_id, str(path), artifact_path="report")

@@ -1,0 +1,132 @@
+"""``hardseg study`` on real Ray Tune + Optuna + MLflow: three stages, Ctrl-C in the search, --resume, report.
+
+Tiny on purpose (32 px synthetic data, 1 epoch, one in-process worker per trial): the suite's
+budget is nearly spent, and the stages are the sweep machinery that tests/test_sweep.py covers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from hardseg.platform.cli import main as cli
+
+from conftest import small_overrides
+
+STUDY = {
+    "name": "tiny", "baseline": "ce", "strategies": ["ce", "focal"], "seeds": [0],
+    "base": {"ray.num_workers": 1},
+    "search": {"seed": 100, "num_samples": 4, "scheduler": None, "max_concurrent": 1,
+               "params": {"strategies": {"categorical": ["focal", "ohem"]},
+                          "strategy_params.focal.gamma": {"uniform": [0.5, 3.0]},
+                          "strategy_params.ohem.thresh": {"uniform": [0.5, 0.9]}}},
+    "confirm": {"top_k": 1, "seeds": [1000, 1001, 1002]},
+}
+
+
+def _one_line_error(capsys, argv) -> str:
+    assert cli(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_bad_study_files_are_one_line_errors_before_mlflow(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert "study not found: nope" in _one_line_error(capsys, ["study", "nope"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**STUDY, "confirm": {"top_k": 1, "seeds": [0, 1001, 1002]}}))
+    assert "fresh seeds" in _one_line_error(capsys, ["study", str(bad)])
+    bad.write_text(yaml.safe_dump({**STUDY, "confirm": {"top_k": 1, "seeds": [1000, 1001]}}))
+    assert "confirm.seeds" in _one_line_error(capsys, ["study", str(bad)])
+    bad.write_text(yaml.safe_dump({**STUDY, "strategies": ["ce", "nope"]}))
+    assert "nope" in _one_line_error(capsys, ["study", str(bad)])
+    assert "needs a STUDY" in _one_line_error(capsys, ["study"])
+    assert "no study 'gone'" in _one_line_error(capsys, ["study", "--resume", "gone"])
+    assert not (tmp_path / "mlruns").exists()
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _search_done(log: Path) -> bool:
+    text = log.read_text()
+    return "stage 'search'" in text and " DONE " in text.split("stage 'search'", 1)[1]
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_study_sigint_in_search_then_resume_and_report(data_root, tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    study = tmp_path / "tiny.yaml"
+    study.write_text(yaml.safe_dump(STUDY))
+    sets = sum((["--set", o] for o in small_overrides(data_root, **{
+        "ray.storage_path": str(tmp_path / "runs"), "tracking.uri": uri, "train.epochs": 1})), [])
+    exe = str(Path(sys.executable).parent / "hardseg")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    log = tmp_path / "study.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([exe, "study", str(study), "--name", "st", *sets], cwd=tmp_path, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+        try:
+            _wait_for(lambda: _search_done(log), 300, "a finished search trial")
+            proc.send_signal(signal.SIGINT)
+            rc = proc.wait(120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert rc == 130, log.read_text()[-3000:]
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("hardseg")
+    parent = client.search_runs([exp.experiment_id], "tags.`hardseg.kind` = 'study'")[0]
+    assert parent.info.status == "KILLED" and "--resume st" in parent.data.tags["hardseg.stop_reason"]
+    search = client.search_runs([exp.experiment_id], "tags.`hardseg.stage` = 'search'")[0]
+    before = {r.data.tags["hardseg.trial_id"]: r.info.end_time for r in client.search_runs(
+        [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{search.info.run_id}'") if r.info.status == "FINISHED"}
+    assert 1 <= len(before) < 4, log.read_text()[-3000:]
+
+    res = subprocess.run([exe, "study", "--resume", "st", "--storage-path", str(tmp_path / "runs")], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"
+    stages = {r.data.tags["hardseg.stage"]: r for r in client.search_runs(
+        [exp.experiment_id], f"tags.`hardseg.study` = '{parent.info.run_id}'")}
+    assert set(stages) == {"defaults", "search", "confirm"}
+    assert all(r.info.status == "FINISHED" for r in stages.values())
+    children = {s: client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{r.info.run_id}'")
+                for s, r in stages.items()}
+    assert len(children["defaults"]) == 2  # ce and focal on seed 0, not rerun by --resume
+    after = {r.data.tags["hardseg.trial_id"]: r for r in children["search"]}
+    assert len(after) == 4 and all(r.info.status == "FINISHED" for r in after.values())
+    assert all(after[t].info.end_time == end for t, end in before.items())  # finished trials not repeated
+    optuna_study = optuna.load_study(study_name="st-search", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
+    assert len(optuna_study.trials) == 4
+    assert {r.data.params["seed"] for r in after.values()} == {"100"}
+    # stage 3: ce, focal (defaults) and the top searched configuration, each on the 3 fresh seeds
+    cells = sorted((r.data.tags["sampled.config"], r.data.params["seed"]) for r in children["confirm"])
+    labels = sorted({c for c, _ in cells})
+    assert labels[:2] == ["ce", "focal"] and labels[2].startswith("search1:") and len(labels) == 3
+    assert cells == sorted((c, s) for c in labels for s in ("1000", "1001", "1002"))
+    md = (tmp_path / "reports" / "st" / "report.md").read_text()
+    head = md.split("## Selection vs confirmation")[0]
+    assert md.startswith("# hardseg study: st") and "## Answer" in head and "**Best configuration**" in head
+    assert "Winner's curse" in head and "vs ce" in head and "robustness/fog/miou" in head
+    assert "## Stage 2: Search" in md and "## Confirmation" not in head
+    assert "| search1:" in md.split("## Selection vs confirmation")[1]
+    assert {"report/report.md", "report/report.html"} <= {a.path for a in client.list_artifacts(
+        parent.info.run_id, "report")}
