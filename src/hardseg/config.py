@@ -71,6 +71,14 @@ class ModelConfig(_Strict):
     norm: Literal["batch", "group"] = Field("batch", description="tiny_seg normalisation; group is batch-size independent")
 
 
+class LossConfig(_Strict):
+    """How the per-pixel losses are averaged (docs/strategies.md §0)."""
+
+    average: Literal["valid", "all"] = Field(
+        "valid", description="CE, focal, cb_ce, OHEM and the aux head: mean over non-ignored pixels (valid) or over "
+        "all pixels (all: mmsegmentation 0.22.1, the HL paper's table; HL with uniform weights then equals CE)")
+
+
 class TrainConfig(_Strict):
     """Optimisation settings for the per-worker loop."""
 
@@ -128,6 +136,7 @@ class RunConfig(_Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    loss: LossConfig = LossConfig()
     strategies: list[str] = Field(default_factory=lambda: ["ce"])
     strategy_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     ray: RayConfig = RayConfig()
