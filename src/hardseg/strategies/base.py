@@ -47,7 +47,7 @@ class StrategyContext:
         hierarchy: coarse levels, coarsest first; ``hierarchy[l][c]`` is the
             coarse id of fine class ``c`` (``coarse_to_fine`` uses it).
         aux_weight: weight of the auxiliary head's CE, the same for every
-            strategy (strategies.md §0: 0.4, as in mmsegmentation).
+            strategy (docs/strategies.md §0: 0.4, as in mmsegmentation).
         palette: RGB colour per class for logged images (a default palette
             is generated when empty).
         average: ``loss.average``, how the main head's loss (CE, focal,
