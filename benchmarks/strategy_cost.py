@@ -261,6 +261,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
     p.add_argument("--out", type=Path, default=None,
                    help=f"JSON file; default {RESULTS.name} for tiny_seg, strategy_cost_<model>.json otherwise")
+    p.add_argument("--flops-only", action="store_true",
+                   help="only the decode head's FLOP share and each variant's training FLOPs vs the first (no timing; "
+                        "deterministic, quick on a busy machine); writes strategy_flops_<model>.json")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.out is None:
@@ -270,6 +273,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         memory_child(args)
         return {}
 
+    if args.flops_only:
+        return flops_only(args)
     benches = [Bench(spec, args) for spec in args.variants]
     for b in benches:
         for _ in range(args.warmup):
@@ -335,6 +340,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out}")
+    return result
+
+
+def flops_only(args: argparse.Namespace) -> dict[str, Any]:
+    """The head's FLOP share and training FLOPs per variant relative to the first variant."""
+    rows, ref, share = [], None, None
+    for spec in args.variants:
+        b = Bench(spec, args)
+        share = b.head_share_flops() if share is None else share
+        f = b.flops()
+        ref = ref or f
+        rows.append({"variant": spec, "train_gflop": f / 1e9, "train_gflop_x": f / ref})
+        print(f"{args.model} {spec}: train GFLOP {f / 1e9:.3f}, {f / ref:.3f}x {args.variants[0]}", flush=True)
+    print(f"{args.model}: decode head {100 * share:.1f} % of the forward pass's FLOPs")
+    result = {"model": args.model, "batch": args.batch, "size": args.size, "head_share_flops": share, "rows": rows}
+    out = RESULTS.with_name(f"strategy_flops_{args.model}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
     return result
 
 
