@@ -8,7 +8,10 @@ no Ray):
 * training step time: wall and process-CPU time of steps after warm-up, in
   interleaved rounds (variants take turns, so a load change on a shared
   machine hits them all alike); ratios are medians of per-round paired ratios;
-* training FLOPs per step (``torch.utils.flop_counter``, forward + backward);
+* training FLOPs per step (``torch.utils.flop_counter``, forward + backward;
+  its count of a grouped/depthwise convolution's backward ignores the groups,
+  so on MobileNetV3 the backward counts ~36× the forward: compare training
+  FLOPs only on models without grouped convolutions, e.g. tiny_seg, ResNets);
 * memory: bytes of tensors saved for backward (activations, deduplicated by
   storage) + parameters, gradients and AdamW state, and — in a fresh
   subprocess per variant — the peak RSS growth over a few steps after a
