@@ -151,7 +151,7 @@ def bare_loop(cfg: RunConfig, device: torch.device) -> dict:
     loader, sampler = build_train_loader(cfg, ds, 0, 1, device)
     net = build_model(cfg.model.name, ds.info.num_classes, aux=cfg.model.aux, width=cfg.model.width,
                       norm=cfg.model.norm).to(device).to(memory_format=torch.channels_last)
-    opt = build_optimizer(cfg, net.parameters(), fused=device.type == "cuda")
+    opt = build_optimizer(cfg, net, fused=device.type == "cuda")
     steps = len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_lambda(cfg.train.epochs * steps, cfg.train.poly_power))
     scaler = torch.amp.GradScaler(device.type)
@@ -195,7 +195,7 @@ def step_only(cfg: RunConfig, device: torch.device, repeat: int) -> dict:
         torch.manual_seed(cfg.seed)
         tm, objective = build_training_model(cfg, info, None)
         tm = tm.to(device).to(memory_format=torch.channels_last)
-        opt = build_optimizer(cfg, tm.parameters(), fused=device.type == "cuda")
+        opt = build_optimizer(cfg, tm, fused=device.type == "cuda")
         return tm, objective, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0), torch.amp.GradScaler(device.type)
 
     ours, bare = [], []

@@ -38,7 +38,7 @@ def train_images_per_s(cfg, steps: int) -> float:
     batches = [b for _, b in zip(range(steps), loader)]
     torch.manual_seed(0)
     tm, objective = build_training_model(cfg, ds.info, np.ones(ds.info.num_classes))
-    opt = build_optimizer(cfg, tm.parameters())
+    opt = build_optimizer(cfg, tm)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_lambda(steps, 0.9))
     stats = train_one_epoch(tm, objective, batches, opt, sched, None, torch.device("cpu"), 0, 1, False, 1)
     return cfg.train.batch_size / stats["train/step_time_s"]

@@ -8,15 +8,27 @@ no Ray):
 * training step time: wall and process-CPU time of steps after warm-up, in
   interleaved rounds (variants take turns, so a load change on a shared
   machine hits them all alike); ratios are medians of per-round paired ratios;
-* training FLOPs per step (``torch.utils.flop_counter``, forward + backward);
+* training FLOPs per step (``torch.utils.flop_counter``, forward + backward;
+  its count of a grouped/depthwise convolution's backward ignores the groups,
+  so on MobileNetV3 the backward counts ~36× the forward: compare training
+  FLOPs only on models without grouped convolutions, e.g. tiny_seg, ResNets);
 * memory: bytes of tensors saved for backward (activations, deduplicated by
   storage) + parameters, gradients and AdamW state, and — in a fresh
   subprocess per variant — the peak RSS growth over a few steps after a
   warm-up step (VmHWM after resetting it; on CUDA ``torch.cuda.max_memory_allocated``);
-* inference: parameters and median batch time of ``TrainingModel.export()``.
+* inference: parameters and median batch time of ``TrainingModel.export()``;
+* the decode head's share of the network's forward pass (the reference
+  variant's network, training mode): of its FLOPs, and of its wall time
+  (median over the rounds of decode / (encode + decode), interleaved with the
+  steps). HL's branch is a full copy of the decode head, so its overhead
+  follows this share (docs/strategies.md, "Cost").
 
-Targets (the issue): HL step time ≤ 1.10× CE, the others ≤ 1.25×; HL and SR
-exports identical to CE's. Writes ``benchmarks/results/strategy_cost.json``
+Targets (issue 16): HL costs no more, relative to CE, than the reference's
+full-head copy does on the same architecture, and ≤ 1.10× CE where the decode
+head is ≤ 10 % of the forward pass (``hl_target`` in the JSON says which
+applies: ``1.10`` or ``head copy``, the latter checked against the HL variant's
+own training-FLOP ratio, i.e. the cost of the copy itself); the others ≤ 1.25×
+(a guide); HL and SR exports identical to CE's. Writes ``benchmarks/results/strategy_cost.json``
 (``strategy_cost_<model>.json`` for another ``--model``).
 
     python benchmarks/strategy_cost.py                     # tiny_seg, the defaults
@@ -52,7 +64,7 @@ HIERARCHY = ((0, 0, 0, 1, 1, 1, 1), (0, 1, 1, 2, 2, 3, 3))
 DEFAULT_VARIANTS = ["ce", "cb_ce", "focal", "ohem", "hl", "self_regulation",
                     "self_regulation@self_regulation.exit_channels=16",
                     "coarse_to_fine", "hl+coarse_to_fine"]
-TARGETS = {"hl": 1.10}
+TARGETS: dict[str, float] = {}  # HL's target depends on the head's share: see hl_target below
 DEFAULT_TARGET = 1.25
 RESULTS = Path(__file__).resolve().parent / "results" / "strategy_cost.json"
 
@@ -149,6 +161,29 @@ class Bench:
         self.tm.train()
         return times
 
+    def head_share_flops(self) -> float:
+        """FLOPs of the decode head / FLOPs of the network's forward pass (training mode)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        net = self.tm.net
+        with torch.no_grad(), FlopCounterMode(display=False) as whole:
+            net(self.x)
+        with torch.no_grad():
+            hin = net.head_input(net.encode(self.x))
+        with torch.no_grad(), FlopCounterMode(display=False) as head:
+            net.decode(hin)
+        return head.get_total_flops() / whole.get_total_flops()
+
+    def head_time(self) -> tuple[float, float]:
+        """Wall seconds of (encode + head_input, decode) in one forward pass, with autograd on."""
+        net = self.tm.net
+        t0 = time.perf_counter()
+        hin = net.head_input(net.encode(self.x))
+        t1 = time.perf_counter()
+        net.decode(hin)
+        t2 = time.perf_counter()
+        return t1 - t0, t2 - t1
+
     def export_params(self) -> int:
         return sum(p.numel() for p in self.tm.export().parameters())
 
@@ -233,6 +268,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--no-memory", action="store_true", help="skip the per-variant memory subprocesses")
     p.add_argument("--out", type=Path, default=None,
                    help=f"JSON file; default {RESULTS.name} for tiny_seg, strategy_cost_<model>.json otherwise")
+    p.add_argument("--flops-only", action="store_true",
+                   help="only the decode head's FLOP share and each variant's training FLOPs vs the first (no timing; "
+                        "deterministic, quick on a busy machine); writes strategy_flops_<model>.json")
     p.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.out is None:
@@ -243,6 +281,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         memory_child(args)
         return {}
 
+    if args.flops_only:
+        return flops_only(args)
     benches = [Bench(spec, args) for spec in args.variants]
     for b in benches:
         for _ in range(args.warmup):
@@ -254,6 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     times: dict[str, list[list[float]]] = {b.spec: [] for b in benches}
     cpu: dict[str, list[list[float]]] = {b.spec: [] for b in benches}
     infer: dict[str, list[list[float]]] = {b.spec: [] for b in benches}
+    head_shares: list[float] = []
     per_round = max(1, args.steps // args.rounds)
     infer_per_round = max(1, args.infer_steps // args.rounds)
     for _ in range(args.rounds):
@@ -262,6 +303,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             times[b.spec].append([w for w, _ in wall_cpu])
             cpu[b.spec].append([c for _, c in wall_cpu])
             infer[b.spec].append(b.inference(infer_per_round))
+        enc, dec = benches[0].head_time()
+        head_shares.append(dec / (enc + dec))
 
     rows = []
     for b in benches:
@@ -286,16 +329,44 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         r["step_cpu_ms_x"] = paired_ratio(cpu[r["variant"]], cpu[ref["variant"]])
         r["infer_ms_x"] = paired_ratio(infer[r["variant"]], infer[ref["variant"]])
         names = parse_variant(r["variant"])[0]
-        r["target_x"] = max(TARGETS.get(n, DEFAULT_TARGET) for n in names) if ref is not r else None
+        r["target_x"] = None if ref is r or "hl" in names else max(TARGETS.get(n, DEFAULT_TARGET) for n in names)
         r["meets_target"] = None if r["target_x"] is None else r["step_ms_x"] <= r["target_x"]
 
+    head_flops = benches[0].head_share_flops()
+    head_time = statistics.median(head_shares)
+    for r in rows:
+        if "hl" in parse_variant(r["variant"])[0] and r is not ref:
+            if head_flops <= 0.10:
+                r["hl_target"], r["hl_meets"] = "1.10", r["step_ms_x"] <= 1.10
+            else:  # the reference's own overhead on this architecture: a full copy of the head
+                r["hl_target"], r["hl_meets"] = "head copy", r["step_ms_x"] <= r["train_gflop_x"] * 1.05
     result = {"model": args.model, "encoder": args.encoder, "batch": args.batch, "size": args.size, "threads": args.threads,
               "device": args.device, "steps": per_round * args.rounds, "torch": torch.__version__,
-              "machine": platform.machine(), "reference": ref["variant"], "rows": rows}
+              "machine": platform.machine(), "reference": ref["variant"],
+              "head_share_flops": head_flops, "head_share_time": head_time, "rows": rows}
     print_table(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out}")
+    return result
+
+
+def flops_only(args: argparse.Namespace) -> dict[str, Any]:
+    """The head's FLOP share and training FLOPs per variant relative to the first variant."""
+    rows, ref, share = [], None, None
+    for spec in args.variants:
+        b = Bench(spec, args)
+        share = b.head_share_flops() if share is None else share
+        f = b.flops()
+        ref = ref or f
+        rows.append({"variant": spec, "train_gflop": f / 1e9, "train_gflop_x": f / ref})
+        print(f"{args.model} {spec}: train GFLOP {f / 1e9:.3f}, {f / ref:.3f}x {args.variants[0]}", flush=True)
+    print(f"{args.model}: decode head {100 * share:.1f} % of the forward pass's FLOPs")
+    result = {"model": args.model, "batch": args.batch, "size": args.size, "head_share_flops": share, "rows": rows}
+    out = RESULTS.with_name(f"strategy_flops_{args.model}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
     return result
 
 
@@ -307,6 +378,12 @@ def print_table(result: dict[str, Any]) -> None:
           f"{result['threads']} threads, {result['steps']} steps; ratios vs {result['reference']} "
           f"(×: median of per-round paired ratios of wall time; ×min: ratio of the fastest steps; "
           f"CPU ×: paired ratio of process CPU time)")
+    print(f"decode head's share of the forward pass: {100 * result['head_share_flops']:.1f} % of FLOPs, "
+          f"{100 * result['head_share_time']:.1f} % of wall time")
+    for r in result["rows"]:
+        if r.get("hl_target"):
+            print(f"  {r['variant']}: HL target {r['hl_target']}: {r['step_ms_x']:.2f}× CE "
+                  f"({r['train_gflop_x']:.2f}× FLOPs) -> {'met' if r['hl_meets'] else 'MISSED'}")
     head = (f"{'variant':<50} {'step ms':>8} {'×':>5} {'×min':>5} {'CPU ×':>5} {'target':>9} {'GFLOP':>7} {'×':>5} {'saved MB':>8} {'×':>5} "
             f"{'peak MB':>8} {'×':>5} {'infer ms':>8} {'×':>5} {'infer params':>12} {'train params':>12}")
     print(head)

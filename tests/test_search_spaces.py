@@ -46,10 +46,25 @@ def test_preset_loads_and_validates(name):
         assert s.base["strategies"] == [name] and s.base["train.epochs"] == 4 and s.sweep.num_samples == 8
 
 
+@pytest.mark.parametrize("name", available_presets())
+def test_presets_search_an_hl_knob_that_acts_under_their_optimiser(name):
+    """λ only scales the HL branch's gradient: it acts under SGD, AdamW cancels it; lr_mult acts under both."""
+    s = load_space(name)
+    if not {"strategy_params.hl.lam", "strategy_params.hl.lr_mult"} & set(s.params):
+        return
+    opt = s.params["train.optimizer"].choices if "train.optimizer" in s.params else \
+        (s.base.get("train.optimizer") or s.base.get("train", {}).get("optimizer") or "adamw",)
+    for o in opt:
+        knob = "strategy_params.hl.lam" if o == "sgd" else "strategy_params.hl.lr_mult"
+        assert knob in s.params, f"{name}: under {o} search {knob}"
+    if "adamw" in opt:
+        assert "strategy_params.hl.lam" not in s.params, f"{name}: λ is searched under AdamW, where it does not act"
+
+
 def test_quickstart_contents():
     s = load_space("quickstart")
     assert s.params["strategies"].choices == ("ce", "hl", "ohem", "focal")
-    assert s.params["strategy_params.hl.lam"].when == ("hl",)
+    assert s.params["strategy_params.hl.lr_mult"].when == ("hl",)  # AdamW: λ would not act (docs/strategies.md §1)
     assert (s.sweep.num_samples, s.sweep.seed, s.sweep.scheduler.grace_period, s.sweep.scheduler.reduction_factor) == (6, 0, 1, 2)
     assert s.sweep.metrics == ["val/miou"] and s.sweep.modes == ["max"] and not s.sweep.is_multi_objective
 
@@ -227,9 +242,9 @@ def test_run_config():
     assert cfg.strategy_params == {"ohem": {"min_kept_fraction": 0.1, "thresh": 0.6}}
     assert cfg.seed == 7 and cfg.tracking.experiment == "sweep"
     # base strategy_params of a strategy the trial lacks are dropped
-    cfg = s.run_config({"strategies": "hl", "train.lr": 0.004, "strategy_params.hl.lam": 0.05},
+    cfg = s.run_config({"strategies": "hl", "train.lr": 0.004, "strategy_params.hl.lr_mult": 5.0},
                        extra_overrides={"ray.num_workers": 1, "data.eval_domains": ["fog-3", "night-1"]})
-    assert cfg.strategies == ["hl"] and cfg.strategy_params == {"hl": {"lam": 0.05}}
+    assert cfg.strategies == ["hl"] and cfg.strategy_params == {"hl": {"lr_mult": 5.0}}
     assert cfg.ray.num_workers == 1 and cfg.data.eval_domains == ["fog-3", "night-1"]
 
 

@@ -128,7 +128,11 @@ def test_aux_head_keeps_plain_ce_under_every_weighting(ctx, batch):
     (["hl"], {"hl": {"lam": -1}}, "strategy_params.hl.lam"),
     (["hl"], {"hl": {"offset": "big"}}, "strategy_params.hl.offset"),
     (["ohem"], {"ohem": {"thresh": 1.5}}, "strategy_params.ohem.thresh"),
-    (["ohem"], {"ohem": {"normalize": "all"}}, "strategy_params.ohem.normalize"),
+    (["ohem"], {"ohem": {"normalize": "mean"}}, "strategy_params.ohem.normalize"),
+    (["hl", "ohem"], {"ohem": {"normalize": "valid"}}, "strategy_params.ohem.normalize"),
+    (["hl", "ohem"], {"ohem": {"normalize": "all"}}, "strategy_params.ohem.normalize"),
+    (["hl"], {"hl": {"lr_mult": 0}}, "strategy_params.hl.lr_mult"),
+    (["cb_ce"], {"cb_ce": {"weights": "mapillary"}}, "strategy_params.cb_ce.weights"),
     (["ohem"], {"ohem": {"min_kept_fraction": 2}}, "strategy_params.ohem.min_kept_fraction"),
     (["focal"], {"focal": {"mode": "sigmoid", "alpha": 2.0}}, "strategy_params.focal.alpha"),
     (["focal"], {"focal": {"gamma": -1}}, "strategy_params.focal.gamma"),
@@ -176,8 +180,8 @@ def test_errors_that_need_the_task(ctx):
 
 def test_hyperparameter_defaults_are_the_papers():
     d = {n: get_strategy(n).Config().model_dump() for n in BUILTINS}
-    assert d["hl"] == {"lam": 0.01, "offset": 0.1}
-    assert d["ohem"] == {"thresh": 0.7, "min_kept": 100000, "min_kept_fraction": None, "normalize": "valid"}
+    assert d["hl"] == {"lam": 0.01, "offset": 0.1, "lr_mult": 1.0}
+    assert d["ohem"] == {"thresh": 0.7, "min_kept": 100000, "min_kept_fraction": None, "normalize": None}
     assert d["focal"] == {"mode": "softmax", "gamma": 2.0, "alpha": None}
     sr = d["self_regulation"]
     assert (sr["cls_weight"], sr["seg_weight"], sr["sr_l_weight"], sr["sr_f_weight"]) == (0.2, 0.8, 1.0, 1.0)

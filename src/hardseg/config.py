@@ -106,6 +106,14 @@ class ModelConfig(_Strict):
         return "none" if v.lower() in ("none", "null") else ("imagenet" if v.lower() == "imagenet" else v)
 
 
+class LossConfig(_Strict):
+    """How the per-pixel losses are averaged (docs/strategies.md §0)."""
+
+    average: Literal["valid", "all"] = Field(
+        "valid", description="CE, focal, cb_ce, OHEM and the aux head: mean over non-ignored pixels (valid) or over "
+        "all pixels (all: mmsegmentation 0.22.1, the HL paper's table; HL with uniform weights then equals CE)")
+
+
 class TrainConfig(_Strict):
     """Optimisation settings for the per-worker loop."""
 
@@ -202,6 +210,7 @@ class RunConfig(_Strict):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    loss: LossConfig = LossConfig()
     strategies: list[str] = Field(default_factory=lambda: ["ce"])
     strategy_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     ray: RayConfig = RayConfig()

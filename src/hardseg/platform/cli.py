@@ -270,7 +270,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from hardseg.reports.publish import write_report
 
     # OHEM's default min_kept (100000 per image, for 769² crops) keeps every pixel of a
-    # 64×64 image; 10 % of the pixels is the spec's scaled equivalent (strategies.md §2).
+    # 64×64 image; 10 % of the pixels is the spec's scaled equivalent (docs/strategies.md §2).
     overrides = [f"train.epochs={DEMO_EPOCHS}", "ray.num_workers=1", "strategy_params.ohem.min_kept_fraction=0.1",
                  f"data.eval_domains={DEMO_DOMAINS}", *args.overrides] + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
     out = run_ablation(DEMO_STRATEGIES, DEMO_SEEDS, overrides=overrides)

@@ -179,11 +179,31 @@ def git_commit(path: Path | None = None) -> str:
         return "unknown"
 
 
+def train_pixels_per_image(cfg: RunConfig) -> int | None:
+    """Label pixels of one training image as the config knows them (crop, or the synthetic size), else None."""
+    if cfg.data.augment.enabled and cfg.data.augment.crop:
+        return cfg.data.augment.crop ** 2
+    return cfg.data.synthetic.size ** 2 if cfg.data.dataset == "synthetic" else None
+
+
+def strategy_warning_tags(cfg: RunConfig) -> dict[str, str]:
+    """``hardseg.warning.<strategy>`` tags for settings that run but defeat their strategy
+    (OHEM's min_kept ≥ the pixels of an image); empty when the image size is unknown here."""
+    from hardseg.strategies import strategy_warnings
+
+    pixels = train_pixels_per_image(cfg)
+    if pixels is None:
+        return {}
+    warnings = strategy_warnings(cfg.strategies, cfg.strategy_params, pixels)
+    return {f"hardseg.warning.{name}": msg for name, msg in warnings.items()}
+
+
 def run_tags(cfg: RunConfig) -> dict[str, str]:
     import ray
     import torch
 
     return {
+        **strategy_warning_tags(cfg),
         "hardseg.kind": "train",
         "hardseg.strategies": "+".join(cfg.strategies),
         "hardseg.model": cfg.model.name,
@@ -348,6 +368,8 @@ def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str,
     prepared = prepare_data(cfg)
     ensure_ray(cfg.ray)
     config_text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    for msg in strategy_warning_tags(cfg).values():
+        print(f"[hardseg] warning: {msg}", flush=True)
     tags = {**model_tags(cfg, prepared.weight_reports), **({"hardseg.init_from.uri": init_uri} if init_uri else {}),
             **(tags or {})}
     client, uri, exp_id, run_id = start_run(cfg, config_text, tags, lineage=prepared.lineage)

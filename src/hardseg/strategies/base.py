@@ -14,7 +14,7 @@ Three kinds (``Strategy.kind``), composed by :mod:`hardseg.strategies.objective`
 * ``structural`` (``self_regulation``, ``coarse_to_fine``): add modules
   (exits, stages) and loss terms through :meth:`Strategy.terms`.
 
-See ``shared/specs/strategies.md`` for the equations each strategy implements.
+See ``docs/strategies.md`` for the equations each strategy implements.
 """
 
 from __future__ import annotations
@@ -47,9 +47,14 @@ class StrategyContext:
         hierarchy: coarse levels, coarsest first; ``hierarchy[l][c]`` is the
             coarse id of fine class ``c`` (``coarse_to_fine`` uses it).
         aux_weight: weight of the auxiliary head's CE, the same for every
-            strategy (strategies.md §0: 0.4, as in mmsegmentation).
+            strategy (docs/strategies.md §0: 0.4, as in mmsegmentation).
         palette: RGB colour per class for logged images (a default palette
             is generated when empty).
+        average: ``loss.average``, how the main head's loss (CE, focal,
+            cb_ce, OHEM unless it says otherwise) and the aux head's CE are
+            averaged: over the ``valid`` (non-ignored) pixels or over ``all``
+            pixels (mmsegmentation 0.22.1, the HL paper's code; with it HL
+            with uniform weights equals CE). docs/strategies.md §0.
     """
 
     num_classes: int
@@ -58,6 +63,7 @@ class StrategyContext:
     hierarchy: tuple[tuple[int, ...], ...] = ()
     aux_weight: float = 0.4
     palette: tuple[tuple[int, int, int], ...] = ()
+    average: Literal["valid", "all"] = "valid"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -110,6 +116,17 @@ class Strategy:
         (``objective.check_composition``).
         """
         return None
+
+    @classmethod
+    def config_warning(cls, cfg: StrategyConfig, pixels_per_image: int) -> str | None:
+        """A one-line warning for a setting that runs but defeats the strategy on images of
+        ``pixels_per_image`` label pixels (OHEM: min_kept ≥ pixels), or None."""
+        return None
+
+    @property
+    def lr_mult(self) -> float:
+        """Learning-rate multiplier of this strategy's modules (their own optimiser group)."""
+        return 1.0
 
     # -- model hooks -------------------------------------------------------
     def build_modules(self, model: SegModel) -> dict[str, nn.Module]:

@@ -1,8 +1,10 @@
-"""Cross-entropy baseline (strategies.md §0).
+"""Cross-entropy baseline (docs/strategies.md §0).
 
-The main head's loss is the mean of the per-pixel cross-entropy ℓ over
-non-ignored pixels (logged as ``ce``); the auxiliary head, if the model has
-one, adds ``StrategyContext.aux_weight`` (0.4) · CE(aux) as ``aux_ce`` — the
+The main head's loss is the mean of the per-pixel cross-entropy ℓ over the
+non-ignored pixels, or over all pixels with ``loss.average: all`` (the HL
+paper's mmsegmentation 0.22.1), logged as ``ce``; the auxiliary head, if the
+model has one, adds ``StrategyContext.aux_weight`` (0.4) · CE(aux), averaged
+the same way, as ``aux_ce`` — the
 objective does both, for every run, so this strategy only names the baseline.
 It cannot be combined with any other strategy (a run without a weighting
 strategy already uses CE as its main loss).

@@ -1,4 +1,4 @@
-"""Coarse-to-fine stacked supervision (strategies.md §5; Hu et al., ICME 2018, arXiv 1804.08256).
+"""Coarse-to-fine stacked supervision (docs/strategies.md §5; Hu et al., ICME 2018, arXiv 1804.08256).
 
 Levels: the hierarchy's coarse levels (coarsest first; ``hierarchy`` in the
 config, else ``StrategyContext.hierarchy``) and the dataset's classes last.

@@ -1,12 +1,23 @@
-"""Focal loss (strategies.md §3; Lin et al., arXiv 1708.02002).
+"""Focal loss (docs/strategies.md §3; Lin et al., arXiv 1708.02002).
 
 Replaces the main head's per-pixel CE by the focal loss
-(:func:`~hardseg.strategies.functional.focal_pixel_loss`), averaged over the
-non-ignored pixels. ``softmax`` (default, the HL paper's comparison):
+(:func:`~hardseg.strategies.functional.focal_pixel_loss`), averaged like CE
+(``loss.average``). ``softmax`` (default, the HL paper's comparison):
 α · (1 − p_y)^γ · ℓ, γ = 2, α = 1; ``sigmoid``: mmsegmentation's one-vs-all
-``FocalLoss`` (γ = 2, α = 0.5). **(choice)** ``alpha: null`` means the mode's
-default (1.0 softmax, 0.5 sigmoid). Labels are never overwritten in place
-(§3 pitfall); the auxiliary head keeps plain CE.
+``FocalLoss`` (γ = 2, α = 0.5), whose value hardseg reproduces exactly under
+``loss.average: all`` (mmseg averages over all N·H·W·C elements; under
+``valid`` the value is mmseg's ÷ the valid fraction). **(choice)**
+``alpha: null`` means the mode's default (1.0 softmax, 0.5 sigmoid).
+
+With ``cb_ce`` the ground-truth class's weight w_y multiplies the pixel's
+focal term, in both modes **(choice)**: one rule for every weighting (cb_ce
+acts on the per-pixel loss, whatever defined it). mmsegmentation's sigmoid
+``FocalLoss(class_weight=…)`` instead weights each channel c's one-vs-all term
+by w_c; the two agree when the weights are uniform and differ by the
+off-class channels' share otherwise (docs/strategies.md §3).
+
+Labels are never overwritten in place (§3 pitfall); the auxiliary head keeps
+plain CE.
 """
 
 from __future__ import annotations

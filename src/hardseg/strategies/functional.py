@@ -1,6 +1,6 @@
 """The strategies' math as pure functions: the one place each formula lives.
 
-Each function cites its section of ``shared/specs/strategies.md``. Notation:
+Each function cites its section of ``docs/strategies.md``. Notation:
 N batch, C classes, H×W label size, ``sg(x) = x.detach()``, ℓ the per-pixel
 cross-entropy (0 at the ignore label). Labels are never modified in place.
 """
@@ -20,7 +20,7 @@ from hardseg.models.resize import resize_bilinear
 
 # -- §0 cross-entropy ----------------------------------------------------------
 def pixel_ce(logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
-    """Per-pixel cross-entropy ℓ (N, H, W), 0 at ignored pixels (strategies.md notation)."""
+    """Per-pixel cross-entropy ℓ (N, H, W), 0 at ignored pixels (docs/strategies.md notation)."""
     return F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")
 
 
@@ -29,9 +29,30 @@ def valid_mean(pixel_loss: Tensor, mask: Tensor) -> Tensor:
     return pixel_loss.sum() / mask.sum().clamp(min=1)
 
 
-def mean_ce(logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
-    """Mean of ℓ over non-ignored pixels (strategies.md §0); 0 when every pixel is ignored."""
-    return valid_mean(pixel_ce(logits, target, ignore_index), target != ignore_index)
+Average = Literal["valid", "all"]
+
+
+def average_pixels(pixel_loss: Tensor, valid: Tensor, average: Average = "valid") -> Tensor:
+    """The main loss's reduction, ``loss.average`` (docs/strategies.md §0).
+
+    * ``valid``: Σ ℓ / (number of non-ignored pixels) (PyTorch's
+      ``ignore_index`` mean, mmsegmentation ≥ 0.23 with ``avg_non_ignore``);
+    * ``all``: Σ ℓ / (N·H·W), ignored pixels counted in the denominator
+      (mmsegmentation 0.22.1, the HL paper's code; HL's own normalisation).
+
+    ℓ must already be 0 at ignored pixels.
+    """
+    if average == "valid":
+        return valid_mean(pixel_loss, valid)
+    if average == "all":
+        return pixel_loss.sum() / max(1, pixel_loss.numel())
+    raise ValueError(f"unknown loss average {average!r}")
+
+
+def mean_ce(logits: Tensor, target: Tensor, ignore_index: int = 255, average: Average = "valid") -> Tensor:
+    """Mean of ℓ (docs/strategies.md §0) over non-ignored pixels, or over all with ``average='all'``;
+    0 when every pixel is ignored."""
+    return average_pixels(pixel_ce(logits, target, ignore_index), target != ignore_index, average)
 
 
 def mean_nll(log_probs: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
@@ -77,10 +98,11 @@ def class_balance_weights(frequencies: np.ndarray | Sequence[float], mode: Liter
 
 def class_weighted_pixel_loss(pixel_loss: Tensor, target: Tensor, class_weights: Tensor,
                               ignore_index: int = 255) -> Tensor:
-    """ℓ'_p = w_{y_p} · ℓ_p (0 at ignored pixels); reduce with :func:`valid_mean`.
+    """ℓ'_p = w_{y_p} · ℓ_p (0 at ignored pixels); reduce with :func:`average_pixels`.
 
-    **(choice)** normalised by the number of non-ignored pixels (mmsegmentation
-    with ``avg_non_ignore``), not by Σ w_{y_p} as PyTorch's ``weight=`` does.
+    **(choice)** normalised by a pixel count (``loss.average``: valid pixels,
+    or all pixels as mmsegmentation 0.22.1's ``class_weight`` does), not by
+    Σ w_{y_p} as PyTorch's ``weight=`` does (docs/strategies.md §6).
     """
     valid = target != ignore_index
     w = class_weights.to(pixel_loss)[torch.where(valid, target, 0)]
@@ -90,14 +112,19 @@ def class_weighted_pixel_loss(pixel_loss: Tensor, target: Tensor, class_weights:
 # -- §3 focal loss ------------------------------------------------------------
 def focal_pixel_loss(logits: Tensor, target: Tensor, gamma: float = 2.0, alpha: float = 1.0,
                      ignore_index: int = 255, mode: Literal["softmax", "sigmoid"] = "softmax") -> Tensor:
-    """Per-pixel focal loss (N, H, W), 0 at ignored pixels (strategies.md §3; Lin et al. 1708.02002).
+    """Per-pixel focal loss (N, H, W), 0 at ignored pixels (docs/strategies.md §3; Lin et al. 1708.02002).
 
     * ``softmax``: α · (1 − p_y)^γ · ℓ with p_y = softmax(logits)_y; γ = 0,
       α = 1 gives ℓ exactly. The modulating factor is not detached (as in Lin et al.).
     * ``sigmoid`` (mmsegmentation's ``FocalLoss``): one-vs-all over the C
       channels with t_c = [y = c], b_c = BCE(σ(z_c), t_c), p_t = exp(−b_c):
-      Σ_c (α t_c + (1 − α)(1 − t_c)) · (1 − p_t)^γ · b_c / C. The mean over
-      channels makes :func:`focal_loss` equal mmseg's mean over valid pixels × C.
+      Σ_c (α t_c + (1 − α)(1 − t_c)) · (1 − p_t)^γ · b_c / C. mmseg averages
+      that term over all N·H·W·C elements, ignored pixels zeroed but counted,
+      so :func:`focal_loss` with ``average='all'`` equals mmseg's value
+      exactly; with ``average='valid'`` it is mmseg's ÷ the valid fraction.
+
+    The modulating factor is never detached (a detached factor changes the
+    gradient, not the value; ``tests/test_strategies_functional.py`` checks it).
     """
     valid = target != ignore_index
     safe = torch.where(valid, target, 0)
@@ -119,9 +146,10 @@ def focal_pixel_loss(logits: Tensor, target: Tensor, gamma: float = 2.0, alpha: 
 
 
 def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0, alpha: float = 1.0, ignore_index: int = 255,
-               mode: Literal["softmax", "sigmoid"] = "softmax") -> Tensor:
-    """Focal loss averaged over non-ignored pixels (strategies.md §3); γ = 0, α = 1 (softmax) is CE."""
-    return valid_mean(focal_pixel_loss(logits, target, gamma, alpha, ignore_index, mode), target != ignore_index)
+               mode: Literal["softmax", "sigmoid"] = "softmax", average: Average = "valid") -> Tensor:
+    """Focal loss reduced by :func:`average_pixels` (docs/strategies.md §3); γ = 0, α = 1 (softmax) is CE."""
+    return average_pixels(focal_pixel_loss(logits, target, gamma, alpha, ignore_index, mode),
+                          target != ignore_index, average)
 
 
 # -- §2 OHEM -------------------------------------------------------------------
@@ -173,7 +201,7 @@ def hl_weights(hl_logits: Tensor, size: Sequence[int], offset: float = 0.1, alig
 
 def hl_losses(pixel_loss: Tensor, hl_logits: Tensor, lam: float = 0.01, offset: float = 0.1,
               align_corners: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """L_seg, L_HL and the weights of the learned Hardness Level map (strategies.md §1).
+    """L_seg, L_HL and the weights of the learned Hardness Level map (docs/strategies.md §1).
 
     s = HL logits (N, 1, h, w), resized to the label size of ``pixel_loss``
     (N, H, W) when they differ; w = σ(s) + offset; w̃ = w / Σ_{n,i,j} w over
@@ -208,7 +236,7 @@ def self_regulation_losses(exit_logits: Sequence[Tensor], exit_presence: Sequenc
                            final_presence: Tensor, target: Tensor, ignore_index: int = 255,
                            variant: Literal["demo", "paper"] = "demo", tau: float = 1.0,
                            exit_features: Sequence[Tensor] | None = None, regulate: bool = True) -> dict[str, Tensor]:
-    """Self-Regulation's four losses, unweighted (strategies.md §4; SR-SS ``trainval.py``).
+    """Self-Regulation's four losses, unweighted (docs/strategies.md §4; SR-SS ``trainval.py``).
 
     Args:
         exit_logits: o_i of the exits, shallow → deep, at label size.
@@ -269,7 +297,7 @@ def self_regulation_losses(exit_logits: Sequence[Tensor], exit_presence: Sequenc
 
 # -- §5 coarse-to-fine -------------------------------------------------------------
 def coarsen_labels(target: Tensor, fine_to_coarse: Sequence[int] | Tensor, ignore_index: int = 255) -> Tensor:
-    """y_l = map(y), a new tensor; ignore stays ignore (strategies.md §5, pitfall 5)."""
+    """y_l = map(y), a new tensor; ignore stays ignore (docs/strategies.md §5, pitfall 5)."""
     m = torch.as_tensor(fine_to_coarse, dtype=torch.long, device=target.device)
     lut = torch.full((max(len(m), ignore_index + 1),), ignore_index, dtype=torch.long, device=target.device)
     lut[: len(m)] = m
@@ -279,7 +307,7 @@ def coarsen_labels(target: Tensor, fine_to_coarse: Sequence[int] | Tensor, ignor
 
 def coarse_to_fine_losses(level_logits: Sequence[Tensor], target: Tensor, hierarchy: Sequence[Sequence[int]],
                           weights: Sequence[float], ignore_index: int = 255) -> list[Tensor]:
-    """w_l · CE(p_l, y_l) for the coarse levels l (strategies.md §5), coarsest first.
+    """w_l · CE(p_l, y_l) for the coarse levels l (docs/strategies.md §5), coarsest first.
 
     ``level_logits[l]`` predicts level l of ``hierarchy`` at label size; the
     finest level is the main loss (objective.py), so it is not included here.

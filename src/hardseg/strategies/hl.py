@@ -1,4 +1,4 @@
-"""Learned Hardness Level map (strategies.md §1; Xiao et al., arXiv 2305.08462).
+"""Learned Hardness Level map (docs/strategies.md §1; Xiao et al., arXiv 2305.08462).
 
 Branch: ``model.new_head(1)``, a fresh copy of the decode head's architecture
 with one output channel, applied to the decode head's input **detached**
@@ -9,11 +9,21 @@ L_seg = Σ sg(w̃) ⊙ ℓ replaces the main head's loss and L_HL = −λ Σ w̃
 trains the branch (:func:`~hardseg.strategies.functional.hl_losses`). Terms:
 ``hl/seg``, ``hl/hl``; the auxiliary head keeps 0.4 · CE (objective).
 
-In a composition ℓ is the per-pixel loss the other weightings produce
-(focal, class weights, OHEM's selection), so HL weights the selected pixels.
+With uniform weights L_seg is the mean of ℓ over *all* pixels: it equals the
+CE baseline under ``loss.average: all`` (the reference's mmsegmentation
+0.22.1) and is the valid fraction × CE under ``valid``.
 
-Under Adam/AdamW λ barely matters (it only scales the branch's gradient);
-pair it with SGD in search spaces (§1).
+In a composition ℓ is the per-pixel loss the other weightings produce
+(focal, class weights, OHEM's selection), so HL weights the selected pixels;
+an explicit ``ohem.normalize`` is rejected (HL's normalisation would
+override it).
+
+Knobs: λ only scales the branch's gradient, so it acts under SGD (the
+reference: one SGD group, lr 0.01, momentum 0.9, wd 5e-4, poly) and is
+cancelled almost entirely by Adam/AdamW's per-parameter normalisation.
+``lr_mult`` puts the branch in its own optimiser group at lr × lr_mult
+(1.0 = the reference), which acts under both; search λ under SGD and
+``lr_mult`` under AdamW (presets ``hl.yaml``, ``quickstart.yaml``).
 
 Inference: the branch is training-only; :meth:`export` returns None, so the
 exported model is the network alone (the baseline's parameters and output).
@@ -40,6 +50,8 @@ from hardseg.strategies.visuals import palette_for, prediction_panel, scalar_to_
 class HLConfig(StrategyConfig):
     lam: float = Field(0.01, gt=0, description="λ, scale of L_HL (the branch's gradient)")
     offset: float = Field(0.1, gt=0, description="w = σ(s) + offset; bounds the weights' ratio")
+    lr_mult: float = Field(1.0, gt=0, description="the branch's learning rate = train.lr × lr_mult (own optimiser "
+                           "group); acts under AdamW, where λ does not")
 
 
 def detach_tree(x: Any) -> Any:
@@ -70,6 +82,10 @@ class HardnessLevel(Strategy):
     order = 40
     Config = HLConfig
     align_corners = False
+
+    @property
+    def lr_mult(self) -> float:
+        return self.cfg.lr_mult
 
     @classmethod
     def normalisation(cls, cfg: HLConfig) -> str | None:

@@ -1,4 +1,4 @@
-"""Composition of strategies into one training objective (strategies.md, pitfall 6).
+"""Composition of strategies into one training objective (docs/strategies.md, "Composition").
 
 A run names one or more strategies (``strategies: [hl, coarse_to_fine]``).
 The :class:`Objective` runs every strategy's modules on the forward pass,
@@ -18,14 +18,17 @@ then builds the loss in this order:
    d. the reduction: ``hl`` weights the remaining per-pixel loss with its
       learned map and normalises over *all* pixels (``hl/seg`` + ``hl/hl``),
       i.e. OHEM selects and HL weights the selected pixels; else ``ohem``
-      with ``normalize: kept`` divides by the kept pixels; else the mean over
-      the non-ignored pixels.
+      with an explicit ``normalize`` (``valid``, ``all`` or ``kept``) divides
+      by that count; else the mean set by ``loss.average``
+      (``StrategyContext.average``): over the non-ignored pixels (``valid``)
+      or over all pixels (``all``, the HL paper's mmsegmentation 0.22.1).
 
    The term is named ``ce`` (no weighting strategy), the strategy's name (one
    weighting strategy: ``cb_ce``, ``focal``, ``ohem``), ``hl/seg``/``hl/hl``
    (HL on), or ``seg`` (several weightings without HL).
 3. **The auxiliary head** (if the model has one) adds
-   ``StrategyContext.aux_weight`` · CE as ``aux_ce``: weightings never touch it.
+   ``StrategyContext.aux_weight`` · CE as ``aux_ce``, averaged as
+   ``loss.average`` says: weightings never touch it.
 4. **Structural terms**: SR exits (``sr/*``) and C2F levels (``c2f/*``) use
    plain CE on their own logit maps; the weighting applies to the final
    prediction only (the network's head, or C2F's finest stage).
@@ -34,7 +37,8 @@ then builds the loss in this order:
 an empty list or a repeated name; ``ce`` with anything (it *is* the main loss
 of every run without a weighting strategy: ``[self_regulation]`` means CE +
 SR); two strategies that each impose the main loss's normalisation (``hl``
-with ``ohem`` ``normalize: kept``). Errors that need the task or the model
+with any explicit ``ohem.normalize``: HL's Σ w̃ over all pixels would
+silently override it). Errors that need the task or the model
 (``cb_ce`` without class frequencies, ``coarse_to_fine`` without a hierarchy,
 unknown feature names) are raised when the Objective / TrainingModel is built.
 
@@ -54,7 +58,7 @@ from torch import Tensor
 from hardseg.errors import ConfigError
 from hardseg.models import SegModel, SegOutput
 from hardseg.strategies.base import PixelLoss, Strategy, StrategyConfig, StrategyContext
-from hardseg.strategies.functional import mean_ce, pixel_ce, valid_mean
+from hardseg.strategies.functional import average_pixels, mean_ce, pixel_ce
 from hardseg.strategies.registry import get_strategy
 
 
@@ -103,6 +107,13 @@ def check_composition(pairs: list[tuple[type[Strategy], StrategyConfig]], source
         (a, da), (b, db) = norms[:2]
         raise ConfigError(f"{source}: 'strategies' {names}: '{a}' and '{b}' both set the main loss's normalisation "
                           f"({da}; {db}); change one or drop one")
+
+
+def strategy_warnings(names: list[str], params: dict[str, dict[str, Any]], pixels_per_image: int) -> dict[str, str]:
+    """Strategy name → one-line warning for valid settings that defeat the strategy on images of
+    ``pixels_per_image`` label pixels (``Strategy.config_warning``); empty when there is none."""
+    configs = parse_strategy_params(names, params)
+    return {n: msg for n in names if (msg := get_strategy(n).config_warning(configs[n], pixels_per_image))}
 
 
 def validate_strategies(names: list[str], params: dict[str, dict[str, Any]], source: str = "config") -> None:
@@ -160,9 +171,9 @@ class Objective:
         for s in self.weighting:
             terms = s.reduce(px, out, self.main_key) or terms
         if terms is None:
-            terms = {self.main_key: valid_mean(px.loss, px.valid)}
+            terms = {self.main_key: average_pixels(px.loss, px.valid, self.ctx.average)}
         if out.aux is not None and self.ctx.aux_weight > 0:
-            terms["aux_ce"] = self.ctx.aux_weight * mean_ce(out.aux, target, self.ctx.ignore_index)
+            terms["aux_ce"] = self.ctx.aux_weight * mean_ce(out.aux, target, self.ctx.ignore_index, self.ctx.average)
         for s in self.structural:
             terms.update(s.terms(out, target, progress))
         terms["loss"] = torch.stack([t.float() for t in terms.values()]).sum()
@@ -194,6 +205,17 @@ class TrainingModel(nn.Module):
         out = self.net(x)
         self._objective.run_modules(self.strategy_modules, out)
         return out.as_dict()
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimiser parameter groups: ``net`` (the network), then one per strategy that has
+        parameters, named after it, each with its ``lr_mult`` (the optimiser's lr × it;
+        ``strategy_params.hl.lr_mult`` for the HL branch, 1.0 for the others)."""
+        groups = [{"name": "net", "params": list(self.net.parameters()), "lr_mult": 1.0}]
+        for s in self._objective.strategies:
+            params = list(self.strategy_modules[s.name].parameters())
+            if params:
+                groups.append({"name": s.name, "params": params, "lr_mult": s.lr_mult})
+        return groups
 
     def export(self) -> nn.Module:
         """The inference model: training-only parts stripped (C2F keeps its stages).

@@ -1,8 +1,12 @@
-"""Self-Regulation (strategies.md §4; Zhang et al., ICCV 2021, arXiv 2108.09702; demo ``dongzhang89/SR-SS``).
+"""Self-Regulation (docs/strategies.md §4; Zhang et al., ICCV 2021, arXiv 2108.09702; demo ``dongzhang89/SR-SS``).
 
-Exits on ``out.features`` (shallow → deep; all of them unless ``exits``
-names some): [conv3×3 → ``exit_channels``, BN, ReLU]×2 → conv1×1 → C logits
-o_i (upsampled to label size) and GAP(o_i) → FC(C→C) → presence logits; the
+Exits, as in the demo (``lib/models/resnet.py`` returns the stem's output
+before max-pooling at stride 2, layer1, layer2 and layer3; ``deeplab.py``
+puts an exit on each): one exit on every feature of ``out.features`` except
+the deepest, which feeds the final head, unless ``exits`` names them (naming
+the deepest adds an exit there too, a documented non-demo option). Each exit:
+[conv3×3 → ``exit_channels``, BN, ReLU]×2 → conv1×1 → C logits o_i
+(upsampled to label size) and GAP(o_i) → FC(C→C) → presence logits; the
 final head gets its own FC on GAP(main logits). Losses
 (:func:`~hardseg.strategies.functional.self_regulation_losses`), logged as
 
@@ -17,12 +21,13 @@ SR-L and SR-F are 0 until ``progress ≥ warmup`` (0.25 = 10k of the demo's
 as in the demo's sum; pseudo-labels of SR-F are ignored where y is;
 ``variant: paper`` uses KL(τ) on logits for SR-L and MSE of channel-normalised
 exit features for SR-F (see the functional). An exit on a feature finer than
-``min_exit_stride`` (4: the stride of a ResNet stem's output, the demo's
-shallowest exit) average-pools it to that stride first, so exits on
-full-resolution stems (tiny_seg) cost what the paper's cost; on torchvision's
-ResNet/MobileNet backbones every feature is already at stride ≥ 4.
+``min_exit_stride`` (2: the stride of the demo's shallowest exit, ResNet's
+stem before max-pooling) average-pools it to that stride first; on ResNet and
+MobileNetV3 backbones every feature is already at stride ≥ 2 (no pooling, the
+demo exactly), on tiny_seg the stride-1 stem is pooled to stride 2.
 ``exit_channels`` defaults to the demo's 256; scale it down for small models:
-see ``benchmarks/strategy_cost.py`` and ``benchmarks/README.md`` for the measured step cost.
+``benchmarks/strategy_cost.py`` and docs/strategies.md §4 give the measured
+step cost.
 
 Inference: exits and FCs are training-only; the exported model is the
 network alone.
@@ -52,9 +57,11 @@ class SRConfig(StrategyConfig):
     sr_f_weight: float = Field(1.0, ge=0, description="weight of SR-F (shallow teaches deep)")
     warmup: float = Field(0.25, ge=0, le=1, description="fraction of training before SR-L and SR-F start")
     exit_channels: int = Field(256, ge=1, description="width of each exit's two conv3×3 layers")
-    exits: list[str] | None = Field(None, min_length=1, description="feature names with an exit; None = all")
+    exits: list[str] | None = Field(None, min_length=1, description="feature names with an exit; None = all but "
+                                    "the deepest (the demo's stem, layer1, layer2, layer3 on ResNet)")
     tau: float = Field(1.0, gt=0, description="KL temperature of the paper variant's SR-L")
-    min_exit_stride: int = Field(4, ge=1, description="exits on finer features average-pool them to this stride first")
+    min_exit_stride: int = Field(2, ge=1, description="exits on finer features average-pool them to this stride "
+                                 "first (2: the demo's shallowest exit)")
 
 
 def conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
@@ -84,7 +91,10 @@ class SelfRegulation(Strategy):
     align_corners = False
 
     def build_modules(self, model: SegModel) -> dict[str, nn.Module]:
-        names = self.cfg.exits or list(model.feature_channels)
+        names = self.cfg.exits or list(model.feature_channels)[:-1]
+        if not names:
+            raise ConfigError("'self_regulation' needs a feature shallower than the deepest for its exits; this model "
+                              "exposes one feature: set 'strategy_params.self_regulation.exits'")
         unknown = [n for n in names if n not in model.feature_channels]
         if unknown:
             raise ConfigError(f"invalid 'strategy_params.self_regulation.exits': {unknown} are not features of the "

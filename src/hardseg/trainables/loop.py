@@ -121,13 +121,18 @@ def poly_lambda(total_steps: int, power: float, warmup_steps: int = 0):
     return f
 
 
-def build_optimizer(cfg: RunConfig, params, fused: bool = False) -> torch.optim.Optimizer:
-    """``train.optimizer`` over ``params``; ``fused`` (CUDA) also lets GradScaler skip its per-step host sync."""
+def build_optimizer(cfg: RunConfig, model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+    """SGD or AdamW over a :class:`TrainingModel`'s ``param_groups()``: the network, then each strategy's
+    modules as their own group at ``train.lr`` × the group's ``lr_mult`` (``strategy_params.hl.lr_mult``);
+    any other module is one group. ``fused`` (CUDA) also lets GradScaler skip its per-step host sync."""
     t = cfg.train
+    found = model.param_groups() if isinstance(model, TrainingModel) \
+        else [{"params": list(model.parameters()), "lr_mult": 1.0}]
+    groups = [{**g, "lr": t.lr * g["lr_mult"]} for g in found]
     extra = {"fused": True} if fused else {}
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, **extra)
-    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, **extra)
+        return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, **extra)
+    return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay, **extra)
 
 
 def seed_for(*parts: int) -> int:
@@ -308,7 +313,7 @@ def build_training_model(cfg: RunConfig, info, class_frequencies: np.ndarray | N
     """
     ctx = StrategyContext(num_classes=info.num_classes, ignore_index=info.ignore_index,
                           class_frequencies=class_frequencies, hierarchy=info.hierarchy,
-                          aux_weight=cfg.model.aux_weight, palette=info.colors())
+                          aux_weight=cfg.model.aux_weight, palette=info.colors(), average=cfg.loss.average)
     objective = Objective(cfg.strategies, cfg.strategy_params, ctx)
     with torch.device("meta") if meta else nullcontext():
         net = build_model(cfg.model.name, info.num_classes, aux=cfg.model.aux, width=cfg.model.width,
@@ -594,7 +599,7 @@ def fit(cfg: RunConfig, session: Session) -> dict[str, Any]:
     tm = tm.to(device)
     if channels_last:
         tm = tm.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, tm.parameters(), fused=device.type == "cuda")
+    optimizer = build_optimizer(cfg, tm, fused=device.type == "cuda")
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} is larger than a worker's share of the "
