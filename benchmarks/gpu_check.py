@@ -142,6 +142,19 @@ def hardseg_loop(cfg: RunConfig, device: torch.device) -> dict:
             "epoch_time_s": last["train/epoch_time_s"], "peak_mib": mem.mib, "loss": last["train/loss"]}
 
 
+def bare_step(net, images: torch.Tensor, target: torch.Tensor, opt, sched, scaler, device: torch.device) -> None:
+    """One plain AMP step: channels_last input, forward, CE, scaled backward, optimiser and schedule."""
+    images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    target = target.to(device, non_blocking=True)
+    with autocast_for(device, True):
+        loss = F.cross_entropy(net(images).logits, target, ignore_index=255)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    sched.step()
+
+
 def bare_loop(cfg: RunConfig, device: torch.device) -> dict:
     """The reference: forward, CE, scaled backward, optimiser and poly schedule under autocast, channels_last,
     on the same model, loader (workers, pinned memory) and optimiser as hardseg's run; nothing else."""
@@ -164,15 +177,7 @@ def bare_loop(cfg: RunConfig, device: torch.device) -> dict:
             start = time.perf_counter()
             for images, target in loader:
                 t0 = time.perf_counter()
-                images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-                target = target.to(device, non_blocking=True)
-                with autocast_for(device, True):
-                    loss = F.cross_entropy(net(images).logits, target, ignore_index=255)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                sched.step()
+                bare_step(net, images, target, opt, sched, scaler, device)
                 times.append(time.perf_counter() - t0)
             sync(device)
             elapsed = time.perf_counter() - start
@@ -207,15 +212,7 @@ def step_only(cfg: RunConfig, device: torch.device, repeat: int) -> dict:
         net, times = tm.net.train(), []
         for images, target in batches:
             t0 = time.perf_counter()
-            images = images.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            target = target.to(device, non_blocking=True)
-            with autocast_for(device, True):
-                loss = F.cross_entropy(net(images).logits, target, ignore_index=255)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
+            bare_step(net, images, target, opt, sched, scaler, device)
             times.append(time.perf_counter() - t0)
         sync(device)
         bare.append(statistics.median(times))

@@ -20,11 +20,11 @@ fails to import does not break the built-ins: naming it raises a one-line
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from hardseg.errors import DataError
+from hardseg.plugins import load_entry_points
 
 if TYPE_CHECKING:
     from hardseg.config import DataConfig
@@ -87,18 +87,12 @@ def _load() -> None:
     _loaded = True
     import hardseg.data.formats  # noqa: F401  (registers the built-ins)
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _FORMATS:
-            continue
-        try:
-            obj = ep.load()
-        except Exception as exc:  # a broken plugin must not break the built-ins
-            _BROKEN[ep.name] = f"dataset plugin '{ep.name}' ({ep.value}) failed to import: {exc}"
-            continue
-        if not isinstance(obj, DatasetFormat):
-            _BROKEN[ep.name] = f"dataset plugin '{ep.name}' ({ep.value}) is not a hardseg DatasetFormat"
-            continue
-        register_dataset(obj if obj.name == ep.name else DatasetFormat(**{**obj.__dict__, "name": ep.name}))
+    def register(name: str, fmt: DatasetFormat) -> None:
+        register_dataset(fmt if fmt.name == name else DatasetFormat(**{**fmt.__dict__, "name": name}))
+
+    load_entry_points(ENTRY_POINT_GROUP, "dataset", known=_FORMATS,
+                      accept=lambda obj: isinstance(obj, DatasetFormat), expected="a hardseg DatasetFormat",
+                      register=register, broken=_BROKEN)
 
 
 def available_datasets() -> list[str]:

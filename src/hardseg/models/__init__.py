@@ -23,10 +23,10 @@ naming it raises a one-line ConfigError that says why (docs/models.md).
 from __future__ import annotations
 
 from functools import partial
-from importlib.metadata import entry_points
 from typing import Any, Callable
 
 from hardseg.errors import ConfigError
+from hardseg.plugins import load_entry_points
 from hardseg.models.base import SegModel
 from hardseg.models.output import SegOutput, predict_classes
 from hardseg.models.resize import resize_bilinear
@@ -53,19 +53,9 @@ def _load_entry_points() -> None:
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _MODELS:
-            continue
-        try:
-            obj = ep.load()
-        except Exception as exc:  # a broken plugin must not break the built-ins
-            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            _BROKEN[ep.name] = f"model plugin '{ep.name}' ({ep.value}) failed to import: {type(exc).__name__}: {why}"
-            continue
-        if not callable(obj):
-            _BROKEN[ep.name] = f"model plugin '{ep.name}' ({ep.value}) is not a SegModel class or builder"
-            continue
-        register_model(ep.name)(obj)
+    load_entry_points(ENTRY_POINT_GROUP, "model", known=_MODELS, accept=callable,
+                      expected="a SegModel class or builder", register=lambda name, obj: register_model(name)(obj),
+                      broken=_BROKEN)
 
 
 def available_models() -> list[str]:

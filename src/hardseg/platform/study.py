@@ -32,22 +32,22 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from hardseg.config import _format_validation_error
 from hardseg.errors import ConfigError
 from hardseg.platform import tracking
+from hardseg.platform.shipped import available_shipped, load_shipped
 
 KIND = "study"
 STUDY_TAG = "hardseg.study"
 STAGE_TAG = "hardseg.stage"
 STATE_FILE = "hardseg_study.json"
-STUDIES_DIR = "studies"
+STUDIES_DIR = "studies"  # under ray.storage_path: each study's state
+SHIPPED_STUDIES = "studies"  # hardseg/platform/studies/*.yaml: the presets
 STAGES = ("defaults", "search", "confirm")
 MIN_CONFIRM_SEEDS = 3  # = hardseg.reports.stats.MIN_PAIRED_SEEDS: fewer cannot give a verdict
 
@@ -126,36 +126,14 @@ class Study(_Strict):
                       "max_concurrent": s.max_concurrent or self.max_concurrent}}, source=f"study {self.name}: search")
 
 
-def _studies_dir() -> Path:
-    return Path(str(resources.files("hardseg.platform") / "studies"))
-
-
 def available_studies() -> list[str]:
-    return sorted(p.stem for p in _studies_dir().glob("*.yaml"))
+    return available_shipped(SHIPPED_STUDIES)
 
 
 def load_study(name_or_path: str | os.PathLike) -> Study:
     """A shipped study preset (``quick``) or a YAML file. Raises ConfigError (one line) on bad input."""
-    from hardseg.search_spaces.loader import read_yaml_mapping
-
-    text = os.fspath(name_or_path)
-    path = Path(text)
-    if not path.is_file():
-        if path.suffix in (".yaml", ".yml") or os.sep in text or text not in available_studies():
-            raise ConfigError(f"study not found: {text} (pass a YAML file or a shipped study: "
-                              f"{', '.join(available_studies())})")
-        path = _studies_dir() / f"{text}.yaml"
-    data = read_yaml_mapping(path, "strategies, seeds, base, search, confirm")
-    data.setdefault("name", path.stem)
-    try:
-        study = Study.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, f"study {path}")) from None
-    if study.config and not Path(study.config).is_absolute():
-        study.config = str((path.parent / study.config).resolve())
-    if study.config and not Path(study.config).is_file():
-        raise ConfigError(f"study {path}: config file not found: {study.config}")
-    return study
+    return load_shipped(name_or_path, SHIPPED_STUDIES, Study, what="study", label="study",
+                        keys="strategies, seeds, base, search, confirm", defaults={"name": "{stem}"})
 
 
 # -- state -------------------------------------------------------------------------

@@ -28,17 +28,15 @@ from __future__ import annotations
 
 import json
 import os
-from importlib import resources
-from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from hardseg.config import _format_validation_error
 from hardseg.errors import ConfigError
-from hardseg.search_spaces.loader import read_yaml_mapping
+from hardseg.platform.shipped import available_shipped, load_shipped
 from hardseg.search_spaces.space import _metric
 
+SUITES_DIR = "suites"  # hardseg/platform/suites/*.yaml
 LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,29}$"  # part of sweep names (sweep.check_name)
 
 
@@ -104,12 +102,8 @@ class Suite(_Strict):
         return self.model_dump(mode="json")
 
 
-def _suites_dir() -> Path:
-    return Path(str(resources.files("hardseg.platform") / "suites"))
-
-
 def available_suites() -> list[str]:
-    return sorted(p.stem for p in _suites_dir().glob("*.yaml"))
+    return available_shipped(SUITES_DIR)
 
 
 def load_suite(name_or_path: str | os.PathLike) -> Suite:
@@ -118,20 +112,5 @@ def load_suite(name_or_path: str | os.PathLike) -> Suite:
     Raises:
         ConfigError: missing file, bad YAML, unknown key or invalid value (one line).
     """
-    text = os.fspath(name_or_path)
-    path = Path(text)
-    if not path.is_file():
-        if path.suffix in (".yaml", ".yml") or os.sep in text or text not in available_suites():
-            raise ConfigError(f"nightly suite not found: {text} (pass a YAML file or a shipped suite: "
-                              f"{', '.join(available_suites())})")
-        path = _suites_dir() / f"{text}.yaml"
-    data = read_yaml_mapping(path, "name, strategies, seeds, models, datasets, budget, watch, noise")
-    try:
-        suite = Suite.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, f"suite {path}")) from None
-    if suite.config and not Path(suite.config).is_absolute():
-        suite.config = str((path.parent / suite.config).resolve())
-    if suite.config and not Path(suite.config).is_file():
-        raise ConfigError(f"suite {path}: config file not found: {suite.config}")
-    return suite
+    return load_shipped(name_or_path, SUITES_DIR, Suite, what="nightly suite", label="suite",
+                        keys="name, strategies, seeds, models, datasets, budget, watch, noise")

@@ -13,10 +13,10 @@ built-ins: naming it raises a one-line ConfigError that says why.
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
 from typing import Callable, TypeVar
 
 from hardseg.errors import ConfigError
+from hardseg.plugins import load_entry_points
 
 ENTRY_POINT_GROUP = "hardseg.strategies"
 _STRATEGIES: dict[str, type] = {}
@@ -43,18 +43,10 @@ def _load_entry_points() -> None:
     _entry_points_loaded = True
     from hardseg.strategies.base import Strategy
 
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _STRATEGIES:
-            continue
-        try:
-            cls = ep.load()
-        except Exception as exc:  # a broken plugin must not break the built-ins
-            _BROKEN[ep.name] = f"strategy plugin '{ep.name}' ({ep.value}) failed to import: {exc}"
-            continue
-        if not (isinstance(cls, type) and issubclass(cls, Strategy)):
-            _BROKEN[ep.name] = f"strategy plugin '{ep.name}' ({ep.value}) is not a hardseg Strategy subclass"
-            continue
-        register_strategy(ep.name)(cls)
+    load_entry_points(ENTRY_POINT_GROUP, "strategy", known=_STRATEGIES,
+                      accept=lambda obj: isinstance(obj, type) and issubclass(obj, Strategy),
+                      expected="a hardseg Strategy subclass",
+                      register=lambda name, cls: register_strategy(name)(cls), broken=_BROKEN)
 
 
 def available_strategies() -> list[str]:
