@@ -36,6 +36,7 @@ package does. Families as in ImageNet-C: noise, blur, weather, digital.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -320,20 +321,29 @@ def _resize_cubic(img: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=6)
+def _frost_photo(path: str, h: int, w: int) -> np.ndarray:
+    """The photograph at ``path`` (RGB) resized to 1.1x the size that covers an ``h`` x ``w`` image;
+    cached, as every image of a dataset usually has the same size."""
+    from skimage.io import imread
+
+    photo = np.asarray(imread(path))[..., :3]
+    fh, fw = photo.shape[:2]
+    scale = 1.1 * max(1.0, h / fh, w / fw)
+    photo = _resize_cubic(photo, int(np.ceil(fw * scale)), int(np.ceil(fh * scale)))
+    photo.flags.writeable = False
+    return photo
+
+
 def frost(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
     """``c0 * x + c1 * frost``: a random crop of a frost photograph scaled to 1.1x the size that covers the image.
 
     As in the reference, the photograph is drawn from the first five of :data:`FROST_FILES` (its
     ``np.random.randint(5)``), then the crop's top and left offsets."""
-    from skimage.io import imread
-
     c = ((1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75))[severity - 1]
     name = FROST_FILES[_randint(rng, 5)]
-    photo = np.asarray(imread(check_frost_files() / name))[..., :3]
     h, w = x.shape[:2]
-    fh, fw = photo.shape[:2]
-    scale = 1.1 * max(1.0, h / fh, w / fw)
-    photo = _resize_cubic(photo, int(np.ceil(fw * scale)), int(np.ceil(fh * scale)))
+    photo = _frost_photo(str(check_frost_files() / name), h, w)
     top, left = _randint(rng, photo.shape[0] - h), _randint(rng, photo.shape[1] - w)
     crop = photo[top:top + h, left:left + w].astype(np.float64)
     return np.clip(c[0] * np.asarray(x, dtype=np.float64) + c[1] * crop, 0, 255)
