@@ -14,8 +14,14 @@ differences:
 * OpenCV calls are replaced by their definitions (``cv2.filter2D`` with
   reflect-101 borders = ``scipy.ndimage.correlate(mode="mirror")``; RGB→grey
   with 0.299/0.587/0.114);
-* ``frost`` (needs the package's frost photographs) and ``spatter`` (built on
-  OpenCV's Canny and distance transform) are not provided;
+* ``spatter``'s OpenCV steps are written out: Canny (3x3 Sobel, L1 magnitude,
+  OpenCV's non-maximum suppression and hysteresis), the 5x5 chamfer distance
+  transform of ``cv2.distanceTransform(DIST_L2, 5)``, box filters,
+  ``equalizeHist`` (:func:`spatter`);
+* ``frost`` blends a crop of one of the six frost photographs that ship inside
+  the package; they are not ours to ship, so they are read from a local folder
+  (``HARDSEG_FROST_DIR``, default ``~/.cache/hardseg/frost``; :func:`frost_dir`),
+  and resized with OpenCV's bicubic kernel written out (:func:`_resize_cubic`);
 * randomness comes from a ``numpy.random.Generator`` seeded by (image,
   corruption, severity) (:func:`corruption_seed`), so an image is corrupted
   identically in every run and on every DDP rank; any object with numpy's
@@ -30,9 +36,12 @@ package does. Families as in ImageNet-C: noise, blur, weather, digital.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
+import os
 import zlib
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -55,6 +64,11 @@ def _gaussian(x: np.ndarray, sigma, mode: str = "nearest", truncate: float = 4.0
 
 def _rgb2gray(x: np.ndarray) -> np.ndarray:
     return x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
+
+
+def _randint(rng: Rng, high: int) -> int:
+    """An integer in [0, high), drawn as ``np.random.randint(high)`` (RandomState) or ``Generator.integers``."""
+    return int(rng.integers(high) if hasattr(rng, "integers") else rng.randint(high))
 
 
 # ---------------------------------------------------------------- noise
@@ -257,6 +271,84 @@ def snow(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
     return np.clip(x + layer + np.rot90(layer, k=2), 0, 1) * 255
 
 
+FROST_ENV = "HARDSEG_FROST_DIR"
+FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.jpg", "frost6.jpg")
+
+
+def frost_dir() -> Path:
+    """The folder holding :data:`FROST_FILES`: ``$HARDSEG_FROST_DIR``, else ``$XDG_CACHE_HOME/hardseg/frost``
+    (``~/.cache/hardseg/frost``); docs/datasets.md, "Corruptions"."""
+    if os.environ.get(FROST_ENV):
+        return Path(os.environ[FROST_ENV]).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "hardseg" / "frost"
+
+
+def check_frost_files() -> Path:
+    """The frost folder, or ValueError naming the missing photographs and the folder to put them in."""
+    folder = frost_dir()
+    missing = [name for name in FROST_FILES if not (folder / name).is_file()]
+    if missing:
+        raise ValueError(f"corruption 'frost' needs {', '.join(missing)} in {folder}: copy them from the "
+                         f"imagecorruptions package's imagecorruptions/frost/ folder there, or set {FROST_ENV} "
+                         f"to a folder holding them")
+    return folder
+
+
+def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
+    """OpenCV's bicubic weights (Keys, a = -0.75) of the 4 taps around a fraction ``t``: shape ``(len(t), 4)``."""
+    t = t[:, None] + np.array([1.0, 0.0, -1.0, -2.0])
+    d = np.abs(t)
+    return np.where(d <= 1, ((a + 2) * d - (a + 3)) * d * d + 1,
+                    np.where(d < 2, ((a * d - 5 * a) * d + 8 * a) * d - 4 * a, 0.0))
+
+
+def _resize_cubic(img: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``cv2.resize(img, (width, height), interpolation=cv2.INTER_CUBIC)`` of a uint8 image: pixel-centre
+    alignment, edge pixels repeated, rows then columns, rounded to uint8 (OpenCV's fixed-point arithmetic
+    may differ by one level)."""
+    out = img.astype(np.float64)
+    for axis, n in ((0, height), (1, width)):
+        size = out.shape[axis]
+        pos = (np.arange(n) + 0.5) * (size / n) - 0.5
+        left = np.floor(pos)
+        w = _cubic_weights(pos - left)
+        idx = np.clip(left[:, None].astype(np.int64) + np.arange(-1, 3), 0, size - 1)
+        taken = np.take(out, idx, axis=axis)  # (..., n, 4, ...) on ``axis``
+        shape = [1] * taken.ndim
+        shape[axis], shape[axis + 1] = n, 4
+        out = (taken * w.reshape(shape)).sum(axis=axis + 1)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=6)
+def _frost_photo(path: str, h: int, w: int) -> np.ndarray:
+    """The photograph at ``path`` (RGB) resized to 1.1x the size that covers an ``h`` x ``w`` image;
+    cached, as every image of a dataset usually has the same size."""
+    from skimage.io import imread
+
+    photo = np.asarray(imread(path))[..., :3]
+    fh, fw = photo.shape[:2]
+    scale = 1.1 * max(1.0, h / fh, w / fw)
+    photo = _resize_cubic(photo, int(np.ceil(fw * scale)), int(np.ceil(fh * scale)))
+    photo.flags.writeable = False
+    return photo
+
+
+def frost(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
+    """``c0 * x + c1 * frost``: a random crop of a frost photograph scaled to 1.1x the size that covers the image.
+
+    As in the reference, the photograph is drawn from the first five of :data:`FROST_FILES` (its
+    ``np.random.randint(5)``), then the crop's top and left offsets."""
+    c = ((1, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75))[severity - 1]
+    name = FROST_FILES[_randint(rng, 5)]
+    h, w = x.shape[:2]
+    photo = _frost_photo(str(check_frost_files() / name), h, w)
+    top, left = _randint(rng, photo.shape[0] - h), _randint(rng, photo.shape[1] - w)
+    crop = photo[top:top + h, left:left + w].astype(np.float64)
+    return np.clip(c[0] * np.asarray(x, dtype=np.float64) + c[1] * crop, 0, 255)
+
+
 def brightness(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
     from skimage.color import hsv2rgb, rgb2hsv
 
@@ -317,12 +409,116 @@ def elastic_transform(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
     return np.clip(out, 0, 1) * 255
 
 
+def _canny(img: np.ndarray, low: int, high: int) -> np.ndarray:
+    """``cv2.Canny(img, low, high)`` of a uint8 image as a boolean edge map: 3x3 Sobel gradients (edge
+    pixels repeated), L1 magnitude, non-maximum suppression along the gradient direction quantised at
+    22.5 and 67.5 degrees (OpenCV's ``tan(22.5)`` in 15-bit fixed point and its tie rules), then
+    hysteresis: pixels above ``low`` connected (8-neighbours) to a pixel above ``high``."""
+    g = img.astype(np.int64)
+    sobel = np.array([[-1, 0, 1], [-2, 0, 2], [-1, 0, 1]])
+    dx = ndimage.correlate(g, sobel, mode="nearest")
+    dy = ndimage.correlate(g, sobel.T, mode="nearest")
+    mag = np.abs(dx) + np.abs(dy)
+    p = np.pad(mag, 1)  # zero magnitude outside the image
+    h, w = mag.shape
+
+    def at(di: int, dj) -> np.ndarray:  # magnitude of the neighbour at row offset di, column offset dj
+        cols = np.arange(w)[None, :] + 1 + dj
+        return p[np.arange(h)[:, None] + 1 + di, cols]
+
+    ax, ay = np.abs(dx), np.abs(dy) << 15
+    tg22 = ax * 13573  # int(tan(22.5 deg) * 2**15 + 0.5)
+    horizontal = ay < tg22
+    vertical = ~horizontal & (ay > tg22 + (ax << 16))
+    s = np.where((dx ^ dy) < 0, -1, 1)
+    keep = np.where(horizontal, (mag > at(0, -1)) & (mag >= at(0, 1)),
+                    np.where(vertical, (mag > at(-1, 0)) & (mag >= at(1, 0)),
+                             (mag > at(-1, -s)) & (mag > at(1, s))))
+    candidate = keep & (mag > low)
+    labels, _ = ndimage.label(candidate, structure=np.ones((3, 3)))
+    strong = np.unique(labels[candidate & (mag > high)])
+    return np.isin(labels, strong[strong > 0])
+
+
+def _chamfer_distance(zero: np.ndarray) -> np.ndarray:
+    """``cv2.distanceTransform(src, cv2.DIST_L2, 5)`` with ``zero`` = (src == 0): the two-pass 5x5 chamfer
+    distance (steps 1, 1.4 and 2.1969 as float32, Borgefors 1986) to the nearest zero pixel. Each pass runs
+    row by row; the dependency on the previous pixel of the row is a running minimum (summed in float64,
+    rounded to float32 per row, where OpenCV rounds every addition: at most one float32 ulp apart)."""
+    hv, diag, knight = np.float32(1), np.float32(1.4), np.float32(2.1969)
+    big = np.float32(1e30)
+    h, w = zero.shape
+    t = np.full((h + 4, w + 4), big, dtype=np.float32)
+    ramp = np.arange(w, dtype=np.float64)
+    upper = ((-2, -1, knight), (-2, 1, knight), (-1, -2, knight), (-1, -1, diag), (-1, 0, hv), (-1, 1, diag),
+             (-1, 2, knight))
+    for i in range(h):  # forward: neighbours above, then the row's left neighbour
+        r = i + 2
+        base = np.min([t[r + di, 2 + dj:2 + dj + w] + wt for di, dj, wt in upper], axis=0).astype(np.float64)
+        base = np.where(zero[i], 0.0, base)
+        t[r, 2:2 + w] = np.minimum.accumulate(base - ramp) + ramp  # min over k <= j of base[k] + (j - k)
+    for i in range(h - 1, -1, -1):  # backward: neighbours below, then the row's right neighbour
+        r = i + 2
+        below = np.min([t[r - di, 2 - dj:2 - dj + w] + wt for di, dj, wt in upper], axis=0)
+        base = np.minimum(t[r, 2:2 + w], below).astype(np.float64)[::-1]
+        t[r, 2:2 + w] = (np.minimum.accumulate(base - ramp) + ramp)[::-1]
+    return t[2:2 + h, 2:2 + w].copy()
+
+
+def _box3(x: np.ndarray) -> np.ndarray:
+    """``cv2.blur(x, (3, 3))``: the 3x3 mean with reflect-101 borders, summed in float64."""
+    return ndimage.correlate(x.astype(np.float64), np.ones((3, 3)), mode="mirror") * (1.0 / 9)
+
+
+def _equalize_hist(x: np.ndarray) -> np.ndarray:
+    """``cv2.equalizeHist`` of a uint8 image: the cumulative histogram above the lowest level, scaled to 0-255."""
+    hist = np.bincount(x.ravel(), minlength=256)
+    lowest = int(np.flatnonzero(hist)[0])
+    if hist[lowest] == x.size:
+        return x.copy()
+    scale = np.float32(255.0 / (x.size - hist[lowest]))
+    cum = np.cumsum(hist) - hist[lowest]
+    lut = np.clip(np.rint(cum.astype(np.float32) * scale), 0, 255).astype(np.uint8)
+    lut[:lowest + 1] = 0
+    return lut[x]
+
+
+def spatter(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
+    """Liquid (severities 1-3: pale turquoise drops whose rims come from the edges of a thresholded, blurred
+    noise layer) or mud (4-5: dark brown blobs of that layer), after the reference's OpenCV steps.
+
+    If no drop forms (a small image whose blurred noise stays below the threshold), the liquid variant
+    returns the image unchanged where the reference divides 0 by 0."""
+    c = ((0.65, 0.3, 4, 0.69, 0.6, 0), (0.65, 0.3, 3, 0.68, 0.6, 0), (0.65, 0.3, 2, 0.68, 0.5, 0),
+         (0.65, 0.3, 1, 0.65, 1.5, 1), (0.67, 0.4, 1, 0.65, 1.5, 1))[severity - 1]
+    x = np.asarray(x, dtype=np.float32) / np.float32(255)
+    liquid = _gaussian(rng.normal(size=x.shape[:2], loc=c[0], scale=c[1]), c[2])
+    liquid[liquid < c[3]] = 0
+    if c[5] == 0:
+        liquid = (liquid * 255).astype(np.uint8)
+        dist = _chamfer_distance(_canny(liquid, 50, 150))
+        dist = _box3(np.minimum(dist, np.float32(20))).astype(np.float32).astype(np.uint8)
+        dist = _equalize_hist(dist)
+        emboss = np.array([[-2, -1, 0], [-1, 1, 1], [0, 1, 2]])
+        dist = np.clip(ndimage.correlate(dist.astype(np.int64), emboss, mode="mirror"), 0, 255)
+        dist = np.rint(_box3(dist)).astype(np.float32)
+        m = liquid * dist
+        top = m.max()
+        m = (m / top if top > 0 else m) * np.float32(c[4])
+        color = np.array([175, 238, 238], dtype=np.float32) / np.float32(255)
+        return np.clip(x + m[..., None] * color, 0, 1) * np.float32(255)
+    m = _gaussian((liquid > c[3]).astype(np.float32), c[4])
+    m[m < 0.8] = 0
+    color = np.array([63, 42, 20]) / 255.0 * m[..., None]
+    return np.clip(x * (1 - m[..., None]) + color, 0, 1) * 255
+
+
 # ---------------------------------------------------------------- registry
 
 FAMILIES: dict[str, tuple[str, ...]] = {
     "noise": ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"),
     "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "gaussian_blur"),
-    "weather": ("snow", "fog", "brightness"),
+    "weather": ("snow", "frost", "fog", "brightness", "spatter"),
     "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression", "saturate"),
 }
 CORRUPTIONS: dict[str, Callable[[np.ndarray, int, Rng], np.ndarray]] = {

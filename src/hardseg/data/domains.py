@@ -99,6 +99,13 @@ def _corrupt_domain(spec: str, name: str, tail: str) -> Domain:
     if corruption not in CORRUPTIONS or not severity.isdigit() or int(severity) not in SEVERITIES:
         raise DataError(f"evaluation domain '{spec}': write corrupt:<name>-<severity> with a severity 1-5 and a "
                         f"name of {', '.join(CORRUPTIONS)}")
+    if corruption == "frost":  # its photographs come from a local folder: missing ones fail before anything runs
+        from hardseg.data.corruptions import check_frost_files
+
+        try:
+            check_frost_files()
+        except ValueError as err:
+            raise DataError(f"evaluation domain '{spec}': {err}") from None
     split = split or "val"
     default = f"{CORRUPT_PREFIX}{corruption}-{severity}" + ("" if split == "val" else f"_{split}")
     return Domain(spec, name or default, None, None, split, corruption=(corruption, int(severity)))
