@@ -107,7 +107,7 @@ def test_dry_run_prints_config_and_trials_and_starts_nothing(capsys, tmp_path, m
     assert "# 4 trials" in out and all(f"{s} · seed {k}" in out for s in ("ce", "hl") for k in (0, 1))
     assert cli(["sweep", "quickstart", "--dry-run", "--set", "train.epochs=2"]) == 0
     out = capsys.readouterr().out
-    assert "# 6 trials sampled by Optuna TPE" in out and "strategy_params.hl.lam" in out
+    assert "# 6 trials sampled by Optuna TPE" in out and "strategy_params.hl.lr_mult" in out
     assert list(tmp_path.iterdir()) == []  # no MLflow store, no Tune folder, no generated data
     _one_line_error(capsys, ["ablate", "--strategies", "ce", "nonsense", "--dry-run"], "nonsense")
     _one_line_error(capsys, ["sweep", "quickstart", "--dry-run", "--set", "train.lr=0.1"], "train.lr")

@@ -177,12 +177,13 @@ def test_demo_ablation_grid_is_strategies_times_seeds_with_report(ray_local, dat
     assert str(folder / "report.html") in out
     # The console: hardseg's lines, no Tune experiment box or TensorBoard hint (hardseg.platform.console).
     assert "Configuration for experiment" not in out and "tensorboard" not in out.lower()
-    # The MLflow UI: runs table, children named by what differs, the report's first section as description.
+    # The MLflow UI: runs table, children named by what differs, the report's answer as description.
     assert client.get_experiment(parents[0].info.experiment_id).tags["mlflow.experimentKind"] == \
         "custom_model_development"
     names = sorted(c.info.run_name for c in children)
-    assert names == [f"{s} · seed {k}" for s in ("ce", "hl", "ohem") for k in (0, 1)]
-    assert "| hl | 2 |" in client.get_run(parents[0].info.run_id).data.tags["mlflow.note.content"]
+    assert names == [f"{s} · seed {k}" for s in ("ce", "hl", "ohem") for k in (0, 1, 2)]
+    note = client.get_run(parents[0].info.run_id).data.tags["mlflow.note.content"]
+    assert "## Answer" in note and "val/miou" in note  # the report's answer paragraph
 
 
 def _wait_for(predicate, timeout: float, what: str):

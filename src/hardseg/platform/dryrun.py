@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from hardseg.data.domains import parse_domains
 from hardseg.errors import ConfigError
 from hardseg.platform.tracking import check_tracking_uri
 
@@ -28,6 +29,7 @@ def dry_run_train(cfg) -> int:
     cfg = resolve_paths(cfg)
     if cfg.tracking.uri:
         check_tracking_uri(cfg.tracking.uri)
+    parse_domains(cfg.data.eval_domains)  # the specs' syntax and local requirements (frost photographs)
     check_strategies_fit(cfg)
     print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())
     print(f"[hardseg] dry run: config valid ({'+'.join(cfg.strategies)} on {cfg.model.name}, "
@@ -55,6 +57,7 @@ def dry_run_sweep(space, config_path: str | None, overrides: list[str], grid: di
     base = resolve_paths(space.run_config({}, config_path, overrides))
     if base.tracking.uri:
         check_tracking_uri(base.tracking.uri)
+    parse_domains(base.data.eval_domains)
     if "strategies" in space.params:
         for choice in space.params["strategies"].choices:
             check_strategies_fit(resolve_paths(space.run_config({"strategies": choice}, config_path, overrides)))
