@@ -11,15 +11,25 @@ from __future__ import annotations
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, ValidationError
 
 from hardseg.config import _format_validation_error
 from hardseg.errors import ConfigError
 from hardseg.search_spaces.loader import read_yaml_mapping
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _distinct(values: list[int]) -> list[int]:
+    if len(set(values)) != len(values):
+        raise ValueError("seeds must be distinct")
+    return values
+
+
+# Seeds of a suite or a study stage: a repeated seed would run the same trial twice.
+DistinctSeeds = Annotated[list[int], AfterValidator(_distinct)]
 
 
 def shipped_dir(folder: str) -> Path:

@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hardseg.errors import ConfigError
 from hardseg.platform import tracking
-from hardseg.platform.shipped import available_shipped, load_shipped
+from hardseg.platform.shipped import DistinctSeeds, available_shipped, load_shipped
 
 KIND = "study"
 STUDY_TAG = "hardseg.study"
@@ -70,7 +70,7 @@ class SearchStage(_Strict):
 
 class ConfirmStage(_Strict):
     top_k: int = Field(2, ge=1)
-    seeds: list[int] = Field(min_length=MIN_CONFIRM_SEEDS)
+    seeds: DistinctSeeds = Field(min_length=MIN_CONFIRM_SEEDS)
 
 
 class Study(_Strict):
@@ -81,25 +81,16 @@ class Study(_Strict):
     metric: str = "val/miou"
     mode: Literal["max", "min"] = "max"
     strategies: list[str] = Field(min_length=2)
-    seeds: list[int] = Field(min_length=1)
+    seeds: DistinctSeeds = Field(min_length=1)
     base: dict[str, Any] = Field(default_factory=dict)
     search: SearchStage
     confirm: ConfirmStage
     max_concurrent: int | None = Field(None, ge=1)
 
-    @field_validator("seeds")
-    @classmethod
-    def _distinct(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v):
-            raise ValueError("seeds must be distinct")
-        return v
-
     @model_validator(mode="after")
     def _fresh(self) -> Study:
         if self.baseline not in self.strategies:
             raise ValueError(f"baseline '{self.baseline}' must be one of strategies {self.strategies}")
-        if len(set(self.confirm.seeds)) != len(self.confirm.seeds):
-            raise ValueError("confirm.seeds must be distinct")
         seen = set(self.seeds) | {self.search.seed}
         if reused := sorted(seen & set(self.confirm.seeds)):
             raise ValueError(f"confirm.seeds {reused} are used by stage 1 or the search: confirmation needs fresh "

@@ -33,7 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hardseg.errors import ConfigError
-from hardseg.platform.shipped import available_shipped, load_shipped
+from hardseg.platform.shipped import DistinctSeeds, available_shipped, load_shipped
 from hardseg.search_spaces.space import _metric
 
 SUITES_DIR = "suites"  # hardseg/platform/suites/*.yaml
@@ -63,7 +63,7 @@ class Suite(_Strict):
     strategies: list[str] = Field(min_length=1)
     models: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"tiny_seg": {}}, min_length=1)
     datasets: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"synthetic": {}}, min_length=1)
-    seeds: list[int] = Field(min_length=2)
+    seeds: DistinctSeeds = Field(min_length=2)
     budget: dict[str, Any] = Field(default_factory=dict)
     watch: list[Watch] = Field(default_factory=lambda: [Watch(metric="val/miou")], min_length=1)
     noise: NoiseRule = NoiseRule()
@@ -76,13 +76,6 @@ class Suite(_Strict):
         for label in v:
             if not re.match(LABEL, label):
                 raise ValueError(f"label {label!r}: use up to 30 letters, digits, '.', '_' or '-'")
-        return v
-
-    @field_validator("seeds")
-    @classmethod
-    def _distinct(cls, v: list[int]) -> list[int]:
-        if len(set(v)) != len(v):
-            raise ValueError("seeds must be distinct")
         return v
 
     @property
