@@ -22,7 +22,7 @@ def evaluate(checkpoint: str, severities: list[int], device: str) -> dict:
 
     from hardseg.data.corruptions import CORRUPTIONS, FAMILIES
     from hardseg.trainables.evaluate import evaluate_domains, load_inference_model
-    from hardseg.trainables.robustness import robustness
+    from hardseg.robustness import robustness
 
     torch.set_num_threads(2)
     model, cfg = load_inference_model(checkpoint)

@@ -15,7 +15,7 @@ from scipy import ndimage
 from hardseg.data.corruptions import CORRUPTIONS, FAMILIES, corrupt
 from hardseg.data.domains import parse_domain, parse_domains
 from hardseg.errors import DataError
-from hardseg.trainables.robustness import robustness
+from hardseg.robustness import robustness
 
 REF = Path(__file__).parent / "data" / "corruptions_ref.npz"
 SEED, FROST_STEP = 1234, 7  # tests/data/make_corruption_fixture.py

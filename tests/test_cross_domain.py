@@ -19,7 +19,7 @@ from hardseg.platform.cli import main as cli
 from hardseg.trainables.evaluate import evaluate_domains, load_inference_model
 from hardseg.trainables.local import LocalSession, run_local
 from hardseg.trainables.loop import BestModel, fit
-from hardseg.trainables.robustness import relative_robustness, robustness, shift_family
+from hardseg.robustness import relative_robustness, robustness, shift_family
 
 from conftest import small_overrides
 from test_data_formats import _png

@@ -10,7 +10,7 @@ from hardseg.config import load_config
 from hardseg.platform.cli import main as cli
 from hardseg.trainables.evaluate import evaluate_domains, load_inference_model
 from hardseg.trainables.local import run_local
-from hardseg.trainables.robustness import robustness
+from hardseg.robustness import robustness
 
 from conftest import small_overrides
 

@@ -21,9 +21,10 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from test_report_html import _browser, _image, chromium  # noqa: F401  (chromium: the browser fixture)
 
+from hardseg import keys
 from hardseg.platform import tracking
 from hardseg.platform.trial import trial_run_name
-from hardseg.reports.publish import NOTE_TAG, write_report
+from hardseg.reports.publish import write_report
 
 MIOU = {("ce", 0): 0.70, ("ce", 1): 0.71, ("hl", 0): 0.73, ("hl", 1): 0.75}
 RENDER_MS = "15000"  # virtual time for the single-page app to fetch and draw
@@ -70,7 +71,7 @@ def test_experiment_kind_note_and_names_in_the_store(ui_runs):
     url, exp_id, parent, children = ui_runs
     client = MlflowClient(url)
     assert client.get_experiment(exp_id).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
-    note = client.get_run(parent).data.tags[NOTE_TAG]
+    note = client.get_run(parent).data.tags[keys.NOTE]
     # the report's answer paragraph; two seeds per strategy can carry no verdict
     assert note.startswith("ablation `") and "## Answer" in note and "val/miou" in note and "no verdict" in note \
         and "report/report.html" in note

@@ -12,7 +12,8 @@ from scipy import stats
 
 from hardseg.reports.collect import runs_frame
 from hardseg.reports.domains import domain_columns, with_robustness
-from hardseg.reports.tables import build_report, default_metrics
+from hardseg.reports.markdown import build_report
+from hardseg.reports.tables import default_metrics
 
 T_975_1 = 12.706204736174707  # Student t, 0.975 quantile, 1 degree of freedom
 

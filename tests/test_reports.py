@@ -17,7 +17,8 @@ from scipy import stats as sp
 from hardseg.platform.cli import main as cli
 from hardseg.reports import collect, stats
 from hardseg.reports.collect import ReportError, find_parent, runs_frame
-from hardseg.reports.tables import ablation_table, parquet_safe, to_markdown, write_report
+from hardseg.reports.markdown import write_report
+from hardseg.reports.tables import ablation_table, parquet_safe, to_markdown
 
 NAME = "abl-test"
 EPOCHS = 3

@@ -48,6 +48,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from hardseg.robustness import CORRUPTION_FAMILIES
+
 SEVERITIES = (1, 2, 3, 4, 5)
 Rng = Any  # numpy Generator or RandomState
 
@@ -515,16 +517,10 @@ def spatter(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
 
 # ---------------------------------------------------------------- registry
 
-FAMILIES: dict[str, tuple[str, ...]] = {
-    "noise": ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"),
-    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "gaussian_blur"),
-    "weather": ("snow", "frost", "fog", "brightness", "spatter"),
-    "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression", "saturate"),
-}
+FAMILIES = CORRUPTION_FAMILIES  # the benchmark's names, defined with its robustness formulas
 CORRUPTIONS: dict[str, Callable[[np.ndarray, int, Rng], np.ndarray]] = {
     name: globals()[name] for names in FAMILIES.values() for name in names
 }
-FAMILY_OF = {name: fam for fam, names in FAMILIES.items() for name in names}
 _CODE = {name: zlib.crc32(name.encode()) for name in CORRUPTIONS}
 
 

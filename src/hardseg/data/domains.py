@@ -34,9 +34,9 @@ from pathlib import Path
 
 from hardseg.config import DataConfig
 from hardseg.errors import DataError
+from hardseg.keys import CORRUPT_PREFIX
 
 CORRUPT = "corrupt"
-CORRUPT_PREFIX = "corrupt."  # metric names of corruption domains: corrupt.<name>-<severity>
 # Metric prefixes the loop uses itself; a domain of that name would overwrite them.
 RESERVED = ("train", "best", "robustness", "lr", "epoch", "test", "corruption")
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")

@@ -153,7 +153,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from hardseg.data.domains import parse_domains
     from hardseg.trainables.evaluate import evaluate_domains, load_inference_model
-    from hardseg.trainables.robustness import robustness
+    from hardseg.robustness import robustness
 
     from hardseg.platform.export import is_model_uri, load_logged_model
 

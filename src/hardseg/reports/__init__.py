@@ -5,9 +5,9 @@
 * :mod:`~hardseg.reports.collect`: :func:`find_parent` (a sweep's parent run by name or id)
   and :func:`runs_frame` (one row per trial run: status, reason, seed, final metrics, sampled params).
 * :mod:`~hardseg.reports.tables`: :func:`ablation_table` (per strategy: mean, CI, paired Δ vs a
-  baseline, p, MDE, seeds needed), :func:`to_markdown`, and :func:`write_report`
-  (``report.md`` + ``runs.parquet``, also logged to the parent run under ``report/``), used by
-  ``hardseg report``.
+  baseline, p, MDE, seeds needed) and :func:`to_markdown`.
+* :mod:`~hardseg.reports.markdown`: the Markdown report (``report.md`` + ``runs.parquet``, also logged
+  to the parent run under ``report/``): header, answer, tables, cross-domain section.
 * :mod:`~hardseg.reports.answer`: the paragraph every report opens with (best strategy, corrected Δ, verdict).
 * :mod:`~hardseg.reports.plots`: PNG figures (forest plot of paired Δ, metric bars, per-class IoU,
   strategy × domain mIoU).

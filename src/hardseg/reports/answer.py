@@ -12,10 +12,11 @@ from typing import Any
 
 import pandas as pd
 
+from hardseg import keys
 from hardseg.reports import stats
-from hardseg.reports.tables import DEFAULT_METRICS, _higher_is_better, _p
+from hardseg.reports.tables import DEFAULT_METRICS, higher_is_better, fmt_p
 
-SKIP_SHIFT = ("val/", "best/", "train/")
+SKIP_SHIFT = (keys.VAL_PREFIX, keys.BEST_PREFIX, keys.TRAIN_PREFIX)
 
 
 def key_metrics(table: pd.DataFrame) -> list[str]:
@@ -41,15 +42,15 @@ def verdict(c: dict[str, Any], metric: str, baseline: str, correction: str) -> s
         return (f"{delta} over {n} paired seed{'s' if n != 1 else ''}: **no verdict** (a test needs ≥ "
                 f"{stats.MIN_PAIRED_SEEDS}; a verdict on this Δ needs {need_text})")
     ci = f", 95 % CI [{c['delta_ci_low']:+.3f}, {c['delta_ci_high']:+.3f}]" if c["delta_ci_low"] is not None else ""
-    adj = "" if correction == "none" else f", adjusted {_p(c['p_adj'])}"
+    adj = "" if correction == "none" else f", adjusted {fmt_p(c['p_adj'])}"
     if c["significant"]:
-        better = (c["delta"] > 0) == _higher_is_better(metric)
+        better = (c["delta"] > 0) == higher_is_better(metric)
         word = "**significantly better**" if better else "**significantly worse**"
     else:
         word = "**not significant**" + ("" if correction == "none" else " after the correction")
         if c["seeds_needed"] is not None and c["delta"] != 0:
             word += f"; about {c['seeds_needed']} paired seeds would detect this Δ"
-    return f"{delta}{ci} ({_p(c['p_value'])}{adj}, {c['n_pairs']} paired seeds): {word}"
+    return f"{delta}{ci} ({fmt_p(c['p_value'])}{adj}, {c['n_pairs']} paired seeds): {word}"
 
 
 def best_strategy(table: pd.DataFrame, metric: str) -> str | None:
@@ -59,7 +60,7 @@ def best_strategy(table: pd.DataFrame, metric: str) -> str | None:
              if s != baseline and table.loc[s, (metric, "delta")] is not None}
     if not cands:
         return None
-    return (max if _higher_is_better(metric) else min)(cands, key=lambda s: cands[s])
+    return (max if higher_is_better(metric) else min)(cands, key=lambda s: cands[s])
 
 
 def answer_lines(table: pd.DataFrame) -> list[str]:
@@ -75,7 +76,7 @@ def answer_lines(table: pd.DataFrame) -> list[str]:
             lines.append(f"- **{m}**: no strategy shares a seed with {baseline}.")
             continue
         c = table.loc[best, m].to_dict()
-        lead = f"best mean **{best}**" if (c["delta"] > 0) == _higher_is_better(m) and c["delta"] != 0 else \
+        lead = f"best mean **{best}**" if (c["delta"] > 0) == higher_is_better(m) and c["delta"] != 0 else \
             f"no strategy beats {baseline} on its mean; closest **{best}**"
         lines.append(f"- **{m}**: {lead}, {verdict(c, m, baseline, correction)}.")
     shift = shift_metrics(table)
@@ -91,7 +92,7 @@ def answer_lines(table: pd.DataFrame) -> list[str]:
             lines.append(f"- **Under shift** ({domains}): none of the {len(tested)} strategy × domain differences "
                          f"is significant after the correction.")
         else:
-            listed = "; ".join(f"{s} on {m.split('/', 1)[0]} {c['delta']:+.3f} (adjusted {_p(c['p_adj'])})"
+            listed = "; ".join(f"{s} on {m.split('/', 1)[0]} {c['delta']:+.3f} (adjusted {fmt_p(c['p_adj'])})"
                                for s, m, c in sig)
             lines.append(f"- **Under shift** ({domains}): {len(sig)} of {len(tested)} strategy × domain differences "
                          f"{'is' if len(sig) == 1 else 'are'} significant after the correction: {listed}.")

@@ -19,13 +19,9 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from hardseg import keys
 from hardseg.errors import HardsegError
 
-SWEEP_TAG = "hardseg.sweep"  # as hardseg.platform.trial (not imported: it pulls in torch and Ray)
-TRIAL_TAG = "hardseg.trial_id"
-PARENT_TAG = "mlflow.parentRunId"
-PARENT_KINDS = ("sweep", "ablation")
-SAMPLED_PREFIX = "sampled."
 PARAM_PREFIX = "param:"
 BASE_COLUMNS = ["run_id", "trial_id", "strategies", "seed", "status", "reason", "epochs"]
 PAGE = 1000
@@ -63,14 +59,14 @@ def _search(client: MlflowClient, exp_id: str, filter_string: str) -> list[Run]:
 
 def _is_parent(run: Run) -> bool:
     tags = run.data.tags
-    return PARENT_TAG not in tags and tags.get("hardseg.kind") in PARENT_KINDS
+    return keys.PARENT not in tags and tags.get(keys.KIND) in keys.PARENT_KINDS
 
 
 def sweep_names(client: MlflowClient, exp_id: str) -> list[str]:
     """Names of the sweeps and ablations in the experiment, newest first."""
-    runs = [r for kind in PARENT_KINDS for r in _search(client, exp_id, f"tags.`hardseg.kind` = '{kind}'")]
+    runs = [r for kind in keys.PARENT_KINDS for r in _search(client, exp_id, f"tags.`{keys.KIND}` = '{kind}'")]
     runs.sort(key=lambda r: r.info.start_time or 0, reverse=True)
-    return list(dict.fromkeys(r.data.tags.get(SWEEP_TAG, r.info.run_id) for r in runs if _is_parent(r)))
+    return list(dict.fromkeys(r.data.tags.get(keys.SWEEP, r.info.run_id) for r in runs if _is_parent(r)))
 
 
 def find_parent(client: MlflowClient, name_or_run_id: str, experiment: str = "hardseg") -> Run:
@@ -82,7 +78,7 @@ def find_parent(client: MlflowClient, name_or_run_id: str, experiment: str = "ha
         raise ReportError(f"no MLflow experiment '{experiment}' in this store (experiments: {names})")
     found: list[Run] = []
     if re.fullmatch(r"[\w.+:@-]+", name_or_run_id):  # sweep names are narrower still (sweep.check_name)
-        found = [r for r in _search(client, exp.experiment_id, f"tags.`{SWEEP_TAG}` = '{name_or_run_id}'")
+        found = [r for r in _search(client, exp.experiment_id, f"tags.`{keys.SWEEP}` = '{name_or_run_id}'")
                  if _is_parent(r)]
     if found:
         return max(found, key=lambda r: r.info.start_time or 0)
@@ -95,7 +91,7 @@ def find_parent(client: MlflowClient, name_or_run_id: str, experiment: str = "ha
             return run
         if run is not None:
             raise ReportError(f"run {name_or_run_id} is not the parent run of a sweep or an ablation "
-                              f"(hardseg.kind={run.data.tags.get('hardseg.kind', 'none')})")
+                              f"({keys.KIND}={run.data.tags.get(keys.KIND, 'none')})")
     names = sweep_names(client, exp.experiment_id)
     shown = ", ".join(names[:20]) + (f", ... ({len(names) - 20} more)" if len(names) > 20 else "")
     raise ReportError(f"no sweep or ablation named '{name_or_run_id}' in experiment '{experiment}' "
@@ -104,7 +100,7 @@ def find_parent(client: MlflowClient, name_or_run_id: str, experiment: str = "ha
 
 def child_runs(client: MlflowClient, parent_run: Run) -> list[Run]:
     """The parent's trial runs, oldest first."""
-    runs = _search(client, parent_run.info.experiment_id, f"tags.`{PARENT_TAG}` = '{parent_run.info.run_id}'")
+    runs = _search(client, parent_run.info.experiment_id, f"tags.`{keys.PARENT}` = '{parent_run.info.run_id}'")
     return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
 
@@ -120,10 +116,10 @@ def _scalar(text: str) -> Any:
 
 def _strategies(run: Run) -> str | None:
     """The run's row label: a study's named configuration (tag ``sampled.config``), else its strategies."""
-    config = run.data.tags.get(SAMPLED_PREFIX + "config")
+    config = run.data.tags.get(keys.SAMPLED_PREFIX + "config")
     if config:
         return config
-    tag = run.data.tags.get("hardseg.strategies")
+    tag = run.data.tags.get(keys.STRATEGIES)
     if tag:
         return tag
     param = run.data.params.get("strategies")  # str(list) of the flattened config: "['hl', 'ohem']"
@@ -131,7 +127,7 @@ def _strategies(run: Run) -> str | None:
 
 
 def _seed(run: Run) -> int | None:
-    text = run.data.tags.get("hardseg.seed") or run.data.params.get("seed")
+    text = run.data.tags.get(keys.SEED) or run.data.params.get("seed")
     try:
         return int(text) if text is not None else None
     except ValueError:
@@ -140,9 +136,8 @@ def _seed(run: Run) -> int | None:
 
 def _reason(run: Run) -> str | None:
     tags = run.data.tags
-    keys = ("hardseg.stop_reason", "hardseg.error") if run.info.status == "KILLED" else \
-        ("hardseg.error", "hardseg.stop_reason")
-    return next((tags[k] for k in keys if tags.get(k)), None)
+    order = (keys.STOP_REASON, keys.ERROR) if run.info.status == "KILLED" else (keys.ERROR, keys.STOP_REASON)
+    return next((tags[k] for k in order if tags.get(k)), None)
 
 
 def _epochs(client: MlflowClient, run: Run, metric: str = "val/miou") -> int | None:
@@ -165,12 +160,12 @@ def runs_frame(client: MlflowClient, parent_run: Run) -> pd.DataFrame:
     for run in child_runs(client, parent_run):
         tags = run.data.tags
         row: dict[str, Any] = {
-            "run_id": run.info.run_id, "trial_id": tags.get(TRIAL_TAG), "strategies": _strategies(run),
+            "run_id": run.info.run_id, "trial_id": tags.get(keys.TRIAL_ID), "strategies": _strategies(run),
             "seed": _seed(run), "status": run.info.status, "reason": _reason(run), "epochs": _epochs(client, run),
         }
         row.update(sorted(run.data.metrics.items()))
-        row.update({PARAM_PREFIX + k[len(SAMPLED_PREFIX):]: _scalar(v) for k, v in sorted(tags.items())
-                    if k.startswith(SAMPLED_PREFIX)})
+        row.update({PARAM_PREFIX + k[len(keys.SAMPLED_PREFIX):]: _scalar(v) for k, v in sorted(tags.items())
+                    if k.startswith(keys.SAMPLED_PREFIX)})
         rows.append(row)
     df = pd.DataFrame(rows)
     for col in BASE_COLUMNS:

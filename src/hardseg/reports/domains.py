@@ -9,7 +9,7 @@ matrix has one row per strategy and the columns
 * one per domain (``fog-1`` … ``fog-5``, ``night-3``, ``target``, a folder's name), ordered
   by shift family and severity;
 * ``robustness <family>``: per run, the mean over the family's evaluated severities of
-  shifted / clean mIoU (:func:`hardseg.trainables.robustness.robustness`, the formula the
+  shifted / clean mIoU (:func:`hardseg.robustness.robustness`, the formula the
   training loop logs), then over seeds.
 
 Cells are mean ± CI half-width over FINISHED seeds, as in the ablation table
@@ -22,18 +22,18 @@ import math
 
 import pandas as pd
 
+from hardseg import keys
 from hardseg.reports.collect import metric_columns
-from hardseg.reports.tables import NO_CI, _mean_cell, _md, ablation_table
-from hardseg.trainables.robustness import robustness, shift_family
+from hardseg.reports.tables import NO_CI, mean_cell, md_cell, ablation_table
+from hardseg.robustness import robustness, shift_family
 
 CLEAN = "clean"
-SKIP_PREFIXES = ("val/", "best/", "train/", "robustness/", "test/")
 
 
 def domain_columns(df: pd.DataFrame, metric: str = "miou") -> list[str]:
     """``<domain>/<metric>`` columns of the runs, by family then severity (``fog-1`` < ``fog-3`` < ``night-1``)."""
     cols = [c for c in metric_columns(df) if c.endswith(f"/{metric}") and c.count("/") == 1
-            and not c.startswith(SKIP_PREFIXES)]
+            and not c.startswith(keys.NOT_DOMAIN_PREFIXES)]
 
     def order(col: str) -> tuple[str, int]:
         domain = col.split("/", 1)[0]
@@ -74,9 +74,9 @@ def cross_domain_section(df: pd.DataFrame, baseline: str = "ce", alpha: float = 
              f"half-width of the {1 - alpha:.0%} Student-t interval over FINISHED seeds ({NO_CI}: one seed, no "
              f"interval). Robustness <family>: per run, the mean over the family's evaluated severities of "
              f"shifted / clean {metric} (1.0 = no loss under shift), then the mean over seeds.", "",
-             "| " + " | ".join(_md(h) for h in head) + " |", "|" + "---|" * len(head)]
+             "| " + " | ".join(md_cell(h) for h in head) + " |", "|" + "---|" * len(head)]
     for strategy in table.index:
         n = seeds.get(strategy, 0)
-        cells = [_mean_cell(table.loc[strategy, c].to_dict(), n, best=False) for c in columns]
-        lines.append("| " + " | ".join(_md(x) for x in [strategy, str(n), *cells]) + " |")
+        cells = [mean_cell(table.loc[strategy, c].to_dict(), n, best=False) for c in columns]
+        lines.append("| " + " | ".join(md_cell(x) for x in [strategy, str(n), *cells]) + " |")
     return "\n".join(lines) + "\n"

@@ -1,6 +1,6 @@
 """A self-contained HTML page of a report: its Markdown as HTML plus the figures as base64 PNGs.
 
-The converter handles only what :func:`hardseg.reports.tables.write_report` writes: ``#`` headings,
+The converter handles only what :func:`hardseg.reports.markdown.write_report` writes: ``#`` headings,
 paragraphs, pipe tables (``\\|`` is a literal bar), ``- `` lists, ``**bold**`` and ```code```.
 No external CSS, JS, font or image: the page opens offline and can be mailed as one file.
 """

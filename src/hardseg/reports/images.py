@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from mlflow.tracking import MlflowClient
 
-from hardseg.reports.tables import _label
+from hardseg.reports.tables import label
 
 HL_PANEL_KEY = "hl_panel"
 _NAME = re.compile(r"^(?P<key>.+?)[+%]step[+%](?P<step>\d+)[+%]timestamp[+%]\d+[+%][^+%]+\.png$")
@@ -54,7 +54,7 @@ def best_hl_run(df: pd.DataFrame, metric: str = "val/miou", mode: str = "max") -
     if metric not in df.columns:
         return None
     hl = df[(df["status"] == "FINISHED") & df[metric].notna()
-            & df["strategies"].map(lambda s: "hl" in _label(s).split("+"))]
+            & df["strategies"].map(lambda s: "hl" in label(s).split("+"))]
     if hl.empty:
         return None
     return hl.loc[hl[metric].idxmax() if mode == "max" else hl[metric].idxmin()]

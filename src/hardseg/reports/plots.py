@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from hardseg.reports import stats
 from hardseg.reports.collect import metric_columns
 from hardseg.reports.domains import domain_columns
-from hardseg.reports.tables import _label, _per_seed
+from hardseg.reports.tables import label, per_seed
 
 DPI = 110
 
@@ -33,8 +33,8 @@ def _mean_ci(df: pd.DataFrame, metrics: list[str], alpha: float,
              baseline: str | None) -> dict[str, dict[str, stats.MeanCI | None]]:
     """{strategy: {metric: mean_ci over FINISHED seeds, or None without a value}}, baseline first."""
     finished = df[df["status"] == "FINISHED"]
-    labels = finished["strategies"].map(_label)
-    order = list(dict.fromkeys(_label(s) for s in df["strategies"]))
+    labels = finished["strategies"].map(label)
+    order = list(dict.fromkeys(label(s) for s in df["strategies"]))
     if baseline in order:
         order.remove(baseline)
         order.insert(0, baseline)
@@ -43,7 +43,7 @@ def _mean_ci(df: pd.DataFrame, metrics: list[str], alpha: float,
         rows = finished[labels == s]
         out[s] = {}
         for m in metrics:
-            values = list(_per_seed(rows, m).values())
+            values = list(per_seed(rows, m).values())
             out[s][m] = stats.mean_ci(values, confidence=1.0 - alpha) if values else None
     return out
 

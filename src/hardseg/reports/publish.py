@@ -1,6 +1,6 @@
 """The full report of a sweep: ``report.md``, ``runs.parquet``, the PNG figures and ``report.html``.
 
-:func:`write_report` is :func:`hardseg.reports.tables.write_report` plus the figures of
+:func:`write_report` is :func:`hardseg.reports.markdown.write_report` plus the figures of
 :mod:`hardseg.reports.plots`, for searches (not ablations) the "Search" section of
 :mod:`hardseg.reports.search` (best trials, Optuna importances, slice plot), the HL maps of
 the best HL run (:mod:`hardseg.reports.images`) and the self-contained page of
@@ -15,13 +15,13 @@ from pathlib import Path
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from hardseg import keys
 from hardseg.reports import plots, search
 from hardseg.reports.html import render_html
 from hardseg.reports.images import HL_PANEL_KEY, best_hl_run, hl_maps_figure, latest_image
-from hardseg.reports.tables import build_report, save_report
+from hardseg.reports.markdown import build_report, save_report
 
 # A run's description in the MLflow UI (Markdown, shown on the run's page and as the tooltip of its name).
-NOTE_TAG = "mlflow.note.content"
 NOTE_MAX_CHARS = 5000  # MLflow keeps tag values up to 8,000 characters
 
 CAPTIONS = {
@@ -40,7 +40,7 @@ def write_report(client: MlflowClient, parent_run: Run, out_dir: Path | str, met
                  correction: str = "holm", lead: str | None = None) -> dict[str, Path]:
     """Write and log (under ``report/``) the whole report of ``parent_run`` to ``out_dir``.
 
-    Arguments and errors as :func:`hardseg.reports.tables.write_report` (nothing is written on an
+    Arguments and errors as :func:`hardseg.reports.markdown.write_report` (nothing is written on an
     error). Returns ``{"markdown", "parquet", "metrics_png", "html"}`` paths, plus ``"per_class_png"``
     when runs logged ``val/iou/<class>``, ``"domains_png"`` when they logged ``<domain>/miou``,
     ``"forest_png"`` when a strategy has a Δ vs the baseline, ``"slice_png"`` for a search over numeric
@@ -60,7 +60,7 @@ def write_report(client: MlflowClient, parent_run: Run, out_dir: Path | str, met
         "domains_png": plots.domain_matrix(df, out / "domains.png", alpha=alpha, baseline=baseline),
     }
     captions = dict(CAPTIONS)
-    if tags.get("hardseg.kind", "sweep") != "ablation":
+    if tags.get(keys.KIND, "sweep") != "ablation":
         dists = search.distributions(params)
         markdown += "\n" + search.search_markdown(df, dists, metric, mode)
         figures["slice_png"] = search.slice_plot(df, dists, metric, out / "slice.png")
@@ -88,7 +88,7 @@ def write_report(client: MlflowClient, parent_run: Run, out_dir: Path | str, met
     paths["html"].write_text(render_html(markdown, images), encoding="utf-8")
     for path in paths.values():
         client.log_artifact(parent_run.info.run_id, str(path), artifact_path="report")
-    client.set_tag(parent_run.info.run_id, NOTE_TAG, parent_description(markdown))
+    client.set_tag(parent_run.info.run_id, keys.NOTE, parent_description(markdown))
     return paths
 
 

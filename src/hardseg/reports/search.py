@@ -31,10 +31,10 @@ import optuna
 import pandas as pd
 from matplotlib.figure import Figure
 
+from hardseg import keys
 from hardseg.reports.collect import PARAM_PREFIX
-from hardseg.reports.tables import _label, _md
+from hardseg.reports.tables import label, md_cell
 
-SPACE_PREFIX = "space."
 MIN_TRIALS = 3  # fewer trials than this: no importance (a forest on 2 points explains nothing)
 DPI = 110
 
@@ -51,9 +51,9 @@ def distributions(parent_params: dict[str, str]) -> dict[str, optuna.distributio
     """
     out: dict[str, optuna.distributions.BaseDistribution] = {}
     for key, text in parent_params.items():
-        if not key.startswith(SPACE_PREFIX):
+        if not key.startswith(keys.SPACE_PREFIX):
             continue
-        spec, path = json.loads(text), key[len(SPACE_PREFIX):]
+        spec, path = json.loads(text), key[len(keys.SPACE_PREFIX):]
         if "categorical" in spec:
             choices = tuple(_choice(c) for c in spec["categorical"])
             if len(choices) > 1:
@@ -106,7 +106,7 @@ def best_trials(df: pd.DataFrame, metric: str, mode: str = "max", k: int = 5) ->
     cols = [c for c in runs.columns if c.startswith(PARAM_PREFIX) and c != PARAM_PREFIX + "strategies"
             and runs[c].notna().any()]
     out = runs[["trial_id", "strategies", metric, *cols]].copy()
-    out["strategies"] = out["strategies"].map(_label)
+    out["strategies"] = out["strategies"].map(label)
     return out.rename(columns={c: c[len(PARAM_PREFIX):] for c in cols})
 
 
@@ -115,7 +115,7 @@ def _fmt(v: Any) -> str:
         return "–"
     if isinstance(v, float):
         return f"{v:.4g}"
-    return _md(v)
+    return md_cell(v)
 
 
 def search_markdown(df: pd.DataFrame, dists: dict[str, optuna.distributions.BaseDistribution], metric: str,
@@ -131,14 +131,14 @@ def search_markdown(df: pd.DataFrame, dists: dict[str, optuna.distributions.Base
     if best.empty:
         lines += ["No FINISHED trial.", ""]
     else:
-        lines.append("| " + " | ".join(_md(c) for c in best.columns) + " |")
+        lines.append("| " + " | ".join(md_cell(c) for c in best.columns) + " |")
         lines.append("|" + "---|" * len(best.columns))
         lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in best.itertuples(index=False)]
         lines.append("")
     lines += ["### Parameter importances", "", "| trials | parameter | importance |", "|---|---|---|"]
     groups: list[tuple[str, pd.DataFrame, list[str] | None]] = [("all", df, None)]
-    for strategy in sorted(set(counted["strategies"].map(_label))):
-        rows = df[df["strategies"].map(_label) == strategy]
+    for strategy in sorted(set(counted["strategies"].map(label))):
+        rows = df[df["strategies"].map(label) == strategy]
         own = [p for p in dists if p != "strategies" and PARAM_PREFIX + p in rows.columns
                and rows.loc[rows["status"] == "FINISHED", PARAM_PREFIX + p].notna().any()]
         groups.append((strategy, rows, own))
@@ -161,7 +161,7 @@ def slice_plot(df: pd.DataFrame, dists: dict[str, optuna.distributions.BaseDistr
                and PARAM_PREFIX + p in df.columns and df[PARAM_PREFIX + p].notna().any()]
     if not numeric or metric not in df.columns:
         return None
-    labels = df["strategies"].map(_label)
+    labels = df["strategies"].map(label)
     strategies = sorted(set(labels))
     cols = min(3, len(numeric))
     rows = math.ceil(len(numeric) / cols)

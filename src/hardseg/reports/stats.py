@@ -15,7 +15,7 @@ Standard formulas (e.g. Montgomery, *Design and Analysis of Experiments*; Cohen,
 * Power of that test for a true mean difference δ: with t* = t_{1-α/2, n-1} and
   noncentrality λ = δ·√n/σ_d, power = P(T' > t*) + P(T' < -t*), T' ~ nct(n-1, λ).
 * Relative robustness (as in ImageNet-C/Cityscapes-C): mean_s shifted_s / clean
-  (:func:`hardseg.trainables.robustness.relative_robustness`, re-exported here).
+  (:func:`hardseg.robustness.relative_robustness`, re-exported here).
 * Multiple comparisons (a report runs one test per strategy × metric × domain):
   Holm's step-down adjustment (Holm 1979, *Scand. J. Statist.* 6:65-70; controls the
   family-wise error rate under any dependence) and Benjamini-Hochberg's step-up
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from hardseg.trainables.robustness import relative_robustness  # noqa: F401  (one formula, shared with training)
+from hardseg.robustness import relative_robustness  # noqa: F401  (one formula, shared with training)
 
 MIN_PAIRED_SEEDS = 3
 """Fewest paired seeds on which a report runs a test and may call a difference significant.

@@ -6,7 +6,7 @@ It opens with the answer, judged on stage 3's fresh confirmation seeds only:
   strategy at its defaults);
 * its paired Δ vs the baseline and vs the best single strategy (the stage-1 strategy with the best
   stage-1 mean, i.e. selected before confirmation too), and vs the baseline on each shift family's
-  robustness (:func:`hardseg.trainables.robustness.robustness`); these tests and every other
+  robustness (:func:`hardseg.robustness.robustness`); these tests and every other
   configuration's Δ vs the baseline (the winner is chosen among them) are one family,
   adjusted as the report's ``correction`` says (:func:`hardseg.reports.stats.adjust_p`), with no
   verdict below :data:`hardseg.reports.stats.MIN_PAIRED_SEEDS` paired seeds;
@@ -29,26 +29,25 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from hardseg import keys
 from hardseg.reports import search, stats
 from hardseg.reports.answer import verdict
 from hardseg.reports.collect import ReportError, runs_frame
 from hardseg.reports.domains import with_robustness
-from hardseg.reports.tables import _label, _md, _per_seed, ablation_table, to_markdown
+from hardseg.reports.tables import label, md_cell, per_seed, ablation_table, to_markdown
 
-STUDY_TAG = "hardseg.study"  # as hardseg.platform.study (not imported: it pulls in Ray)
-STAGE_TAG = "hardseg.stage"
 
 
 def stage_runs(client: MlflowClient, study_run: Run) -> dict[str, Run]:
     """``{stage: the stage's sweep parent run}`` of a study."""
     runs = client.search_runs([study_run.info.experiment_id],
-                              filter_string=f"tags.`{STUDY_TAG}` = '{study_run.info.run_id}'", max_results=100)
-    return {r.data.tags[STAGE_TAG]: r for r in runs if STAGE_TAG in r.data.tags}
+                              filter_string=f"tags.`{keys.STUDY}` = '{study_run.info.run_id}'", max_results=100)
+    return {r.data.tags[keys.STAGE]: r for r in runs if keys.STAGE in r.data.tags}
 
 
-def _values(df: pd.DataFrame, label: str, column: str) -> dict[Any, float]:
-    rows = df[(df["status"] == "FINISHED") & (df["strategies"].map(_label) == label)]
-    return _per_seed(rows, column)
+def _values(df: pd.DataFrame, strategy: str, column: str) -> dict[Any, float]:
+    rows = df[(df["status"] == "FINISHED") & (df["strategies"].map(label) == strategy)]
+    return per_seed(rows, column)
 
 
 def paired_cell(df: pd.DataFrame, a: str, b: str, column: str, alpha: float) -> dict[str, Any]:
@@ -97,9 +96,9 @@ def study_markdown(client: MlflowClient, study_run: Run, alpha: float = 0.05,
     df3 = runs_frame(client, stages["confirm"])
     df1 = runs_frame(client, stages["defaults"]) if "defaults" in stages else df3.iloc[0:0]
     frame, robust = with_robustness(df3, "miou")
-    labels = [s for s in dict.fromkeys(df3["strategies"].map(_label)) if _values(df3, s, metric)]
+    labels = [s for s in dict.fromkeys(df3["strategies"].map(label)) if _values(df3, s, metric)]
     confirmed = {s: _mean(_values(df3, s, metric)) for s in labels}
-    name = study_run.data.tags.get("hardseg.sweep", study_run.info.run_name)
+    name = study_run.data.tags.get(keys.SWEEP, study_run.info.run_name)
     seeds3 = json.loads(params.get("study.confirm_seeds", "[]"))
     lines = [f"# hardseg study: {name}", "",
              f"MLflow run `{study_run.info.run_id}`. Stage 1: "
@@ -160,7 +159,7 @@ def study_markdown(client: MlflowClient, study_run: Run, alpha: float = 0.05,
             sel, on = stage1.get(s) if s != baseline else _mean(_values(df1, s, metric)), "stage 1 mean"
         cells = [s, on, "n/a" if sel is None else f"{sel:.3f}", f"{conf.mean:.3f} ± {half}",
                  "n/a" if sel is None else f"{sel - conf.mean:+.3f}"]
-        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
+        lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
     if len(df1):
         t1 = ablation_table(df1, [metric], baseline=baseline, alpha=alpha, correction=correction)
         lines += ["", "## Stage 1: strategies at their defaults", "",

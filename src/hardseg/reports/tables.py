@@ -23,6 +23,7 @@ import pandas as pd
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from hardseg import keys
 from hardseg.reports import stats
 from hardseg.reports.collect import ReportError, metric_columns, runs_frame
 
@@ -47,11 +48,11 @@ def _text(v: Any) -> str | None:
     return None if _missing(v) else str(v)
 
 
-def _label(strategy: Any) -> str:
+def label(strategy: Any) -> str:
     return "?" if _missing(strategy) else str(strategy)
 
 
-def _per_seed(rows: pd.DataFrame, metric: str) -> dict[Any, float]:
+def per_seed(rows: pd.DataFrame, metric: str) -> dict[Any, float]:
     """{seed: value} over finite values; a run without a seed counts alone (never paired)."""
     if metric not in rows.columns:
         return {}
@@ -124,20 +125,20 @@ def ablation_table(df: pd.DataFrame, metrics: list[str], baseline: str = "ce", a
     if correction not in stats.CORRECTIONS:
         raise ReportError(f"unknown correction '{correction}': use one of {', '.join(stats.CORRECTIONS)}")
     finished = df[df["status"] == "FINISHED"]
-    order = list(dict.fromkeys(_label(s) for s in df["strategies"]))
+    order = list(dict.fromkeys(label(s) for s in df["strategies"]))
     if baseline in order:
         order.remove(baseline)
         order.insert(0, baseline)
-    labels = finished["strategies"].map(_label)
+    labels = finished["strategies"].map(label)
     base_rows = finished[labels == baseline]
-    base_values = {m: _per_seed(base_rows, m) for m in metrics} if len(base_rows) else None
+    base_values = {m: per_seed(base_rows, m) for m in metrics} if len(base_rows) else None
     records: dict[str, dict[tuple[str, str], Any]] = {}
     for strategy in order:
         rows = finished[labels == strategy]
         rec: dict[tuple[str, str], Any] = {}
         for m in metrics:
             base = None if base_values is None or strategy == baseline else base_values[m]
-            rec.update({(m, f): v for f, v in _cell_stats(_per_seed(rows, m), base, alpha).items()})
+            rec.update({(m, f): v for f, v in _cell_stats(per_seed(rows, m), base, alpha).items()})
         records[strategy] = rec
     comparisons, tests, level = _correct(records, list(metrics), baseline, alpha, correction)
     columns = pd.MultiIndex.from_product([metrics, FIELDS], names=["metric", "field"])
@@ -147,7 +148,7 @@ def ablation_table(df: pd.DataFrame, metrics: list[str], baseline: str = "ce", a
     seeds_of = {s: finished[labels == s]["seed"].dropna().nunique() + int(finished[labels == s]["seed"].isna().sum())
                 for s in order}
     dup = finished.dropna(subset=["seed"]).assign(label=labels).groupby(["label", "seed"]).size()
-    not_finished = [{"trial": _text(r.trial_id), "strategy": _label(r.strategies), "status": r.status,
+    not_finished = [{"trial": _text(r.trial_id), "strategy": label(r.strategies), "status": r.status,
                      "seed": None if _missing(r.seed) else int(r.seed), "reason": _text(r.reason), "run_id": r.run_id}
                     for r in df[df["status"] != "FINISHED"].itertuples()]
     table.attrs.update(baseline=baseline, alpha=alpha, correction=correction, comparisons=comparisons, tests=tests,
@@ -158,19 +159,19 @@ def ablation_table(df: pd.DataFrame, metrics: list[str], baseline: str = "ce", a
 
 
 # -- Markdown ---------------------------------------------------------------------
-def _md(text: Any) -> str:
+def md_cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
-def _p(p: float) -> str:
+def fmt_p(p: float) -> str:
     return "p<0.001" if p < 0.001 else f"p={p:.2g}"
 
 
-def _higher_is_better(metric: str) -> bool:
+def higher_is_better(metric: str) -> bool:
     return "loss" not in metric
 
 
-def _mean_cell(c: dict[str, Any], seeds: int, best: bool) -> str:
+def mean_cell(c: dict[str, Any], seeds: int, best: bool) -> str:
     if c["mean"] is None:
         return "n/a (no finished run)"
     mean = f"**{c['mean']:.3f}**" if best else f"{c['mean']:.3f}"
@@ -189,8 +190,8 @@ def _delta_cell(c: dict[str, Any], is_baseline: bool, has_baseline: bool, correc
         n = c["n_pairs"]
         return (f"{c['delta']:+.3f} ({n} paired seed{'s' if n != 1 else ''}: no test, needs ≥ "
                 f"{stats.MIN_PAIRED_SEEDS})")
-    adj = "" if correction == "none" else f", adj. {_p(c['p_adj'])}"
-    return f"{c['delta']:+.3f} ({_p(c['p_value'])}{adj}, {'significant' if c['significant'] else 'n.s.'})"
+    adj = "" if correction == "none" else f", adj. {fmt_p(c['p_adj'])}"
+    return f"{c['delta']:+.3f} ({fmt_p(c['p_value'])}{adj}, {'significant' if c['significant'] else 'n.s.'})"
 
 
 def _power_cell(c: dict[str, Any]) -> str:
@@ -223,11 +224,11 @@ def power_section(table: pd.DataFrame, metrics: list[str] | None = None) -> list
              f"{a['family_alpha']:.2g} (α = {a['alpha']:g}"
              + ("" if a["correction"] == "none" else f" over {a['comparisons']} comparisons, the correction's "
                                                        "strictest step") + "), so they hold after the correction.",
-             "", "| " + " | ".join(["strategy", "paired seeds", *(_md(m) for m in metrics)]) + " |",
+             "", "| " + " | ".join(["strategy", "paired seeds", *(md_cell(m) for m in metrics)]) + " |",
              "|" + "---|" * (len(metrics) + 2)]
     for s in rows:
         pairs = max((table.loc[s, (m, "n_pairs")] or 0) for m in metrics)
-        lines.append("| " + " | ".join(_md(x) for x in [s, str(pairs), *(_power_cell(table.loc[s, m].to_dict())
+        lines.append("| " + " | ".join(md_cell(x) for x in [s, str(pairs), *(_power_cell(table.loc[s, m].to_dict())
                                                                           for m in metrics)]) + " |")
     return lines + [""]
 
@@ -240,7 +241,7 @@ def _group_table(table: pd.DataFrame, group: str, metrics: list[str]) -> list[st
     best: dict[str, set[str]] = {}
     for m in metrics:
         means = {s: c["mean"] for s, c in cells[m].items() if c["mean"] is not None}
-        top = (max if _higher_is_better(m) else min)(means.values(), default=0.0)
+        top = (max if higher_is_better(m) else min)(means.values(), default=0.0)
         tied = {s for s, v in means.items() if math.isclose(v, top, rel_tol=1e-9, abs_tol=1e-12)}
         if len(tied) < len(means):  # all equal: nothing is best
             best[m] = tied
@@ -251,14 +252,14 @@ def _group_table(table: pd.DataFrame, group: str, metrics: list[str]) -> list[st
     lines = [f"## {group or 'metrics'}", ""]
     if group in SPLIT_NOTES:  # which split the table's numbers come from (issue 15)
         lines += [SPLIT_NOTES[group], ""]
-    lines += ["| " + " | ".join(_md(h) for h in head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(md_cell(h) for h in head) + " |", "|" + "---|" * len(head)]
     for s in table.index:
         row = [s, str(seeds.get(s, 0))]
         for m in metrics:
             c = cells[m][s]
-            row += [_mean_cell(c, seeds.get(s, 0), s in best.get(m, set())),
+            row += [mean_cell(c, seeds.get(s, 0), s in best.get(m, set())),
                     _delta_cell(c, s == baseline, has_baseline, a.get("correction", "holm"))]
-        lines.append("| " + " | ".join(_md(x) for x in row) + " |")
+        lines.append("| " + " | ".join(md_cell(x) for x in row) + " |")
     return lines + [""]
 
 
@@ -286,7 +287,7 @@ def _failed_section(table: pd.DataFrame) -> list[str]:
         reason = r["reason"] or "(no reason recorded)"
         reason = reason if len(reason) <= MAX_REASON else reason[:MAX_REASON] + "… (full text in runs.parquet)"
         seed = "?" if r["seed"] is None else r["seed"]
-        lines.append("| " + " | ".join(_md(x) for x in (r["trial"] or r["run_id"], r["strategy"], seed,
+        lines.append("| " + " | ".join(md_cell(x) for x in (r["trial"] or r["run_id"], r["strategy"], seed,
                                                          r["status"], reason)) + " |")
     return lines + [""]
 
@@ -329,7 +330,7 @@ def default_metrics(df: pd.DataFrame) -> list[str]:
     """:data:`DEFAULT_METRICS` and ``<domain>/miou`` of every eval domain, those the runs have."""
     have = metric_columns(df)
     domains = [c for c in have if c.endswith("/miou")
-               and not c.startswith(("val/", "best/", "train/", "robustness/", "test/"))]
+               and not c.startswith(keys.NOT_DOMAIN_PREFIXES)]
     test = [m.replace("val/", "test/", 1) for m in DEFAULT_METRICS]
     return [m for m in DEFAULT_METRICS + test if m in have] + sorted(domains)
 
@@ -346,71 +347,3 @@ def parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
         elif len(kinds) > 1 or not kinds <= {str, int, float, bool}:
             out[col] = [None if _missing(v) else str(v) for v in out[col]]
     return out
-
-
-def build_report(client: MlflowClient, parent_run: Run, metrics: list[str] | None = None, baseline: str = "ce",
-                 alpha: float = 0.05, require_baseline: bool = False,
-                 correction: str = "holm") -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """``(runs_frame, ablation_table, report Markdown)`` of a sweep, nothing written.
-
-    The Markdown opens with the header, the tests line and the answer
-    (:func:`hardseg.reports.answer.answer_lines`), then the tables.
-
-    ``metrics`` None: :func:`default_metrics`. A metric no run logged, or with ``require_baseline``
-    a baseline no run trained, raises :class:`ReportError`.
-    """
-    df = runs_frame(client, parent_run)
-    metrics = list(metrics) if metrics else default_metrics(df)
-    unknown = [m for m in metrics if m not in df.columns]
-    if unknown and len(df):
-        raise ReportError(f"no run of this sweep logged {', '.join(unknown)}; metrics: {', '.join(metric_columns(df))}")
-    strategies = sorted(set(df["strategies"].dropna()))
-    if require_baseline and baseline not in strategies:
-        raise ReportError(f"baseline '{baseline}' is not a strategy of this sweep (strategies: "
-                          f"{', '.join(strategies) or 'none'})")
-    if correction not in stats.CORRECTIONS:
-        raise ReportError(f"unknown correction '{correction}': use one of {', '.join(stats.CORRECTIONS)}")
-    table = ablation_table(df, metrics, baseline=baseline, alpha=alpha, correction=correction)
-    tags = parent_run.data.tags
-    name = tags.get("hardseg.sweep", parent_run.info.run_name)
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(table.attrs["statuses"].items()))
-    head = [f"# hardseg report: {name}", "",
-            f"{tags.get('hardseg.kind', 'sweep')} `{name}`, MLflow parent run `{parent_run.info.run_id}` "
-            f"({parent_run.info.status}); {len(df)} trial runs: {counts or 'none'}."]
-    if tags.get("hardseg.best_run_id"):
-        head.append(f"Best trial (by the sweep's metric): {tags.get('hardseg.best_trial') or '?'}, "
-                    f"run `{tags['hardseg.best_run_id']}`.")
-    from hardseg.reports.answer import answer_lines  # both build on this module's table
-    from hardseg.reports.domains import cross_domain_section
-
-    head += ["", tests_line(table), "", *answer_lines(table)]
-    markdown = "\n".join(head) + "\n" + to_markdown(table, metrics, header=False)
-    cross = cross_domain_section(df, baseline=baseline, alpha=alpha, correction=correction)
-    return df, table, markdown + ("\n" + cross if cross else "")
-
-
-def save_report(df: pd.DataFrame, markdown: str, out_dir: Path | str) -> dict[str, Path]:
-    """Write ``report.md`` and ``runs.parquet`` to ``out_dir``; ``{"markdown": path, "parquet": path}``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": out / "report.md", "parquet": out / "runs.parquet"}
-    paths["markdown"].write_text(markdown, encoding="utf-8")
-    parquet_safe(df).to_parquet(paths["parquet"], engine="pyarrow", index=False)
-    return paths
-
-
-def write_report(client: MlflowClient, parent_run: Run, out_dir: Path | str, metrics: list[str] | None = None,
-                 baseline: str = "ce", alpha: float = 0.05, require_baseline: bool = False,
-                 correction: str = "holm") -> dict[str, Path]:
-    """Write ``report.md`` and ``runs.parquet`` to ``out_dir`` and log both to the parent run under ``report/``.
-
-    ``metrics`` None: :func:`default_metrics`. A metric no run logged, or with ``require_baseline``
-    a baseline no run trained, raises :class:`ReportError` before anything is written.
-    Returns ``{"markdown": path, "parquet": path}``. With figures and HTML:
-    :func:`hardseg.reports.publish.write_report`.
-    """
-    df, _, markdown = build_report(client, parent_run, metrics, baseline, alpha, require_baseline, correction)
-    paths = save_report(df, markdown, out_dir)
-    for path in paths.values():
-        client.log_artifact(parent_run.info.run_id, str(path), artifact_path="report")
-    return paths

@@ -22,7 +22,7 @@ model is evaluated on each ``data.eval_domains`` entry (a split such as
 * ``<domain>/<metric>``: the best model on each domain (``fog-3/miou``,
   ``fog-3/band_iou``, ``fog-3/small_iou``, ``fog-3/thin_iou``, ``fog-3/iou/<class>``, ...);
 * ``robustness/<family>/miou``: mean over the evaluated severities of
-  ``<family>-<s>/miou`` / ``best/val/miou`` (:mod:`hardseg.trainables.robustness`);
+  ``<family>-<s>/miou`` / ``best/val/miou`` (:mod:`hardseg.robustness`);
   with ``corrupt:`` domains also ``robustness/mPC/miou`` and ``robustness/rPC/miou``;
 * ``test/<metric>``: the best model on ``data.test_split`` when set (the split the
   final numbers are reported on; the best epoch is still chosen on val).
@@ -73,7 +73,7 @@ from hardseg.models.pretrained import load_weights
 from hardseg.strategies import Objective, StrategyContext, TrainingModel
 from hardseg.trainables.metrics import SegMetrics
 from hardseg.trainables.progress import epoch_bar
-from hardseg.trainables.robustness import robustness
+from hardseg.robustness import robustness
 
 CHECKPOINT_FILE = "checkpoint.pt"
 EXPORT_FILE = "model_export.pt"

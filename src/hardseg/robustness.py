@@ -17,14 +17,27 @@ Kamann & Rother 2020 (their "mean performance under corruption")::
     robustness/rPC/<m>   = mPC / clean                          (relative)
     robustness/corruption_<family>/<m> = (1/|C_f|) · Σ_{c∈f} CP_c / clean
 
-over the corruptions C evaluated, families noise, blur, weather, digital.
-No torch, so reports use the same formulas.
+over the corruptions C evaluated, in the four families of :data:`CORRUPTION_FAMILIES`.
+No torch and no other hardseg module but :mod:`hardseg.keys`, so training (``trainables``)
+and reports use the same formulas.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+
+from hardseg.keys import CORRUPT_PREFIX, ROBUSTNESS_PREFIX, VAL_PREFIX
+
+# ImageNet-C's corruptions by family (Hendrycks & Dietterich 2019, with its four extra ones);
+# hardseg.data.corruptions implements each name.
+CORRUPTION_FAMILIES: dict[str, tuple[str, ...]] = {
+    "noise": ("gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise"),
+    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur", "gaussian_blur"),
+    "weather": ("snow", "frost", "fog", "brightness", "spatter"),
+    "digital": ("contrast", "elastic_transform", "pixelate", "jpeg_compression", "saturate"),
+}
+FAMILY_OF = {name: fam for fam, names in CORRUPTION_FAMILIES.items() for name in names}
 
 
 def relative_robustness(clean: float, shifted_by_severity: Mapping[int, float]) -> float:
@@ -55,7 +68,7 @@ def robustness(metrics: Mapping[str, float], metric: str = "miou", clean: float 
     Empty when the clean score is missing, non-finite or <= 0; a family with a
     non-finite shifted score is left out.
     """
-    clean = metrics.get(f"val/{metric}") if clean is None else clean
+    clean = metrics.get(f"{VAL_PREFIX}{metric}") if clean is None else clean
     if clean is None or not math.isfinite(clean) or clean <= 0:
         return {}
     families: dict[str, dict[int, float]] = {}
@@ -67,19 +80,15 @@ def robustness(metrics: Mapping[str, float], metric: str = "miou", clean: float 
     out = {}
     for family, by_severity in sorted(families.items()):
         if all(math.isfinite(v) for v in by_severity.values()):
-            out[f"robustness/{family}/{metric}"] = relative_robustness(clean, by_severity)
+            out[f"{ROBUSTNESS_PREFIX}{family}/{metric}"] = relative_robustness(clean, by_severity)
     out.update(corruption_robustness(families, metric, clean))
     return out
-
 
 
 def corruption_robustness(families: Mapping[str, Mapping[int, float]], metric: str, clean: float
                           ) -> dict[str, float]:
     """mPC, rPC and per-family relative robustness (module docstring) from ``{family: {severity: score}}``;
     empty without corruption domains or with a non-finite score among them."""
-    from hardseg.data.corruptions import FAMILY_OF
-    from hardseg.data.domains import CORRUPT_PREFIX
-
     cp: dict[str, float] = {}
     for family, by_severity in families.items():
         name = family[len(CORRUPT_PREFIX):] if family.startswith(CORRUPT_PREFIX) else None
@@ -90,10 +99,10 @@ def corruption_robustness(families: Mapping[str, Mapping[int, float]], metric: s
     if not cp:
         return {}
     mpc = sum(cp.values()) / len(cp)
-    out = {f"robustness/mPC/{metric}": mpc, f"robustness/rPC/{metric}": mpc / clean}
+    out = {f"{ROBUSTNESS_PREFIX}mPC/{metric}": mpc, f"{ROBUSTNESS_PREFIX}rPC/{metric}": mpc / clean}
     by_family: dict[str, list[float]] = {}
     for name, value in cp.items():
         by_family.setdefault(FAMILY_OF[name], []).append(value / clean)
     for fam, values in sorted(by_family.items()):
-        out[f"robustness/corruption_{fam}/{metric}"] = sum(values) / len(values)
+        out[f"{ROBUSTNESS_PREFIX}corruption_{fam}/{metric}"] = sum(values) / len(values)
     return out
