@@ -75,7 +75,7 @@ def main() -> int:
             f"tracking.uri=sqlite:///{work / 'mlflow.db'}", f"ray.storage_path={work / 'runs'}"]
     one = load_config(None, base + [f"train.num_threads={args.threads}", "ray.num_workers=1",
                                     f"ray.cpus_per_worker={args.threads}"])
-    from hardseg.platform.train_job import prepare_data, resolve_paths
+    from hardseg.platform.prepare import prepare_data, resolve_paths
     prepare_data(resolve_paths(one))
 
     rows = {}

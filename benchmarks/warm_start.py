@@ -6,7 +6,7 @@
    encoder part of A's export is taken) and run C from scratch; both train one
    epoch on the benchmark's seed-0 set with the same seed, and their first-epoch
    ``val/miou`` is compared.
-3. A's best model is logged in MLflow's format (``train_job.log_final_artifacts``
+3. A's best model is logged in MLflow's format (``runs.log_checkpoint_artifacts``
    into a SQLite store), loaded back with ``mlflow.pytorch.load_model`` and
    evaluated on A's validation split: the difference to A's ``best/val/miou``.
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     import mlflow.pytorch
     from mlflow.tracking import MlflowClient
 
-    from hardseg.platform.train_job import log_final_artifacts
+    from hardseg.platform.runs import log_checkpoint_artifacts
     from hardseg.trainables.evaluate import evaluate_domains
 
     uri = f"sqlite:///{args.work / 'mlruns' / 'mlflow.db'}"
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     name = f"warm-start-{time.strftime('%Y%m%d-%H%M%S')}"
     exp = client.create_experiment(name, artifact_location=(args.work / "mlruns" / "artifacts" / name).as_uri())
     run_id = client.create_run(exp).info.run_id
-    log_final_artifacts(client, run_id, export_a.parent, yaml.safe_dump(cfg_a.model_dump(mode="json")), 0.0)
+    log_checkpoint_artifacts(client, run_id, export_a.parent, yaml.safe_dump(cfg_a.model_dump(mode="json")), 0.0)
     mlflow.set_tracking_uri(uri)
     model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
     reloaded = evaluate_domains(model, cfg_a, ["val"])["val/miou"]

@@ -175,7 +175,8 @@ def test_cudnn_and_determinism_switches():
 
 
 def test_worker_resources_and_scaling_config():
-    from hardseg.platform.train_job import scaling_config, worker_resources
+    from hardseg.platform.cluster import worker_resources
+    from hardseg.platform.trainer import scaling_config
 
     cfg = load_config(None, ["ray.use_gpu=true", "ray.gpus_per_worker=0.5", "ray.cpus_per_worker=4",
                              "ray.num_workers=2"])
@@ -188,7 +189,7 @@ def test_worker_resources_and_scaling_config():
 _LOGICAL_GPUS = textwrap.dedent("""
     import json, os, ray
     from hardseg.config import load_config
-    from hardseg.platform.sweep import concurrency, trial_resources
+    from hardseg.platform.cluster import concurrency, trial_resources
 
     os.environ["RAY_worker_niceness"] = "0"
     ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING")

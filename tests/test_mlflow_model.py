@@ -14,7 +14,7 @@ from hardseg.config import load_config
 from hardseg.models.export import ExportedModel
 from hardseg.platform.cli import main as cli
 from hardseg.platform.export import load_logged_model, register
-from hardseg.platform.train_job import log_final_artifacts
+from hardseg.platform.runs import log_checkpoint_artifacts as log_final_artifacts
 from hardseg.trainables.evaluate import evaluate_domains
 from hardseg.trainables.local import run_local
 
@@ -60,7 +60,7 @@ def test_logged_model_reproduces_best_val_miou_and_is_evaluated_by_uri(data_root
     assert f"{best:7.4f}" in capsys.readouterr().out
 
     # model.init_from: runs:/<id>/model is fetched on the driver (its model_export.pt) and warm-starts the model
-    from hardseg.platform.train_job import resolve_paths
+    from hardseg.platform.prepare import resolve_paths
     from hardseg.trainables.evaluate import load_inference_model
 
     warm = cfg.model_copy(deep=True)

@@ -70,7 +70,7 @@ def _dom(chromium, tmp_path, url: str) -> str:  # noqa: F811
 def test_experiment_kind_note_and_names_in_the_store(ui_runs):
     url, exp_id, parent, children = ui_runs
     client = MlflowClient(url)
-    assert client.get_experiment(exp_id).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert client.get_experiment(exp_id).tags[keys.EXPERIMENT_KIND] == "custom_model_development"
     note = client.get_run(parent).data.tags[keys.NOTE]
     # the report's answer paragraph; two seeds per strategy can carry no verdict
     assert note.startswith("ablation `") and "## Answer" in note and "val/miou" in note and "no verdict" in note \
@@ -80,7 +80,7 @@ def test_experiment_kind_note_and_names_in_the_store(ui_runs):
     # an experiment made before hardseg tagged them gets the tag too
     old = client.create_experiment(f"old-{uuid.uuid4().hex[:8]}")
     assert tracking.get_or_create_experiment(client, client.get_experiment(old).name, url) == old
-    assert client.get_experiment(old).tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
+    assert client.get_experiment(old).tags[keys.EXPERIMENT_KIND] == "custom_model_development"
 
 
 def test_runs_page_description_and_compare_in_chromium(ui_runs, chromium, tmp_path):  # noqa: F811

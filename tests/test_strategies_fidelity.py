@@ -197,7 +197,7 @@ def test_ohem_warns_once_when_min_kept_covers_the_image(batch, caplog, monkeypat
 
 
 def test_ohem_warning_becomes_an_mlflow_tag():
-    from hardseg.platform.train_job import run_tags
+    from hardseg.platform.runs import training_tags as run_tags
 
     cfg = validate_config({"strategies": ["ohem"]})  # synthetic 64×64 < 100000
     assert "degenerates to CE" in run_tags(cfg)["hardseg.warning.ohem"]

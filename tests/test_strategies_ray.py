@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 from hardseg.config import load_config
 from hardseg.data import build_dataset
 from hardseg.models import build_model
-from hardseg.platform.train_job import resolve_paths, run_training
+from hardseg.platform.prepare import resolve_paths
+from hardseg.platform.train_job import run_training
 from hardseg.trainables.loop import _metrics_for, evaluate
 
 from conftest import small_overrides

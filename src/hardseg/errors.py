@@ -20,3 +20,7 @@ class DataError(HardsegError, ValueError):
 
 class TrainingError(HardsegError, RuntimeError):
     """Training cannot go on (for example the loss became NaN or inf)."""
+
+
+class NonFiniteLoss(TrainingError):
+    """The loss or the gradients stopped being finite; the message names the epoch and step."""

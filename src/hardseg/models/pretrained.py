@@ -14,7 +14,7 @@ Nothing is downloaded at run time (docs/models.md, "Pretrained weights"):
   encoder's part is taken.
 * ``model.init_from: PATH`` loads a hardseg export into the whole inference
   model (the warm start of fine-tuning); ``runs:/RUN_ID/...`` URIs are
-  downloaded on the driver first (:mod:`hardseg.platform.train_job`).
+  downloaded on the driver first (:mod:`hardseg.platform.prepare`).
 
 Keys are matched after stripping the one prefix under which most of the
 file's keys name the target's parameters (``encoder.``, ``backbone.``,

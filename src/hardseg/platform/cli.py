@@ -116,12 +116,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from hardseg.platform.sweep import run_ablation
+    from hardseg.platform.ablation import run_ablation
 
     overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
     if args.dry_run:
         from hardseg.platform.dryrun import dry_run_sweep
-        from hardseg.platform.sweep import ablation_space
+        from hardseg.platform.ablation import ablation_space
 
         space = ablation_space(args.strategies, args.seeds)
         grid = {"strategies": list(space.params["strategies"].choices), "seed": list(args.seeds)}
@@ -265,7 +265,7 @@ DEMO_DOMAINS = "[fog-1,fog-3,fog-5,night-1,night-3,night-5,target]"
 def cmd_demo(args: argparse.Namespace) -> int:
     """A small ablation on the embedded defaults (CE, HL and OHEM × 3 seeds, one worker per trial),
     then its report (Markdown, HTML, figures, Parquet) under ``reports/<name>/``."""
-    from hardseg.platform.sweep import run_ablation
+    from hardseg.platform.ablation import run_ablation
     from hardseg.reports.collect import open_client
     from hardseg.reports.publish import write_report
 

@@ -18,14 +18,15 @@ import yaml
 
 from hardseg.data.domains import parse_domains
 from hardseg.errors import ConfigError
+from hardseg.platform.prepare import resolve_paths
+from hardseg.platform.sweep import check_name
 from hardseg.platform.tracking import check_tracking_uri
+from hardseg.platform.trial import trial_run_name
+from hardseg.trainables.loop import check_strategies_fit
 
 
 def dry_run_train(cfg) -> int:
     """Print the resolved config of one ``hardseg train`` run."""
-    from hardseg.platform.train_job import resolve_paths
-    from hardseg.trainables.loop import check_strategies_fit
-
     cfg = resolve_paths(cfg)
     if cfg.tracking.uri:
         check_tracking_uri(cfg.tracking.uri)
@@ -40,11 +41,6 @@ def dry_run_train(cfg) -> int:
 def dry_run_sweep(space, config_path: str | None, overrides: list[str], grid: dict[str, list] | None = None,
                   name: str | None = None) -> int:
     """Print the base config and the trials of a sweep (``grid`` None) or an ablation grid."""
-    from hardseg.platform.sweep import check_name
-    from hardseg.platform.train_job import resolve_paths
-    from hardseg.platform.trial import trial_run_name
-    from hardseg.trainables.loop import check_strategies_fit
-
     if name:
         check_name(name)
     space.validate(config_path)

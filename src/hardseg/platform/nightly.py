@@ -13,23 +13,26 @@ output folder and onto the parent run (artifacts ``nightly/``).
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
 import yaml
 
+from hardseg import keys
 from hardseg.errors import ConfigError
 from hardseg.platform import tracking
+from hardseg.platform.ablation import ablation_space
+from hardseg.platform.cluster import connect_ray
+from hardseg.platform.multinode import check_multinode
+from hardseg.platform.prepare import resolve_paths
+from hardseg.platform.runs import RunCloser, environment_tags, open_run
 from hardseg.platform.suite import Suite
+from hardseg.platform.sweep import run_sweep
+from hardseg.reports.collect import runs_frame
 from hardseg.reports.regression import Comparison, Key, compare_nights
 
-KIND = "nightly"
-SUITE_TAG = "hardseg.suite"
-NIGHTLY_TAG = "hardseg.nightly_run_id"  # on each cell's ablation parent run
-MODEL_TAG, DATASET_TAG = "hardseg.nightly.model", "hardseg.nightly.dataset"
 GRID_KEYS = ("strategies", "seed")
 
 
@@ -54,8 +57,6 @@ class NightlyOutcome:
 
 def validate_suite(suite: Suite, overrides: list[str]) -> None:
     """Every cell's trials must make valid RunConfigs before anything is written to MLflow."""
-    from hardseg.platform.sweep import ablation_space
-
     for item in overrides:
         if item.split("=", 1)[0] in GRID_KEYS:
             raise ConfigError(f"--set {item}: the suite's 'strategies' and 'seeds' make the grid; edit the suite")
@@ -75,22 +76,18 @@ def validate_suite(suite: Suite, overrides: list[str]) -> None:
 
 def previous_nightly(client, exp_id: str, suite_name: str, before_ms: int):
     """The latest FINISHED nightly parent run of ``suite_name`` that started before ``before_ms``, or None."""
-    runs = client.search_runs([exp_id], filter_string=f"tags.`hardseg.kind` = '{KIND}' and "
-                              f"tags.`{SUITE_TAG}` = '{suite_name}' and attributes.status = 'FINISHED'",
+    runs = client.search_runs([exp_id], filter_string=f"tags.`{keys.KIND}` = '{keys.NIGHTLY_KIND}' and "
+                              f"tags.`{keys.SUITE}` = '{suite_name}' and attributes.status = 'FINISHED'",
                               order_by=["attributes.start_time DESC"], max_results=50)
     return next((r for r in runs if (r.info.start_time or 0) < before_ms), None)
 
 
 def nightly_values(client, nightly_run_id: str, exp_id: str, suite: Suite) -> dict[Key, dict[int, float]]:
     """{(strategy, model, dataset, metric): {seed: final value}} over the FINISHED trials of a nightly."""
-    import pandas as pd
-
-    from hardseg.reports.collect import runs_frame
-
     values: dict[Key, dict[int, float]] = {}
-    for cell in client.search_runs([exp_id], filter_string=f"tags.`{NIGHTLY_TAG}` = '{nightly_run_id}'",
+    for cell in client.search_runs([exp_id], filter_string=f"tags.`{keys.NIGHTLY_RUN}` = '{nightly_run_id}'",
                                    max_results=1000):
-        model, dataset = cell.data.tags.get(MODEL_TAG, "?"), cell.data.tags.get(DATASET_TAG, "?")
+        model, dataset = cell.data.tags.get(keys.NIGHTLY_MODEL, "?"), cell.data.tags.get(keys.NIGHTLY_DATASET, "?")
         df = runs_frame(client, cell)
         for _, row in df[df["status"] == "FINISHED"].iterrows():
             for w in suite.watch:
@@ -107,10 +104,6 @@ def run_nightly(suite: Suite, *, overrides: list[str] | None = None, out_dir: Pa
     Raises:
         ConfigError: an invalid suite or override, before any MLflow run starts.
     """
-    from hardseg.platform.multinode import check_multinode
-    from hardseg.platform.sweep import ablation_space, connect_ray, run_sweep
-    from hardseg.platform.train_job import git_commit, resolve_paths
-
     overrides = list(overrides or [])
     validate_suite(suite, overrides)
     m0, d0 = suite.cells()[0]
@@ -126,52 +119,43 @@ def run_nightly(suite: Suite, *, overrides: list[str] | None = None, out_dir: Pa
     stamp, date = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)), time.strftime("%Y-%m-%d", time.localtime(now))
     previous = previous_nightly(client, exp_id, suite.name, int(now * 1000))
     name = f"{suite.name}-{stamp}"
-    tags = {"hardseg.kind": KIND, SUITE_TAG: suite.name, "hardseg.nightly_date": date, "mlflow.runName": name,
-            "git_commit": git_commit(Path(__file__).parent),
-            "hardseg.cli": shlex.join(["hardseg", *sys.argv[1:]]) if sys.argv else "hardseg",
-            "hardseg.previous_nightly": previous.info.run_id if previous else "none"}
-    run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
-    tracking.log_params(client, run_id, {"suite.strategies": json.dumps(suite.strategies),
-                                         "suite.seeds": json.dumps(suite.seeds), "suite.overrides": json.dumps(overrides),
-                                         "suite.models": json.dumps(list(suite.models)),
-                                         "suite.datasets": json.dumps(list(suite.datasets)),
-                                         "noise.alpha": suite.noise.alpha, "noise.correction": suite.noise.correction})
-    client.log_text(run_id, yaml.safe_dump(suite.to_dict(), sort_keys=False), "nightly/suite.yaml")
+    tags = {**environment_tags(), keys.SUITE: suite.name, keys.NIGHTLY_DATE: date,
+            keys.PREVIOUS_NIGHTLY: previous.info.run_id if previous else "none"}
+    run_id = open_run(client, exp_id, name, keys.NIGHTLY_KIND, tags=tags, environment={}, params={
+        "suite.strategies": json.dumps(suite.strategies), "suite.seeds": json.dumps(suite.seeds),
+        "suite.overrides": json.dumps(overrides), "suite.models": json.dumps(list(suite.models)),
+        "suite.datasets": json.dumps(list(suite.datasets)), "noise.alpha": suite.noise.alpha,
+        "noise.correction": suite.noise.correction},
+        texts={"nightly/suite.yaml": yaml.safe_dump(suite.to_dict(), sort_keys=False)})
     print(f"[hardseg] nightly '{name}' (MLflow run {run_id}); previous: "
-          f"{previous.data.tags.get('mlflow.runName', previous.info.run_id) if previous else 'none (baseline)'}",
+          f"{previous.data.tags.get(keys.RUN_NAME, previous.info.run_id) if previous else 'none (baseline)'}",
           flush=True)
     cell_runs: dict[str, str] = {}
-    try:
+    with RunCloser(client, run_id, wrap_errors=False) as nightly:
         for model, dataset in suite.cells():
             space = ablation_space(suite.strategies, suite.seeds, name=suite.name)
             out = run_sweep(space, config_path=suite.config, overrides=suite.overrides(model, dataset, overrides),
                             name=f"{name}-{run_id[:6]}-{model}-{dataset}"[:100],
                             grid={"strategies": list(space.params["strategies"].choices), "seed": list(suite.seeds)},
-                            kind="ablation", in_process=in_process, workdir=workdir,
-                            parent_tags={"mlflow.parentRunId": run_id, NIGHTLY_TAG: run_id, SUITE_TAG: suite.name,
-                                         MODEL_TAG: model, DATASET_TAG: dataset})
+                            kind=keys.ABLATION, in_process=in_process, workdir=workdir,
+                            parent_tags={keys.PARENT: run_id, keys.NIGHTLY_RUN: run_id, keys.SUITE: suite.name,
+                                         keys.NIGHTLY_MODEL: model, keys.NIGHTLY_DATASET: dataset})
             cell_runs[f"{model}/{dataset}"] = out.parent_run_id
             if out.interrupted:
-                tracking.set_tags(client, run_id, {"hardseg.stop_reason": f"cell {model}/{dataset} interrupted"})
-                client.set_terminated(run_id, "KILLED")
+                nightly.kill(f"cell {model}/{dataset} interrupted")
                 return NightlyOutcome(run_id, None, [], Path(), Path(), True, cell_runs)
-    except BaseException as err:
-        tracking.set_tags(client, run_id, {"hardseg.error": f"{type(err).__name__}: {err}"[:5000]})
-        client.set_terminated(run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
-    cur = nightly_values(client, run_id, exp_id, suite)
-    prev = nightly_values(client, previous.info.run_id, exp_id, suite) if previous else {}
-    comparisons = compare_nights(prev, cur, suite.modes, suite.noise.alpha, suite.noise.correction)
-    folder = Path(out_dir) if out_dir else Path("reports") / "nightly" / name
-    md, js = write_summary(folder, suite, name, run_id, tags, previous, comparisons)
-    client.log_artifact(run_id, str(md), "nightly")
-    client.log_artifact(run_id, str(js), "nightly")
-    flagged = [c for c in comparisons if c.flagged]
-    metrics = {"nightly/regressions": len(flagged), "nightly/compared": sum(c.status != "new" for c in comparisons)}
-    metrics |= {f"{_metric_key(c.key)}": c.cur_mean for c in comparisons if c.cur_mean is not None}
-    tracking.log_metrics(client, run_id, metrics)
-    tracking.set_tags(client, run_id, {"hardseg.regressions": str(len(flagged))})
-    client.set_terminated(run_id, "FINISHED")
+        cur = nightly_values(client, run_id, exp_id, suite)
+        prev = nightly_values(client, previous.info.run_id, exp_id, suite) if previous else {}
+        comparisons = compare_nights(prev, cur, suite.modes, suite.noise.alpha, suite.noise.correction)
+        folder = Path(out_dir) if out_dir else Path("reports") / "nightly" / name
+        md, js = write_summary(folder, suite, name, run_id, tags, previous, comparisons)
+        client.log_artifact(run_id, str(md), "nightly")
+        client.log_artifact(run_id, str(js), "nightly")
+        flagged = [c for c in comparisons if c.flagged]
+        metrics = {"nightly/regressions": len(flagged), "nightly/compared": sum(c.status != "new" for c in comparisons)}
+        metrics |= {f"{_metric_key(c.key)}": c.cur_mean for c in comparisons if c.cur_mean is not None}
+        tracking.log_metrics(client, run_id, metrics)
+        tracking.set_tags(client, run_id, {keys.REGRESSIONS: str(len(flagged))})
     for c in flagged:
         print(f"[hardseg] REGRESSION {c.key.cell} {c.key.metric}: {_fmt(c.prev_mean)} -> {_fmt(c.cur_mean)}"
               f" (drop {_fmt(c.drop)} > threshold {_fmt(c.threshold)})" if c.status == "regression" else
@@ -197,21 +181,21 @@ def write_summary(folder: Path, suite: Suite, name: str, run_id: str, tags: dict
     flagged = [c for c in comparisons if c.flagged]
     prev_id = previous.info.run_id if previous else None
     unlogged = [w.metric for w in suite.watch if not any(c.key.metric == w.metric for c in comparisons)]
-    data = {"suite": suite.name, "nightly": name, "run_id": run_id, "date": tags["hardseg.nightly_date"],
-            "git_commit": tags["git_commit"], "previous_run_id": prev_id,
-            "previous_git_commit": previous.data.tags.get("git_commit") if previous else None,
+    data = {"suite": suite.name, "nightly": name, "run_id": run_id, "date": tags[keys.NIGHTLY_DATE],
+            "git_commit": tags[keys.GIT_COMMIT], "previous_run_id": prev_id,
+            "previous_git_commit": previous.data.tags.get(keys.GIT_COMMIT) if previous else None,
             "noise": suite.noise.model_dump(), "regressions": len(flagged), "unlogged_metrics": unlogged,
             "comparisons": [c.to_dict() for c in comparisons]}
     js = folder / "summary.json"
     js.write_text(json.dumps(data, indent=1))
     lines = [f"# Nightly {name}", "",
-             f"Suite **{suite.name}**, {tags['hardseg.nightly_date']}, commit `{tags['git_commit'][:12]}`, "
+             f"Suite **{suite.name}**, {tags[keys.NIGHTLY_DATE]}, commit `{tags[keys.GIT_COMMIT][:12]}`, "
              f"MLflow run `{run_id}`.", ""]
     if previous is None:
         lines += ["No previous FINISHED nightly of this suite: this one is the baseline.", ""]
     else:
-        lines += [f"Compared with `{previous.data.tags.get('mlflow.runName', prev_id)}` (run `{prev_id}`, commit "
-                  f"`{previous.data.tags.get('git_commit', '?')[:12]}`). Regression: drop of the seed mean > "
+        lines += [f"Compared with `{previous.data.tags.get(keys.RUN_NAME, prev_id)}` (run `{prev_id}`, commit "
+                  f"`{previous.data.tags.get(keys.GIT_COMMIT, '?')[:12]}`). Regression: drop of the seed mean > "
                   f"t(1-α', df) × SE, α = {suite.noise.alpha} ({suite.noise.correction}); SE from both nights' "
                   f"seed spread (paired when the seeds match), floored by the median over cells.", "",
                   f"**{len(flagged)} regression(s)**" if flagged else "**No regressions.**", ""]

@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,13 +36,21 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hardseg import keys
+from hardseg.config import RayConfig
 from hardseg.errors import ConfigError
 from hardseg.platform import tracking
+from hardseg.platform.ablation import ablation_space
+from hardseg.platform.prepare import prepare_data, resolve_paths
+from hardseg.platform.runs import RunCloser, open_run, reopen_run, training_tags
 from hardseg.platform.shipped import DistinctSeeds, available_shipped, load_shipped
+from hardseg.platform.storage import absolute_location, storage_exists, storage_fs, storage_join
+from hardseg.platform.sweep import SWEEPS_DIR, check_name, resume_sweep, run_sweep
+from hardseg.platform.sweep_runs import child_runs
+from hardseg.reports.study import write_study_report
+from hardseg.search_spaces import SearchSpace
+from hardseg.trainables.loop import check_strategies_fit
 
-KIND = "study"
-STUDY_TAG = "hardseg.study"
-STAGE_TAG = "hardseg.stage"
 STATE_FILE = "hardseg_study.json"
 STUDIES_DIR = "studies"  # under ray.storage_path: each study's state
 SHIPPED_STUDIES = "studies"  # hardseg/platform/studies/*.yaml: the presets
@@ -106,8 +112,6 @@ class Study(_Strict):
         return [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in self.base.items()] + list(extra)
 
     def search_space(self):
-        from hardseg.search_spaces import SearchSpace
-
         s = self.search
         return SearchSpace.from_dict({
             "name": f"{self.name}-search", "description": f"study {self.name}: stage 2 (search)", "base": {},
@@ -144,8 +148,6 @@ class StudyState:
     configs: dict[str, dict[str, Any]] | None = None  # stage 3: {label: {sets, source, search_score}}
 
     def save(self) -> None:
-        from hardseg.platform.sweep import storage_fs
-
         fs, path = storage_fs(study_folder(self.storage_path, self.name))
         fs.create_dir(path, recursive=True)
         with fs.open_output_stream(f"{path}/{STATE_FILE}") as f:
@@ -153,16 +155,12 @@ class StudyState:
 
     @classmethod
     def load(cls, storage_path: str, name: str) -> StudyState:
-        from hardseg.platform.sweep import storage_fs
-
         fs, path = storage_fs(study_folder(storage_path, name))
         with fs.open_input_stream(f"{path}/{STATE_FILE}") as f:
             return cls(**json.loads(f.read().decode()))
 
 
 def study_folder(storage_path: str, name: str) -> str:
-    from hardseg.platform.sweep import storage_join
-
     return storage_join(storage_path, STUDIES_DIR, name)
 
 
@@ -183,10 +181,6 @@ def stage_name(name: str, stage: str) -> str:
 
 def _validate(study: Study, overrides: list[str], workdir: Path | None):
     """Every stage's space and config, before any MLflow run; returns the resolved base config."""
-    from hardseg.platform.sweep import ablation_space
-    from hardseg.platform.train_job import resolve_paths
-    from hardseg.trainables.loop import check_strategies_fit
-
     sets = study.overrides(overrides)
     defaults = ablation_space(study.strategies, study.seeds)
     defaults.validate(study.config)
@@ -206,9 +200,6 @@ def _validate(study: Study, overrides: list[str], workdir: Path | None):
 def run_study(study: Study, *, overrides: list[str] | None = None, name: str | None = None,
               in_process: bool = True, workdir: Path | None = None) -> StudyOutcome:
     """Validate, create the study's MLflow run and state, then run the stages and the report."""
-    from hardseg.platform.sweep import check_name, storage_exists
-    from hardseg.platform.train_job import prepare_data, run_tags
-
     overrides = list(overrides or [])
     name = check_name(name or f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     base_cfg = _validate(study, overrides, workdir)
@@ -220,17 +211,13 @@ def run_study(study: Study, *, overrides: list[str] | None = None, name: str | N
     prepare_data(base_cfg)
     client = tracking.MlflowClient(uri)
     exp_id = tracking.get_or_create_experiment(client, base_cfg.tracking.experiment, uri)
-    tags = {**run_tags(base_cfg), "hardseg.kind": KIND, "hardseg.sweep": name, "mlflow.runName": name,
-            "hardseg.cli": shlex.join(["hardseg", *sys.argv[1:]]) if sys.argv else "hardseg"}
-    tags.pop("hardseg.seed", None)
-    tags.pop("hardseg.strategies", None)
-    run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
-    tracking.log_params(client, run_id, {
+    tags = {k: v for k, v in training_tags(base_cfg).items() if k not in (keys.SEED, keys.STRATEGIES)}
+    run_id = open_run(client, exp_id, name, keys.STUDY_KIND, tags={**tags, keys.SWEEP: name}, params={
         "study.baseline": study.baseline, "study.metric": study.metric, "study.mode": study.mode,
         "study.strategies": json.dumps(study.strategies), "study.seeds": json.dumps(study.seeds),
         "study.search_seed": study.search.seed, "study.confirm_seeds": json.dumps(study.confirm.seeds),
-        "study.top_k": study.confirm.top_k, "study.overrides": json.dumps(study.overrides(overrides))[:6000]})
-    client.log_text(run_id, yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False), "study.yaml")
+        "study.top_k": study.confirm.top_k, "study.overrides": json.dumps(study.overrides(overrides))[:6000]},
+        texts={"study.yaml": yaml.safe_dump(study.model_dump(mode="json"), sort_keys=False)})
     state = StudyState(name, study.model_dump(mode="json"), overrides, run_id, uri, storage, in_process)
     state.save()
     print(f"[hardseg] study '{name}': MLflow run {run_id}; stages {', '.join(STAGES)}; "
@@ -240,18 +227,13 @@ def run_study(study: Study, *, overrides: list[str] | None = None, name: str | N
 
 def resume_study(name: str, *, storage_path: str | None = None, workdir: Path | None = None) -> StudyOutcome:
     """Finish an interrupted study: finished stages are skipped, the interrupted one resumed."""
-    from hardseg.config import RayConfig
-    from hardseg.platform.sweep import check_name, storage_exists
-    from hardseg.platform.train_job import absolute_location
-
     base = absolute_location(storage_path or RayConfig().storage_path, (workdir or Path.cwd()).resolve())
     if not storage_exists(f"{study_folder(base, check_name(name))}/{STATE_FILE}"):
         raise ConfigError(f"no study '{name}' in {study_folder(base, '')}; pass --storage-path where it was run "
                           f"(the config's ray.storage_path)")
     state = StudyState.load(base, name)
     client = tracking.MlflowClient(state.tracking_uri)
-    client.update_run(state.parent_run_id, status="RUNNING")
-    tracking.set_tags(client, state.parent_run_id, {"hardseg.resumed": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    reopen_run(client, state.parent_run_id)
     print(f"[hardseg] resuming study '{name}' (MLflow run {state.parent_run_id}); done: "
           f"{', '.join(state.done) or 'nothing'}", flush=True)
     return _run_stages(state, client, workdir)
@@ -260,7 +242,7 @@ def resume_study(name: str, *, storage_path: str | None = None, workdir: Path | 
 def _run_stages(state: StudyState, client, workdir: Path | None) -> StudyOutcome:
     start = time.perf_counter()
     hint = f"resume with: hardseg study --resume {state.name}"
-    try:
+    with RunCloser(client, state.parent_run_id, resume_hint=hint, wrap_errors=False) as parent:
         for stage in STAGES:
             if stage in state.done:
                 continue
@@ -268,41 +250,29 @@ def _run_stages(state: StudyState, client, workdir: Path | None) -> StudyOutcome
             state.stage_runs[stage] = out.parent_run_id
             if out.interrupted:
                 state.save()
-                tracking.set_tags(client, state.parent_run_id, {"hardseg.stop_reason": f"interrupted in stage "
-                                                                f"'{stage}'; {hint}"})
-                client.set_terminated(state.parent_run_id, "KILLED")
+                parent.kill(f"interrupted in stage '{stage}'")
                 print(f"[hardseg] study '{state.name}' interrupted in stage '{stage}'; {hint}", flush=True)
                 return StudyOutcome(state.name, state.parent_run_id, state.tracking_uri, True,
                                     wall_s=time.perf_counter() - start)
             state.done.append(stage)
             state.save()
-        from hardseg.reports.study import write_study_report
-
         paths = write_study_report(client, client.get_run(state.parent_run_id),
                                    (workdir or Path.cwd()).resolve() / "reports" / state.name)
-    except BaseException as err:
-        reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
-        tracking.set_tags(client, state.parent_run_id, {"hardseg.error": f"{reason}; {hint}"[:5000]})
-        client.set_terminated(state.parent_run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
-    wall = time.perf_counter() - start
-    tracking.log_metrics(client, state.parent_run_id, {"wall_time_s": wall})
-    client.set_terminated(state.parent_run_id, "FINISHED")
+        wall = time.perf_counter() - start
+        tracking.log_metrics(client, state.parent_run_id, {keys.WALL_TIME: wall})
     print(f"[hardseg] study '{state.name}' done in {wall:.0f}s; report: {paths['markdown']} and {paths['html']}",
           flush=True)
     return StudyOutcome(state.name, state.parent_run_id, state.tracking_uri, False, paths, wall)
 
 
 def _run_stage(state: StudyState, stage: str, client, workdir: Path | None):
-    from hardseg.platform.sweep import SWEEPS_DIR, ablation_space, resume_sweep, run_sweep, storage_exists, storage_join
-
     study = Study.model_validate(state.study)
     sweep = stage_name(state.name, stage)
     if storage_exists(storage_join(state.storage_path, SWEEPS_DIR, sweep)):
         print(f"[hardseg] study '{state.name}': resuming stage '{stage}' (sweep {sweep})", flush=True)
         return resume_sweep(sweep, storage_path=state.storage_path, workdir=workdir)
     print(f"[hardseg] study '{state.name}': stage '{stage}' (sweep {sweep})", flush=True)
-    tags = {"mlflow.parentRunId": state.parent_run_id, STUDY_TAG: state.parent_run_id, STAGE_TAG: stage}
+    tags = {keys.PARENT: state.parent_run_id, keys.STUDY: state.parent_run_id, keys.STAGE: stage}
     sets = study.overrides(state.overrides)
     common = dict(config_path=study.config, name=sweep, in_process=state.in_process, workdir=workdir,
                   parent_tags=tags)
@@ -342,8 +312,6 @@ def confirm_configs(client, search_run_id: str, study: Study) -> dict[str, dict[
     """Stage 3's configurations: every stage-1 strategy at its defaults, then the top-k distinct FINISHED
     search configurations by the study's metric (label ``search<rank>:<strategies>``), each with its
     ``--set`` list, where it came from and (for searched ones) its search score."""
-    from hardseg.platform.sweep_runs import child_runs
-
     run = client.get_run(search_run_id)
     configs: dict[str, dict[str, Any]] = {
         s: {"strategies": s, "sets": _sets({"strategies": s}), "source": "defaults", "search_score": None}
@@ -354,8 +322,9 @@ def confirm_configs(client, search_run_id: str, study: Study) -> dict[str, dict[
     runs.sort(key=lambda r: (sign * r.data.metrics[study.metric], r.info.start_time or 0))
     seen: set[str] = set()
     for r in runs:
-        sampled = {k[len("sampled."):]: v for k, v in r.data.tags.items() if k.startswith("sampled.")}
-        sampled.setdefault("strategies", r.data.tags.get("hardseg.strategies", ""))
+        prefix = keys.SAMPLED_PREFIX
+        sampled = {k[len(prefix):]: v for k, v in r.data.tags.items() if k.startswith(prefix)}
+        sampled.setdefault("strategies", r.data.tags.get(keys.STRATEGIES, ""))
         key = json.dumps(sampled, sort_keys=True)
         if key in seen:
             continue

@@ -1,4 +1,5 @@
-"""``hardseg sweep`` and ``hardseg ablate``: Ray Tune over training runs, recorded in MLflow.
+"""``hardseg sweep``: Ray Tune over training runs, recorded in MLflow (``hardseg ablate`` is a grid sweep,
+:mod:`hardseg.platform.ablation`).
 
 A sweep is one MLflow parent run (space, CLI, git commit, versions; the best
 trial at the end) and one child run per Tune trial (:mod:`hardseg.platform.trial`).
@@ -13,10 +14,10 @@ trial at the end) and one child run per Tune trial (:mod:`hardseg.platform.trial
 
 Trials either run in their own process (one worker) or fit a TorchTrainer
 with DDP workers; trial drivers take the custom ``trial_driver`` resource so
-they never hold a CPU the workers need (``ray-mlflow-notes.md``).
+they never hold a CPU the workers need (:mod:`hardseg.platform.cluster`).
 
-Every run ends in a terminal state: a trial closes its own run (FINISHED or
-FAILED with the reason); runs of trials that Tune stopped (ASHA, Ctrl-C)
+Every run ends in a terminal state (:mod:`hardseg.platform.runs`): a trial closes its own run
+(FINISHED or FAILED with the reason); runs of trials that Tune stopped (ASHA, Ctrl-C)
 are closed here after ``Tuner.fit`` as KILLED with ``hardseg.stop_reason``.
 An interrupted sweep resumes with ``hardseg sweep --resume NAME``
 (``Tuner.restore``): the same parent run, each trial's own child run, the
@@ -34,13 +35,26 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
+from optuna.trial import TrialState
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from hardseg import keys
+from hardseg.config import RayConfig
 from hardseg.errors import ConfigError
 from hardseg.platform import tracking
+from hardseg.platform.cluster import TRIAL_DRIVER_RESOURCE, concurrency, connect_ray, trial_resources
 from hardseg.platform.multinode import check_multinode
+from hardseg.platform.prepare import prepare_data, resolve_paths
 from hardseg.platform.progress import ProgressTable
+from hardseg.platform.runs import RunCloser, environment_tags, reopen_run
+from hardseg.platform.storage import absolute_location, storage_exists, storage_fs, storage_join
 from hardseg.platform.sweep_runs import child_runs, close_open_runs, log_summary, start_parent_run
 from hardseg.platform.trial import TrialSpec, run_trial
 from hardseg.search_spaces import SearchSpace
+from hardseg.trainables.loop import check_strategies_fit
 
 STATE_FILE = "hardseg_sweep.json"
 SWEEPS_DIR = "sweeps"
@@ -80,70 +94,33 @@ def optuna_storage_url(cfg, tracking_uri: str) -> str:
     return f"sqlite:///{folder / 'optuna.db'}"
 
 
-def trial_resources(cfg, in_process: bool) -> dict[str, float]:
-    """One-worker trials train in the trial's process; others only drive a TorchTrainer."""
-    from hardseg.platform.cluster import TRIAL_DRIVER_RESOURCE
-
-    from hardseg.platform.train_job import worker_resources
-
-    if in_process and cfg.ray.num_workers == 1:
-        return worker_resources(cfg)
-    return {TRIAL_DRIVER_RESOURCE: 1}
-
-
-def concurrency(cfg, resources: dict[str, float], limit: int | None, num_trials: int) -> int:
-    """Trials at once: what the cluster's CPUs (and GPUs, ``ray.gpus_per_worker`` each, fractions
-    included) fit, capped by the space and the trial count."""
-    import ray
-
-    from hardseg.platform.cluster import TRIAL_DRIVER_RESOURCE
-    from hardseg.platform.train_job import worker_resources
-
-    total = ray.cluster_resources()
-    n = None
-    for key, per_worker in worker_resources(cfg).items():
-        fits = _fits(total.get(key, 1 if key == "CPU" else 0), cfg.ray.num_workers * per_worker)
-        n = fits if n is None else min(n, fits)
-    if TRIAL_DRIVER_RESOURCE in resources:
-        drivers = int(total.get(TRIAL_DRIVER_RESOURCE, 0))
-        if drivers < 1:
-            raise ConfigError(f"the Ray cluster has no '{TRIAL_DRIVER_RESOURCE}' resource for trial drivers; start "
-                              f"its head with --resources='{{\"{TRIAL_DRIVER_RESOURCE}\": 4}}'")
-        n = min(n, drivers)
-    return max(1, min(n, limit or n, num_trials))
-
-
-def _fits(available: float, per_trial: float) -> int:
-    """Whole trials of ``per_trial`` in ``available`` (a tolerance for 0.1-style fractions)."""
-    return int(available / per_trial + 1e-9)
-
-
 # -- Tune pieces ------------------------------------------------------------------
+class RecordingOptunaSearch(OptunaSearch):
+    """Records the Tune trial id and how the trial ended on the Optuna trial; a failed
+    trial is FAIL even when it reported epochs before failing (Ray would tell COMPLETE)."""
+
+    def __init__(self, *args, max_epochs: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_epochs = max_epochs
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ot = self._ot_trials.get(trial_id)
+        if ot is None or trial_id in self._completed_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        ot.set_user_attr("tune_trial_id", trial_id)
+        epochs = int(result.get("epoch", 0)) if result else 0
+        ot.set_user_attr("epochs", epochs)
+        if error:
+            ot.set_user_attr("ended", "failed")
+            self._ot_study.tell(ot, state=TrialState.FAIL)
+            self._completed_trials.add(trial_id)
+            return None
+        ot.set_user_attr("ended", "stopped early" if epochs < self.max_epochs else "finished")
+        return super().on_trial_complete(trial_id, result, error)
+
+
 def make_searcher(space: SearchSpace, storage_url: str, study_name: str, max_epochs: int):
     """OptunaSearch over the space's define-by-run function, with a persistent, seeded study."""
-    import optuna
-    from optuna.trial import TrialState
-    from ray.tune.search.optuna import OptunaSearch
-
-    class RecordingOptunaSearch(OptunaSearch):
-        """Records the Tune trial id and how the trial ended on the Optuna trial; a failed
-        trial is FAIL even when it reported epochs before failing (Ray would tell COMPLETE)."""
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            ot = self._ot_trials.get(trial_id)
-            if ot is None or trial_id in self._completed_trials:
-                return super().on_trial_complete(trial_id, result, error)
-            ot.set_user_attr("tune_trial_id", trial_id)
-            epochs = int(result.get("epoch", 0)) if result else 0
-            ot.set_user_attr("epochs", epochs)
-            if error:
-                ot.set_user_attr("ended", "failed")
-                self._ot_study.tell(ot, state=TrialState.FAIL)
-                self._completed_trials.add(trial_id)
-                return None
-            ot.set_user_attr("ended", "stopped early" if epochs < max_epochs else "finished")
-            return super().on_trial_complete(trial_id, result, error)
-
     s = space.sweep
     with warnings.catch_warnings():  # group=True is "experimental" in Optuna 5; it suits conditional spaces
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -151,14 +128,12 @@ def make_searcher(space: SearchSpace, storage_url: str, study_name: str, max_epo
     storage = optuna.storages.RDBStorage(storage_url)
     metric, mode = (s.metrics, s.modes) if s.is_multi_objective else (s.metric, s.mode)
     return RecordingOptunaSearch(space=space.define_by_run, metric=metric, mode=mode, sampler=sampler,
-                                 storage=storage, study_name=study_name)
+                                 storage=storage, study_name=study_name, max_epochs=max_epochs)
 
 
 def make_scheduler(space: SearchSpace, max_epochs: int):
     if space.sweep.scheduler is None:
         return None
-    from ray.tune.schedulers import ASHAScheduler
-
     a = space.sweep.scheduler
     return ASHAScheduler(time_attr="epoch", metric=space.sweep.metric, mode=space.sweep.mode,
                          max_t=a.max_t or max_epochs, grace_period=a.grace_period,
@@ -191,36 +166,6 @@ class SweepState:
             return cls(**json.loads(f.read().decode()))
 
 
-def storage_fs(location: str):
-    """``(pyarrow filesystem, path in it)`` of a local folder or a storage URI (``s3://``, ``gs://``,
-    ``file://``): where Tune keeps a sweep's state, so a multi-node sweep can live on shared storage."""
-    import pyarrow.fs
-
-    if "://" not in location:
-        return pyarrow.fs.LocalFileSystem(), str(Path(location).resolve())
-    return pyarrow.fs.FileSystem.from_uri(location)
-
-
-def storage_exists(location: str) -> bool:
-    import pyarrow.fs
-
-    fs, path = storage_fs(location)
-    return fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound
-
-
-def storage_join(base: str, *parts: str) -> str:
-    """``base/part/...`` for a local path or a URI (no ``Path``: it would fold ``s3://`` into ``s3:/``)."""
-    return "/".join([base.rstrip("/"), *parts])
-
-
-def connect_ray(base_cfg) -> dict:
-    """Join the cluster, or start a local Ray with one ``trial_driver`` slot per trial the cores fit."""
-    from hardseg.platform.cluster import ensure_ray
-
-    per_trial = max(1, int(base_cfg.ray.num_workers * base_cfg.ray.cpus_per_worker))
-    return ensure_ray(base_cfg.ray, trial_drivers=max(1, (os.cpu_count() or 1) // per_trial))
-
-
 def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: list[str] | None = None,
               name: str | None = None, grid: dict[str, list] | None = None, kind: str = "sweep",
               in_process: bool = True, workdir: Path | None = None,
@@ -234,9 +179,6 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
     Raises:
         ConfigError: an invalid space or config, before any trial or MLflow run starts.
     """
-    from hardseg.platform.train_job import prepare_data, resolve_paths
-    from hardseg.trainables.loop import check_strategies_fit
-
     space.validate(config_path)
     config_path = str(Path(config_path).resolve()) if config_path else None
     name = check_name(name or default_sweep_name(space.name))
@@ -278,11 +220,11 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
     extra = {"sweep.name": name, "sweep.max_concurrent": max_conc, "sweep.trial_resources": json.dumps(resources)}
     if storage_url:
         extra["sweep.optuna_storage"] = storage_url
-    parent = start_parent_run(client, exp_id, name, kind, space, base_cfg, extra, parent_tags)
-    tracking.log_lineage(client, parent, lineage)
+    parent = start_parent_run(client, exp_id, name, kind, space, base_cfg, extra, parent_tags, lineage)
     spec = TrialSpec(sweep_name=name, space=space.to_dict(), config_path=config_path, overrides=overrides + resolved,
                      tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent, metrics=space.sweep.metrics,
-                     kind=kind, in_process=in_process, configs=dict(configs or {}))
+                     kind=kind, in_process=in_process, configs=dict(configs or {}),
+                     environment=environment_tags())
     state = SweepState(asdict(spec), grid, storage_url, base_cfg.train.epochs, num_trials, max_conc, resources)
     state.save(storage_join(sweep_root, name))
     _announce(name, parent, uri, storage_url, max_conc, num_trials, resources, exp_id)
@@ -292,11 +234,6 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
 
 def resume_sweep(name: str, *, storage_path: str | None = None, workdir: Path | None = None) -> SweepOutcome:
     """Finish an interrupted sweep: ``Tuner.restore`` with the saved state, same MLflow parent run."""
-    from ray import tune
-
-    from hardseg.config import RayConfig
-    from hardseg.platform.train_job import absolute_location, resolve_paths
-
     base = absolute_location(storage_path or RayConfig().storage_path, (workdir or Path.cwd()).resolve())
     folder = storage_join(base, SWEEPS_DIR, check_name(name))
     if not storage_exists(storage_join(folder, STATE_FILE)):
@@ -309,8 +246,7 @@ def resume_sweep(name: str, *, storage_path: str | None = None, workdir: Path | 
     connect_ray(base_cfg)
     check_multinode(spec.tracking_uri, state.optuna_storage, base)
     client = tracking.MlflowClient(spec.tracking_uri)
-    client.update_run(spec.parent_run_id, status="RUNNING")
-    tracking.set_tags(client, spec.parent_run_id, {"hardseg.resumed": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    reopen_run(client, spec.parent_run_id)
     _announce(name, spec.parent_run_id, spec.tracking_uri, state.optuna_storage, state.max_concurrent,
               state.num_samples, state.resources, spec.experiment_id)
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), state.resources)
@@ -326,10 +262,6 @@ def _grid_size(grid: dict[str, list]) -> int:
 
 
 def _make_tuner(state: SweepState, sweep_root: str, space: SearchSpace):
-    from ray import tune
-
-    from hardseg.platform.cluster import TRIAL_DRIVER_RESOURCE
-
     spec = TrialSpec(**state.spec)
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), state.resources)
     s = space.sweep
@@ -370,26 +302,20 @@ def _announce(name, parent, uri, storage_url, max_conc, num_trials, resources, e
 def _fit_and_close(tuner, state: SweepState, space: SearchSpace, client, start: float) -> SweepOutcome:
     spec = TrialSpec(**state.spec)
     resume_hint = f"resume with: hardseg sweep --resume {spec.sweep_name}"
-    try:
+    with RunCloser(client, spec.parent_run_id, resume_hint=resume_hint, wrap_errors=False) as parent:
         results = tuner.fit()
-    except BaseException as err:
-        reason = "interrupted" if isinstance(err, KeyboardInterrupt) else f"{type(err).__name__}: {err}"
-        tracking.set_tags(client, spec.parent_run_id, {"hardseg.error": f"{reason}; {resume_hint}"[:5000]})
-        client.set_terminated(spec.parent_run_id, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
-    trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
-    interrupted = any(t.status not in ("TERMINATED", "ERROR") for t in trials) or len(trials) < state.num_samples
-    close_open_runs(client, spec.experiment_id, spec.parent_run_id, trials, state.max_epochs, interrupted,
-                    resume_hint)
-    info = log_summary(client, spec.experiment_id, spec.parent_run_id, space, state.max_epochs, final=not interrupted)
-    wall = time.perf_counter() - start
-    if interrupted:
-        tracking.set_tags(client, spec.parent_run_id, {"hardseg.stop_reason": f"interrupted; {resume_hint}"})
-        client.set_terminated(spec.parent_run_id, "KILLED")
-        print(f"[hardseg] sweep '{spec.sweep_name}' interrupted; {resume_hint}", flush=True)
-    else:
-        tracking.log_metrics(client, spec.parent_run_id, {"wall_time_s": wall})
-        client.set_terminated(spec.parent_run_id, "FINISHED")
+        trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
+        interrupted = any(t.status not in ("TERMINATED", "ERROR") for t in trials) or len(trials) < state.num_samples
+        close_open_runs(client, spec.experiment_id, spec.parent_run_id, trials, state.max_epochs, interrupted,
+                        resume_hint)
+        info = log_summary(client, spec.experiment_id, spec.parent_run_id, space, state.max_epochs,
+                           final=not interrupted)
+        wall = time.perf_counter() - start
+        if interrupted:
+            parent.kill("interrupted")
+            print(f"[hardseg] sweep '{spec.sweep_name}' interrupted; {resume_hint}", flush=True)
+        else:
+            tracking.log_metrics(client, spec.parent_run_id, {keys.WALL_TIME: wall})
     print(f"[hardseg] sweep '{spec.sweep_name}': {info['statuses']} in {wall:.0f}s; best: "
           f"{json.dumps(info['best']) if info['best'] else 'none'}", flush=True)
     print(f"[hardseg] MLflow parent run {spec.parent_run_id}; UI: "
@@ -402,25 +328,3 @@ def _fit_and_close(tuner, state: SweepState, space: SearchSpace, client, start: 
                         [r.info.run_id for r in child_runs(client, spec.experiment_id, spec.parent_run_id)])
 
 
-
-def ablation_space(strategies: list[str], seeds: list[int], name: str = "ablation",
-                   max_concurrent: int | None = None) -> SearchSpace:
-    """The grid of an ablation as a space: ``strategies`` × ``seed``, every trial with the same budget."""
-    return SearchSpace.from_dict({
-        "name": name, "description": f"ablation {strategies} x seeds {seeds}",
-        "params": {"strategies": {"categorical": list(strategies)}, "seed": {"categorical": list(seeds)}},
-        "sweep": {"num_samples": len(strategies) * len(seeds), "metric": "val/miou", "mode": "max",
-                  "max_concurrent": max_concurrent},
-    }, source=name)
-
-
-def run_ablation(strategies: list[str], seeds: list[int], *, config_path: str | None = None,
-                 overrides: list[str] | None = None, name: str | None = None, in_process: bool = True,
-                 max_concurrent: int | None = None, workdir: Path | None = None) -> SweepOutcome:
-    """Strategies × seeds with identical budgets and data: one MLflow parent, one child per cell."""
-    if not strategies or not seeds:
-        raise ConfigError("ablate needs at least one strategy (--strategies) and one seed (--seeds)")
-    space = ablation_space(strategies, seeds, max_concurrent=max_concurrent)
-    grid = {"strategies": [p for p in space.params["strategies"].choices], "seed": list(seeds)}
-    return run_sweep(space, config_path=config_path, overrides=overrides, name=name or default_sweep_name("ablation"),
-                     grid=grid, kind="ablation", in_process=in_process, workdir=workdir)

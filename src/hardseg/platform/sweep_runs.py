@@ -8,35 +8,29 @@ stopped are closed here, after ``Tuner.fit``.
 from __future__ import annotations
 
 import json
-import shlex
-import sys
+from collections import Counter
 from typing import Any
 
 import yaml
 
-from hardseg.platform import tracking
-from hardseg.platform.trial import SWEEP_TAG, TRIAL_TAG
+from hardseg import keys
+from hardseg.platform import runs, tracking
 from hardseg.search_spaces import SearchSpace
 
 
 def start_parent_run(client, exp_id: str, name: str, kind: str, space: SearchSpace, base_cfg,
-                     extra_params: dict[str, Any], extra_tags: dict[str, str] | None = None) -> str:
+                     extra_params: dict[str, Any], extra_tags: dict[str, str] | None = None, lineage: list | None = None
+                     ) -> str:
     """The sweep's parent run; ``extra_tags`` may nest it (``mlflow.parentRunId``, as ``hardseg nightly`` does)."""
-    from hardseg.platform.train_job import run_tags
-
-    tags = {**run_tags(base_cfg), "hardseg.kind": kind, SWEEP_TAG: name, "mlflow.runName": name,
-            "hardseg.cli": shlex.join(["hardseg", *sys.argv[1:]]) if sys.argv else "hardseg", **(extra_tags or {})}
-    tags.pop("hardseg.seed", None)
-    tags.pop("hardseg.strategies", None)
-    run_id = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
-    params = {f"space.{p.path}": json.dumps(p.to_dict()) for p in space.params.values()}
+    tags = {k: v for k, v in runs.training_tags(base_cfg).items() if k not in (keys.SEED, keys.STRATEGIES)}
+    params = {f"{keys.SPACE_PREFIX}{p.path}": json.dumps(p.to_dict()) for p in space.params.values()}
     params.update({f"sweep.{k}": v for k, v in space.sweep.model_dump(mode="json").items()})
     params.update({f"base.{k}": v for k, v in base_cfg.flat().items()})
     params.update(extra_params)
-    tracking.log_params(client, run_id, params)
-    client.log_text(run_id, yaml.safe_dump(space.to_dict(), sort_keys=False), "space.yaml")
-    client.log_text(run_id, yaml.safe_dump(base_cfg.model_dump(mode="json"), sort_keys=False), "base_config.yaml")
-    return run_id
+    return runs.open_run(client, exp_id, name, kind, tags={**tags, keys.SWEEP: name, **(extra_tags or {})},
+                         params=params, lineage=lineage,
+                         texts={"space.yaml": yaml.safe_dump(space.to_dict(), sort_keys=False),
+                                "base_config.yaml": yaml.safe_dump(base_cfg.model_dump(mode="json"), sort_keys=False)})
 
 
 def child_runs(client, exp_id: str, parent_run_id: str) -> list:
@@ -51,7 +45,7 @@ def close_open_runs(client, exp_id: str, parent_run_id: str, trials: list, max_e
     for run in child_runs(client, exp_id, parent_run_id):
         if run.info.status != "RUNNING":
             continue
-        trial = by_id.get(run.data.tags.get(TRIAL_TAG))
+        trial = by_id.get(run.data.tags.get(keys.TRIAL_ID))
         epoch = int((trial.last_result or {}).get("epoch", 0)) if trial is not None else 0
         if trial is not None and trial.status == "ERROR":
             status, reason = "FAILED", f"the trial's process died after epoch {epoch}"
@@ -59,11 +53,10 @@ def close_open_runs(client, exp_id: str, parent_run_id: str, trials: list, max_e
             status, reason = "KILLED", f"sweep interrupted after epoch {epoch}; {resume_hint}"
         else:
             status, reason = "KILLED", f"stopped by the ASHA scheduler after epoch {epoch} of {max_epochs}"
-        tracking.set_tags(client, run.info.run_id, {"hardseg.stop_reason": reason})
         # The run ended with its last logged epoch, not now.
-        history = client.get_metric_history(run.info.run_id, "train/loss")
+        history = client.get_metric_history(run.info.run_id, f"{keys.TRAIN_PREFIX}loss")
         end_ms = max((m.timestamp for m in history), default=None)
-        client.set_terminated(run.info.run_id, status, end_time=end_ms)
+        runs.close_run(client, run.info.run_id, status, reason, end_time=end_ms)
 
 
 def best_trial(client, exp_id: str, parent_run_id: str, metric: str, mode: str, max_epochs: int):
@@ -79,8 +72,6 @@ def log_summary(client, exp_id: str, parent_run_id: str, space: SearchSpace, max
                 final: bool = True) -> dict[str, Any]:
     """Trial counts by status and the best trial; its params go to the parent run only when the
     sweep is complete (MLflow params cannot change, and a resumed sweep may find a better one)."""
-    from collections import Counter
-
     runs = child_runs(client, exp_id, parent_run_id)
     statuses = dict(Counter(r.info.status for r in runs))
     tracking.log_metrics(client, parent_run_id, {f"trials_{k.lower()}": v for k, v in statuses.items()} |
@@ -88,13 +79,14 @@ def log_summary(client, exp_id: str, parent_run_id: str, space: SearchSpace, max
     best = best_trial(client, exp_id, parent_run_id, space.sweep.metrics[0], space.sweep.modes[0], max_epochs)
     info: dict[str, Any] = {"statuses": statuses, "best": None}
     if best is not None:
-        sampled = {k[len("sampled."):]: v for k, v in best.data.tags.items() if k.startswith("sampled.")}
+        prefix = keys.SAMPLED_PREFIX
+        sampled = {k[len(prefix):]: v for k, v in best.data.tags.items() if k.startswith(prefix)}
         if final:
             tracking.log_params(client, parent_run_id, {f"best.{k}": v for k, v in sampled.items()})
         tracking.log_metrics(client, parent_run_id, {f"best/{k}": v for k, v in best.data.metrics.items()
                                                      if k.startswith(("val/", "train/loss"))})
-        tracking.set_tags(client, parent_run_id, {"hardseg.best_run_id": best.info.run_id,
-                                                  "hardseg.best_trial": best.data.tags.get(TRIAL_TAG, "")})
-        info["best"] = {"run_id": best.info.run_id, "trial_id": best.data.tags.get(TRIAL_TAG), "params": sampled,
+        tracking.set_tags(client, parent_run_id, {keys.BEST_RUN_ID: best.info.run_id,
+                                                  keys.BEST_TRIAL: best.data.tags.get(keys.TRIAL_ID, "")})
+        info["best"] = {"run_id": best.info.run_id, "trial_id": best.data.tags.get(keys.TRIAL_ID), "params": sampled,
                         "metrics": {m: best.data.metrics.get(m) for m in space.sweep.metrics}}
     return info

@@ -9,20 +9,21 @@ experiment's artifact location set explicitly to ``<cwd>/mlruns/artifacts``
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+from PIL import Image
 
+from hardseg import keys
 from hardseg.errors import ConfigError
 
 DEFAULT_DIR = "mlruns"
 MAX_PARAM_LEN = 6000
-# MLflow 3's UI picks an experiment's first screen from this tag (runs table vs GenAI traces).
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
 
 
 def check_tracking_uri(uri: str) -> str:
@@ -32,8 +33,6 @@ def check_tracking_uri(uri: str) -> str:
     ``mssql``, ``http(s)``, ``file`` or a local path, ``databricks``); without this check an
     unsupported scheme such as ``ftp://`` fails deep inside MLflow, after Ray has started.
     """
-    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
-
     try:
         _tracking_store_registry.get_store_builder(uri)
     except Exception:  # MLflow raises its UnsupportedModelRegistryStoreURIException here
@@ -78,12 +77,12 @@ def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
     """
     exp = client.get_experiment_by_name(name)
     if exp is not None:
-        if EXPERIMENT_KIND_TAG not in exp.tags:
-            client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+        if keys.EXPERIMENT_KIND not in exp.tags:
+            client.set_experiment_tag(exp.experiment_id, keys.EXPERIMENT_KIND, keys.EXPERIMENT_KIND_VALUE)
         return exp.experiment_id
     root = default_artifact_root(uri)
     location = f"{root}/{name}" if root else None
-    return client.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    return client.create_experiment(name, artifact_location=location, tags={keys.EXPERIMENT_KIND: keys.EXPERIMENT_KIND_VALUE})
 
 
 def ui_url(experiment_id: str, server: str = "http://127.0.0.1:5000") -> str:
@@ -111,8 +110,6 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> Non
 
 def log_metrics(client: MlflowClient, run_id: str, metrics: dict[str, Any], step: int | None = None) -> None:
     """Log the numeric entries of ``metrics`` (NaN included; strings skipped)."""
-    import time
-
     ts = int(time.time() * 1000)
     items = [Metric(k, float(v), ts, step or 0) for k, v in sorted(metrics.items())
              if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -128,8 +125,6 @@ def log_lineage(client: MlflowClient, run_id: str, records: list) -> None:
     """Each :class:`hardseg.data.lineage.Lineage` as an MLflow dataset input of the run (what
     ``mlflow.log_input`` records, through the client): name, digest of the file list and label
     statistics, source, class names, and the context (training, validation, test, evaluation)."""
-    from mlflow.entities import Dataset, DatasetInput, InputTag
-
     inputs = [DatasetInput(Dataset(r.name, r.digest, "local", r.source, r.schema, r.profile),
                            [InputTag("mlflow.data.context", r.context)]) for r in records]
     if inputs:
@@ -138,8 +133,6 @@ def log_lineage(client: MlflowClient, run_id: str, records: list) -> None:
 
 def log_visuals(client: MlflowClient, run_id: str, folder: Path, step: int) -> None:
     """Log every PNG in ``folder`` as an MLflow image with a step slider."""
-    from PIL import Image
-
     for png in sorted(folder.glob("*.png")):
         with Image.open(png) as img:
             client.log_image(run_id, img.copy(), key=png.stem, step=step)
@@ -148,8 +141,8 @@ def log_visuals(client: MlflowClient, run_id: str, folder: Path, step: int) -> N
 class MLflowEpochLogger:
     """Logs each epoch's report to one MLflow run (step = epoch).
 
-    Used as a Ray Train ``UserCallback`` (it runs in the Train controller, so
-    workers never talk to MLflow) and called directly by the local runner.
+    Used by a Ray Train ``UserCallback`` (:func:`hardseg.platform.trainer.mlflow_callback`; it runs in the
+    Train controller, so workers never talk to MLflow) and called directly by in-process trials.
     """
 
     def __init__(self, tracking_uri: str, run_id: str):
@@ -166,30 +159,11 @@ class MLflowEpochLogger:
     def log(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         step = int(metrics.get("epoch", 0))
         if "error" in metrics:
-            set_tags(self.client, self.run_id, {"hardseg.error": metrics["error"]})
+            set_tags(self.client, self.run_id, {keys.ERROR: metrics["error"]})
         log_metrics(self.client, self.run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step)
         if checkpoint_dir is not None and (Path(checkpoint_dir) / "visuals").is_dir():
             log_visuals(self.client, self.run_id, Path(checkpoint_dir) / "visuals", step)
 
 
-def ray_callback(tracking_uri: str, run_id: str):
-    """The :class:`MLflowEpochLogger` as a Ray Train V2 ``UserCallback``."""
-    from ray.train import UserCallback
-
-    class _Callback(UserCallback):
-        def __init__(self) -> None:
-            self.logger = MLflowEpochLogger(tracking_uri, run_id)
-
-        def after_report(self, run_context, metrics, checkpoint) -> None:
-            rank0 = metrics[0] if metrics else {}
-            if checkpoint is not None:
-                with checkpoint.as_directory() as d:
-                    self.logger.log(rank0, Path(d))
-            else:
-                self.logger.log(rank0, None)
-
-    return _Callback()
-
-
 __all__ = ["mlflow", "MlflowClient", "resolve_tracking_uri", "get_or_create_experiment", "log_params",
-           "log_metrics", "set_tags", "log_lineage", "MLflowEpochLogger", "ray_callback"]
+           "log_metrics", "set_tags", "log_lineage", "MLflowEpochLogger"]

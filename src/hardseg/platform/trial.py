@@ -19,20 +19,23 @@ running any code, so the sweep driver closes its run (``sweep.close_open_runs``)
 
 from __future__ import annotations
 
+import logging
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
 
-from hardseg.platform import tracking
-from hardseg.platform.train_job import (RunCloser, TrialStopped, log_final_artifacts, make_trainer, raise_if_run_failed,
-                                        run_tags)
+from hardseg import keys
+from hardseg.platform import runs, tracking
+from hardseg.platform.runs import RunCloser, TrialStopped
+from hardseg.platform.trainer import log_result, make_trainer
+from hardseg.search_spaces import SearchSpace
 
-TRIAL_TAG = "hardseg.trial_id"
-SWEEP_TAG = "hardseg.sweep"
-NODE_TAG = "hardseg.node_id"
 CONFIG_KEY = "config"  # a grid key naming one of TrialSpec.configs (tag sampled.config)
 
 
@@ -54,6 +57,8 @@ class TrialSpec:
     # Named configurations a grid picks with its ``config`` key ({label: [KEY=VALUE, ...]}), applied
     # after ``overrides``: ``hardseg study`` confirms searched configurations this way.
     configs: dict[str, list[str]] = field(default_factory=dict)
+    # The driver's command line, git commit and versions (runs.environment_tags), for every trial's run.
+    environment: dict[str, str] = field(default_factory=dict)
 
 
 def trial_run_name(sampled: dict[str, Any]) -> str:
@@ -75,9 +80,9 @@ def trial_run_name(sampled: dict[str, Any]) -> str:
 
 
 def find_trial_run(client: tracking.MlflowClient, spec: TrialSpec, trial_id: str) -> str | None:
-    runs = client.search_runs([spec.experiment_id], filter_string=(
-        f"tags.`mlflow.parentRunId` = '{spec.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'"), max_results=2)
-    return runs[0].info.run_id if runs else None
+    found = client.search_runs([spec.experiment_id], filter_string=(
+        f"tags.`{keys.PARENT}` = '{spec.parent_run_id}' and tags.`{keys.TRIAL_ID}` = '{trial_id}'"), max_results=2)
+    return found[0].info.run_id if found else None
 
 
 def finished_run_metrics(client: tracking.MlflowClient, spec: TrialSpec, trial_id: str) -> dict[str, float] | None:
@@ -93,35 +98,22 @@ def finished_run_metrics(client: tracking.MlflowClient, spec: TrialSpec, trial_i
 
 def node_tags() -> dict[str, str]:
     """Where the trial runs: its Ray node id and host name (tags ``hardseg.node_id``, ``hardseg.hostname``)."""
-    import socket
-
-    import ray
-
-    return {NODE_TAG: ray.get_runtime_context().get_node_id(), "hardseg.hostname": socket.gethostname()}
+    return {keys.NODE_ID: ray.get_runtime_context().get_node_id(), keys.HOSTNAME: socket.gethostname()}
 
 
 def open_trial_run(client: tracking.MlflowClient, spec: TrialSpec, cfg, sampled: dict[str, Any],
-                   trial_id: str, config_text: str) -> str:
-    """The trial's child run: reopened if a restored sweep restarts the trial, else created."""
+                   trial_id: str, config_yaml: str) -> str:
+    """The trial's child run: reopened if a restored sweep restarts the trial, else opened."""
     run_id = find_trial_run(client, spec, trial_id)
     if run_id is not None:
-        client.update_run(run_id, status="RUNNING")
-        tracking.set_tags(client, run_id, {"hardseg.restarts": str(_restarts(client, run_id) + 1), **node_tags()})
+        restarts = int(client.get_run(run_id).data.tags.get(keys.RESTARTS, "0")) + 1
+        runs.reopen_run(client, run_id, {keys.RESTARTS: str(restarts), **node_tags()})
         return run_id
-    tags = {**run_tags(cfg), **spec.extra_tags, **node_tags(), "hardseg.kind": f"{spec.kind}-trial",
-            SWEEP_TAG: spec.sweep_name,
-            TRIAL_TAG: trial_id, "mlflow.parentRunId": spec.parent_run_id}
-    name = trial_run_name(sampled)
-    tags["mlflow.runName"] = name
-    run_id = client.create_run(spec.experiment_id, run_name=name, tags=tags).info.run_id
-    tracking.log_params(client, run_id, cfg.flat())
-    tracking.set_tags(client, run_id, {f"sampled.{k}": v for k, v in sampled.items()})
-    client.log_text(run_id, config_text, "config.yaml")
-    return run_id
-
-
-def _restarts(client: tracking.MlflowClient, run_id: str) -> int:
-    return int(client.get_run(run_id).data.tags.get("hardseg.restarts", "0"))
+    tags = {**runs.training_tags(cfg), **spec.extra_tags, **node_tags(), keys.SWEEP: spec.sweep_name,
+            keys.TRIAL_ID: trial_id, **{f"{keys.SAMPLED_PREFIX}{k}": v for k, v in sampled.items()}}
+    return runs.open_run(client, spec.experiment_id, trial_run_name(sampled), f"{spec.kind}{keys.TRIAL_SUFFIX}",
+                         tags=tags, params=cfg.flat(), texts={"config.yaml": config_yaml}, parent=spec.parent_run_id,
+                         environment=spec.environment)
 
 
 def _for_tune(metrics: dict[str, Any], wanted: list[str], final_epoch: int) -> dict[str, Any] | None:
@@ -137,17 +129,18 @@ def numeric(metrics: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def tune_forwarder(wanted: list[str], final_epoch: int):
-    """Ray Tune's ``TuneReportCallback`` for the reports :func:`_for_tune` lets through."""
-    from ray.tune.integration.ray_train import TuneReportCallback
+class TuneForwarder(TuneReportCallback):
+    """Ray Tune's ``TuneReportCallback`` (on a TorchTrainer driven by a trial) for the reports
+    :func:`_for_tune` lets through."""
 
-    class _Forward(TuneReportCallback):
-        def after_report(self, run_context, metrics, checkpoint) -> None:
-            kept = _for_tune(metrics[0] if metrics else {}, wanted, final_epoch)
-            if kept is not None:
-                super().after_report(run_context, [kept], checkpoint)
+    def __init__(self, wanted: list[str], final_epoch: int) -> None:
+        super().__init__()
+        self.wanted, self.final_epoch = wanted, final_epoch
 
-    return _Forward()
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        kept = _for_tune(metrics[0] if metrics else {}, self.wanted, self.final_epoch)
+        if kept is not None:
+            super().after_report(run_context, [kept], checkpoint)
 
 
 def last_epoch(client: tracking.MlflowClient, run_id: str) -> int:
@@ -166,12 +159,6 @@ def stopped_by_tune(err: BaseException) -> bool:
 
 def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
     """The Tune function trainable (``tune.with_parameters(run_trial, spec=...)``)."""
-    import logging
-
-    from ray import tune
-
-    from hardseg.search_spaces import SearchSpace
-
     for name in ("ray.tune", "ray.train"):  # one "Checkpoint successfully created" line per epoch otherwise
         logging.getLogger(name).setLevel(logging.WARNING)
     trial_id = tune.get_context().get_trial_id()
@@ -179,23 +166,23 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
     chosen = spec.configs[sampled[CONFIG_KEY]] if CONFIG_KEY in sampled else []
     cfg = space.run_config({k: v for k, v in sampled.items() if k != CONFIG_KEY}, spec.config_path,
                            [*spec.overrides, *chosen, f"name={spec.sweep_name}-{trial_id}"])
-    config_text = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    config_yaml = runs.config_text(cfg)
     client = tracking.MlflowClient(spec.tracking_uri)
     done = finished_run_metrics(client, spec, trial_id)
     if done is not None:  # restored after its run FINISHED (Ctrl-C before Tune saw the final report)
         tune.report({**done, "epoch": cfg.train.epochs})
         return
-    run_id = open_trial_run(client, spec, cfg, sampled, trial_id, config_text)
+    run_id = open_trial_run(client, spec, cfg, sampled, trial_id, config_yaml)
     epochs = cfg.train.epochs
     start = time.perf_counter()
     with RunCloser(client, run_id):
         if cfg.ray.num_workers == 1 and spec.in_process:
             final, ckpt = _fit_in_process(cfg, spec.tracking_uri, run_id, spec.metrics)
-            raise_if_run_failed(client, run_id)
-            log_final_artifacts(client, run_id, ckpt, config_text, time.perf_counter() - start)
+            runs.raise_if_run_failed(client, run_id)
+            runs.log_checkpoint_artifacts(client, run_id, ckpt, config_yaml, time.perf_counter() - start)
         else:
             trainer = make_trainer(cfg, run_id, spec.tracking_uri, name=f"train-{trial_id}",
-                                   callbacks=[tune_forwarder(spec.metrics, epochs)])
+                                   callbacks=[TuneForwarder(spec.metrics, epochs)])
             try:
                 result = trainer.fit()
             except Exception as err:
@@ -203,14 +190,9 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
                     raise TrialStopped(f"stopped by the scheduler after epoch {last_epoch(client, run_id)} "
                                        f"of {epochs}") from None
                 raise
-            raise_if_run_failed(client, run_id)
+            runs.raise_if_run_failed(client, run_id)
             final = numeric(dict(result.metrics or {}))
-            wall = time.perf_counter() - start
-            if result.checkpoint is not None:
-                with result.checkpoint.as_directory() as d:
-                    log_final_artifacts(client, run_id, Path(d), config_text, wall)
-            else:
-                log_final_artifacts(client, run_id, None, config_text, wall)
+            log_result(client, run_id, result, config_yaml, time.perf_counter() - start)
     tune.report(final)  # the run is closed: Tune may stop the trial now
 
 
@@ -223,7 +205,6 @@ def _fit_in_process(cfg, uri: str, run_id: str, wanted: list[str]) -> tuple[dict
     import tempfile
 
     import torch
-    from ray import tune
 
     from hardseg.trainables.local import LocalSession
     from hardseg.trainables.loop import CHECKPOINT_FILE, fit

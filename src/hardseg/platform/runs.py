@@ -1,0 +1,247 @@
+"""The one way hardseg opens, closes and fills an MLflow run.
+
+Every run (``hardseg train``, a sweep's parent and trials, a study, a nightly) is
+created by :func:`open_run`: its kind (``hardseg.kind``), the command line, the git
+commit of the user's working directory and the library versions, plus the caller's
+tags, params, text artifacts and dataset lineage. Every run ends through
+:func:`close_run`, in one of three states:
+
+* ``FINISHED``;
+* ``FAILED`` with the reason in ``hardseg.error``;
+* ``KILLED`` with the reason (who stopped it, how to resume) in ``hardseg.stop_reason``.
+
+:class:`RunCloser` applies that rule to whatever happens inside a ``with`` block.
+:func:`log_checkpoint_artifacts` logs a finished run's exported model. Tag names
+live in :mod:`hardseg.keys`.
+"""
+
+from __future__ import annotations
+
+import platform as _platform
+import shlex
+import subprocess
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hardseg import keys
+from hardseg.config import RunConfig
+from hardseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from hardseg.errors import HardsegError, NonFiniteLoss, TrainingError
+from hardseg.platform import tracking
+from hardseg.platform.export import log_mlflow_model
+from hardseg.strategies import strategy_warnings
+from hardseg.trainables.loop import EXPORT_FILE
+
+EXPORT_ARTIFACT_DIR = "model"
+MAX_REASON = 5000  # characters of a reason tag (MLflow keeps up to 8,000)
+
+
+# -- tags ------------------------------------------------------------------------------------------------
+def git_commit(path: Path | None = None) -> str:
+    """``HEAD`` of the git repository at ``path`` (default: the working directory), or ``unknown``."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=path or Path.cwd(), capture_output=True,
+                              text=True, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def cli_line() -> str:
+    """The command that is running, as the user typed it (``hardseg ablate --strategies ce hl``)."""
+    return shlex.join(["hardseg", *sys.argv[1:]]) if sys.argv else "hardseg"
+
+
+def _version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "none"
+
+
+def environment_tags() -> dict[str, str]:
+    """What every run records about where it came from: command line, git commit, versions."""
+    return {keys.CLI: cli_line(), keys.GIT_COMMIT: git_commit(), "hardseg_version": _version("hardseg"),
+            "ray_version": _version("ray"), "torch_version": _version("torch"),
+            "python_version": _platform.python_version()}
+
+
+def model_tags(cfg: RunConfig, reports: list | None = None) -> dict[str, str]:
+    """The model's encoder, weights and the input normalisation of the run (data/transforms.py,
+    the weights' recipe: models/pretrained.py), plus what each weight file gave."""
+    tags = {keys.ENCODER: cfg.model.encoder or "", keys.PRETRAINED: cfg.model.pretrained,
+            keys.NORMALISATION: f"mean={list(IMAGENET_MEAN)} std={list(IMAGENET_STD)}"}
+    for report in reports or []:
+        tags.update(report.tags())
+    return tags
+
+
+def train_pixels_per_image(cfg: RunConfig) -> int | None:
+    """Label pixels of one training image as the config knows them (crop, or the synthetic size), else None."""
+    if cfg.data.augment.enabled and cfg.data.augment.crop:
+        return cfg.data.augment.crop ** 2
+    return cfg.data.synthetic.size ** 2 if cfg.data.dataset == "synthetic" else None
+
+
+def strategy_warning_tags(cfg: RunConfig) -> dict[str, str]:
+    """``hardseg.warning.<strategy>`` tags for settings that run but defeat their strategy
+    (OHEM's min_kept ≥ the pixels of an image); empty when the image size is unknown here."""
+    pixels = train_pixels_per_image(cfg)
+    if pixels is None:
+        return {}
+    warnings = strategy_warnings(cfg.strategies, cfg.strategy_params, pixels)
+    return {f"{keys.WARNING_PREFIX}{name}": msg for name, msg in warnings.items()}
+
+
+def training_tags(cfg: RunConfig) -> dict[str, str]:
+    """What a run trains: strategies, model, data, seed and which split each reported number comes
+    from (the best epoch and sweeps use val; ``test/*`` is held out)."""
+    return {
+        **strategy_warning_tags(cfg),
+        keys.STRATEGIES: "+".join(cfg.strategies),
+        keys.MODEL: cfg.model.name,
+        keys.DATASET: cfg.data.dataset,
+        keys.SELECTION_SPLIT: "val",
+        keys.TEST_SPLIT: cfg.data.test_split or "none",
+        keys.SEED: str(cfg.seed),
+        **model_tags(cfg),
+    }
+
+
+def config_text(cfg: RunConfig) -> str:
+    """The resolved config as the YAML logged with every training run (``config.yaml``)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+# -- opening and closing -----------------------------------------------------------------------------------
+def open_run(client: tracking.MlflowClient, experiment_id: str, name: str, kind: str, *,
+             tags: dict[str, str] | None = None, params: dict[str, Any] | None = None,
+             texts: dict[str, str] | None = None, lineage: list | None = None, parent: str | None = None,
+             environment: dict[str, str] | None = None) -> str:
+    """Create a run named ``name`` of ``kind`` (``hardseg.kind``); returns its id.
+
+    Tags: ``environment`` (default :func:`environment_tags` of this process; a sweep's trials get
+    the driver's, since Tune runs them in another directory), then ``tags``; ``parent`` nests it
+    (``mlflow.parentRunId``).
+    ``params`` are logged as params, ``texts`` as text artifacts (``{"config.yaml": ...}``) and
+    ``lineage`` (:class:`hardseg.data.lineage.Lineage` records) as the run's dataset inputs.
+    """
+    all_tags = {**(environment if environment is not None else environment_tags()), keys.KIND: kind, keys.RUN_NAME: name, **(tags or {})}
+    if parent:
+        all_tags[keys.PARENT] = parent
+    run_id = client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+    tracking.log_params(client, run_id, params or {})
+    for path, text in (texts or {}).items():
+        client.log_text(run_id, text, path)
+    tracking.log_lineage(client, run_id, lineage or [])
+    return run_id
+
+
+def reopen_run(client: tracking.MlflowClient, run_id: str, tags: dict[str, str] | None = None) -> None:
+    """Mark a run RUNNING again (a resumed sweep or study, a restarted trial), with ``tags``."""
+    client.update_run(run_id, status="RUNNING")
+    tracking.set_tags(client, run_id, tags or {keys.RESUMED: time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def close_run(client: tracking.MlflowClient, run_id: str, status: str, reason: str | None = None,
+              end_time: int | None = None) -> None:
+    """End a run: FINISHED; FAILED with ``reason`` in ``hardseg.error``; KILLED with ``reason`` in
+    ``hardseg.stop_reason``. ``end_time`` (ms) when the run ended earlier than now."""
+    if status not in ("FINISHED", "FAILED", "KILLED"):
+        raise ValueError(f"unknown terminal status {status!r}")
+    if reason:
+        tracking.set_tags(client, run_id, {keys.ERROR if status == "FAILED" else keys.STOP_REASON:
+                                           reason[:MAX_REASON]})
+    client.set_terminated(run_id, status, end_time=end_time)
+
+
+class TrialStopped(Exception):
+    """A sweep's scheduler stopped this trial early (Tune raises SystemExit in ``tune.report``)."""
+
+
+class RunCloser:
+    """Ends an MLflow run in a terminal state whatever happens inside the ``with`` (:func:`close_run`).
+
+    * the block completes: FINISHED, unless it called :meth:`kill` (an interrupted sweep);
+    * Ctrl-C: KILLED, "interrupted (Ctrl-C)" plus ``resume_hint``;
+    * :class:`TrialStopped`: KILLED with its message, then ``SystemExit(0)`` so Tune finishes stopping
+      the trial;
+    * any other exception: FAILED with the reason (a :class:`HardsegError`'s message, else the
+      innermost cause on one line, plus ``resume_hint``). With ``wrap_errors`` a non-hardseg
+      exception is re-raised as :class:`TrainingError`; otherwise the exception goes on as it is.
+    """
+
+    def __init__(self, client: tracking.MlflowClient, run_id: str, *, resume_hint: str = "",
+                 wrap_errors: bool = True):
+        self.client, self.run_id = client, run_id
+        self.resume_hint = resume_hint
+        self.wrap_errors = wrap_errors
+        self.closed = False
+
+    def kill(self, reason: str) -> None:
+        """Close the run KILLED now (the block then ends without closing it again)."""
+        close_run(self.client, self.run_id, "KILLED", self._with_hint(reason))
+        self.closed = True
+
+    def _with_hint(self, reason: str) -> str:
+        return f"{reason}; {self.resume_hint}" if self.resume_hint else reason
+
+    def __enter__(self) -> "RunCloser":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.closed:
+            return False
+        if exc is None:
+            close_run(self.client, self.run_id, "FINISHED")
+            return False
+        if isinstance(exc, KeyboardInterrupt):
+            close_run(self.client, self.run_id, "KILLED", self._with_hint("interrupted (Ctrl-C)"))
+            return False
+        if isinstance(exc, TrialStopped):
+            close_run(self.client, self.run_id, "KILLED", str(exc))
+            raise SystemExit(0) from None  # let Tune finish stopping the trial
+        reason = str(exc) if isinstance(exc, HardsegError) else one_line(exc)
+        close_run(self.client, self.run_id, "FAILED", self._with_hint(reason))
+        if self.wrap_errors and not isinstance(exc, HardsegError):
+            raise TrainingError(f"run {self.run_id} failed: {reason}") from exc
+        return False
+
+
+def raise_if_run_failed(client: tracking.MlflowClient, run_id: str) -> None:
+    """Ray Train workers report a non-finite loss instead of raising it (Ray would retry a deterministic
+    failure); the controller's MLflow callback stores it as ``hardseg.error``. Raise it here, on the driver."""
+    error = client.get_run(run_id).data.tags.get(keys.ERROR)
+    if error:
+        raise NonFiniteLoss(f"run {run_id} failed: {error}; lower train.lr or check the data and strategy settings")
+
+
+def log_checkpoint_artifacts(client: tracking.MlflowClient, run_id: str, checkpoint_dir: Path | None,
+                             config_yaml: str, wall_s: float) -> None:
+    """The exported model of the last checkpoint (``model_export.pt`` and, with ``tracking.log_model``,
+    the same model in MLflow's format, :mod:`hardseg.platform.export`), its config and the run's wall time."""
+    export = Path(checkpoint_dir) / EXPORT_FILE if checkpoint_dir is not None else None
+    if export is not None and export.is_file():
+        client.log_artifact(run_id, str(export), EXPORT_ARTIFACT_DIR)
+        if yaml.safe_load(config_yaml).get("tracking", {}).get("log_model", True):
+            try:
+                log_mlflow_model(client, run_id, export)
+            except Exception as exc:  # the run's results stand; say why its MLflow model is missing
+                why = one_line(exc)
+                tracking.set_tags(client, run_id, {keys.MODEL_LOG_ERROR: why})
+                print(f"[hardseg] warning: the MLflow model of run {run_id} was not logged: {why}", flush=True)
+    client.log_text(run_id, config_yaml, f"{EXPORT_ARTIFACT_DIR}/config.yaml")
+    tracking.log_metrics(client, run_id, {keys.WALL_TIME: wall_s})
+
+
+def one_line(err: BaseException) -> str:
+    """The innermost cause's message, on one line."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    text = str(err).strip().splitlines()
+    last = [line for line in text if line.strip()][-1] if text else type(err).__name__
+    return f"{type(err).__name__}: {last}"[:500]
