@@ -22,10 +22,20 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import mlflow
+import mlflow.pytorch
 import numpy as np
 import torch
+from mlflow.artifacts import download_artifacts
+from mlflow.models import Model, ModelSignature
+from mlflow.types import Schema, TensorSpec
 
+from hardseg.config import RunConfig
+from hardseg.data import dataset_info
+from hardseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from hardseg.errors import ConfigError
+from hardseg.models.export import ExportedModel, export_metadata
+from hardseg.trainables.evaluate import load_inference_model
 
 ARTIFACT = "model"
 EXAMPLE_SIDE = 32  # every built-in model takes 32×32 (smp encoders need multiples of 32)
@@ -45,11 +55,6 @@ def _requirements(model_name: str) -> list[str]:
 
 def build_exported_model(export_file: Path):
     """The :class:`ExportedModel` of a ``model_export.pt`` (best weights, run config, dataset info)."""
-    from hardseg.data import dataset_info
-    from hardseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from hardseg.models.export import ExportedModel, export_metadata
-    from hardseg.trainables.evaluate import load_inference_model
-
     model, cfg = load_inference_model(export_file)
     epoch = torch.load(export_file, map_location="cpu", weights_only=False).get("epoch")
     meta = export_metadata(cfg, dataset_info(cfg.data), IMAGENET_MEAN, IMAGENET_STD, epoch)
@@ -58,10 +63,6 @@ def build_exported_model(export_file: Path):
 
 def save_mlflow_model(exported, path: Path) -> None:
     """``exported`` in MLflow's pytorch format at ``path`` (a new folder)."""
-    import mlflow.pytorch
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
     meta = exported.metadata
     example = np.zeros((1, 3, EXAMPLE_SIDE, EXAMPLE_SIDE), dtype=np.float32)
     signature = ModelSignature(
@@ -93,12 +94,6 @@ def is_model_uri(location: str) -> bool:
 def load_logged_model(uri: str, tracking_uri: str) -> tuple[torch.nn.Module, Any]:
     """(model, RunConfig) of a logged hardseg model (``runs:/<id>/model``, ``models:/<name>/<version>``);
     needs nothing of the dataset (class names, palette and normalisation are in its metadata)."""
-    import mlflow.pytorch
-    from mlflow.artifacts import download_artifacts
-    from mlflow.models import Model
-
-    from hardseg.config import RunConfig
-
     try:
         local = download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri)
         meta = Model.load(local).metadata or {}
@@ -113,8 +108,6 @@ def load_logged_model(uri: str, tracking_uri: str) -> tuple[torch.nn.Module, Any
 
 def register(run_id: str, name: str, tracking_uri: str) -> str:
     """Register run ``run_id``'s model as a new version of ``name``; returns ``models:/<name>/<version>``."""
-    import mlflow
-
     mlflow.set_tracking_uri(tracking_uri)
     mv = mlflow.register_model(f"runs:/{run_id}/{ARTIFACT}", name)
     return f"models:/{mv.name}/{mv.version}"

@@ -21,6 +21,9 @@ import shlex
 import sys
 from pathlib import Path
 
+from ray.exceptions import AuthenticationError
+from ray.job_submission import JobSubmissionClient
+
 from hardseg.errors import HardsegError
 
 #: not uploaded with the working directory (besides what .gitignore lists)
@@ -47,8 +50,6 @@ def resolve_address(address: str | None) -> str:
 
 def _translate(err: Exception, address: str) -> JobsError:
     """One line saying what to fix, for the errors the Jobs client raises."""
-    from ray.exceptions import AuthenticationError
-
     text = str(err)
     if isinstance(err, AuthenticationError) and "Authentication failed" in text:
         return JobsError(f"the Ray cluster at {address} rejected the authentication token (403 'Invalid "
@@ -68,8 +69,6 @@ class Jobs:
     """A connected :class:`~ray.job_submission.JobSubmissionClient` whose errors are one-liners."""
 
     def __init__(self, address: str | None):
-        from ray.job_submission import JobSubmissionClient
-
         self.address = resolve_address(address)
         try:
             self.client = JobSubmissionClient(self.address)

@@ -23,6 +23,9 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlparse
 
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
 from hardseg.errors import ConfigError
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -30,8 +33,6 @@ CHECK_TIMEOUT_S = 120
 
 
 def alive_nodes() -> list[dict]:
-    import ray
-
     return [n for n in ray.nodes() if n.get("Alive")]
 
 
@@ -56,9 +57,6 @@ def _sees(marker: str, token: str) -> tuple[str, bool]:
 
 def check_shared_path(path: str, nodes: list[dict], key: str = "ray.storage_path") -> None:
     """Refuse a local ``path`` that some node does not see (a task pinned to each node looks for a marker)."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     if "://" in path and not path.startswith("file://"):
         return
     folder = Path(path.removeprefix("file://"))

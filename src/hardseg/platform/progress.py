@@ -5,51 +5,54 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from ray.tune import Callback
 
-class ProgressTable:
-    """A live table of trials (trial, strategy, params, epoch, metric, status) as a Tune callback."""
 
-    def __new__(cls, metric: str, every_s: float = 10.0):
-        from ray.tune import Callback
+class ProgressTable(Callback):
+    """A live table of trials (trial, strategy, params, epoch, metric, status) as a Tune callback: at most
+    one print per ``every_s`` while trials report, one when a trial ends, and one at the end of the sweep
+    if anything changed since the last print."""
 
-        class _Table(Callback):
-            def __init__(self) -> None:
-                self.rows: dict[str, dict[str, Any]] = {}
-                self.last_print = 0.0
+    def __init__(self, metric: str, every_s: float = 10.0) -> None:
+        self.metric, self.every_s = metric, every_s
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.last_print = 0.0
+        self.changed = False
 
-            def _row(self, trial, **kw) -> None:
-                row = self.rows.setdefault(trial.trial_id, {"config": dict(trial.config), "epoch": 0, "value": None})
-                row.update(kw)
+    def _row(self, trial, **kw) -> None:
+        row = self.rows.setdefault(trial.trial_id, {"config": dict(trial.config), "epoch": 0, "value": None})
+        row.update(kw)
+        self.changed = True
 
-            def on_trial_start(self, iteration, trials, trial, **info) -> None:
-                self._row(trial, status="RUNNING")
-                self._print()
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._row(trial, status="RUNNING")
+        self._print()
 
-            def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-                self._row(trial, status="RUNNING", epoch=result.get("epoch", 0), value=result.get(metric))
-                self._print()
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self._row(trial, status="RUNNING", epoch=result.get("epoch", 0), value=result.get(self.metric))
+        self._print()
 
-            def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-                self._row(trial, status="DONE")
-                self._print(force=True)
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._row(trial, status="DONE")
+        self._print(force=True)
 
-            def on_trial_error(self, iteration, trials, trial, **info) -> None:
-                self._row(trial, status="FAILED")
-                self._print(force=True)
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._row(trial, status="FAILED")
+        self._print(force=True)
 
-            def on_experiment_end(self, trials, **info) -> None:
-                for t in trials:
-                    if t.status == "TERMINATED" and self.rows.get(t.trial_id, {}).get("status") == "RUNNING":
-                        self._row(t, status="STOPPED")
-                self._print(force=True)
+    def on_experiment_end(self, trials, **info) -> None:
+        for t in trials:
+            if t.status == "TERMINATED" and self.rows.get(t.trial_id, {}).get("status") == "RUNNING":
+                self._row(t, status="STOPPED")
+        if self.changed:
+            self._print(force=True)
 
-            def _print(self, force: bool = False) -> None:
-                if not force and time.time() - self.last_print < every_s:
-                    return
-                self.last_print = time.time()
-                print(format_table(self.rows, metric), flush=True)
-
-        return _Table()
+    def _print(self, force: bool = False) -> None:
+        if not force and time.time() - self.last_print < self.every_s:
+            return
+        self.last_print = time.time()
+        self.changed = False
+        print(format_table(self.rows, self.metric), flush=True)
 
 
 def format_table(rows: dict[str, dict[str, Any]], metric: str) -> str:

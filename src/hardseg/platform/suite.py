@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -71,8 +72,6 @@ class Suite(_Strict):
     @field_validator("models", "datasets")
     @classmethod
     def _labels(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        import re
-
         for label in v:
             if not re.match(LABEL, label):
                 raise ValueError(f"label {label!r}: use up to 30 letters, digits, '.', '_' or '-'")
