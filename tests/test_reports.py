@@ -122,6 +122,20 @@ def test_find_parent_by_name_and_id(store):
         find_parent(client, NAME, experiment="elsewhere")
 
 
+def test_find_parent_of_a_sweep_nested_under_a_nightly(tmp_path):
+    """A nightly's (or a study's) sweeps are parents of their own trials: ``hardseg report NAME`` finds them."""
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp_id = client.create_experiment("hardseg", artifact_location=(tmp_path / "artifacts").as_uri())
+    nightly = client.create_run(exp_id, tags={"hardseg.kind": "nightly"}).info.run_id
+    cell = client.create_run(exp_id, run_name="n-cell", tags={
+        "hardseg.kind": "ablation", "hardseg.sweep": "n-cell", "mlflow.parentRunId": nightly}).info.run_id
+    _child(client, exp_id, cell, "c1", "ce", 0, "FINISHED", 1)
+    assert find_parent(client, "n-cell").info.run_id == cell
+    assert find_parent(client, cell).info.run_id == cell
+    with pytest.raises(ReportError, match="not the parent run"):
+        find_parent(client, nightly)
+
+
 def test_runs_frame_one_row_per_child_paginated(store, monkeypatch):
     _, client, parent, runs = store
     monkeypatch.setattr(collect, "PAGE", 5)  # 13 runs: three pages

@@ -133,7 +133,7 @@ def open_run(client: tracking.MlflowClient, experiment_id: str, name: str, kind:
     all_tags = {**(environment if environment is not None else environment_tags()), keys.KIND: kind, keys.RUN_NAME: name, **(tags or {})}
     if parent:
         all_tags[keys.PARENT] = parent
-    run_id = client.create_run(experiment_id, run_name=name, tags=all_tags).info.run_id
+    run_id = client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()}).info.run_id
     tracking.log_params(client, run_id, params or {})
     for path, text in (texts or {}).items():
         client.log_text(run_id, text, path)

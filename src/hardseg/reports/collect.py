@@ -58,8 +58,9 @@ def _search(client: MlflowClient, exp_id: str, filter_string: str) -> list[Run]:
 
 
 def _is_parent(run: Run) -> bool:
-    tags = run.data.tags
-    return keys.PARENT not in tags and tags.get(keys.KIND) in keys.PARENT_KINDS
+    """A sweep's or an ablation's parent run, also one nested under a study or a nightly (its trials'
+    kind is ``<kind>-trial``)."""
+    return run.data.tags.get(keys.KIND) in keys.PARENT_KINDS
 
 
 def sweep_names(client: MlflowClient, exp_id: str) -> list[str]:
