@@ -11,9 +11,11 @@ import torch
 
 from hardseg.errors import ConfigError
 from hardseg.models import SegOutput
-from hardseg.strategies import Objective, StrategyContext, available_strategies, get_strategy, validate_strategies
+from hardseg.strategies import (Objective, Phase, PixelLoss, Strategy, StrategyContext, available_strategies,
+                                get_strategy, register_strategy, validate_strategies)
 from hardseg.strategies import functional as Fn
 from hardseg.strategies import registry
+from hardseg.strategies.base import KIND_PHASES, contract_violation
 
 IGN = 255
 C = 5
@@ -203,7 +205,7 @@ def test_visuals_hl_panel_and_empty_for_others(ctx, batch):
 
 # -- entry points ----------------------------------------------------------------------------------
 PLUGIN = '''
-from hardseg.strategies import PixelLoss, Strategy, StrategyConfig
+from hardseg.strategies import Phase, PixelLoss, Strategy, StrategyConfig
 
 
 class ScaledCEConfig(StrategyConfig):
@@ -212,7 +214,7 @@ class ScaledCEConfig(StrategyConfig):
 
 class ScaledCE(Strategy):
     kind = "weighting"
-    order = 25
+    phase = Phase.CLASS_WEIGHTS
     Config = ScaledCEConfig
 
     def shape(self, px: PixelLoss) -> None:
@@ -258,3 +260,122 @@ def test_broken_plugin_is_one_line_config_error(tmp_path, monkeypatch, request):
     with pytest.raises(ConfigError, match="strategy plugin 'broken'.*missing dependency") as err:
         validate_strategies(["broken"], {}, source="run.yaml")
     assert "\n" not in str(err.value) and str(err.value).startswith("run.yaml: ")
+
+
+
+# -- the composition contract in code: phases, and hooks the kind calls -------------------------------
+class _Scale(Strategy):
+    """A weighting that halves ℓ (stands in for a third-party strategy)."""
+
+    kind = "weighting"
+    phase = Phase.CLASS_WEIGHTS
+
+    def shape(self, px: PixelLoss) -> None:
+        px.loss = 0.5 * px.loss
+
+
+class _StructuralShapes(Strategy):
+    kind = "structural"
+    phase = Phase.EXTRA_TERMS
+
+    def shape(self, px: PixelLoss) -> None:  # never called for a structural strategy
+        px.loss = 0 * px.loss
+
+
+class _WeightingTerms(Strategy):
+    kind = "weighting"
+    phase = Phase.CLASS_WEIGHTS
+
+    def terms(self, out, target, progress):  # never called for a weighting strategy
+        return {"mine": out.logits.sum()}
+
+
+class _BaselineLoss(Strategy):
+    phase = Phase.BASE_LOSS
+
+    def base_loss(self, logits, target):
+        return None
+
+
+class _WeightingExtraTerms(Strategy):
+    kind = "weighting"
+    phase = Phase.EXTRA_TERMS
+
+
+class _LegacyOrder(Strategy):
+    kind = "weighting"
+    order = 25
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """The registry's state, undone after the test."""
+    monkeypatch.setattr(registry, "_STRATEGIES", dict(registry._STRATEGIES))
+    monkeypatch.setattr(registry, "_BROKEN", {})
+
+
+def test_builtin_phases_give_the_documented_order(ctx):
+    assert [get_strategy(n).phase for n in ["coarse_to_fine", "focal", "cb_ce", "ohem", "hl", "self_regulation"]] == \
+        sorted(Phase)  # steps 1, 2a, 2b, 2c, 2d, 4 of the objective's docstring, one built-in each
+    assert get_strategy("ce").phase is Phase.BASE_LOSS
+    for name in BUILTINS:
+        cls = get_strategy(name)
+        assert contract_violation(cls) is None and cls.phase in KIND_PHASES[cls.kind], name
+        assert not hasattr(cls, "order"), name
+    listed = ["self_regulation", "hl", "ohem", "cb_ce", "focal", "coarse_to_fine"]
+    objective = Objective(listed, {}, ctx)
+    assert [s.name for s in objective.strategies] == listed[::-1]
+    assert [s.name for s in objective.weighting] == ["focal", "cb_ce", "ohem", "hl"]
+
+
+def test_phase_ties_keep_the_list_order(scratch_registry, ctx):
+    register_strategy("scale")(_Scale)
+    assert [s.name for s in Objective(["scale", "cb_ce"], {}, ctx).strategies] == ["scale", "cb_ce"]
+    assert [s.name for s in Objective(["hl", "cb_ce", "scale"], {}, ctx).strategies] == ["cb_ce", "scale", "hl"]
+
+
+@pytest.mark.parametrize("cls, match", [
+    (_StructuralShapes, r"'bad' \(.*_StructuralShapes\) overrides shape\(\), which the objective calls only for kind "
+                        r"'weighting', but its kind is 'structural'; declare kind = 'weighting'.* or move it into terms\(\)"),
+    (_WeightingTerms, r"overrides terms\(\), which the objective calls only for kind 'structural', but its kind is "
+                      r"'weighting'; .* or move it into base_loss\(\)/shape\(\)/reduce\(\)"),
+    (_BaselineLoss, r"overrides base_loss\(\).*its kind is 'baseline'; declare kind = 'weighting'"),
+    (_WeightingExtraTerms, r"has kind 'weighting' but phase EXTRA_TERMS; a weighting strategy declares phase = "
+                           r"Phase.BASE_LOSS or .*Phase.WEIGHT_AND_REDUCE"),
+    (_LegacyOrder, r"declares no phase \('order' integers were replaced by phases\); a weighting strategy declares"),
+])
+def test_contract_is_checked_at_registration_and_by_the_objective(scratch_registry, ctx, cls, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        register_strategy("bad")(cls)
+    assert "\n" not in str(err.value) and "bad" not in available_strategies()
+    registry._STRATEGIES["bad"] = cls  # bypassing registration: the objective still refuses it
+    cls.name = "bad"
+    with pytest.raises(ConfigError, match=match) as err:
+        Objective(["bad"], {}, ctx, source="run.yaml")
+    assert str(err.value).startswith("run.yaml: strategy 'bad' (")
+    with pytest.raises(ConfigError, match=match):
+        validate_strategies(["bad"], {})
+
+
+BAD_PLUGIN = '''
+from hardseg.strategies import Phase, Strategy
+
+
+class SneakyTerms(Strategy):
+    kind = "weighting"
+    phase = Phase.SELECT_PIXELS
+
+    def terms(self, out, target, progress):
+        return {"sneaky": out.logits.sum()}
+'''
+
+
+def test_plugin_that_breaks_the_contract_is_one_line_config_error(tmp_path, monkeypatch, request):
+    _install_plugin(tmp_path, monkeypatch, request, "hardseg_plugin_sneaky", BAD_PLUGIN,
+                    "sneaky = hardseg_plugin_sneaky:SneakyTerms")
+    monkeypatch.setattr(registry, "_BROKEN", {})
+    assert get_strategy("hl").name == "hl" and "sneaky" not in available_strategies()  # built-ins unaffected
+    with pytest.raises(ConfigError, match=r"^run.yaml: strategy plugin 'sneaky' \(hardseg_plugin_sneaky.SneakyTerms\) "
+                                          r"overrides terms\(\).*declare kind = 'structural'") as err:
+        validate_strategies(["sneaky"], {}, source="run.yaml")
+    assert "\n" not in str(err.value)

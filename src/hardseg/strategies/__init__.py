@@ -7,12 +7,12 @@ The math lives in :mod:`hardseg.strategies.functional`; the composition rule
 in :mod:`hardseg.strategies.objective`. See ``docs/strategies.md``.
 """
 
-from hardseg.strategies.base import PixelLoss, Strategy, StrategyConfig, StrategyContext
+from hardseg.strategies.base import Phase, PixelLoss, Strategy, StrategyConfig, StrategyContext
 from hardseg.strategies.registry import available_strategies, get_strategy, register_strategy
 from hardseg.strategies.objective import Objective, TrainingModel, strategy_warnings, validate_strategies
 from hardseg.strategies import ce, cb_ce, focal, ohem, hl, self_regulation, coarse_to_fine  # noqa: F401  (register)
 
 __all__ = [
-    "Objective", "PixelLoss", "Strategy", "StrategyConfig", "StrategyContext", "TrainingModel",
+    "Objective", "Phase", "PixelLoss", "Strategy", "StrategyConfig", "StrategyContext", "TrainingModel",
     "available_strategies", "get_strategy", "register_strategy", "strategy_warnings", "validate_strategies",
 ]

@@ -5,14 +5,22 @@ A strategy is one class in one module, registered with
 paper's defaults (so search spaces can reach every hyperparameter), may add
 training-only modules to the model, and contributes named loss terms.
 
-Three kinds (``Strategy.kind``), composed by :mod:`hardseg.strategies.objective`:
+Three kinds (``Strategy.kind``), composed by :mod:`hardseg.strategies.objective`;
+the kind decides which loss hooks the objective calls:
 
-* ``baseline`` (``ce``): the main head's plain cross-entropy.
+* ``baseline`` (``ce``): the main head's plain cross-entropy; no loss hook.
 * ``weighting`` (``cb_ce``, ``focal``, ``ohem``, ``hl``): shape the main
-  head's per-pixel loss through the hooks :meth:`Strategy.base_loss`,
-  :meth:`Strategy.shape` and :meth:`Strategy.reduce`, in ``order``.
+  head's per-pixel loss through :meth:`Strategy.base_loss`,
+  :meth:`Strategy.shape` and :meth:`Strategy.reduce`.
 * ``structural`` (``self_regulation``, ``coarse_to_fine``): add modules
   (exits, stages) and loss terms through :meth:`Strategy.terms`.
+
+Each strategy also declares its :class:`Phase`, the step of the composition it
+acts in; the objective runs strategies in phase order (ties keep the order of
+the run's list). :func:`contract_violation` is the contract in code: a kind
+that the phase does not allow, or a loss hook the kind never calls, is
+rejected at registration and again when an Objective is built
+(docs/strategies.md, "Composition").
 
 See ``docs/strategies.md`` for the equations each strategy implements.
 """
@@ -20,6 +28,7 @@ See ``docs/strategies.md`` for the equations each strategy implements.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -28,6 +37,50 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 from hardseg.models import SegModel, SegOutput
+
+
+Kind = Literal["baseline", "weighting", "structural"]
+
+
+class Phase(IntEnum):
+    """Where a strategy acts in the composition, in the order the objective runs them.
+
+    The steps are those of :mod:`hardseg.strategies.objective` (1, 2a–d, 4); step 3,
+    the aux head's CE, belongs to no strategy. Modules run and hooks are called in
+    phase order; every structural strategy's ``terms`` are added in step 4 (C2F's,
+    in REPLACE_PREDICTION, before SR's).
+    """
+
+    def __new__(cls, doc: str) -> Phase:
+        value = len(cls.__members__) + 1  # the position in the class body
+        phase = int.__new__(cls, value)
+        phase._value_ = value
+        phase.__doc__ = doc
+        return phase
+
+    REPLACE_PREDICTION = "Step 1: replace the prediction, so every later step sees it (C2F's finest stage in out.logits)."
+    BASE_LOSS = "Step 2a: define the per-pixel loss ℓ (CE; focal replaces it)."
+    CLASS_WEIGHTS = "Step 2b: scale ℓ per pixel by its ground-truth class's weight (cb_ce)."
+    SELECT_PIXELS = "Step 2c: keep the hard pixels and zero the others (OHEM)."
+    WEIGHT_AND_REDUCE = "Step 2d: weight the kept pixels and reduce them to named terms (HL)."
+    EXTRA_TERMS = "Step 4: add loss terms on the strategy's own outputs (SR exits)."
+
+
+KIND_PHASES: dict[str, tuple[Phase, ...]] = {
+    "baseline": (Phase.BASE_LOSS,),
+    "weighting": (Phase.BASE_LOSS, Phase.CLASS_WEIGHTS, Phase.SELECT_PIXELS, Phase.WEIGHT_AND_REDUCE),
+    "structural": (Phase.REPLACE_PREDICTION, Phase.EXTRA_TERMS),
+}
+"""The phases each kind may act in: weightings shape the main loss (step 2), structural
+strategies replace the prediction before it (step 1) or add terms after it (step 4)."""
+
+KIND_HOOKS: dict[str, tuple[str, ...]] = {
+    "baseline": (),
+    "weighting": ("base_loss", "shape", "reduce"),
+    "structural": ("terms",),
+}
+"""The loss hooks the objective calls for each kind; the other hooks (modules, export,
+visuals, normalisation, config_warning, lr_mult) are called for every kind."""
 
 
 class StrategyConfig(BaseModel):
@@ -91,17 +144,21 @@ class Strategy:
 
     Class attributes:
         name: registry name (set by ``@register_strategy``).
-        kind: ``"baseline"``, ``"weighting"`` or ``"structural"`` (module docstring).
-        order: position in the composition (lower first): structural modules
-            that replace the prediction run first (C2F 0), then focal (10)
-            defines ℓ, cb_ce (20) multiplies it by class weights, OHEM (30)
-            selects pixels, HL (40) weights and normalises, SR (50) adds exits.
+        kind: ``"baseline"``, ``"weighting"`` or ``"structural"``: which loss
+            hooks the objective calls (:data:`KIND_HOOKS`).
+        phase: the :class:`Phase` it acts in, one its kind allows
+            (:data:`KIND_PHASES`): C2F REPLACE_PREDICTION, ce and focal
+            BASE_LOSS, cb_ce CLASS_WEIGHTS, OHEM SELECT_PIXELS, HL
+            WEIGHT_AND_REDUCE, SR EXTRA_TERMS. Every strategy declares one.
         Config: the pydantic hyperparameter model.
+
+    A subclass overrides only the hooks its kind's objective calls
+    (:func:`contract_violation`).
     """
 
     name: ClassVar[str] = ""
-    kind: ClassVar[Literal["baseline", "weighting", "structural"]] = "baseline"
-    order: ClassVar[int] = 50
+    kind: ClassVar[Kind] = "baseline"
+    phase: ClassVar[Phase | None] = None
     Config: ClassVar[type[StrategyConfig]] = StrategyConfig
 
     def __init__(self, cfg: StrategyConfig, ctx: StrategyContext):
@@ -142,7 +199,10 @@ class Strategy:
 
     # -- the main head's per-pixel loss (weighting strategies) ---------------
     def base_loss(self, logits: Tensor, target: Tensor) -> Tensor | None:
-        """Replace the per-pixel CE ℓ by another per-pixel loss (N, H, W), or None."""
+        """Replace the per-pixel CE ℓ by another per-pixel loss (N, H, W), or None.
+
+        The first weighting strategy (in phase order) that returns one defines ℓ.
+        """
         return None
 
     def shape(self, px: PixelLoss) -> None:
@@ -151,7 +211,8 @@ class Strategy:
     def reduce(self, px: PixelLoss, out: SegOutput, main_key: str) -> dict[str, Tensor] | None:
         """Reduce the per-pixel loss to named terms, or None for the default mean over valid pixels.
 
-        ``main_key`` is the name the objective gives the main head's term.
+        ``main_key`` is the name the objective gives the main head's term. The last
+        weighting strategy (in phase order) that returns terms wins.
         """
         return None
 
@@ -163,3 +224,34 @@ class Strategy:
     def visuals(self, out: SegOutput, images: Tensor, target: Tensor) -> dict[str, np.ndarray]:
         """Named uint8 RGB images (H, W, 3) to log; empty when the strategy has none."""
         return {}
+
+
+def contract_violation(cls: type, name: str | None = None, label: str = "strategy") -> str | None:
+    """Why ``cls`` breaks the composition contract (one line, naming what to fix), or None.
+
+    Checked: ``cls`` is a :class:`Strategy`, its ``kind`` is known, its ``phase`` is a
+    :class:`Phase` its kind allows (:data:`KIND_PHASES`), and it overrides no loss hook
+    that its kind's objective never calls (:data:`KIND_HOOKS`): such a hook would be
+    silently skipped. ``label`` starts the message (``strategy``, ``strategy plugin``).
+    """
+    who = f"{label} '{name or getattr(cls, 'name', '') or cls.__name__}' ({cls.__module__}.{cls.__qualname__})"
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        return f"{who} is not a hardseg Strategy subclass"
+    kind = cls.kind
+    if kind not in KIND_HOOKS:
+        return f"{who} has kind {kind!r}; declare kind = 'baseline', 'weighting' or 'structural'"
+    allowed = " or ".join(f"Phase.{p.name}" for p in KIND_PHASES[kind])
+    if not isinstance(cls.phase, Phase):
+        gone = " ('order' integers were replaced by phases)" if hasattr(cls, "order") else ""
+        return f"{who} declares no phase{gone}; a {kind} strategy declares phase = {allowed}"
+    if cls.phase not in KIND_PHASES[kind]:
+        return (f"{who} has kind '{kind}' but phase {cls.phase.name}; a {kind} strategy declares "
+                f"phase = {allowed}, or change its kind")
+    for owner, hooks in KIND_HOOKS.items():
+        for hook in hooks:
+            if owner != kind and getattr(cls, hook) is not getattr(Strategy, hook):
+                mine = "/".join(f"{h}()" for h in KIND_HOOKS[kind])
+                move = f" or move it into {mine}" if mine else ""
+                return (f"{who} overrides {hook}(), which the objective calls only for kind '{owner}', "
+                        f"but its kind is '{kind}'; declare kind = '{owner}' (and a phase of that kind){move}")
+    return None

@@ -27,7 +27,7 @@ import torch
 from pydantic import Field
 
 from hardseg.errors import ConfigError
-from hardseg.strategies.base import PixelLoss, Strategy, StrategyConfig, StrategyContext
+from hardseg.strategies.base import Phase, PixelLoss, Strategy, StrategyConfig, StrategyContext
 from hardseg.strategies.functional import class_balance_weights, class_weighted_pixel_loss
 from hardseg.strategies.registry import register_strategy
 
@@ -49,7 +49,7 @@ class CBCEConfig(StrategyConfig):
 @register_strategy("cb_ce")
 class ClassBalancedCE(Strategy):
     kind = "weighting"
-    order = 20
+    phase = Phase.CLASS_WEIGHTS
     Config = CBCEConfig
 
     def __init__(self, cfg: CBCEConfig, ctx: StrategyContext):

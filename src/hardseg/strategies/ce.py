@@ -12,7 +12,7 @@ strategy already uses CE as its main loss).
 
 from __future__ import annotations
 
-from hardseg.strategies.base import Strategy, StrategyConfig
+from hardseg.strategies.base import Phase, Strategy, StrategyConfig
 from hardseg.strategies.registry import register_strategy
 
 
@@ -23,5 +23,5 @@ class CEConfig(StrategyConfig):
 @register_strategy("ce")
 class CrossEntropy(Strategy):
     kind = "baseline"
-    order = 0
+    phase = Phase.BASE_LOSS  # alone in a run: ℓ is the per-pixel CE
     Config = CEConfig

@@ -47,7 +47,7 @@ from torch import Tensor
 
 from hardseg.errors import ConfigError
 from hardseg.models import SegModel, SegOutput, resize_bilinear
-from hardseg.strategies.base import Strategy, StrategyConfig, StrategyContext
+from hardseg.strategies.base import Phase, Strategy, StrategyConfig, StrategyContext
 from hardseg.strategies.functional import coarse_to_fine_losses
 from hardseg.strategies.registry import register_strategy
 
@@ -151,7 +151,7 @@ class CoarseToFineNet(nn.Module):
 @register_strategy("coarse_to_fine")
 class CoarseToFine(Strategy):
     kind = "structural"
-    order = 0  # replaces the prediction before the other strategies look at it
+    phase = Phase.REPLACE_PREDICTION  # before the other strategies look at the prediction
     Config = C2FConfig
 
     def __init__(self, cfg: C2FConfig, ctx: StrategyContext):

@@ -27,7 +27,7 @@ from typing import Literal
 from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor
 
-from hardseg.strategies.base import Strategy, StrategyConfig
+from hardseg.strategies.base import Phase, Strategy, StrategyConfig
 from hardseg.strategies.functional import focal_pixel_loss
 from hardseg.strategies.registry import register_strategy
 
@@ -50,7 +50,7 @@ class FocalConfig(StrategyConfig):
 @register_strategy("focal")
 class Focal(Strategy):
     kind = "weighting"
-    order = 10
+    phase = Phase.BASE_LOSS
     Config = FocalConfig
 
     @property

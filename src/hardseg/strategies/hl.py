@@ -41,7 +41,7 @@ from pydantic import Field
 from torch import Tensor
 
 from hardseg.models import SegModel, SegOutput
-from hardseg.strategies.base import PixelLoss, Strategy, StrategyConfig
+from hardseg.strategies.base import Phase, PixelLoss, Strategy, StrategyConfig
 from hardseg.strategies.functional import hl_losses, hl_weights
 from hardseg.strategies.registry import register_strategy
 from hardseg.strategies.visuals import palette_for, prediction_panel, scalar_to_rgb
@@ -79,7 +79,7 @@ class HLBranch(nn.Module):
 @register_strategy("hl")
 class HardnessLevel(Strategy):
     kind = "weighting"
-    order = 40
+    phase = Phase.WEIGHT_AND_REDUCE
     Config = HLConfig
     align_corners = False
 

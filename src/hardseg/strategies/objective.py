@@ -1,23 +1,28 @@
 """Composition of strategies into one training objective (docs/strategies.md, "Composition").
 
 A run names one or more strategies (``strategies: [hl, coarse_to_fine]``).
-The :class:`Objective` runs every strategy's modules on the forward pass,
-then builds the loss in this order:
+Each strategy declares the :class:`~hardseg.strategies.base.Phase` it acts in;
+the :class:`Objective` sorts them by phase (ties keep the list's order), runs
+every strategy's modules on the forward pass in that order, then builds the
+loss in these steps, whatever the order of the list:
 
-1. **Structural modules that replace the prediction run first.** C2F puts
-   its finest stage in ``out.logits`` (the network's head predicts its
-   coarsest level); every later step sees the final prediction.
+1. **Structural modules that replace the prediction run first**
+   (``Phase.REPLACE_PREDICTION``). C2F puts its finest stage in ``out.logits``
+   (the network's head predicts its coarsest level); every later step sees
+   the final prediction.
 2. **The main head's per-pixel loss** goes through the weighting strategies
-   in a fixed order, whatever the order of the list:
+   (kind ``weighting``: hooks ``base_loss``, ``shape``, ``reduce``) by phase:
 
-   a. ℓ = per-pixel CE, or the focal loss if ``focal`` is on (it *replaces* ℓ,
-      so "focal modulates ℓ before anything else");
-   b. ``cb_ce`` multiplies ℓ by the ground-truth class's weight;
-   c. ``ohem`` selects pixels (under no_grad; in loss mode it ranks the ℓ of
-      a–b) and zeroes the others;
-   d. the reduction: ``hl`` weights the remaining per-pixel loss with its
-      learned map and normalises over *all* pixels (``hl/seg`` + ``hl/hl``),
-      i.e. OHEM selects and HL weights the selected pixels; else ``ohem``
+   a. ``Phase.BASE_LOSS``: ℓ = per-pixel CE, or the focal loss if ``focal`` is
+      on (it *replaces* ℓ, so "focal modulates ℓ before anything else");
+   b. ``Phase.CLASS_WEIGHTS``: ``cb_ce`` multiplies ℓ by the ground-truth
+      class's weight;
+   c. ``Phase.SELECT_PIXELS``: ``ohem`` selects pixels (under no_grad; in loss
+      mode it ranks the ℓ of a–b) and zeroes the others;
+   d. ``Phase.WEIGHT_AND_REDUCE``, the reduction: ``hl`` weights the remaining
+      per-pixel loss with its learned map and normalises over *all* pixels
+      (``hl/seg`` + ``hl/hl``), i.e. OHEM selects and HL weights the selected
+      pixels (the last ``reduce`` that returns terms wins); else ``ohem``
       with an explicit ``normalize`` (``valid``, ``all`` or ``kept``) divides
       by that count; else the mean set by ``loss.average``
       (``StrategyContext.average``): over the non-ignored pixels (``valid``)
@@ -29,12 +34,16 @@ then builds the loss in this order:
 3. **The auxiliary head** (if the model has one) adds
    ``StrategyContext.aux_weight`` · CE as ``aux_ce``, averaged as
    ``loss.average`` says: weightings never touch it.
-4. **Structural terms**: SR exits (``sr/*``) and C2F levels (``c2f/*``) use
+4. **Structural terms** (kind ``structural``: hook ``terms``; SR in
+   ``Phase.EXTRA_TERMS``): SR exits (``sr/*``) and C2F levels (``c2f/*``) use
    plain CE on their own logit maps; the weighting applies to the final
    prediction only (the network's head, or C2F's finest stage).
 
 ``loss`` is the sum of all terms. Rejected, with one line naming what to fix:
-an empty list or a repeated name; ``ce`` with anything (it *is* the main loss
+a strategy class that breaks the contract (``base.contract_violation``: a phase
+its kind does not allow, or a loss hook its kind never calls, e.g. ``terms`` on
+a weighting strategy; registration checks it first); an empty list or a
+repeated name; ``ce`` with anything (it *is* the main loss
 of every run without a weighting strategy: ``[self_regulation]`` means CE +
 SR); two strategies that each impose the main loss's normalisation (``hl``
 with any explicit ``ohem.normalize``: HL's Σ w̃ over all pixels would
@@ -57,7 +66,7 @@ from torch import Tensor
 
 from hardseg.errors import ConfigError
 from hardseg.models import SegModel, SegOutput
-from hardseg.strategies.base import PixelLoss, Strategy, StrategyConfig, StrategyContext
+from hardseg.strategies.base import PixelLoss, Strategy, StrategyConfig, StrategyContext, contract_violation
 from hardseg.strategies.functional import average_pixels, mean_ce, pixel_ce
 from hardseg.strategies.registry import get_strategy
 
@@ -96,7 +105,11 @@ def parse_strategy_params(names: list[str], params: dict[str, dict[str, Any]],
 
 
 def check_composition(pairs: list[tuple[type[Strategy], StrategyConfig]], source: str = "config") -> None:
-    """Reject combinations that make no sense (module docstring), with one line."""
+    """Reject strategy classes that break the contract and combinations that make no sense
+    (module docstring), with one line."""
+    for cls, _ in pairs:
+        if problem := contract_violation(cls):
+            raise ConfigError(f"{source}: {problem}")
     names = [cls.name for cls, _ in pairs]
     if any(cls.kind == "baseline" for cls, _ in pairs) and len(pairs) > 1:
         base = next(cls.name for cls, _ in pairs if cls.kind == "baseline")
@@ -133,7 +146,7 @@ class Objective:
         self.ctx = ctx
         self.names = list(names)
         strategies = [cls(configs[n], ctx) for n, cls in zip(names, classes)]
-        self.strategies: list[Strategy] = sorted(strategies, key=lambda s: s.order)
+        self.strategies: list[Strategy] = sorted(strategies, key=lambda s: s.phase)  # stable: ties keep the list's order
         self.weighting = [s for s in self.strategies if s.kind == "weighting"]
         self.structural = [s for s in self.strategies if s.kind == "structural"]
         self.main_key = "ce" if not self.weighting else self.weighting[0].name if len(self.weighting) == 1 else "seg"

@@ -34,7 +34,7 @@ from pydantic import Field
 from torch import Tensor
 
 from hardseg.models import SegOutput
-from hardseg.strategies.base import PixelLoss, Strategy, StrategyConfig
+from hardseg.strategies.base import Phase, PixelLoss, Strategy, StrategyConfig
 from hardseg.strategies.functional import average_pixels, ohem_keep_mask, valid_mean
 from hardseg.strategies.registry import register_strategy
 
@@ -69,7 +69,7 @@ def degenerate_warning(cfg: OHEMConfig, pixels_per_image: int) -> str | None:
 @register_strategy("ohem")
 class OHEM(Strategy):
     kind = "weighting"
-    order = 30
+    phase = Phase.SELECT_PIXELS
     Config = OHEMConfig
     _warned = False  # per process: the degenerate case is logged once
 

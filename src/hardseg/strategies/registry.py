@@ -7,8 +7,12 @@ A third-party package adds one by declaring an entry point in the
     [project.entry-points."hardseg.strategies"]
     my_loss = "my_pkg.my_loss:MyLoss"
 
-A plugin that fails to import (or is not a Strategy) does not break the
-built-ins: naming it raises a one-line ConfigError that says why.
+Registration checks the composition contract (``base.contract_violation``:
+a phase its kind allows, no loss hook its kind never calls). A built-in or a
+``@register_strategy`` class that breaks it raises a one-line ConfigError when
+its module is imported. A plugin that fails to import, is not a Strategy or
+breaks the contract does not break the built-ins: naming it raises a one-line
+ConfigError that says why.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Callable, TypeVar
 
 from hardseg.errors import ConfigError
 from hardseg.plugins import load_entry_points
+from hardseg.strategies.base import Strategy, contract_violation
 
 ENTRY_POINT_GROUP = "hardseg.strategies"
 _STRATEGIES: dict[str, type] = {}
@@ -27,9 +32,13 @@ S = TypeVar("S", bound=type)
 
 
 def register_strategy(name: str) -> Callable[[S], S]:
+    """Class decorator: register a :class:`Strategy` subclass under ``name``, after checking its
+    contract (ConfigError, one line, otherwise)."""
     def deco(cls: S) -> S:
         if name in _STRATEGIES and _STRATEGIES[name] is not cls:
             raise ValueError(f"strategy '{name}' is already registered by {_STRATEGIES[name].__module__}")
+        if problem := contract_violation(cls, name):
+            raise ConfigError(problem)
         cls.name = name
         _STRATEGIES[name] = cls
         return cls
@@ -41,12 +50,17 @@ def _load_entry_points() -> None:
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
-    from hardseg.strategies.base import Strategy
-
     load_entry_points(ENTRY_POINT_GROUP, "strategy", known=_STRATEGIES,
                       accept=lambda obj: isinstance(obj, type) and issubclass(obj, Strategy),
-                      expected="a hardseg Strategy subclass",
-                      register=lambda name, cls: register_strategy(name)(cls), broken=_BROKEN)
+                      expected="a hardseg Strategy subclass", register=_register_plugin, broken=_BROKEN)
+
+
+def _register_plugin(name: str, cls: type) -> None:
+    """Register an entry point's class, or remember in ``_BROKEN`` why its contract is broken."""
+    if problem := contract_violation(cls, name, label="strategy plugin"):
+        _BROKEN[name] = problem
+    else:
+        register_strategy(name)(cls)
 
 
 def available_strategies() -> list[str]:

@@ -44,7 +44,7 @@ from torch import Tensor
 
 from hardseg.errors import ConfigError
 from hardseg.models import SegModel, SegOutput, resize_bilinear
-from hardseg.strategies.base import Strategy, StrategyConfig
+from hardseg.strategies.base import Phase, Strategy, StrategyConfig
 from hardseg.strategies.functional import self_regulation_losses
 from hardseg.strategies.registry import register_strategy
 
@@ -86,7 +86,7 @@ class Exit(nn.Module):
 @register_strategy("self_regulation")
 class SelfRegulation(Strategy):
     kind = "structural"
-    order = 50
+    phase = Phase.EXTRA_TERMS
     Config = SRConfig
     align_corners = False
 
