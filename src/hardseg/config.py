@@ -15,71 +15,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
-from hardseg.errors import ConfigError
+from hardseg.data.config import AugmentConfig, DataConfig, SyntheticConfig
+from hardseg.data.registry import get_dataset
+from hardseg.errors import ConfigError, DataError
+from hardseg.models import check_model_name
+from hardseg.strategies import validate_strategies
+from hardseg.strict import Strict
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class SyntheticConfig(_Strict):
-    """Size and seed of the procedural hard-pixel benchmark."""
-
-    size: int = Field(64, ge=32, le=1024, description="image side in pixels")
-    n_train: int = Field(1200, ge=2)
-    n_val: int = Field(200, ge=2)
-    n_shift: int = Field(200, ge=2, description="images per shifted evaluation set")
-    seed: int = 0
+__all__ = [
+    "AugmentConfig", "DataConfig", "EvalConfig", "FaultConfig", "LossConfig", "ModelConfig", "RayConfig", "RunConfig",
+    "Strict", "SyntheticConfig", "TrackingConfig", "TrainConfig", "apply_overrides", "check_eval",
+    "check_registered_names", "default_config_path", "flatten", "load_config", "validate_config",
+]
 
 
-class AugmentConfig(_Strict):
-    """Training augmentation (torchvision.transforms.v2, image and mask alike)."""
-
-    enabled: bool = True
-    scale: tuple[float, float] = (0.75, 1.25)
-    crop: int | tuple[int, int] | None = Field(
-        None, description="crop side or (height, width), e.g. [512, 1024] on Cityscapes; None keeps the image size")
-    hflip: bool = True
-
-    @field_validator("scale")
-    @classmethod
-    def _scale_order(cls, v: tuple[float, float]) -> tuple[float, float]:
-        if not 0 < v[0] <= v[1]:
-            raise ValueError("scale must be (low, high) with 0 < low <= high")
-        return v
-
-    @field_validator("crop")
-    @classmethod
-    def _crop_positive(cls, v: int | tuple[int, int] | None) -> int | tuple[int, int] | None:
-        if v is not None and min((v, v) if isinstance(v, int) else v) < 1:
-            raise ValueError("crop must be a positive side or (height, width)")
-        return v
-
-
-class DataConfig(_Strict):
-    """Which dataset to train and evaluate on."""
-
-    dataset: str = Field("synthetic", description="a registered dataset format: synthetic, cityscapes, folder, ade20k, "
-                         "voc, gta5, foggy_cityscapes, acdc, dark_zurich, or a hardseg.datasets plugin")
-    root: str = Field("data/synthetic", description="dataset folder; relative paths are taken from the working directory")
-    synthetic: SyntheticConfig = SyntheticConfig()
-    augment: AugmentConfig = AugmentConfig()
-    eval_domains: list[str] = Field(
-        default_factory=lambda: ["fog-3"],
-        description="extra evaluation splits after training, e.g. fog-3, night-1, target",
-    )
-    loader_workers: int | None = Field(
-        None, ge=0, description="DataLoader worker processes per training worker; None = ray.cpus_per_worker - 1 "
-                                "(the training process keeps one CPU)")
-    prefetch_factor: int = Field(2, ge=1, description="batches each loader worker prepares ahead")
-    test_split: str | None = Field(
-        None, description="held-out split the best (by val) model is also evaluated on at the end, logged as "
-        "test/<metric>; never used to choose epochs or sweep trials")
-
-
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     name: str = "tiny_seg"
     aux: bool = Field(False, description="add the auxiliary head where the architecture has one")
     aux_weight: float = Field(0.4, ge=0, description="weight of the aux head's CE, the same for every strategy")
@@ -106,7 +58,7 @@ class ModelConfig(_Strict):
         return "none" if v.lower() in ("none", "null") else ("imagenet" if v.lower() == "imagenet" else v)
 
 
-class LossConfig(_Strict):
+class LossConfig(Strict):
     """How the per-pixel losses are averaged (docs/strategies.md §0)."""
 
     average: Literal["valid", "all"] = Field(
@@ -114,7 +66,7 @@ class LossConfig(_Strict):
         "all pixels (all: mmsegmentation 0.22.1, the HL paper's table; HL with uniform weights then equals CE)")
 
 
-class TrainConfig(_Strict):
+class TrainConfig(Strict):
     """Optimisation settings for the per-worker loop."""
 
     epochs: int = Field(16, ge=1)
@@ -144,7 +96,7 @@ class TrainConfig(_Strict):
                                                    "it has none, e.g. CUDA bilinear upsampling's backward)")
 
 
-class EvalConfig(_Strict):
+class EvalConfig(Strict):
     """Evaluation batching and inference mode (docs: ``mode: slide`` for large images)."""
 
     batch_size: int | None = Field(None, ge=1, description="images per evaluation batch; None = train.batch_size")
@@ -167,7 +119,7 @@ class EvalConfig(_Strict):
         return v
 
 
-class RayConfig(_Strict):
+class RayConfig(Strict):
     address: str | None = Field(None, description="Ray cluster address; None starts or joins a local Ray")
     num_workers: int = Field(2, ge=1)
     cpus_per_worker: float = Field(1.0, gt=0)
@@ -185,7 +137,7 @@ class RayConfig(_Strict):
         return v
 
 
-class TrackingConfig(_Strict):
+class TrackingConfig(Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; None = MLFLOW_TRACKING_URI or ./mlruns/mlflow.db")
     experiment: str = "hardseg"
     log_model: bool = Field(True, description="log each run's best model in MLflow's pytorch format under model/ "
@@ -194,14 +146,14 @@ class TrackingConfig(_Strict):
                                        "SQLite MLflow store (use PostgreSQL on a multi-node cluster)")
 
 
-class FaultConfig(_Strict):
+class FaultConfig(Strict):
     """Failure injection for tests of fault tolerance (off by default)."""
 
     kill_rank: int | None = Field(None, description="worker rank that kills itself")
     kill_at_epoch: int | None = Field(None, ge=2, description="1-based epoch at whose start it does so, on an attempt that did not resume from a checkpoint")
 
 
-class RunConfig(_Strict):
+class RunConfig(Strict):
     """One training run: everything ``hardseg train`` needs."""
 
     name: str = "train"
@@ -317,11 +269,6 @@ def check_eval(cfg: RunConfig, source: str = "config") -> None:
 
 def check_registered_names(cfg: RunConfig, source: str = "config") -> None:
     """Model, dataset and strategy names must exist; strategy parameters must validate."""
-    from hardseg.data.registry import get_dataset
-    from hardseg.errors import DataError
-    from hardseg.models import check_model_name
-    from hardseg.strategies import validate_strategies
-
     try:
         get_dataset(cfg.data.dataset)
     except DataError as err:  # "unknown dataset 'x'; allowed: ..." or a broken plugin's reason

@@ -17,6 +17,10 @@ augmentation of ``cfg.augment`` is applied (see :mod:`hardseg.data.transforms`).
 For ``dataset: synthetic`` the set is generated under ``cfg.root`` on first
 use (see :func:`ensure_synthetic`; relative roots are taken from the working
 directory) and memory-mapped afterwards.
+
+The settings (``DataConfig``, ``SyntheticConfig``, ``AugmentConfig``) live in
+:mod:`hardseg.data.config`; :mod:`hardseg.config` assembles and re-exports them.
+Importing this package registers the built-in formats (:mod:`hardseg.data.formats`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hardseg.config import DataConfig
+from hardseg.data.config import DataConfig
 from hardseg.data.base import SegmentationDataset, Source
 from hardseg.data.cityscapes import CITYSCAPES_INFO
 from hardseg.data.info import DatasetInfo
@@ -37,6 +41,7 @@ from hardseg.data.synthetic import (
     generate_synthetic,
 )
 from hardseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
+from hardseg.data import formats  # noqa: F401  (registers the built-in formats; registry never imports it)
 
 __all__ = [
     "DatasetInfo",

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hardseg.config import DataConfig
+from hardseg.data import available_splits, build_source, dataset_info
 from hardseg.data.base import PairedFileSource, check_sizes, image_size, read_mask
+from hardseg.data.config import DataConfig
 from hardseg.errors import DataError
 
 
@@ -71,8 +72,6 @@ def check_tree(cfg: DataConfig, splits: list[str] | None = None, variant: str | 
     Raises:
         DataError: the tree cannot be listed at all (missing root, empty split list, no images).
     """
-    from hardseg.data import available_splits, build_source, dataset_info
-
     found = available_splits(cfg)
     splits = splits or found
     if not splits:

@@ -47,6 +47,8 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+from skimage.color import hsv2rgb, rgb2hsv
+from skimage.io import imread
 
 from hardseg.robustness import CORRUPTION_FAMILIES
 
@@ -327,8 +329,6 @@ def _resize_cubic(img: np.ndarray, width: int, height: int) -> np.ndarray:
 def _frost_photo(path: str, h: int, w: int) -> np.ndarray:
     """The photograph at ``path`` (RGB) resized to 1.1x the size that covers an ``h`` x ``w`` image;
     cached, as every image of a dataset usually has the same size."""
-    from skimage.io import imread
-
     photo = np.asarray(imread(path))[..., :3]
     fh, fw = photo.shape[:2]
     scale = 1.1 * max(1.0, h / fh, w / fw)
@@ -352,8 +352,6 @@ def frost(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
 
 
 def brightness(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
-    from skimage.color import hsv2rgb, rgb2hsv
-
     c = (0.1, 0.2, 0.3, 0.4, 0.5)[severity - 1]
     hsv = rgb2hsv(_f(x))
     hsv[..., 2] = np.clip(hsv[..., 2] + c, 0, 1)
@@ -370,8 +368,6 @@ def contrast(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
 
 
 def saturate(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
-    from skimage.color import hsv2rgb, rgb2hsv
-
     c = ((0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2))[severity - 1]
     hsv = rgb2hsv(_f(x))
     hsv[..., 1] = np.clip(hsv[..., 1] * c[0] + c[1], 0, 1)

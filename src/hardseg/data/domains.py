@@ -32,7 +32,12 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from hardseg.config import DataConfig
+from hardseg.data import SegmentationDataset, build_source, dataset_info
+from hardseg.data.config import DataConfig
+from hardseg.data.corruptions import CORRUPTIONS, SEVERITIES, CorruptedSource, check_frost_files
+from hardseg.data.formats import folder_name
+from hardseg.data.registry import available_datasets, get_dataset
+from hardseg.data.transforms import EvalTransform
 from hardseg.errors import DataError
 from hardseg.keys import CORRUPT_PREFIX
 
@@ -56,8 +61,6 @@ class Domain:
 
 
 def _path_domain(spec: str, name: str, kind: str, tail: str) -> Domain:
-    from hardseg.data.registry import get_dataset
-
     fmt = get_dataset(kind)
     if not fmt.path_domain:
         raise DataError(f"evaluation domain '{spec}': dataset '{kind}' has no path form; name its splits directly")
@@ -85,23 +88,17 @@ def _path_domain(spec: str, name: str, kind: str, tail: str) -> Domain:
     elif fmt.domain_name is not None:
         name = fmt.domain_name(root_path, variant, split)
     else:
-        from hardseg.data.formats import folder_name
-
         name = folder_name(root_path, variant, split)
     return Domain(spec, name, kind, str(root_path), split, variant)
 
 
 def _corrupt_domain(spec: str, name: str, tail: str) -> Domain:
-    from hardseg.data.corruptions import CORRUPTIONS, SEVERITIES
-
     what, _, split = tail.partition(":")
     corruption, _, severity = what.rpartition("-")
     if corruption not in CORRUPTIONS or not severity.isdigit() or int(severity) not in SEVERITIES:
         raise DataError(f"evaluation domain '{spec}': write corrupt:<name>-<severity> with a severity 1-5 and a "
                         f"name of {', '.join(CORRUPTIONS)}")
     if corruption == "frost":  # its photographs come from a local folder: missing ones fail before anything runs
-        from hardseg.data.corruptions import check_frost_files
-
         try:
             check_frost_files()
         except ValueError as err:
@@ -120,8 +117,6 @@ def parse_domain(spec: str) -> Domain:
     if colon and kind == CORRUPT:
         domain = _corrupt_domain(spec, name, tail)
     elif colon:
-        from hardseg.data.registry import available_datasets
-
         if kind not in available_datasets():
             kinds = [k for k in available_datasets() if k != "synthetic"]
             raise DataError(f"evaluation domain '{spec}': unknown kind '{kind}' (use corrupt:<name>-<severity> or "
@@ -142,8 +137,6 @@ def expand(domain: Domain) -> list[Domain]:
     """One domain per variant for a format whose variants are severities (Foggy Cityscapes' betas)."""
     if domain.dataset is None or domain.variant is not None:
         return [domain]
-    from hardseg.data.registry import get_dataset
-
     fmt = get_dataset(domain.dataset)
     if not fmt.expand_variants:
         return [domain]
@@ -159,8 +152,6 @@ def absolute_spec(spec: str, base: Path) -> str:
         return spec
     variant = ""
     if d.variant is not None:
-        from hardseg.data.registry import get_dataset
-
         key = get_dataset(d.dataset).variant_key
         variant = f":{key}={d.variant}" if key else f":{d.variant}"
         name = d.name.rpartition("-")[0] if get_dataset(d.dataset).expand_variants else d.name
@@ -194,15 +185,10 @@ def build_domain(cfg: DataConfig, domain: Domain | str):
     Raises:
         DataError: missing data, unknown split, or a different number of classes.
     """
-    from hardseg.data import SegmentationDataset, build_source, dataset_info
-    from hardseg.data.transforms import EvalTransform
-
     domain = parse_domain(domain) if isinstance(domain, str) else domain
     try:
         source = build_source(domain_config(cfg, domain), domain.split, domain.variant)
         if domain.corruption is not None:
-            from hardseg.data.corruptions import CorruptedSource
-
             source = CorruptedSource(source, *domain.corruption)
         ds = SegmentationDataset(source, EvalTransform())
     except (KeyError, ValueError, FileNotFoundError) as err:

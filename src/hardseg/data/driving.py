@@ -35,6 +35,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy.io import loadmat
 
 from hardseg.data.base import IMAGE_EXTENSIONS, PairedFileSource, list_split_dirs
 from hardseg.data.cityscapes import (
@@ -58,8 +59,6 @@ def gta5_split_ids(root: Path) -> dict[str, set[int]] | None:
     path = root / "split.mat"
     if not path.is_file():
         return None
-    from scipy.io import loadmat
-
     try:
         mat = loadmat(path)
     except Exception as exc:  # scipy raises ValueError/TypeError/OSError on a broken file

@@ -4,7 +4,9 @@ A format says how to read one dataset layout: its class table, its splits and
 a reader (:class:`~hardseg.data.base.Source`) per split. The built-in formats
 (``synthetic``, ``cityscapes``, ``folder``, ``ade20k``, ``voc``, ``gta5``,
 ``foggy_cityscapes``, ``acdc``, ``dark_zurich``; see docs/datasets.md) register
-themselves with :func:`register_dataset`. A third-party package adds one by
+themselves with :func:`register_dataset` when :mod:`hardseg.data.formats` is
+imported, which ``hardseg/data/__init__.py`` does (so they are there whenever
+this module is). Entry points are read lazily, on the first lookup. A third-party package adds one by
 declaring an entry point in the ``hardseg.datasets`` group whose object is a
 :class:`DatasetFormat`::
 
@@ -27,7 +29,7 @@ from hardseg.errors import DataError
 from hardseg.plugins import load_entry_points
 
 if TYPE_CHECKING:
-    from hardseg.config import DataConfig
+    from hardseg.data.config import DataConfig
     from hardseg.data.base import Source
     from hardseg.data.info import DatasetInfo
 
@@ -85,7 +87,6 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    import hardseg.data.formats  # noqa: F401  (registers the built-ins)
 
     def register(name: str, fmt: DatasetFormat) -> None:
         register_dataset(fmt if fmt.name == name else DatasetFormat(**{**fmt.__dict__, "name": name}))

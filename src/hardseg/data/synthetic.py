@@ -61,6 +61,7 @@ gives byte-identical files. Each image draws from its own generator
 
 from __future__ import annotations
 
+import colorsys
 import contextlib
 import fcntl
 import json
@@ -76,8 +77,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from scipy import ndimage
+from skimage import data as skdata
 
-from hardseg.config import SyntheticConfig
+from hardseg.data.config import SyntheticConfig
 from hardseg.data.info import DatasetInfo
 from hardseg.data.shifts import SEVERITIES, SHIFT_KINDS, apply_shift, shift_params
 from hardseg.errors import DataError
@@ -156,8 +159,6 @@ _STYLES: dict[str, dict[str, Any]] = {
 
 
 def _hue_rotated(colours: np.ndarray, turn: float, sat: float) -> np.ndarray:
-    import colorsys
-
     out = []
     for r, g, b in colours / 255.0:
         h, s_, v = colorsys.rgb_to_hsv(r, g, b)
@@ -179,8 +180,6 @@ _STYLES["target"] = {
 @lru_cache(maxsize=1)
 def _textures() -> np.ndarray:
     """The three bundled textures, each zero-mean unit-std, float32 (3, 512, 512)."""
-    from skimage import data as skdata
-
     out = []
     for name in _TEXTURES:
         t = getattr(skdata, name)().astype(np.float32)
@@ -218,8 +217,6 @@ def _smooth_field(rng: np.random.Generator, n: int, comps: int, fmin: float, fma
 
 def _fine_noise(rng: np.random.Generator, size: int) -> np.ndarray:
     """Unit-std noise correlated over ~1 final pixel, at render resolution."""
-    from scipy import ndimage
-
     w = ndimage.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), 0.8, mode="wrap")
     w /= w.std() + 1e-6
     return ndimage.zoom(w, FACTOR, order=1, mode="grid-wrap", grid_mode=True)
@@ -369,8 +366,6 @@ def _signed_distance(inside: np.ndarray) -> np.ndarray:
 
     Computed at half the render resolution, which is enough for soft ramps.
     """
-    from scipy import ndimage
-
     half = inside[::2, ::2]
     d_in = ndimage.distance_transform_edt(half)
     d_out = ndimage.distance_transform_edt(~half)

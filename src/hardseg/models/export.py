@@ -18,6 +18,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from hardseg.models.output import SegOutput
+from hardseg.models.smp import default_encoder
 
 FORMAT_VERSION = 1
 
@@ -39,8 +40,6 @@ class ExportedModel(nn.Module):
 def export_metadata(cfg: Any, info: Any, mean: tuple[float, ...], std: tuple[float, ...],
                     best_epoch: int | None = None) -> dict[str, Any]:
     """JSON-ready description of a run's model (``cfg``: the RunConfig, ``info``: its DatasetInfo)."""
-    from hardseg.models.smp import default_encoder
-
     name = cfg.model.name
     encoder = cfg.model.encoder or (default_encoder(name[4:]) if name.startswith("smp:") else None)
     return {

@@ -7,6 +7,11 @@ local files, :mod:`hardseg.models.pretrained`). Encoders are smp's own
 (``resnet18``, ``resnet50``, ``mobilenet_v2``, ``mit_b0`` …) or any timm model
 as ``tu-<timm name>``.
 
+segmentation-models-pytorch and timm are imported inside the functions that
+use them (``# local:``): importing them adds 0.3-1.2 s (``python -X importtime``
+after ``import hardseg.config``), which a run of a torchvision model or
+``tiny_seg`` and every ``hardseg`` command that validates a config would pay.
+
 What the strategies see (docs/models.md):
 
 * features: the encoder's outputs after the input itself, named ``stage1`` …
@@ -56,8 +61,8 @@ def default_encoder(arch: str) -> str:
 
 def check_encoder(encoder: str) -> None:
     """ConfigError unless ``encoder`` is an smp encoder or ``tu-<timm model>``."""
-    import segmentation_models_pytorch as smp
-    import timm
+    import segmentation_models_pytorch as smp  # local: smp+timm add 0.3-1.2 s; smp:* models only
+    import timm  # local: timm adds 0.4-0.9 s; tu-* encoders only
 
     if encoder.startswith("tu-"):
         name = encoder[3:].split(".")[0]
@@ -141,7 +146,7 @@ class SmpSeg(SegModel):
         return None if self.aux_head is None else self.aux_head(features[self._aux_feature])
 
     def new_head(self, out_channels: int) -> nn.Module:
-        from segmentation_models_pytorch.base import initialization
+        from segmentation_models_pytorch.base import initialization  # local: smp+timm add 0.3-1.2 s; smp:* models only
 
         decoder = copy.deepcopy(self.decode_head.decoder)
         for m in decoder.modules():  # every layer afresh (ConvTranspose too), then smp's decoder init on top
@@ -157,7 +162,7 @@ class SmpSeg(SegModel):
 
 def build_smp(arch: str, num_classes: int, aux: bool = False, encoder: str | None = None, **_: Any) -> SmpSeg:
     """``smp:<arch>`` with ``encoder`` (None: :func:`default_encoder`), fresh weights."""
-    import segmentation_models_pytorch as smp
+    import segmentation_models_pytorch as smp  # local: smp+timm add 0.3-1.2 s; smp:* models only
 
     encoder = encoder or default_encoder(arch)
     check_encoder(encoder)
@@ -183,7 +188,7 @@ def build_smp(arch: str, num_classes: int, aux: bool = False, encoder: str | Non
 
 def _dilated_encoder(built: nn.Module, encoder: str, output_stride: int) -> nn.Module:
     """``encoder`` rebuilt at ``output_stride`` (dilated last stages, as PSPNet's paper), where it supports it."""
-    from segmentation_models_pytorch.encoders import get_encoder
+    from segmentation_models_pytorch.encoders import get_encoder  # local: smp+timm add 0.3-1.2 s; smp:* models only
 
     try:
         with torch.device(next(built.parameters()).device):

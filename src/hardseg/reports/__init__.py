@@ -31,6 +31,8 @@ _EXPORTS = {
 __all__ = [*_EXPORTS, "stats"]
 
 
+# Lazy on purpose (PEP 562): `import hardseg.reports.stats` runs this file first, and it takes 1.4 s
+# alone against 3.9 s for hardseg.reports.publish (mlflow, matplotlib, optuna; python -X importtime).
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"hardseg.reports.{_EXPORTS[name]}"), name)

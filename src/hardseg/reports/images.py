@@ -13,7 +13,12 @@ import re
 import shutil
 from pathlib import Path
 
+import matplotlib
+import matplotlib.image as mpimg
 import pandas as pd
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
 from hardseg.reports.tables import label
@@ -69,12 +74,6 @@ def hl_maps_figure(panel_png: Path | str, path: Path | str, offset: float = 0.1,
     :data:`PANEL_GAP` white pixels) with column titles, a colour bar for the hardness w ∈ [offset,
     1 + offset] and tiles large enough to read. The panel's hardness ramp is viridis' anchor colours
     (``hardseg.strategies.visuals``), so the bar uses matplotlib's viridis."""
-    import matplotlib
-    import matplotlib.image as mpimg
-    from matplotlib.cm import ScalarMappable
-    from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
-
     img = mpimg.imread(str(panel_png))[..., :3]
     ncol = len(HL_COLUMNS)
     w = (img.shape[1] + PANEL_GAP) // ncol - PANEL_GAP

@@ -34,6 +34,7 @@ from hardseg.reports import search, stats
 from hardseg.reports.answer import verdict
 from hardseg.reports.collect import ReportError, runs_frame
 from hardseg.reports.domains import with_robustness
+from hardseg.reports.publish import write_report
 from hardseg.reports.tables import label, md_cell, per_seed, ablation_table, to_markdown
 
 
@@ -176,8 +177,6 @@ def write_study_report(client: MlflowClient, study_run: Run, out_dir: Path | str
                        correction: str = "holm") -> dict[str, Path]:
     """Write the study's report to ``out_dir`` (Markdown, HTML, figures, Parquet of stage 3) and log it on
     the study's run and on the confirmation stage's run under ``report/``."""
-    from hardseg.reports.publish import write_report
-
     lead, confirm_run = study_markdown(client, study_run, alpha, correction)
     params = study_run.data.params
     paths = write_report(client, confirm_run, out_dir, baseline=params.get("study.baseline", "ce"), alpha=alpha,

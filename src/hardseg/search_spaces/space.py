@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hardseg.config import RunConfig, _format_validation_error, apply_overrides, load_config, validate_config
 from hardseg.errors import ConfigError
+from hardseg.strategies import available_strategies, get_strategy
 
 KINDS = ("uniform", "loguniform", "int", "categorical")
 _METRIC = re.compile(r"^[\w.-]+/[\w./-]+$")
@@ -218,8 +219,6 @@ def _is_model(x: Any) -> bool:
 
 def check_path(path: str, src: str) -> None:
     """A parameter path must name one value of RunConfig (or of a strategy's Config)."""
-    from hardseg.strategies import available_strategies, get_strategy
-
     parts = path.split(".")
     if parts[0] == "strategy_params":
         known = available_strategies()
@@ -283,8 +282,6 @@ class SearchSpace:
         Raises:
             ConfigError: one line naming the parameter to fix.
         """
-        from hardseg.strategies import available_strategies
-
         cfg = load_config(config_path).model_dump(mode="json")
         options, known = self.strategy_options(cfg), available_strategies()
         if unknown := [s for combo in options for s in combo if s not in known]:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from hardseg.data.info import default_palette
 from hardseg.models.output import predict_classes
 
 # A perceptually ordered ramp (dark blue → teal → yellow), interpolated linearly.
@@ -56,8 +57,6 @@ def palette_for(num_classes: int, palette: Sequence[Sequence[int]] = ()) -> Sequ
     """The given palette, or the datasets' default one."""
     if palette:
         return palette
-    from hardseg.data.info import default_palette
-
     return default_palette(num_classes)
 
 

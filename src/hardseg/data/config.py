@@ -1,0 +1,68 @@
+"""The data package's settings: which dataset, the synthetic benchmark's size, training augmentation.
+
+They live here, inside :mod:`hardseg.data`, so the data modules read their own
+settings without importing :mod:`hardseg.config` (which assembles them into a
+:class:`~hardseg.config.RunConfig` and re-exports them, so
+``from hardseg.config import DataConfig`` keeps working). Layouts: docs/datasets.md.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from hardseg.strict import Strict
+
+
+class SyntheticConfig(Strict):
+    """Size and seed of the procedural hard-pixel benchmark."""
+
+    size: int = Field(64, ge=32, le=1024, description="image side in pixels")
+    n_train: int = Field(1200, ge=2)
+    n_val: int = Field(200, ge=2)
+    n_shift: int = Field(200, ge=2, description="images per shifted evaluation set")
+    seed: int = 0
+
+
+class AugmentConfig(Strict):
+    """Training augmentation (torchvision.transforms.v2, image and mask alike)."""
+
+    enabled: bool = True
+    scale: tuple[float, float] = (0.75, 1.25)
+    crop: int | tuple[int, int] | None = Field(
+        None, description="crop side or (height, width), e.g. [512, 1024] on Cityscapes; None keeps the image size")
+    hflip: bool = True
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_order(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError("scale must be (low, high) with 0 < low <= high")
+        return v
+
+    @field_validator("crop")
+    @classmethod
+    def _crop_positive(cls, v: int | tuple[int, int] | None) -> int | tuple[int, int] | None:
+        if v is not None and min((v, v) if isinstance(v, int) else v) < 1:
+            raise ValueError("crop must be a positive side or (height, width)")
+        return v
+
+
+class DataConfig(Strict):
+    """Which dataset to train and evaluate on."""
+
+    dataset: str = Field("synthetic", description="a registered dataset format: synthetic, cityscapes, folder, ade20k, "
+                         "voc, gta5, foggy_cityscapes, acdc, dark_zurich, or a hardseg.datasets plugin")
+    root: str = Field("data/synthetic", description="dataset folder; relative paths are taken from the working directory")
+    synthetic: SyntheticConfig = SyntheticConfig()
+    augment: AugmentConfig = AugmentConfig()
+    eval_domains: list[str] = Field(
+        default_factory=lambda: ["fog-3"],
+        description="extra evaluation splits after training, e.g. fog-3, night-1, target",
+    )
+    loader_workers: int | None = Field(
+        None, ge=0, description="DataLoader worker processes per training worker; None = ray.cpus_per_worker - 1 "
+                                "(the training process keeps one CPU)")
+    prefetch_factor: int = Field(2, ge=1, description="batches each loader worker prepares ahead")
+    test_split: str | None = Field(
+        None, description="held-out split the best (by val) model is also evaluated on at the end, logged as "
+        "test/<metric>; never used to choose epochs or sweep trials")
