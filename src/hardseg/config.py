@@ -194,13 +194,6 @@ class TrackingConfig(_Strict):
                                        "SQLite MLflow store (use PostgreSQL on a multi-node cluster)")
 
 
-class FaultConfig(_Strict):
-    """Failure injection for tests of fault tolerance (off by default)."""
-
-    kill_rank: int | None = Field(None, description="worker rank that kills itself")
-    kill_at_epoch: int | None = Field(None, ge=2, description="1-based epoch at whose start it does so, on an attempt that did not resume from a checkpoint")
-
-
 class RunConfig(_Strict):
     """One training run: everything ``hardseg train`` needs."""
 
@@ -215,7 +208,6 @@ class RunConfig(_Strict):
     strategy_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
-    fault: FaultConfig = FaultConfig()
 
     def flat(self) -> dict[str, Any]:
         """The configuration as ``{"train.lr": 0.003, ...}`` (MLflow params)."""

@@ -20,3 +20,32 @@ class DataError(HardsegError, ValueError):
 
 class TrainingError(HardsegError, RuntimeError):
     """Training cannot go on (for example the loss became NaN or inf)."""
+
+
+class NonFiniteLoss(TrainingError, FloatingPointError):
+    """The loss or the gradients stopped being finite (``train_one_epoch``'s check).
+
+    Deterministic: the same seed fails at the same step again, so a run that meets
+    it fails (MLflow status FAILED, the message in ``hardseg.error``) instead of
+    being retried from its last checkpoint. ``epoch`` is the 1-based epoch it
+    happened in (0: unknown).
+    """
+
+    def __init__(self, message: str, epoch: int = 0):
+        super().__init__(message)
+        self.epoch = epoch
+
+    @classmethod
+    def of_run(cls, run_id: str, reason: str) -> "NonFiniteLoss":
+        """The error a run's driver raises: which run, the worker's reason and what to change."""
+        return cls(f"run {run_id} failed: {reason}; lower train.lr or check the data and strategy settings")
+
+    def as_report(self) -> dict[str, object]:
+        """The per-epoch report that carries this failure from a worker to the platform (:data:`FAILURE_KEY`)."""
+        return {"epoch": self.epoch, FAILURE_KEY: str(self)}
+
+
+# The key of a worker's report that carries a failure's message instead of metrics: a Ray Train
+# worker reports its NonFiniteLoss this way (an exception would make Ray retry the run), the
+# MLflow logger turns it into the ``hardseg.error`` tag, and the driver raises NonFiniteLoss again.
+FAILURE_KEY = "error"

@@ -16,7 +16,7 @@ import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from hardseg.errors import ConfigError
+from hardseg.errors import FAILURE_KEY, ConfigError
 
 DEFAULT_DIR = "mlruns"
 MAX_PARAM_LEN = 6000
@@ -165,8 +165,8 @@ class MLflowEpochLogger:
 
     def log(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         step = int(metrics.get("epoch", 0))
-        if "error" in metrics:
-            set_tags(self.client, self.run_id, {"hardseg.error": metrics["error"]})
+        if FAILURE_KEY in metrics:  # a worker's NonFiniteLoss (trainables.ray_worker.fit_worker)
+            set_tags(self.client, self.run_id, {"hardseg.error": metrics[FAILURE_KEY]})
         log_metrics(self.client, self.run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step)
         if checkpoint_dir is not None and (Path(checkpoint_dir) / "visuals").is_dir():
             log_visuals(self.client, self.run_id, Path(checkpoint_dir) / "visuals", step)

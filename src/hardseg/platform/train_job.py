@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from hardseg.config import RunConfig
-from hardseg.errors import HardsegError, TrainingError
+from hardseg.errors import HardsegError, NonFiniteLoss, TrainingError
 from hardseg.platform import tracking
 
 EXPORT_ARTIFACT_DIR = "model"
@@ -258,9 +258,10 @@ def scaling_config(cfg: RunConfig):
 
 
 def make_trainer(cfg: RunConfig, run_id: str, uri: str, *, name: str | None = None,
-                 callbacks: list | None = None):
+                 callbacks: list | None = None, train_loop=None):
     """The ``TorchTrainer`` of one run: DDP workers, checkpoints under ``cfg.ray.storage_path``,
-    each report logged to MLflow run ``run_id`` by a callback on the Train controller."""
+    each report logged to MLflow run ``run_id`` by a callback on the Train controller.
+    ``train_loop``: the workers' function (default ``ray_worker.train_loop_per_worker``; a test's own)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig as TrainRunConfig
     from ray.train.torch import TorchTrainer
 
@@ -269,7 +270,7 @@ def make_trainer(cfg: RunConfig, run_id: str, uri: str, *, name: str | None = No
     for key, value in CONTROLLER_ENV.items():
         os.environ.setdefault(key, value)
     return TorchTrainer(
-        train_loop_per_worker,
+        train_loop or train_loop_per_worker,
         train_loop_config={"run": cfg.model_dump(mode="json")},
         scaling_config=scaling_config(cfg),
         run_config=TrainRunConfig(
@@ -286,10 +287,10 @@ def make_trainer(cfg: RunConfig, run_id: str, uri: str, *, name: str | None = No
 
 
 def raise_if_run_failed(client: tracking.MlflowClient, run_id: str) -> None:
-    """A worker's error report (NaN loss) sets ``hardseg.error``; turn it into a TrainingError."""
+    """A worker's failure report (NaN loss) sets ``hardseg.error``; raise it again as NonFiniteLoss."""
     error = client.get_run(run_id).data.tags.get("hardseg.error")
     if error:
-        raise TrainingError(f"run {run_id} failed: {error}; lower train.lr or check the data and strategy settings")
+        raise NonFiniteLoss.of_run(run_id, error)
 
 
 def log_final_artifacts(client: tracking.MlflowClient, run_id: str, checkpoint_dir: Path | None,
@@ -354,8 +355,10 @@ class RunCloser:
         return False
 
 
-def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str, str] | None = None) -> TrainOutcome:
-    """Validate, prepare data, then train with ``cfg.ray.num_workers`` DDP workers.
+def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str, str] | None = None,
+                 train_loop=None) -> TrainOutcome:
+    """Validate, prepare data, then train with ``cfg.ray.num_workers`` DDP workers
+    (``train_loop``: the workers' function, see :func:`make_trainer`).
 
     Raises:
         HardsegError: bad input (before anything is logged) or a failed run
@@ -377,7 +380,7 @@ def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str,
 
     start = time.perf_counter()
     with RunCloser(client, run_id):
-        result = make_trainer(cfg, run_id, uri).fit()
+        result = make_trainer(cfg, run_id, uri, train_loop=train_loop).fit()
         # result.metrics belong to the last checkpoint; an error report carries no
         # checkpoint, so the MLflow callback's error tag is the source of truth.
         raise_if_run_failed(client, run_id)
