@@ -55,7 +55,7 @@ def main() -> int:
     from hardseg.data.synthetic import SPLITS
     from hardseg.trainables.evaluate import load_inference_model
     from hardseg.trainables.local import run_local
-    from hardseg.trainables.loop import _metrics_for, evaluate
+    from hardseg.trainables.loop import StepSettings, _metrics_for, evaluate
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="hardseg-evalcost-"))
@@ -77,7 +77,7 @@ def main() -> int:
         times = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            evaluate(model, DataLoader(ds, batch_size=batch), torch.device("cpu"), _metrics_for(ds.info))
+            evaluate(model, DataLoader(ds, batch_size=batch), _metrics_for(ds.info), StepSettings(torch.device("cpu")))
             times.append(time.perf_counter() - t0)
         rows[split] = {"images": len(ds), "seconds": statistics.median(times),
                        "images_per_s": len(ds) / statistics.median(times)}

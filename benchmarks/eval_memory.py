@@ -35,7 +35,8 @@ def child(model: str, root: Path, mode: str, threads: int) -> dict:
     import torch
 
     from hardseg.data import build_dataset
-    from hardseg.trainables.loop import _metrics_for, build_eval_loader, build_training_model, evaluate, slide_settings
+    from hardseg.trainables.loop import (StepSettings, _metrics_for, build_eval_loader, build_training_model, evaluate,
+                                         slide_settings)
 
     torch.set_num_threads(threads)
     s = dict(crop=(512, 1024), batch=1, workers=0, threads=threads)
@@ -50,7 +51,7 @@ def child(model: str, root: Path, mode: str, threads: int) -> dict:
     ds[0]  # decode once, so the page cache and the reader are warm
     before = rss_mib("VmRSS")
     t0 = time.perf_counter()
-    evaluate(net, loader, torch.device("cpu"), _metrics_for(ds.info), slide=slide_settings(cfg))
+    evaluate(net, loader, _metrics_for(ds.info), StepSettings(torch.device("cpu"), slide=slide_settings(cfg)))
     return {"time_s": time.perf_counter() - t0, "rss_before_mib": before, "peak_rss_mib": rss_mib("VmHWM")}
 
 

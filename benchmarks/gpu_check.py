@@ -61,12 +61,13 @@ from cityscapes_files import make_cityscapes  # noqa: E402
 from hardseg.config import RunConfig, load_config  # noqa: E402
 from hardseg.data import build_dataset  # noqa: E402
 from hardseg.errors import ConfigError  # noqa: E402
+from hardseg.keys import FAILURE  # noqa: E402
 from hardseg.models import build_model  # noqa: E402
 from hardseg.strategies import available_strategies  # noqa: E402
 from hardseg.trainables.local import run_local  # noqa: E402
-from hardseg.trainables.loop import (_metrics_for, autocast_for, build_eval_loader, build_optimizer,  # noqa: E402
-                                     build_train_loader, build_training_model, check_strategies_fit, evaluate,
-                                     poly_lambda, slide_settings)
+from hardseg.trainables.loop import (StepSettings, _metrics_for, autocast_for, build_eval_loader,  # noqa: E402
+                                     build_optimizer, build_train_loader, build_training_model,
+                                     check_strategies_fit, evaluate, poly_lambda, slide_settings)
 
 FORBIDDEN = ("ray", "mlflow", "optuna")
 
@@ -136,8 +137,8 @@ def hardseg_loop(cfg: RunConfig, device: torch.device) -> dict:
     with PeakMemory(device) as mem:
         hist = run_local(cfg, device=str(device))
     last = hist[-1]
-    if "error" in last:
-        raise RuntimeError(last["error"])
+    if FAILURE in last:
+        raise RuntimeError(last[FAILURE])
     return {"step_time_s": last["train/step_time_s"], "images_per_s": last["train/images_per_s"],
             "epoch_time_s": last["train/epoch_time_s"], "peak_mib": mem.mib, "loss": last["train/loss"]}
 
@@ -206,8 +207,8 @@ def step_only(cfg: RunConfig, device: torch.device, repeat: int) -> dict:
     ours, bare = [], []
     for _ in range(repeat):
         tm, objective, opt, sched, scaler = fresh()
-        ours.append(train_one_epoch(tm, objective, batches, opt, sched, scaler, device, 0, 1, True, 1)
-                    ["train/step_time_s"])
+        settings = StepSettings(device, amp=True, channels_last=True)
+        ours.append(train_one_epoch(tm, objective, batches, opt, sched, 0, settings, scaler)["train/step_time_s"])
         tm, _, opt, sched, scaler = fresh()
         net, times = tm.net.train(), []
         for images, target in batches:
@@ -248,12 +249,12 @@ def eval_one_image(cfg: RunConfig, device: torch.device, mode: str) -> dict:
     torch.manual_seed(0)
     tm, _ = build_training_model(c, ds.info, None)
     net = tm.export().to(device).to(memory_format=torch.channels_last).eval()
-    slide = slide_settings(c)
-    evaluate(net, loader, device, _metrics_for(ds.info), True, True, slide)  # warm-up (cuDNN autotune)
+    settings = StepSettings(device, amp=True, channels_last=True, slide=slide_settings(c))
+    evaluate(net, loader, _metrics_for(ds.info), settings)  # warm-up (cuDNN autotune)
     with PeakMemory(device) as mem:
         sync(device)
         t0 = time.perf_counter()
-        evaluate(net, loader, device, _metrics_for(ds.info), True, True, slide)
+        evaluate(net, loader, _metrics_for(ds.info), settings)
         sync(device)
         took = time.perf_counter() - t0
     return {"time_s": took, "peak_mib": mem.mib}

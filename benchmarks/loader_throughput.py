@@ -27,7 +27,8 @@ import torch
 from gpu_check import REPO, loader_images_per_s, run_config  # also sets up sys.path for hardseg
 from cityscapes_files import make_cityscapes
 from hardseg.data import build_dataset
-from hardseg.trainables.loop import build_optimizer, build_train_loader, build_training_model, poly_lambda, train_one_epoch
+from hardseg.trainables.loop import (StepSettings, build_optimizer, build_train_loader, build_training_model, poly_lambda,
+                                     train_one_epoch)
 
 
 def train_images_per_s(cfg, steps: int) -> float:
@@ -40,7 +41,7 @@ def train_images_per_s(cfg, steps: int) -> float:
     tm, objective = build_training_model(cfg, ds.info, np.ones(ds.info.num_classes))
     opt = build_optimizer(cfg, tm)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, poly_lambda(steps, 0.9))
-    stats = train_one_epoch(tm, objective, batches, opt, sched, None, torch.device("cpu"), 0, 1, False, 1)
+    stats = train_one_epoch(tm, objective, batches, opt, sched, 0, StepSettings(torch.device("cpu")))
     return cfg.train.batch_size / stats["train/step_time_s"]
 
 

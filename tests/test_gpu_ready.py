@@ -20,9 +20,9 @@ import torch.nn as nn
 from hardseg.config import load_config
 from hardseg.data import SYNTHETIC_INFO, build_dataset
 from hardseg.errors import ConfigError
-from hardseg.trainables.loop import (_metrics_for, build_train_loader, build_training_model, configure_backends,
-                                     convert_sync_bn, evaluate, slide_logits, slide_settings, slide_windows,
-                                     train_one_epoch)
+from hardseg.trainables.loop import (StepSettings, _metrics_for, build_train_loader, build_training_model,
+                                     configure_backends, convert_sync_bn, evaluate, slide_logits, slide_settings,
+                                     slide_windows, train_one_epoch)
 
 from conftest import small_overrides
 
@@ -76,11 +76,12 @@ def test_evaluate_slide_equals_whole_metrics_on_real_data(data_root, one_torch_t
     ds = build_dataset(cfg.data, "val", train=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=8)
     net = _tiny_net()
-    whole = evaluate(net, loader, torch.device("cpu"), _metrics_for(ds.info))
-    slid = evaluate(net, loader, torch.device("cpu"), _metrics_for(ds.info), slide=slide_settings(cfg))
+    whole = evaluate(net, loader, _metrics_for(ds.info), StepSettings(torch.device("cpu")))
+    slid = evaluate(net, loader, _metrics_for(ds.info), StepSettings(torch.device("cpu"), slide=slide_settings(cfg)))
     assert slid == whole
     # AMP (bf16 autocast on CPU) goes through the same evaluation and still gives valid metrics.
-    amp = evaluate(net, loader, torch.device("cpu"), _metrics_for(ds.info), amp=True, slide=((16, 16), (8, 8)))
+    amp = evaluate(net, loader, _metrics_for(ds.info), StepSettings(torch.device("cpu"), amp=True,
+                                                                     slide=((16, 16), (8, 8))))
     assert 0.0 <= amp["miou"] <= 1.0
 
 
@@ -147,16 +148,15 @@ def test_non_finite_loss_is_found_at_its_step_when_checked_every_n_steps(one_tor
     batches = [(torch.randn(2, 3, 32, 32), torch.randint(0, 4, (2, 32, 32))) for _ in range(7)]
     batches[2][0][0, 0, 0, 0] = float("nan")  # step 3
     with pytest.raises(FloatingPointError, match=r"loss became nan .* at epoch 1, step 3$"):
-        train_one_epoch(tm, objective, batches, opt, sched, None, torch.device("cpu"), 0, 1, False, 1,
-                        check_every=4)
+        train_one_epoch(tm, objective, batches, opt, sched, 0, StepSettings(torch.device("cpu"), check_every=4))
     # The flag is read at step 4, not before: steps 1-4 ran (the scheduler stepped 3 times).
     assert sched.last_epoch == 3
     # A clean epoch (fresh weights: step 3's NaN gradients were applied) returns the mean loss terms read at the end.
     tm, objective = build_training_model(cfg, SYNTHETIC_INFO, np.ones(SYNTHETIC_INFO.num_classes))
     opt = torch.optim.SGD(tm.parameters(), lr=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    stats = train_one_epoch(tm, objective, batches[3:], opt, sched, None, torch.device("cpu"), 0, 1, False, 1,
-                            check_every=4)
+    stats = train_one_epoch(tm, objective, batches[3:], opt, sched, 0,
+                            StepSettings(torch.device("cpu"), check_every=4))
     assert np.isfinite(stats["train/loss"]) and stats["train/images_per_s"] > 0
 
 

@@ -12,7 +12,7 @@ from hardseg.data import build_dataset
 from hardseg.models import build_model
 from hardseg.platform.prepare import resolve_paths
 from hardseg.platform.train_job import run_training
-from hardseg.trainables.loop import _metrics_for, evaluate
+from hardseg.trainables.loop import StepSettings, _metrics_for, evaluate
 
 from conftest import small_overrides
 
@@ -26,7 +26,8 @@ def untrained_miou(cfg) -> float:
     val = build_dataset(cfg.data, "val", train=False)
     torch.manual_seed(cfg.seed)
     net = build_model(cfg.model.name, val.info.num_classes, width=cfg.model.width)
-    return evaluate(net, DataLoader(val, batch_size=32), torch.device("cpu"), _metrics_for(val.info))["miou"]
+    return evaluate(net, DataLoader(val, batch_size=32), _metrics_for(val.info),
+                    StepSettings(torch.device("cpu")))["miou"]
 
 
 @pytest.mark.parametrize("combo", STRATEGIES)

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -110,6 +111,9 @@ def test_failing_and_nan_trials_fail_while_the_others_finish(ray_local, data_roo
         assert big.info.status == "FAILED" and "train.batch_size=1000" in big.data.tags["hardseg.error"]
     assert out.statuses == {"FINISHED": 1, "FAILED": 3}
     assert parents[0].data.tags["hardseg.best_run_id"] == by[("8", "0.003")].info.run_id
+    # Each in-process trial removed its copy of the last checkpoint (platform/tune_session.py), failed or not.
+    for c in children:
+        assert not list(Path(tempfile.gettempdir()).glob(f"hardseg-trial-{c.info.run_id}-*")), c.info.run_id
 
 
 def test_two_ddp_workers_per_trial_and_multi_objective(ray_local, data_root, sqlite_uri, tmp_path):

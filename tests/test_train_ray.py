@@ -6,6 +6,7 @@ import math
 import re
 
 import pytest
+import ray.cloudpickle
 from mlflow.tracking import MlflowClient
 
 from hardseg.config import load_config
@@ -13,6 +14,7 @@ from hardseg.platform.cli import main as cli
 from hardseg.platform.train_job import run_training
 from hardseg.trainables.local import run_local
 
+import fault_session
 from conftest import small_overrides
 from test_strategies_ray import untrained_miou
 
@@ -90,11 +92,13 @@ def test_same_seed_reproduces_metrics_exactly_and_logs_to_mlflow_server(ray_loca
 
 
 def test_killed_worker_resumes_from_checkpoint(ray_local, data_root, sqlite_uri, tmp_path, capfd):
-    """Rank 1 SIGKILLs itself at the start of epoch 3; Ray restarts the group, which resumes after epoch 2."""
+    """Rank 1 SIGKILLs itself at the start of epoch 3 (tests/fault_session.py); Ray restarts the group,
+    which resumes after epoch 2."""
     cfg = load_config(None, small_overrides(data_root, **{
-        "train.epochs": 4, "fault.kill_rank": 1, "fault.kill_at_epoch": 3, "ray.max_failures": 1,
+        "train.epochs": 4, "ray.max_failures": 1,
         "ray.storage_path": str(tmp_path / "runs"), "tracking.uri": sqlite_uri, "data.eval_domains": "[]"}))
-    out = run_training(cfg)
+    ray.cloudpickle.register_pickle_by_value(fault_session)  # the workers cannot import tests/
+    out = run_training(cfg, train_loop=fault_session.kill_rank_1_at_epoch_3)
     assert out.metrics["epoch"] == 4
     logs = capfd.readouterr()
     text = logs.out + logs.err

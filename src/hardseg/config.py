@@ -25,7 +25,7 @@ from hardseg.strategies import validate_strategies
 from hardseg.strict import Strict
 
 __all__ = [
-    "AugmentConfig", "DataConfig", "EvalConfig", "FaultConfig", "LossConfig", "ModelConfig", "RayConfig", "RunConfig",
+    "AugmentConfig", "DataConfig", "EvalConfig", "LossConfig", "ModelConfig", "RayConfig", "RunConfig",
     "Strict", "SyntheticConfig", "TrackingConfig", "TrainConfig", "apply_overrides", "check_eval",
     "check_registered_names", "default_config_path", "flatten", "load_config", "validate_config",
 ]
@@ -146,13 +146,6 @@ class TrackingConfig(Strict):
                                        "SQLite MLflow store (use PostgreSQL on a multi-node cluster)")
 
 
-class FaultConfig(Strict):
-    """Failure injection for tests of fault tolerance (off by default)."""
-
-    kill_rank: int | None = Field(None, description="worker rank that kills itself")
-    kill_at_epoch: int | None = Field(None, ge=2, description="1-based epoch at whose start it does so, on an attempt that did not resume from a checkpoint")
-
-
 class RunConfig(Strict):
     """One training run: everything ``hardseg train`` needs."""
 
@@ -167,7 +160,6 @@ class RunConfig(Strict):
     strategy_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
-    fault: FaultConfig = FaultConfig()
 
     def flat(self) -> dict[str, Any]:
         """The configuration as ``{"train.lr": 0.003, ...}`` (MLflow params)."""

@@ -31,6 +31,11 @@ RESTARTS = "hardseg.restarts"  # a trial reopened by a restored sweep: how often
 MODEL_LOG_ERROR = "hardseg.model_log_error"  # the MLflow model could not be logged (the run stands)
 WARNING_PREFIX = "hardseg.warning."  # hardseg.warning.<strategy>: a setting that defeats the strategy
 
+# A worker's report that carries a failure's message instead of metrics: a Ray Train worker reports its
+# NonFiniteLoss this way (an exception would make Ray retry the run), the MLflow logger turns it into
+# the hardseg.error tag, and the driver raises NonFiniteLoss again (hardseg.errors).
+FAILURE = "error"
+
 # -- what a training run trained ------------------------------------------------------------------------
 STRATEGIES = "hardseg.strategies"  # "+"-joined names
 SEED = "hardseg.seed"

@@ -217,7 +217,7 @@ def raise_if_run_failed(client: tracking.MlflowClient, run_id: str) -> None:
     failure); the controller's MLflow callback stores it as ``hardseg.error``. Raise it here, on the driver."""
     error = client.get_run(run_id).data.tags.get(keys.ERROR)
     if error:
-        raise NonFiniteLoss(f"run {run_id} failed: {error}; lower train.lr or check the data and strategy settings")
+        raise NonFiniteLoss.of_run(run_id, error)
 
 
 def log_checkpoint_artifacts(client: tracking.MlflowClient, run_id: str, checkpoint_dir: Path | None,

@@ -158,8 +158,8 @@ class MLflowEpochLogger:
 
     def log(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         step = int(metrics.get("epoch", 0))
-        if "error" in metrics:
-            set_tags(self.client, self.run_id, {keys.ERROR: metrics["error"]})
+        if keys.FAILURE in metrics:  # a worker's NonFiniteLoss (trainables.ray_worker.fit_worker)
+            set_tags(self.client, self.run_id, {keys.ERROR: metrics[keys.FAILURE]})
         log_metrics(self.client, self.run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step)
         if checkpoint_dir is not None and (Path(checkpoint_dir) / "visuals").is_dir():
             log_visuals(self.client, self.run_id, Path(checkpoint_dir) / "visuals", step)

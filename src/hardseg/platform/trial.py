@@ -31,10 +31,13 @@ from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from hardseg import keys
+from hardseg.errors import NonFiniteLoss
 from hardseg.platform import runs, tracking
 from hardseg.platform.runs import RunCloser, TrialStopped
 from hardseg.platform.trainer import log_result, make_trainer
+from hardseg.platform.tune_session import TuneSession
 from hardseg.search_spaces import SearchSpace
+from hardseg.trainables.loop import fit
 
 CONFIG_KEY = "config"  # a grid key naming one of TrialSpec.configs (tag sampled.config)
 
@@ -120,7 +123,7 @@ def _for_tune(metrics: dict[str, Any], wanted: list[str], final_epoch: int) -> d
     """Reports Tune may see during training: numeric, with every searcher metric (Tune aborts the
     sweep otherwise), and not the final epoch's, which the trial reports itself after closing its
     run (Tune stops a trial as soon as it sees its last result)."""
-    if "error" in metrics or any(m not in metrics for m in wanted) or int(metrics.get("epoch", 0)) >= final_epoch:
+    if keys.FAILURE in metrics or any(m not in metrics for m in wanted) or int(metrics.get("epoch", 0)) >= final_epoch:
         return None
     return numeric(metrics)
 
@@ -177,9 +180,7 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
     start = time.perf_counter()
     with RunCloser(client, run_id):
         if cfg.ray.num_workers == 1 and spec.in_process:
-            final, ckpt = _fit_in_process(cfg, spec.tracking_uri, run_id, spec.metrics)
-            runs.raise_if_run_failed(client, run_id)
-            runs.log_checkpoint_artifacts(client, run_id, ckpt, config_yaml, time.perf_counter() - start)
+            final = _fit_in_process(cfg, spec, client, run_id, config_yaml, start)
         else:
             trainer = make_trainer(cfg, run_id, spec.tracking_uri, name=f"train-{trial_id}",
                                    callbacks=[TuneForwarder(spec.metrics, epochs)])
@@ -196,48 +197,21 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
     tune.report(final)  # the run is closed: Tune may stop the trial now
 
 
-def _fit_in_process(cfg, uri: str, run_id: str, wanted: list[str]) -> tuple[dict[str, Any], Path | None]:
-    """Train in the trial's process; each epoch goes to MLflow and, with its checkpoint, to Tune.
+def _fit_in_process(cfg, spec: TrialSpec, client: tracking.MlflowClient, run_id: str, config_yaml: str,
+                    start: float) -> dict[str, Any]:
+    """Train in the trial's process (:class:`~hardseg.platform.tune_session.TuneSession`: each epoch to
+    MLflow and, with its checkpoint, to Tune), then log the last checkpoint's final artifacts.
 
-    Returns the final epoch's metrics (for Tune, once the run is closed) and a copy of the last checkpoint.
+    Returns the final epoch's metrics (for Tune, once the run is closed). A non-finite loss
+    raises NonFiniteLoss with the same message as a TorchTrainer run's (``raise_if_run_failed``).
     """
-    import shutil
-    import tempfile
-
-    import torch
-
-    from hardseg.trainables.local import LocalSession
-    from hardseg.trainables.loop import CHECKPOINT_FILE, fit
-
-    logger = tracking.MLflowEpochLogger(uri, run_id)
-    keep = Path(tempfile.mkdtemp(prefix="hardseg-trial-"))
-    state: dict[str, Any] = {"dir": None, "final": {}}
     epochs = cfg.train.epochs
-
-    class TuneSession(LocalSession):
-        def load_checkpoint(self) -> dict[str, Any] | None:
-            ckpt = tune.get_checkpoint()
-            if ckpt is None:
-                return None
-            with ckpt.as_directory() as d:
-                return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-
-        def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-            logger.log(metrics, checkpoint_dir)
-            if checkpoint_dir is not None:  # keep the latest for the final artifacts
-                shutil.rmtree(keep, ignore_errors=True)
-                shutil.copytree(checkpoint_dir, keep)
-                state["dir"] = keep
-            state["final"] = numeric(metrics)
-            kept = _for_tune(metrics, wanted, epochs)
-            if kept is None:
-                return
-            checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-            try:
-                tune.report(kept, checkpoint=checkpoint)
-            except SystemExit:  # Tune stops the trial: the scheduler's decision
-                raise TrialStopped(f"stopped by the scheduler after epoch {metrics.get('epoch')} of {epochs}") \
-                    from None
-
-    fit(cfg, TuneSession(device="cuda" if cfg.ray.use_gpu else "cpu"))
-    return state["final"], state["dir"]
+    logger = tracking.MLflowEpochLogger(spec.tracking_uri, run_id)
+    with TuneSession(logger, lambda m: _for_tune(m, spec.metrics, epochs), epochs,
+                     device="cuda" if cfg.ray.use_gpu else "cpu") as session:
+        try:
+            fit(cfg, session)
+        except NonFiniteLoss as err:
+            raise NonFiniteLoss.of_run(run_id, str(err)) from None
+        runs.log_checkpoint_artifacts(client, run_id, session.kept, config_yaml, time.perf_counter() - start)
+    return numeric(session.last)

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from hardseg.config import RunConfig
 from hardseg.data import dataset_info
 from hardseg.errors import ConfigError
-from hardseg.trainables.loop import build_training_model, eval_batch_size, evaluate_on_domains, resolve_flag
+from hardseg.trainables.loop import StepSettings, build_training_model, eval_batch_size, evaluate_on_domains
 
 
 def load_inference_model(path: str | Path) -> tuple[nn.Module, RunConfig]:
@@ -61,6 +61,6 @@ def evaluate_domains(model: nn.Module, cfg: RunConfig, domains: list[str], devic
     """
     dev = torch.device(device)
     size = batch_size or eval_batch_size(cfg)
-    return evaluate_on_domains(model.to(dev), cfg, domains, dev,
+    return evaluate_on_domains(model.to(dev), cfg, domains,
                                lambda ds: DataLoader(ds, batch_size=size, pin_memory=dev.type == "cuda"),
-                               resolve_flag(cfg.train.channels_last, dev), resolve_flag(cfg.train.amp, dev))
+                               StepSettings.resolve(cfg, dev, world_size=1))

@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 
 from hardseg.config import RunConfig, load_config
-from hardseg.errors import HardsegError
+from hardseg.errors import HardsegError, NonFiniteLoss
+from hardseg.keys import FAILURE
 from hardseg.trainables.loop import CHECKPOINT_FILE, fit
 from hardseg.trainables.progress import set_bar_factory
 
@@ -60,9 +61,13 @@ class LocalSession:
 
 
 def run_local(cfg: RunConfig, out_dir: Path | None = None, device: str | None = None) -> list[dict[str, Any]]:
-    """Train in this process; returns the per-epoch metrics."""
+    """Train in this process; returns the per-epoch metrics. A non-finite loss ends the history
+    with its failure report (``{"epoch": n, "error": "non-finite loss: ..."}``) instead of raising."""
     session = LocalSession(out_dir, device)
-    fit(cfg, session)
+    try:
+        fit(cfg, session)
+    except NonFiniteLoss as err:
+        session.history.append(err.as_report())
     return session.history
 
 
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "metrics.json").write_text(json.dumps(history, indent=1))
-    return 0 if history and "error" not in history[-1] else 1
+    return 0 if history and FAILURE not in history[-1] else 1
 
 
 if __name__ == "__main__":

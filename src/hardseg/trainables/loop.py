@@ -1,12 +1,20 @@
 """The per-worker training and evaluation loop.
 
-Read it top to bottom, like torchvision's ``references/segmentation/train.py``:
-:func:`fit` builds data, model, objective and optimiser, resumes from a
+Read it like torchvision's ``references/segmentation/train.py``: the building
+blocks first, the story last. :func:`fit` resolves the :class:`StepSettings`
+once (device, AMP, channels_last, evaluation mode, DDP size), builds data,
+model, objective and optimiser, resumes the :class:`TrainingState` from a
 checkpoint if the session has one, then alternates :func:`train_one_epoch` and
-:func:`evaluate` and reports once per epoch. It knows nothing of Ray or MLflow:
-a :class:`Session` supplies the rank, device, DDP wrapping, checkpoint and
-report hooks (``ray_worker.RaySession`` under Ray Train,
-``local.LocalSession`` in a plain process).
+:func:`evaluate` and reports once per epoch, with a checkpoint folder on rank 0.
+It knows nothing of Ray or MLflow: a :class:`Session` supplies the rank, device,
+DDP wrapping, checkpoint and report hooks (``ray_worker.RaySession`` under Ray
+Train, ``local.LocalSession`` in a plain process, ``platform.tune_session.
+TuneSession`` in a one-worker sweep trial; a test's session may inject faults).
+
+A non-finite loss raises :class:`~hardseg.errors.NonFiniteLoss` out of
+:func:`fit`; the caller fails the run with its message (the Ray Train worker
+reports it instead of raising, so that Ray does not retry a deterministic
+failure, see ``ray_worker.fit_worker``).
 
 Best model and evaluation domains: every evaluated epoch's ``val/miou`` is
 compared with the best so far (:class:`BestModel`; a tie keeps the earlier
@@ -54,6 +62,7 @@ import shutil
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
@@ -61,13 +70,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
 from hardseg.config import RunConfig
 from hardseg.data import build_dataset, class_pixel_frequencies, dataset_info
 from hardseg.data.domains import build_domain, parse_domains
-from hardseg.errors import ConfigError
+from hardseg.errors import ConfigError, NonFiniteLoss
 from hardseg.models import SegOutput, build_model, predict_classes
 from hardseg.models.pretrained import load_weights
 from hardseg.strategies import Objective, StrategyContext, TrainingModel
@@ -91,6 +101,38 @@ class Session(Protocol):
     def wrap_model(self, model: nn.Module) -> nn.Module: ...
     def load_checkpoint(self) -> dict[str, Any] | None: ...
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None: ...
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """How this worker runs its training and evaluation steps; :meth:`resolve` builds it once in :func:`fit`.
+
+    ``amp``: autocast (float16 on CUDA, bfloat16 on CPU; training also needs a GradScaler);
+    ``channels_last``: NHWC inputs; ``slide``: ``(crop, stride)`` for sliding-window evaluation
+    (None: whole images); ``world_size``: DDP ranks, over which losses and the non-finite flag are
+    reduced; ``epochs``: the run's length, for the loss schedule and the progress bar;
+    ``check_every``: steps between reads of the non-finite flag (None: :data:`FINITE_CHECK_EVERY`
+    on CUDA, 1 on CPU).
+    """
+
+    device: torch.device
+    amp: bool = False
+    channels_last: bool = False
+    slide: tuple[tuple[int, int], tuple[int, int]] | None = None
+    world_size: int = 1
+    epochs: int = 1
+    check_every: int | None = None
+
+    @classmethod
+    def resolve(cls, cfg: RunConfig, device: torch.device, world_size: int) -> "StepSettings":
+        """``train.amp``, ``train.channels_last`` (``auto``: on for CUDA), ``eval.mode`` and ``train.epochs``."""
+        return cls(device, amp=resolve_flag(cfg.train.amp, device),
+                   channels_last=resolve_flag(cfg.train.channels_last, device), slide=slide_settings(cfg),
+                   world_size=world_size, epochs=cfg.train.epochs)
+
+    @property
+    def finite_check_every(self) -> int:
+        return self.check_every or (FINITE_CHECK_EVERY if self.device.type == "cuda" else 1)
 
 
 class ShardSampler(Sampler[int]):
@@ -254,6 +296,7 @@ def build_eval_loader(cfg: RunConfig, ds: Dataset, rank: int, world_size: int, d
                       **_loader_options(cfg, device, persistent))
 
 
+# -- model, best epoch and checkpointed state ------------------------------------------
 class BestModel:
     """The best epoch so far by ``val/<BEST_METRIC>`` and a CPU copy of its inference weights.
 
@@ -297,6 +340,34 @@ class BestModel:
         return {"best/epoch": self.epoch, **{f"best/val/{k}": v for k, v in self.val.items()}}
 
 
+@dataclass
+class TrainingState:
+    """What a checkpoint saves and a resumed run restores (``checkpoint.pt``)."""
+
+    model: TrainingModel
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler | None
+    best: BestModel
+
+    def state_dict(self, epoch: int, cfg: RunConfig) -> dict[str, Any]:
+        """The state after ``epoch`` (0-based), with the run's config."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None, "epoch": epoch,
+                "best": self.best.state_dict(), "config": cfg.model_dump(mode="json")}
+
+    def load_state_dict(self, state: dict[str, Any]) -> int:
+        """Restore a checkpoint's state; returns the (0-based) epoch to go on with."""
+        self.best.load_state_dict(state.get("best"))
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        return state["epoch"] + 1
+
+
 def build_training_model(cfg: RunConfig, info, class_frequencies: np.ndarray | None, meta: bool = False
                          ) -> tuple[TrainingModel, Objective]:
     """The network of ``cfg.model`` with the strategies' modules, for a dataset described by ``info``.
@@ -333,6 +404,7 @@ def check_strategies_fit(cfg: RunConfig) -> list:
     return tm.weight_reports
 
 
+# -- training --------------------------------------------------------------------------
 def autocast_for(device: torch.device, enabled: bool):
     """Mixed precision as the loop uses it: float16 on CUDA, bfloat16 on CPU; a null context when off."""
     if not enabled:
@@ -349,35 +421,36 @@ def grad_norm(model: nn.Module) -> Tensor:
 
 
 def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    scheduler, scaler: torch.amp.GradScaler | None, device: torch.device, epoch: int, epochs: int,
-                    channels_last: bool, world_size: int, check_every: int | None = None) -> dict[str, float]:
-    """One pass over the training shard; returns mean loss terms and throughput.
+                    scheduler, epoch: int, settings: StepSettings,
+                    scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+    """One pass over the training shard (0-based ``epoch``); returns mean loss terms and throughput.
 
     Nothing is read back to the host per step: loss terms are summed on the
     device and read at the end. A non-finite loss, or (without a GradScaler,
     which skips such steps itself) a non-finite gradient norm, is recorded on
-    the device with its 1-based step; the flag is read every ``check_every``
-    steps (default :data:`FINITE_CHECK_EVERY` on CUDA, 1 on CPU), before the
-    optimiser step, and at the end of the epoch.
+    the device with its 1-based step; the flag is read every
+    ``settings.finite_check_every`` steps, before the optimiser step, and at the
+    end of the epoch.
 
-    Raises ``FloatingPointError`` naming the epoch and the step where it first
-    happened. DDP ranks agree on that step (the flag is reduced over ranks), so
-    every rank stops at the same check.
+    Raises :class:`~hardseg.errors.NonFiniteLoss` naming the epoch and the step
+    where it first happened. DDP ranks agree on that step (the flag is reduced
+    over ranks), so every rank stops at the same check.
     """
     model.train()
-    check_every = check_every or (FINITE_CHECK_EVERY if device.type == "cuda" else 1)
+    device, world_size, epochs = settings.device, settings.world_size, settings.epochs
+    check_every = settings.finite_check_every
     sums: dict[str, Tensor] = {}
     bad_step = torch.zeros((), dtype=torch.int64, device=device)  # 0: every step finite so far
     bad_values = torch.zeros(2, device=device)  # loss and gradient norm at bad_step
     n_images, step_times = 0, []
     steps = len(loader)
-    amp = autocast_for(device, scaler is not None)
+    amp = autocast_for(device, settings.amp)
     start = time.perf_counter()
     first_step_unix = time.time()
     for step, (images, target) in enumerate(epoch_bar(loader, epoch, epochs)):
         t0 = time.perf_counter()
         images = images.to(device, non_blocking=True)
-        if channels_last:
+        if settings.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         target = target.to(device, non_blocking=True)
         with amp:
@@ -432,8 +505,10 @@ def _raise_if_not_finite(bad_step: Tensor, bad_values: Tensor, epoch: int, world
         return
     if int(bad_step.item()) == s:
         loss, norm = bad_values.tolist()
-        raise FloatingPointError(f"loss became {loss} (gradient norm {norm}) at epoch {epoch + 1}, step {s}")
-    raise FloatingPointError(f"loss or gradients stopped being finite on another rank at epoch {epoch + 1}, step {s}")
+        raise NonFiniteLoss(f"non-finite loss: loss became {loss} (gradient norm {norm}) at epoch {epoch + 1}, "
+                            f"step {s}", epoch + 1)
+    raise NonFiniteLoss(f"non-finite loss: loss or gradients stopped being finite on another rank at epoch "
+                        f"{epoch + 1}, step {s}", epoch + 1)
 
 
 def _mean_over_ranks(values: dict[str, Tensor], world_size: int, device: torch.device | None = None
@@ -449,6 +524,7 @@ def _mean_over_ranks(values: dict[str, Tensor], world_size: int, device: torch.d
     return dict(zip(keys, t.tolist()))
 
 
+# -- evaluation ------------------------------------------------------------------------
 def _logits(out: Any) -> Tensor:
     return out.logits if isinstance(out, SegOutput) else out
 
@@ -505,22 +581,21 @@ def slide_settings(cfg: RunConfig) -> tuple[tuple[int, int], tuple[int, int]] | 
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, loader: DataLoader, device: torch.device, metrics: SegMetrics,
-             channels_last: bool = False, amp: bool = False,
-             slide: tuple[tuple[int, int], tuple[int, int]] | None = None) -> dict[str, float]:
+def evaluate(net: nn.Module, loader: DataLoader, metrics: SegMetrics, settings: StepSettings) -> dict[str, float]:
     """Confusion-matrix metrics over a (sharded) split, summed over ranks.
 
-    ``amp``: autocast as in training; ``slide``: ``(crop, stride)`` for sliding-window
-    inference (:func:`slide_logits`), else each batch in one pass.
+    ``settings.amp``: autocast as in training; ``settings.slide``: ``(crop, stride)`` for
+    sliding-window inference (:func:`slide_logits`), else each batch in one pass.
     """
     net.eval()
+    device, slide = settings.device, settings.slide
     for images, target in loader:
         images = images.to(device, non_blocking=True)
-        with autocast_for(device, amp):
+        with autocast_for(device, settings.amp):
             if slide is not None:
-                logits = slide_logits(net, images, slide[0], slide[1], channels_last)
+                logits = slide_logits(net, images, slide[0], slide[1], settings.channels_last)
             else:
-                if channels_last:
+                if settings.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 logits = _logits(net(images))
         metrics.update(target, predict_classes(logits))
@@ -533,41 +608,38 @@ def _metrics_for(info) -> SegMetrics:
                       info.thin_classes, ignore_index=info.ignore_index)
 
 
-def evaluate_on_domains(model: nn.Module, cfg: RunConfig, specs: list[str], device: torch.device,
-                        loader_for: Callable[[Dataset], DataLoader], channels_last: bool = False,
-                        amp: bool = False) -> dict[str, float]:
+def evaluate_on_domains(model: nn.Module, cfg: RunConfig, specs: list[str],
+                        loader_for: Callable[[Dataset], DataLoader], settings: StepSettings) -> dict[str, float]:
     """``{"<domain name>/<metric>": value}`` for every domain spec (:mod:`hardseg.data.domains`; bad specs or
-    data raise DataError); ``loader_for`` batches a domain's dataset; ``cfg.eval`` picks whole or slide."""
+    data raise DataError); ``loader_for`` batches a domain's dataset."""
     out: dict[str, float] = {}
-    slide = slide_settings(cfg)
     for domain in parse_domains(specs):
         ds = build_domain(cfg.data, domain)
-        res = evaluate(model, loader_for(ds), device, _metrics_for(ds.info), channels_last, amp, slide)
+        res = evaluate(model, loader_for(ds), _metrics_for(ds.info), settings)
         out.update({f"{domain.name}/{k}": v for k, v in res.items()})
     return out
 
 
 def evaluate_best_on_domains(cfg: RunConfig, session: Session, best: BestModel, inference: nn.Module,
-                             channels_last: bool, amp: bool = False) -> dict[str, float]:
+                             settings: StepSettings) -> dict[str, float]:
     """The best model on every ``cfg.data.eval_domains`` entry, plus ``best/...`` and robustness (module docstring)."""
     best_model = best.model(inference)
 
     def loader_for(ds: Dataset) -> DataLoader:
         return build_eval_loader(cfg, ds, session.rank, session.world_size, session.device)
 
-    domains = evaluate_on_domains(best_model, cfg, cfg.data.eval_domains, session.device, loader_for,
-                                  channels_last, amp)
+    domains = evaluate_on_domains(best_model, cfg, cfg.data.eval_domains, loader_for, settings)
     out: dict[str, float] = best.metrics()
     out.update(domains)
     out.update(robustness(domains, BEST_METRIC, clean=best.score))
     if cfg.data.test_split:  # held out: reported here only, never used to pick an epoch
         test_set = build_dataset(cfg.data, cfg.data.test_split, train=False)
-        res = evaluate(best_model, loader_for(test_set), session.device, _metrics_for(test_set.info),
-                       channels_last, amp, slide_settings(cfg))
+        res = evaluate(best_model, loader_for(test_set), _metrics_for(test_set.info), settings)
         out.update({f"test/{k}": v for k, v in res.items()})
     return out
 
 
+# -- what each epoch writes: visuals, checkpoint, progress line ------------------------
 def _visual_batch(loader: DataLoader, n: int = 4, window: tuple[int, int] | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``n`` images of ``loader``, cut to their top-left ``window`` (slide mode) to bound memory."""
@@ -576,98 +648,13 @@ def _visual_batch(loader: DataLoader, n: int = 4, window: tuple[int, int] | None
     return images[:n, :, :h, :w], target[:n, :h, :w]
 
 
-def fit(cfg: RunConfig, session: Session) -> dict[str, Any]:
-    """Train ``cfg`` on this worker; returns the last reported metrics."""
-    device = session.device
-    torch.set_num_threads(cfg.train.num_threads or max(1, int(cfg.ray.cpus_per_worker)))
-    configure_backends(cfg)
-    use_amp = resolve_flag(cfg.train.amp, device)
-    channels_last = resolve_flag(cfg.train.channels_last, device)
-    slide = slide_settings(cfg)
-
-    # Data: each sample's augmentation is seeded from (seed, epoch, index), see SeededSamples.
-    train_set = build_dataset(cfg.data, "train", train=True)
-    info = train_set.info
-    train_loader, sampler = build_train_loader(cfg, train_set, session.rank, session.world_size, device)
-    val_loader = build_eval_loader(cfg, build_dataset(cfg.data, "val", train=False), session.rank,
-                                   session.world_size, device, persistent=True)
-
-    # Model and objective: the same seed on every rank gives the same init.
-    torch.manual_seed(cfg.seed)
-    tm, objective = build_training_model(cfg, info, class_pixel_frequencies(train_set))
-    tm = convert_sync_bn(tm, cfg.model.sync_bn, device, session.world_size)
-    tm = tm.to(device)
-    if channels_last:
-        tm = tm.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(cfg, tm, fused=device.type == "cuda")
-    steps_per_epoch = len(train_loader)
-    if steps_per_epoch == 0:
-        raise ValueError(f"train.batch_size={cfg.train.batch_size} is larger than a worker's share of the "
-                         f"{len(train_set)} training images; lower train.batch_size or ray.num_workers")
-    total = cfg.train.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, poly_lambda(total, cfg.train.poly_power, int(cfg.train.warmup_epochs * steps_per_epoch)))
-    scaler = torch.amp.GradScaler(device.type) if use_amp else None
-
-    start_epoch, resumed = 0, False
-    best = BestModel()
-    state = session.load_checkpoint()
-    if state is not None:
-        best.load_state_dict(state.get("best"))
-        tm.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        start_epoch, resumed = state["epoch"] + 1, True
-    model = session.wrap_model(tm)
-
-    last: dict[str, Any] = {}
-    for epoch in range(start_epoch, cfg.train.epochs):
-        _maybe_inject_fault(cfg, session, epoch, resumed)
-        torch.manual_seed(seed_for(cfg.seed, epoch, session.rank))
-        sampler.set_epoch(epoch)
-        try:
-            metrics: dict[str, Any] = {"epoch": epoch + 1}
-            metrics.update(train_one_epoch(model, objective, train_loader, optimizer, scheduler, scaler, device,
-                                           epoch, cfg.train.epochs, channels_last, session.world_size))
-        except FloatingPointError as err:
-            # Every rank stops here; report instead of raising so Ray does not retry a
-            # deterministic failure from the last checkpoint.
-            last = {"epoch": epoch + 1, "error": f"non-finite loss: {err}"}
-            session.report(last, None)
-            return last
-        is_last = epoch + 1 == cfg.train.epochs
-        inference = tm.export()  # the network, plus C2F's stages where they make the prediction
-        if is_last or (epoch + 1) % cfg.train.eval_every == 0:
-            val = evaluate(inference, val_loader, device, _metrics_for(info), channels_last, use_amp, slide)
-            metrics.update({f"val/{k}": v for k, v in val.items()})
-            best.update(epoch + 1, val, inference)
-        if is_last:
-            metrics.update(evaluate_best_on_domains(cfg, session, best, inference, channels_last, use_amp))
-        visuals = {}
-        every = cfg.train.log_images_every
-        if session.rank == 0 and every and ((epoch + 1) % every == 0 or is_last):
-            visuals = _visuals(tm, objective, val_loader, device, channels_last, slide[0] if slide else None)
-        if session.rank == 0:
-            _print_progress(epoch, cfg.train.epochs, metrics)
-        ckpt_dir = _save_checkpoint(tm, optimizer, scheduler, scaler, epoch, cfg, visuals, best) \
-            if session.rank == 0 else None
-        try:
-            session.report(metrics, ckpt_dir)
-        finally:
-            if ckpt_dir is not None:
-                shutil.rmtree(ckpt_dir, ignore_errors=True)
-        last = metrics
-    return last
-
-
 @torch.no_grad()
-def _visuals(tm: TrainingModel, objective: Objective, loader: DataLoader, device: torch.device,
-             channels_last: bool, window: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
-    images, target = _visual_batch(loader, window=window)
-    images, target = images.to(device), target.to(device)
-    if channels_last:
+def _visuals(tm: TrainingModel, objective: Objective, loader: DataLoader, settings: StepSettings
+             ) -> dict[str, np.ndarray]:
+    """The strategies' panels (:meth:`Objective.visuals`) on the first images of ``loader``."""
+    images, target = _visual_batch(loader, window=settings.slide[0] if settings.slide else None)
+    images, target = images.to(settings.device), target.to(settings.device)
+    if settings.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     was_training = tm.training
     tm.eval()
@@ -678,20 +665,18 @@ def _visuals(tm: TrainingModel, objective: Objective, loader: DataLoader, device
         tm.train(was_training)
 
 
-def _save_checkpoint(tm: TrainingModel, optimizer, scheduler, scaler, epoch: int, cfg: RunConfig,
-                     visuals: dict[str, np.ndarray], best: BestModel) -> Path:
-    """``checkpoint.pt`` (the training state, to resume) and ``model_export.pt`` (the best model so far)."""
+def _save_checkpoint(cfg: RunConfig, epoch: int, state: TrainingState, export: nn.Module,
+                     visuals: dict[str, np.ndarray]) -> Path:
+    """A new folder with ``checkpoint.pt`` (the training state after ``epoch``, to resume),
+    ``model_export.pt`` (the best model so far; ``export``, this epoch's inference model, until
+    an epoch has been evaluated) and the visuals as PNGs."""
     d = Path(tempfile.mkdtemp(prefix="hardseg-ckpt-"))
-    torch.save({"model": tm.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None, "epoch": epoch,
-                "best": best.state_dict(), "config": cfg.model_dump(mode="json")}, d / CHECKPOINT_FILE)
-    export = tm.export()
+    torch.save(state.state_dict(epoch, cfg), d / CHECKPOINT_FILE)
+    best = state.best
     weights = best.weights if best.weights is not None else export.state_dict()
     torch.save({"model": weights, "epoch": best.epoch or epoch + 1, "config": cfg.model_dump(mode="json"),
                 "num_parameters": sum(p.numel() for p in export.parameters())}, d / EXPORT_FILE)
     if visuals:
-        from PIL import Image
-
         (d / "visuals").mkdir()
         for name, img in visuals.items():
             Image.fromarray(np.asarray(img, dtype=np.uint8)).save(d / "visuals" / f"{name.replace('/', '_')}.png")
@@ -707,15 +692,76 @@ def _print_progress(epoch: int, epochs: int, m: dict[str, Any]) -> None:
     print("[hardseg] " + " | ".join(parts), flush=True)
 
 
-def _maybe_inject_fault(cfg: RunConfig, session: Session, epoch: int, resumed: bool) -> None:
-    """Test aid: a configured rank kills its own process (SIGKILL) once."""
-    f = cfg.fault
-    if f.kill_rank is not None and f.kill_rank == session.rank and f.kill_at_epoch == epoch + 1 and not resumed:
-        import os
-        import signal
+# -- the story ------------------------------------------------------------------------
+def fit(cfg: RunConfig, session: Session) -> dict[str, Any]:
+    """Train ``cfg`` on this worker; returns the last reported metrics.
 
-        print(f"[hardseg] fault injection: rank {session.rank} kills itself at epoch {epoch + 1}", flush=True)
-        # Ray Train's controller collects reports on its 2 s health-check poll; give it
-        # time to register the previous epoch's checkpoint before dying.
-        time.sleep(5.0)
-        os.kill(os.getpid(), signal.SIGKILL)
+    Raises :class:`~hardseg.errors.NonFiniteLoss` on every rank when the loss or the
+    gradients stop being finite; the caller decides how the run fails
+    (``ray_worker.fit_worker`` reports it, so that Ray does not retry).
+    """
+    device = session.device
+    torch.set_num_threads(cfg.train.num_threads or max(1, int(cfg.ray.cpus_per_worker)))
+    configure_backends(cfg)
+    settings = StepSettings.resolve(cfg, device, session.world_size)
+
+    # Data: each sample's augmentation is seeded from (seed, epoch, index), see SeededSamples.
+    train_set = build_dataset(cfg.data, "train", train=True)
+    info = train_set.info
+    train_loader, sampler = build_train_loader(cfg, train_set, session.rank, session.world_size, device)
+    val_loader = build_eval_loader(cfg, build_dataset(cfg.data, "val", train=False), session.rank,
+                                   session.world_size, device, persistent=True)
+
+    # Model and objective: the same seed on every rank gives the same init.
+    torch.manual_seed(cfg.seed)
+    tm, objective = build_training_model(cfg, info, class_pixel_frequencies(train_set))
+    tm = convert_sync_bn(tm, cfg.model.sync_bn, device, session.world_size)
+    tm = tm.to(device)
+    if settings.channels_last:
+        tm = tm.to(memory_format=torch.channels_last)
+
+    # Optimiser, poly LR schedule per step, AMP's gradient scaler.
+    optimizer = build_optimizer(cfg, tm, fused=device.type == "cuda")
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} is larger than a worker's share of the "
+                         f"{len(train_set)} training images; lower train.batch_size or ray.num_workers")
+    total = cfg.train.epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, poly_lambda(total, cfg.train.poly_power, int(cfg.train.warmup_epochs * steps_per_epoch)))
+    scaler = torch.amp.GradScaler(device.type) if settings.amp else None
+    state = TrainingState(tm, optimizer, scheduler, scaler, BestModel())
+
+    # Resume from the session's checkpoint, if it has one.
+    checkpoint = session.load_checkpoint()
+    start_epoch = state.load_state_dict(checkpoint) if checkpoint is not None else 0
+    model = session.wrap_model(tm)
+
+    last: dict[str, Any] = {}
+    for epoch in range(start_epoch, cfg.train.epochs):
+        torch.manual_seed(seed_for(cfg.seed, epoch, session.rank))
+        sampler.set_epoch(epoch)
+        metrics: dict[str, Any] = {"epoch": epoch + 1}
+        metrics.update(train_one_epoch(model, objective, train_loader, optimizer, scheduler, epoch, settings, scaler))
+        is_last = epoch + 1 == cfg.train.epochs
+        inference = tm.export()  # the network, plus C2F's stages where they make the prediction
+        if is_last or (epoch + 1) % cfg.train.eval_every == 0:
+            val = evaluate(inference, val_loader, _metrics_for(info), settings)
+            metrics.update({f"val/{k}": v for k, v in val.items()})
+            state.best.update(epoch + 1, val, inference)
+        if is_last:
+            metrics.update(evaluate_best_on_domains(cfg, session, state.best, inference, settings))
+        ckpt_dir = None
+        if session.rank == 0:  # rank 0 alone prints, draws the visuals and writes the checkpoint
+            _print_progress(epoch, cfg.train.epochs, metrics)
+            every = cfg.train.log_images_every
+            visuals = _visuals(tm, objective, val_loader, settings) \
+                if every and ((epoch + 1) % every == 0 or is_last) else {}
+            ckpt_dir = _save_checkpoint(cfg, epoch, state, inference, visuals)
+        try:
+            session.report(metrics, ckpt_dir)
+        finally:
+            if ckpt_dir is not None:
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
+        last = metrics
+    return last

@@ -2,7 +2,9 @@
 
 ``TorchTrainer`` starts the workers and a gloo (CPU) or NCCL (GPU) process
 group; :class:`RaySession` adapts Ray Train's context to the loop's
-:class:`~hardseg.trainables.loop.Session`.
+:class:`~hardseg.trainables.loop.Session`. A non-finite loss is reported, not
+raised (:func:`fit_worker`): an exception would make Ray retry the run from its
+last checkpoint and fail again at the same step.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import torch
 import torch.nn as nn
 
 from hardseg.config import RunConfig
-from hardseg.trainables.loop import CHECKPOINT_FILE, fit
+from hardseg.errors import NonFiniteLoss
+from hardseg.trainables.loop import CHECKPOINT_FILE, Session, fit
 from hardseg.trainables.progress import BAR_ENV, set_bar_factory
 
 
@@ -59,6 +62,18 @@ class RaySession:
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
+def fit_worker(cfg: RunConfig, session: Session) -> None:
+    """:func:`~hardseg.trainables.loop.fit` on a Ray Train worker. Every rank meets a
+    :class:`~hardseg.errors.NonFiniteLoss` at the same step and reports it
+    (:meth:`~hardseg.errors.NonFiniteLoss.as_report`); the MLflow callback turns the report
+    into the run's ``hardseg.error`` tag and the driver raises NonFiniteLoss again
+    (``hardseg.platform.runs.raise_if_run_failed``)."""
+    try:
+        fit(cfg, session)
+    except NonFiniteLoss as err:
+        session.report(err.as_report(), None)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point given to ``TorchTrainer``; ``config["run"]`` is a RunConfig dump."""
     session = RaySession()
@@ -66,4 +81,4 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         from ray.experimental.tqdm_ray import tqdm  # local: only a run on a terminal needs it
 
         set_bar_factory(tqdm)  # drawn by Ray on the driver's terminal
-    fit(RunConfig.model_validate(config["run"]), session)
+    fit_worker(RunConfig.model_validate(config["run"]), session)
