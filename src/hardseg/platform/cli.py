@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from hardseg import keys
 from hardseg.errors import HardsegError
 
 
@@ -225,7 +226,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     client, uri = open_client(args.tracking_uri)
     parent = find_parent(client, args.name, experiment=args.experiment)
-    name = parent.data.tags.get("hardseg.sweep", args.name)
+    name = parent.data.tags.get(keys.SWEEP, args.name)
     out = Path(args.out) if args.out else Path("reports") / name
     # an explicit --baseline must exist; the default 'ce' may not (a sweep over one strategy's weights)
     paths = write_report(client, parent, out, metrics=args.metrics, baseline=args.baseline or "ce",

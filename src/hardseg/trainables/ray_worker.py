@@ -29,6 +29,7 @@ def _quiet_report_log() -> None:
     """Ray Train logs every report's full metrics dict at INFO under a logger named
     after its file path, which LoggingConfig does not reach; keep only warnings."""
     try:
+        # local: a private Ray module that another Ray version may not have; the try keeps the run going
         from ray.train.v2._internal.execution import context as _train_context
 
         _train_context.logger.setLevel(logging.WARNING)

@@ -1,0 +1,124 @@
+"""The house rules of docs/architecture.md, read from the source: arrows point one way, no import
+cycles, and a function-local import only with a ``# local:`` comment saying why."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+PACKAGE = SRC / "hardseg"
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _resolve(module: str, node: ast.ImportFrom, is_package: bool) -> str:
+    if not node.level:
+        return node.module or ""
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    base = base[: len(base) - node.level + 1]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def _imports() -> dict[str, list[tuple[str, ast.AST, bool, Path]]]:
+    """module -> [(imported module, node, inside a function, file)], TYPE_CHECKING blocks left out."""
+    out: dict[str, list] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module, tree = _module(path), ast.parse(path.read_text())
+        found: list = []
+
+        def visit(node: ast.AST, in_function: bool) -> None:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                    continue
+                local = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+                if isinstance(child, ast.Import):
+                    found.extend((a.name, child, in_function, path) for a in child.names)
+                elif isinstance(child, ast.ImportFrom):
+                    target = _resolve(module, child, path.name == "__init__.py")
+                    found.extend((f"{target}.{a.name}", child, in_function, path) for a in child.names)
+                    found.append((target, child, in_function, path))
+                visit(child, local)
+
+        visit(tree, False)
+        out[module] = found
+    return out
+
+
+IMPORTS = _imports()
+MODULES = set(IMPORTS)
+
+
+def _internal(name: str) -> str | None:
+    """The hardseg module an imported name belongs to (``hardseg.keys.FAILURE`` -> ``hardseg.keys``)."""
+    while name and name not in MODULES:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def _graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {m: set() for m in MODULES}
+    for module, found in IMPORTS.items():
+        for name, *_ in found:
+            target = _internal(name)
+            if target and target != module and not module.startswith(target + "."):  # a package's own face
+                graph[module].add(target)
+    return graph
+
+
+def test_no_import_cycles():
+    graph, state, cycles = _graph(), {}, []
+    assert {"hardseg.keys", "hardseg.platform.tracking"} <= graph["hardseg.platform.runs"]  # the graph is read
+
+    def visit(node: str, stack: list[str]) -> None:
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "\n".join(" -> ".join(c) for c in cycles)
+
+
+@pytest.mark.parametrize("layer, forbidden", [
+    ("hardseg.reports", ("hardseg.trainables", "hardseg.platform", "ray", "torch")),
+    ("hardseg.data", ("hardseg.trainables", "hardseg.platform", "ray", "mlflow")),
+    ("hardseg.models", ("hardseg.trainables", "hardseg.platform", "ray", "mlflow")),
+    ("hardseg.strategies", ("hardseg.trainables", "hardseg.platform", "ray", "mlflow")),
+    ("hardseg.trainables", ("hardseg.platform", "mlflow")),
+    ("hardseg.keys", ("hardseg", "ray", "mlflow", "torch")),
+    ("hardseg.robustness", ("hardseg.data", "hardseg.trainables", "torch")),
+])
+def test_arrows_point_down(layer, forbidden):
+    wrong = sorted({f"{m} -> {name}" for m, found in IMPORTS.items() if m == layer or m.startswith(layer + ".")
+                    for name, *_ in found
+                    if any(name == f or name.startswith(f + ".") for f in forbidden) and not name.startswith(layer)})
+    assert not wrong, wrong
+
+
+def test_function_local_imports_say_why():
+    """Each function-local import carries ``# local: <why>`` on its line or on the comment line that opens
+    its block of imports."""
+    unexplained = []
+    for found in IMPORTS.values():
+        for _, node, in_function, path in found:
+            if not in_function:
+                continue
+            lines = path.read_text().splitlines()
+            row = node.lineno - 1
+            while row > 0 and lines[row - 1].strip().startswith(("from ", "import ")):
+                row -= 1  # the first import of the block
+            said = "# local:" in lines[node.lineno - 1] or (row > 0 and lines[row - 1].strip().startswith("# local:"))
+            if not said:
+                unexplained.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert not sorted(set(unexplained)), sorted(set(unexplained))
