@@ -192,7 +192,7 @@ def _install(tmp_path, monkeypatch, request, module: str, source: str, entry: st
 
     from hardseg.data import registry
 
-    registry._load()
+    registry.FORMATS.load()
     (tmp_path / module).mkdir()
     (tmp_path / module / "__init__.py").write_text(source)
     info = tmp_path / f"{module}-0.1.dist-info"
@@ -200,9 +200,9 @@ def _install(tmp_path, monkeypatch, request, module: str, source: str, entry: st
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(f"[hardseg.datasets]\n{entry}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_FORMATS", dict(registry._FORMATS))  # undone after the test
-    monkeypatch.setattr(registry, "_BROKEN", {})
-    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry.FORMATS, "items", dict(registry.FORMATS.items))  # undone after the test
+    monkeypatch.setattr(registry.FORMATS, "broken", {})
+    monkeypatch.setattr(registry.FORMATS, "loaded", False)
     request.addfinalizer(lambda: sys.modules.pop(module, None))
 
 

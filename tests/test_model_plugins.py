@@ -83,9 +83,9 @@ def plugin_registry(tmp_path, monkeypatch):
 
     plugins = install_plugin(tmp_path / "site")
     monkeypatch.syspath_prepend(str(plugins))
-    monkeypatch.setattr(models, "_entry_points_loaded", False)
-    monkeypatch.setattr(models, "_MODELS", dict(models._MODELS))
-    monkeypatch.setattr(models, "_BROKEN", {})
+    monkeypatch.setattr(models.MODELS, "loaded", False)
+    monkeypatch.setattr(models.MODELS, "items", dict(models.MODELS.items))
+    monkeypatch.setattr(models.MODELS, "broken", {})
     return plugins
 
 

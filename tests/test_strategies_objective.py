@@ -231,8 +231,8 @@ def _install_plugin(tmp_path, monkeypatch, request, module: str, source: str, en
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(f"[hardseg.strategies]\n{entry}\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_STRATEGIES", dict(registry._STRATEGIES))  # undone after the test
-    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry.STRATEGIES, "items", dict(registry.STRATEGIES.items))  # undone after the test
+    monkeypatch.setattr(registry.STRATEGIES, "loaded", False)
     request.addfinalizer(lambda: sys.modules.pop(module, None))
 
 
@@ -255,7 +255,7 @@ def test_entry_point_plugin_registration_is_undone():
 def test_broken_plugin_is_one_line_config_error(tmp_path, monkeypatch, request):
     _install_plugin(tmp_path, monkeypatch, request, "hardseg_plugin_broken", "raise ImportError('missing dependency')",
                     "broken = hardseg_plugin_broken:Nothing")
-    monkeypatch.setattr(registry, "_BROKEN", {})
+    monkeypatch.setattr(registry.STRATEGIES, "broken", {})
     assert get_strategy("hl").name == "hl" and "broken" not in available_strategies()  # built-ins unaffected
     with pytest.raises(ConfigError, match="strategy plugin 'broken'.*missing dependency") as err:
         validate_strategies(["broken"], {}, source="run.yaml")
@@ -310,8 +310,8 @@ class _LegacyOrder(Strategy):
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """The registry's state, undone after the test."""
-    monkeypatch.setattr(registry, "_STRATEGIES", dict(registry._STRATEGIES))
-    monkeypatch.setattr(registry, "_BROKEN", {})
+    monkeypatch.setattr(registry.STRATEGIES, "items", dict(registry.STRATEGIES.items))
+    monkeypatch.setattr(registry.STRATEGIES, "broken", {})
 
 
 def test_builtin_phases_give_the_documented_order(ctx):
@@ -348,7 +348,7 @@ def test_contract_is_checked_at_registration_and_by_the_objective(scratch_regist
     with pytest.raises(ConfigError, match=match) as err:
         register_strategy("bad")(cls)
     assert "\n" not in str(err.value) and "bad" not in available_strategies()
-    registry._STRATEGIES["bad"] = cls  # bypassing registration: the objective still refuses it
+    registry.STRATEGIES.items["bad"] = cls  # bypassing registration: the objective still refuses it
     cls.name = "bad"
     with pytest.raises(ConfigError, match=match) as err:
         Objective(["bad"], {}, ctx, source="run.yaml")
@@ -373,7 +373,7 @@ class SneakyTerms(Strategy):
 def test_plugin_that_breaks_the_contract_is_one_line_config_error(tmp_path, monkeypatch, request):
     _install_plugin(tmp_path, monkeypatch, request, "hardseg_plugin_sneaky", BAD_PLUGIN,
                     "sneaky = hardseg_plugin_sneaky:SneakyTerms")
-    monkeypatch.setattr(registry, "_BROKEN", {})
+    monkeypatch.setattr(registry.STRATEGIES, "broken", {})
     assert get_strategy("hl").name == "hl" and "sneaky" not in available_strategies()  # built-ins unaffected
     with pytest.raises(ConfigError, match=r"^run.yaml: strategy plugin 'sneaky' \(hardseg_plugin_sneaky.SneakyTerms\) "
                                           r"overrides terms\(\).*declare kind = 'structural'") as err:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from hardseg.errors import DataError
-from hardseg.plugins import load_entry_points
+from hardseg.plugins import Registry
 
 if TYPE_CHECKING:
     from hardseg.data.config import DataConfig
@@ -69,43 +69,25 @@ class DatasetFormat:
     path_domain: bool = field(default=True)  # False: no KIND:PATH domains (the synthetic set)
 
 
-_FORMATS: dict[str, DatasetFormat] = {}
-_BROKEN: dict[str, str] = {}
-_loaded = False
+def _named(name: str, fmt: DatasetFormat) -> DatasetFormat:
+    """An entry point's format under the entry point's name."""
+    return fmt if fmt.name == name else DatasetFormat(**{**fmt.__dict__, "name": name})
+
+
+FORMATS: Registry[DatasetFormat] = Registry(
+    ENTRY_POINT_GROUP, "dataset", error=DataError, expected="a hardseg DatasetFormat",
+    accept=lambda obj: isinstance(obj, DatasetFormat), plugin=_named)
 
 
 def register_dataset(fmt: DatasetFormat) -> DatasetFormat:
     """Add ``fmt`` under ``fmt.name`` (a second, different format of that name is an error)."""
-    if fmt.name in _FORMATS and _FORMATS[fmt.name] is not fmt:
-        raise ValueError(f"dataset format '{fmt.name}' is already registered")
-    _FORMATS[fmt.name] = fmt
-    return fmt
-
-
-def _load() -> None:
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-
-    def register(name: str, fmt: DatasetFormat) -> None:
-        register_dataset(fmt if fmt.name == name else DatasetFormat(**{**fmt.__dict__, "name": name}))
-
-    load_entry_points(ENTRY_POINT_GROUP, "dataset", known=_FORMATS,
-                      accept=lambda obj: isinstance(obj, DatasetFormat), expected="a hardseg DatasetFormat",
-                      register=register, broken=_BROKEN)
+    return FORMATS.add(fmt.name, fmt)
 
 
 def available_datasets() -> list[str]:
-    _load()
-    return sorted(_FORMATS)
+    return FORMATS.names()
 
 
 def get_dataset(name: str) -> DatasetFormat:
     """The format called ``name``; DataError listing the known ones otherwise."""
-    _load()
-    if name in _BROKEN and name not in _FORMATS:
-        raise DataError(_BROKEN[name].splitlines()[0])
-    if name not in _FORMATS:
-        raise DataError(f"unknown dataset '{name}'; allowed: {', '.join(available_datasets())}")
-    return _FORMATS[name]
+    return FORMATS.get(name)

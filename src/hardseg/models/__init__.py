@@ -26,50 +26,32 @@ from functools import partial
 from typing import Any, Callable
 
 from hardseg.errors import ConfigError
-from hardseg.plugins import load_entry_points
+from hardseg.plugins import Registry
 from hardseg.models.base import SegModel
 from hardseg.models.output import SegOutput, predict_classes
 from hardseg.models.resize import resize_bilinear
 from hardseg.models import smp, tiny, tv
 
 ENTRY_POINT_GROUP = "hardseg.models"
-_MODELS: dict[str, Callable[..., SegModel]] = {}
+MODELS: Registry[Callable[..., SegModel]] = Registry(
+    ENTRY_POINT_GROUP, "model", error=ConfigError, accept=callable, expected="a SegModel class or builder")
 _BUILTIN: set[str] = set()
-_BROKEN: dict[str, str] = {}  # plugin name -> why it could not be loaded
-_entry_points_loaded = False
 
 
 def register_model(name: str) -> Callable[[Callable[..., SegModel]], Callable[..., SegModel]]:
     def deco(fn: Callable[..., SegModel]) -> Callable[..., SegModel]:
-        if name in _MODELS and _MODELS[name] is not fn:
-            raise ValueError(f"model '{name}' is already registered")
-        _MODELS[name] = fn
-        return fn
+        return MODELS.add(name, fn)
     return deco
 
 
-def _load_entry_points() -> None:
-    global _entry_points_loaded
-    if _entry_points_loaded:
-        return
-    _entry_points_loaded = True
-    load_entry_points(ENTRY_POINT_GROUP, "model", known=_MODELS, accept=callable,
-                      expected="a SegModel class or builder", register=lambda name, obj: register_model(name)(obj),
-                      broken=_BROKEN)
-
-
 def available_models() -> list[str]:
-    _load_entry_points()
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def check_model_name(name: str, source: str = "config") -> None:
     """ConfigError (one line) for an unknown model or a plugin that failed to load."""
-    _load_entry_points()
-    if name in _BROKEN and name not in _MODELS:
-        raise ConfigError(f"{source}: {_BROKEN[name]} (in 'model.name')")
-    if name not in _MODELS:
-        raise ConfigError(f"{source}: unknown model '{name}' for 'model.name'; allowed: {', '.join(available_models())}")
+    if problem := MODELS.problem(name):
+        raise ConfigError(f"{source}: {problem} (in 'model.name')")
 
 
 def build_model(name: str, num_classes: int, *, aux: bool = False, width: int = 16, norm: str = "batch",
@@ -79,18 +61,14 @@ def build_model(name: str, num_classes: int, *, aux: bool = False, width: int = 
     ``width`` and ``norm`` apply to ``tiny_seg``, ``encoder`` to ``smp:*``
     models (and plugins that take it); torchvision models have fixed backbones.
     """
-    _load_entry_points()
-    if name in _BROKEN and name not in _MODELS:
-        raise ConfigError(_BROKEN[name])
-    if name not in _MODELS:
-        raise ConfigError(f"unknown model '{name}'; allowed: {', '.join(available_models())}")
+    builder = MODELS.get(name)
     options: dict[str, Any] = {"aux": aux, "width": width, "norm": norm}
     if encoder is not None:
         if name in _BUILTIN and not name.startswith("smp:"):
             raise ConfigError(f"'model.encoder' applies to smp:* models; '{name}' has a fixed backbone "
                               "(unset model.encoder)")
         options["encoder"] = encoder
-    model = _MODELS[name](num_classes, **options)
+    model = builder(num_classes, **options)
     if not isinstance(model, SegModel):
         raise ConfigError(f"model '{name}' built a {type(model).__name__}, not a hardseg SegModel "
                           "(see the SegModel contract in docs/models.md)")
@@ -108,7 +86,7 @@ register_model("deeplabv3_mobilenet_v3_large")(tv.deeplabv3_mobilenet_v3_large)
 register_model("lraspp_mobilenet_v3_large")(tv.lraspp_mobilenet_v3_large)
 for _arch in smp.ARCHITECTURES:
     register_model(f"smp:{_arch}")(partial(smp.build_smp, _arch))
-_BUILTIN.update(_MODELS)
+_BUILTIN.update(MODELS.items)
 
 __all__ = ["SegModel", "SegOutput", "available_models", "check_model_name", "predict_classes", "build_model",
            "register_model", "resize_bilinear", "ENTRY_POINT_GROUP"]
