@@ -178,7 +178,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{d:<28} " + " ".join(f"{v:7.4f}" if isinstance(v, float) else f"{'-':>7}" for v in row))
     notes = {"mPC": "mean over corruptions and severities of mIoU", "rPC": "mPC / clean mIoU"}
     for key, value in metrics.items():
-        if key.startswith("robustness/"):
+        if key.startswith(keys.ROBUSTNESS_PREFIX):
             note = notes.get(key.split("/")[1], "mean over severities of shifted / clean mIoU")
             print(f"{key:<28} {value:7.4f}  ({note})")
     if args.run_id:

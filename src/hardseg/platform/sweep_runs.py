@@ -83,8 +83,8 @@ def log_summary(client, exp_id: str, parent_run_id: str, space: SearchSpace, max
         sampled = {k[len(prefix):]: v for k, v in best.data.tags.items() if k.startswith(prefix)}
         if final:
             tracking.log_params(client, parent_run_id, {f"best.{k}": v for k, v in sampled.items()})
-        tracking.log_metrics(client, parent_run_id, {f"best/{k}": v for k, v in best.data.metrics.items()
-                                                     if k.startswith(("val/", "train/loss"))})
+        tracking.log_metrics(client, parent_run_id, {f"{keys.BEST_PREFIX}{k}": v for k, v in best.data.metrics.items()
+                                                     if k.startswith((keys.VAL_PREFIX, f"{keys.TRAIN_PREFIX}loss"))})
         tracking.set_tags(client, parent_run_id, {keys.BEST_RUN_ID: best.info.run_id,
                                                   keys.BEST_TRIAL: best.data.tags.get(keys.TRIAL_ID, "")})
         info["best"] = {"run_id": best.info.run_id, "trial_id": best.data.tags.get(keys.TRIAL_ID), "params": sampled,

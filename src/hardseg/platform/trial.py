@@ -147,7 +147,7 @@ class TuneForwarder(TuneReportCallback):
 
 
 def last_epoch(client: tracking.MlflowClient, run_id: str) -> int:
-    history = client.get_metric_history(run_id, "train/loss")
+    history = client.get_metric_history(run_id, f"{keys.TRAIN_PREFIX}loss")
     return max((m.step for m in history), default=0)
 
 

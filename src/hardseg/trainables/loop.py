@@ -74,6 +74,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
+from hardseg import keys
 from hardseg.config import RunConfig
 from hardseg.data import build_dataset, class_pixel_frequencies, dataset_info
 from hardseg.data.domains import build_domain, parse_domains
@@ -337,7 +338,8 @@ class BestModel:
 
     def metrics(self) -> dict[str, float]:
         """``best/epoch`` and ``best/val/<metric>``."""
-        return {"best/epoch": self.epoch, **{f"best/val/{k}": v for k, v in self.val.items()}}
+        return {f"{keys.BEST_PREFIX}epoch": self.epoch,
+                **{f"{keys.BEST_PREFIX}{keys.VAL_PREFIX}{k}": v for k, v in self.val.items()}}
 
 
 @dataclass
@@ -483,11 +485,12 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, 
         step_times.append(time.perf_counter() - t0)
     means = _mean_over_ranks(sums, world_size, device)  # the epoch's one host read
     elapsed = time.perf_counter() - start
-    stats = {f"train/{k}": v / max(1, steps) for k, v in means.items()}
-    stats["train/images_per_s"] = n_images * world_size / elapsed
-    stats["train/step_time_s"] = float(np.median(step_times)) if step_times else float("nan")
-    stats["train/epoch_time_s"] = elapsed
-    stats["train/first_step_unix"] = first_step_unix
+    train = keys.TRAIN_PREFIX
+    stats = {f"{train}{k}": v / max(1, steps) for k, v in means.items()}
+    stats[f"{train}images_per_s"] = n_images * world_size / elapsed
+    stats[f"{train}step_time_s"] = float(np.median(step_times)) if step_times else float("nan")
+    stats[f"{train}epoch_time_s"] = elapsed
+    stats[f"{train}first_step_unix"] = first_step_unix
     stats["lr"] = optimizer.param_groups[0]["lr"]
     return stats
 
@@ -635,7 +638,7 @@ def evaluate_best_on_domains(cfg: RunConfig, session: Session, best: BestModel, 
     if cfg.data.test_split:  # held out: reported here only, never used to pick an epoch
         test_set = build_dataset(cfg.data, cfg.data.test_split, train=False)
         res = evaluate(best_model, loader_for(test_set), _metrics_for(test_set.info), settings)
-        out.update({f"test/{k}": v for k, v in res.items()})
+        out.update({f"{keys.TEST_PREFIX}{k}": v for k, v in res.items()})
     return out
 
 
@@ -747,7 +750,7 @@ def fit(cfg: RunConfig, session: Session) -> dict[str, Any]:
         inference = tm.export()  # the network, plus C2F's stages where they make the prediction
         if is_last or (epoch + 1) % cfg.train.eval_every == 0:
             val = evaluate(inference, val_loader, _metrics_for(info), settings)
-            metrics.update({f"val/{k}": v for k, v in val.items()})
+            metrics.update({f"{keys.VAL_PREFIX}{k}": v for k, v in val.items()})
             state.best.update(epoch + 1, val, inference)
         if is_last:
             metrics.update(evaluate_best_on_domains(cfg, session, state.best, inference, settings))
