@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
 from hardseg.config import RunConfig, load_config
 from hardseg.errors import HardsegError, NonFiniteLoss
@@ -81,8 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         if sys.stdout.isatty():  # a bar within each epoch (hardseg.trainables.progress)
-            from tqdm import tqdm  # local: only a run on a terminal needs it
-
             set_bar_factory(tqdm)
         history = run_local(cfg, args.out, args.device)
     except HardsegError as err:

@@ -18,6 +18,7 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.nn as nn
+from ray.experimental.tqdm_ray import tqdm
 
 from hardseg.config import RunConfig
 from hardseg.errors import NonFiniteLoss
@@ -79,7 +80,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point given to ``TorchTrainer``; ``config["run"]`` is a RunConfig dump."""
     session = RaySession()
     if session.rank == 0 and os.environ.get(BAR_ENV) == "1":
-        from ray.experimental.tqdm_ray import tqdm  # local: only a run on a terminal needs it
-
         set_bar_factory(tqdm)  # drawn by Ray on the driver's terminal
     fit_worker(RunConfig.model_validate(config["run"]), session)
