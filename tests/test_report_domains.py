@@ -92,3 +92,29 @@ def test_cross_domain_section_by_hand(store):
     assert hl[1] == "1" and hl[2] == "0.750 ± n/a (1 seed)" and hl[7] == "0.700 ± n/a (1 seed)"
     assert hl[8] == "0.800 ± n/a (1 seed)"
     assert math.isclose(T_975_1, stats.t.ppf(0.975, 1))
+
+
+def test_report_of_many_metric_columns_raises_no_performance_warning(tmp_path):
+    """A demo-sized run logs hundreds of metrics (per-class IoU on every domain): the report's frames
+    stay in one piece, so pandas prints no PerformanceWarning into the demo's console."""
+    import warnings
+
+    from pandas.errors import PerformanceWarning
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    exp_id = client.create_experiment("hardseg", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(exp_id, tags={"hardseg.kind": "ablation", "hardseg.sweep": "wide"}).info.run_id
+    ts = int(time.time() * 1000)
+    domains = ["val", "best/val", *(f"{f}-{s}" for f in ("fog", "night", "noise", "blur") for s in (1, 3, 5)), "target"]
+    for i, (strategy, seed) in enumerate([(s, k) for s in ("ce", "hl") for k in (0, 1, 2)]):
+        run_id = client.create_run(exp_id, tags={"mlflow.parentRunId": parent, "hardseg.trial_id": f"t{i}",
+                                                 "hardseg.strategies": strategy, "hardseg.seed": str(seed)}).info.run_id
+        metrics = [Metric(f"{d}/{m}", 0.5 + 0.01 * j + 0.02 * ((7 * i + len(d)) % 5), ts, 4) for d in domains
+                   for j, m in enumerate(["miou", "band_iou", "small_iou", "thin_iou", *(f"iou/c{c}" for c in range(8))])]
+        for start in range(0, len(metrics), 500):
+            client.log_batch(run_id, metrics=metrics[start:start + 500])
+        client.set_terminated(run_id, "FINISHED")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PerformanceWarning)
+        _, _, markdown = build_report(client, client.get_run(parent))
+    assert "## Cross-domain" in markdown

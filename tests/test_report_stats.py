@@ -151,6 +151,13 @@ def test_paired_power_matches_monte_carlo():
     assert paired_power(delta, sd, n) == pytest.approx(rejected, abs=0.01)  # exact: 0.4014
 
 
+def test_paired_power_of_differences_equal_but_for_rounding_is_one():
+    # three seeds whose differences agree to 1e-16: scipy's noncentral t is NaN that far out
+    d = np.array([0.03, 0.03, 0.03]) + np.array([0.0, 1e-17, -1e-17])
+    assert paired_power(0.03, 3e-17, 3) == 1.0
+    assert paired_power(0.03, float(d.std(ddof=1)) or 1e-17, 2, alpha=0.001) == 1.0
+
+
 def test_paired_power_edge_cases():
     assert paired_power(0.01, 0.0, 3) == 1.0
     assert paired_power(0.0, 0.0, 3) == 0.0

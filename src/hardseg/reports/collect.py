@@ -178,9 +178,9 @@ def runs_frame(client: MlflowClient, parent_run: Run) -> pd.DataFrame:
     for col in ("seed", "epochs"):
         df[col] = pd.array([None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
                             for v in df[col]], dtype="Int64")
-    # One operation: hundreds of metric columns assigned one by one fragment the frame (pandas'
-    # PerformanceWarning in every report).
-    return df.astype({col: float for col in metric_cols})
+    # astype casts column by column, one block each; copy() joins the blocks (a fragmented frame
+    # gets pandas' PerformanceWarning in every report).
+    return df.astype({col: float for col in metric_cols}).copy()
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:

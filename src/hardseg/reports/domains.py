@@ -44,17 +44,17 @@ def domain_columns(df: pd.DataFrame, metric: str = "miou") -> list[str]:
 
 def with_robustness(df: pd.DataFrame, metric: str = "miou") -> tuple[pd.DataFrame, list[str]]:
     """``df`` plus a ``clean`` column and ``robustness/<family>/<metric>`` per run; the robustness column names."""
-    out = df.copy()
-    clean = out[f"best/val/{metric}"] if f"best/val/{metric}" in out.columns else pd.Series(math.nan, index=out.index)
-    if f"val/{metric}" in out.columns:
-        clean = clean.fillna(out[f"val/{metric}"])
-    out[CLEAN] = clean.astype(float)
+    best, val = f"{keys.BEST_PREFIX}{keys.VAL_PREFIX}{metric}", f"{keys.VAL_PREFIX}{metric}"
+    clean = df[best] if best in df.columns else pd.Series(math.nan, index=df.index)
+    if val in df.columns:
+        clean = clean.fillna(df[val])
+    clean = clean.astype(float)
     domains = domain_columns(df, metric)
-    per_run = [robustness({c: row[c] for c in domains}, metric, clean=row[CLEAN]) for _, row in out.iterrows()]
+    per_run = [robustness({c: row[c] for c in domains}, metric, clean=c) for (_, row), c in zip(df.iterrows(), clean)]
     names = sorted({k for r in per_run for k in r})
-    for name in names:
-        out[name] = [r.get(name, math.nan) for r in per_run]
-    return out, names
+    # One concat: columns added one by one fragment the frame (pandas' PerformanceWarning in the report).
+    added = pd.DataFrame({CLEAN: clean, **{n: [r.get(n, math.nan) for r in per_run] for n in names}}, index=df.index)
+    return pd.concat([df.drop(columns=[c for c in added.columns if c in df.columns]), added], axis=1).copy(), names
 
 
 def cross_domain_section(df: pd.DataFrame, baseline: str = "ce", alpha: float = 0.05, metric: str = "miou",

@@ -149,6 +149,8 @@ def paired_power(delta: float, sd_diff: float, n: int, alpha: float = 0.05) -> f
         return 1.0 if delta != 0.0 else 0.0
     df, nc = n - 1, abs(delta) * math.sqrt(n) / sd_diff
     t_crit = stats.t.ppf(1.0 - alpha / 2.0, df)
+    if nc > 1e3 * t_crit:  # differences equal but for rounding: scipy's nct is NaN there; with
+        return 1.0  # T' = (Z + λ)/√(χ²_df/df), P(T' < t*) <= P(√(χ²_df/df) > 1e3 - |Z|/t*) = 0 in doubles
     # Lower tail as P(T'(-λ) > t*): scipy's nct.cdf far in the tail can return NaN.
     power = float(stats.nct.sf(t_crit, df, nc) + stats.nct.sf(t_crit, df, -nc))
     if not math.isfinite(power):
