@@ -10,7 +10,7 @@ import pytest
 
 from hardseg.platform import console
 from hardseg.platform.cli import main as cli
-from hardseg.platform.trial import trial_run_name
+from hardseg.platform.names import trial_run_name
 from hardseg.trainables import progress
 
 

@@ -23,7 +23,7 @@ from test_report_html import _browser, _image, chromium  # noqa: F401  (chromium
 
 from hardseg import keys
 from hardseg.platform import tracking
-from hardseg.platform.trial import trial_run_name
+from hardseg.platform.names import trial_run_name
 from hardseg.reports.publish import write_report
 
 MIOU = {("ce", 0): 0.70, ("ce", 1): 0.71, ("hl", 0): 0.73, ("hl", 1): 0.75}

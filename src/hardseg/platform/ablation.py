@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from hardseg.errors import ConfigError
-from hardseg.platform.sweep import SweepOutcome, default_sweep_name, run_sweep
+from hardseg.platform.names import default_sweep_name
+from hardseg.platform.sweep import SweepOutcome, run_sweep
 from hardseg.search_spaces import SearchSpace
 
 

@@ -48,17 +48,19 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    cfg = _load(args)  # bad input stops here, before Ray's modules load
+    if args.dry_run:
+        # local: the dry run's module only (no Ray Train), see the module docstring
+        from hardseg.platform.dryrun import dry_run_train
+
+        return dry_run_train(cfg)
     # local: this command's modules only, so --help and bad input answer at once (module docstring)
     from hardseg.data.domains import parse_domains
     from hardseg.platform.console import progress_bar_wanted
-    from hardseg.platform.dryrun import dry_run_train
     from hardseg.platform.tracking import ui_hint
     from hardseg.platform.train_job import run_training
     from hardseg.trainables.progress import BAR_ENV
 
-    cfg = _load(args)
-    if args.dry_run:
-        return dry_run_train(cfg)
     if progress_bar_wanted("train"):
         os.environ.setdefault(BAR_ENV, "1")  # before Ray starts: its workers inherit it
     out = run_training(cfg)

@@ -18,10 +18,9 @@ import yaml
 
 from hardseg.data.domains import parse_domains
 from hardseg.errors import ConfigError
+from hardseg.platform.names import check_name, trial_run_name
 from hardseg.platform.prepare import resolve_paths
-from hardseg.platform.sweep import check_name
 from hardseg.platform.tracking import check_tracking_uri
-from hardseg.platform.trial import trial_run_name
 from hardseg.trainables.loop import check_strategies_fit
 
 

@@ -45,7 +45,8 @@ from hardseg.platform.prepare import prepare_data, resolve_paths
 from hardseg.platform.runs import RunCloser, open_run, reopen_run, training_tags
 from hardseg.platform.shipped import DistinctSeeds, available_shipped, load_shipped
 from hardseg.platform.storage import absolute_location, storage_exists, storage_fs, storage_join
-from hardseg.platform.sweep import SWEEPS_DIR, check_name, resume_sweep, run_sweep
+from hardseg.platform.names import check_name
+from hardseg.platform.sweep import SWEEPS_DIR, resume_sweep, run_sweep
 from hardseg.platform.sweep_runs import child_runs
 from hardseg.reports.study import write_study_report
 from hardseg.search_spaces import SearchSpace

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -47,6 +46,7 @@ from hardseg.errors import ConfigError
 from hardseg.platform import tracking
 from hardseg.platform.cluster import TRIAL_DRIVER_RESOURCE, concurrency, connect_ray, trial_resources
 from hardseg.platform.multinode import check_multinode
+from hardseg.platform.names import check_name, default_sweep_name
 from hardseg.platform.prepare import prepare_data, resolve_paths
 from hardseg.platform.progress import ProgressTable
 from hardseg.platform.runs import RunCloser, environment_tags, reopen_run
@@ -71,16 +71,6 @@ class SweepOutcome:
     interrupted: bool = False
     wall_s: float = 0.0
     trial_runs: list[str] = field(default_factory=list)
-
-
-def default_sweep_name(space_name: str) -> str:
-    return f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def check_name(name: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):
-        raise ConfigError(f"invalid sweep name {name!r}: use letters, digits, '.', '_' or '-'")
-    return name
 
 
 def optuna_storage_url(cfg, tracking_uri: str) -> str:

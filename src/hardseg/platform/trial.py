@@ -33,6 +33,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from hardseg import keys
 from hardseg.errors import NonFiniteLoss
 from hardseg.platform import runs, tracking
+from hardseg.platform.names import trial_run_name
 from hardseg.platform.runs import RunCloser, TrialStopped
 from hardseg.platform.trainer import log_result, make_trainer
 from hardseg.platform.tune_session import TuneSession
@@ -62,24 +63,6 @@ class TrialSpec:
     configs: dict[str, list[str]] = field(default_factory=dict)
     # The driver's command line, git commit and versions (runs.environment_tags), for every trial's run.
     environment: dict[str, str] = field(default_factory=dict)
-
-
-def trial_run_name(sampled: dict[str, Any]) -> str:
-    """A child run's name in the MLflow UI: what differs between the trials, not the trial id.
-
-    The strategies first, then each sampled parameter by its last path component with
-    two significant digits, the seed last: ``hl · seed 1`` (an ablation cell),
-    ``hl lam=0.03 lr=0.0031`` (a search trial). The trial id stays in ``hardseg.trial_id``.
-    """
-    strategies = sampled.get("strategies")
-    if isinstance(strategies, (list, tuple)):
-        strategies = "+".join(map(str, strategies))
-    parts = [str(strategies)] if strategies is not None else []
-    for key in sorted(k for k in sampled if k not in ("strategies", "seed")):
-        value = sampled[key]
-        parts.append(f"{key.split('.')[-1]}=" + (f"{value:.2g}" if isinstance(value, float) else str(value)))
-    name = " ".join(parts) or "trial"
-    return f"{name} · seed {sampled['seed']}" if "seed" in sampled else name
 
 
 def find_trial_run(client: tracking.MlflowClient, spec: TrialSpec, trial_id: str) -> str | None:
