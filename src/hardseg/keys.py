@@ -43,6 +43,8 @@ MODEL = "hardseg.model"
 DATASET = "hardseg.dataset"
 ENCODER, PRETRAINED, NORMALISATION = "hardseg.encoder", "hardseg.pretrained", "hardseg.normalisation"
 INIT_FROM_URI = "hardseg.init_from.uri"
+# what a weight file gave (models/pretrained.py): hardseg.<pretrained|init_from>.<source|loaded|missing_keys|...>
+WEIGHTS_REPORT = "hardseg.{setting}.{field}"
 SELECTION_SPLIT, TEST_SPLIT = "hardseg.selection_split", "hardseg.test_split"
 
 # -- sweeps and their trials ----------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from huggingface_hub import hf_hub_download
 from safetensors.torch import load_file
 from torch import Tensor
 
+from hardseg import keys
 from hardseg.errors import ConfigError
 from hardseg.models.smp import default_encoder
 
@@ -74,11 +75,11 @@ class LoadReport:
                 + f"{first(self.unexpected)}" + (f"; {self.outside} keys outside the prefix ignored" if self.outside else ""))
 
     def tags(self) -> dict[str, str]:
-        base = f"hardseg.{self.key.split('.')[-1]}"
-        return {f"{base}.source": self.source, f"{base}.loaded": str(self.loaded),
-                f"{base}.missing_keys": str(len(self.missing)), f"{base}.unexpected_keys": str(len(self.unexpected)),
-                f"{base}.missing_first": ",".join(self.missing[:5]),
-                f"{base}.unexpected_first": ",".join(self.unexpected[:5])}
+        fields = {"source": self.source, "loaded": str(self.loaded), "missing_keys": str(len(self.missing)),
+                  "unexpected_keys": str(len(self.unexpected)), "missing_first": ",".join(self.missing[:5]),
+                  "unexpected_first": ",".join(self.unexpected[:5])}
+        setting = self.key.split(".")[-1]
+        return {keys.WEIGHTS_REPORT.format(setting=setting, field=f): v for f, v in fields.items()}
 
 
 def read_state_dict(path: str | os.PathLike, key: str) -> dict[str, Tensor]:
