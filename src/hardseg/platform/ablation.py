@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hardseg import keys
 from hardseg.errors import ConfigError
 from hardseg.platform.names import default_sweep_name
 from hardseg.platform.sweep import SweepOutcome, run_sweep
@@ -30,4 +31,4 @@ def run_ablation(strategies: list[str], seeds: list[int], *, config_path: str | 
     space = ablation_space(strategies, seeds, max_concurrent=max_concurrent)
     grid = {"strategies": [p for p in space.params["strategies"].choices], "seed": list(seeds)}
     return run_sweep(space, config_path=config_path, overrides=overrides, name=name or default_sweep_name("ablation"),
-                     grid=grid, kind="ablation", in_process=in_process, workdir=workdir)
+                     grid=grid, kind=keys.ABLATION, in_process=in_process, workdir=workdir)

@@ -280,9 +280,9 @@ def _run_stage(state: StudyState, stage: str, client, workdir: Path | None):
     if stage == "defaults":
         space = ablation_space(study.strategies, study.seeds, max_concurrent=study.max_concurrent)
         return run_sweep(space, overrides=sets, grid={"strategies": list(study.strategies), "seed": study.seeds},
-                         kind="ablation", **common)
+                         kind=keys.ABLATION, **common)
     if stage == "search":
-        return run_sweep(study.search_space(), overrides=[*sets, f"seed={study.search.seed}"], kind="sweep",
+        return run_sweep(study.search_space(), overrides=[*sets, f"seed={study.search.seed}"], kind=keys.SWEEP_KIND,
                          **common)
     if state.configs is None:
         state.configs = confirm_configs(client, state.stage_runs["search"], study)
@@ -295,7 +295,7 @@ def _run_stage(state: StudyState, stage: str, client, workdir: Path | None):
     strategies = list(dict.fromkeys(c["strategies"] for c in state.configs.values()))
     space = ablation_space(strategies, study.confirm.seeds, max_concurrent=study.max_concurrent)
     return run_sweep(space, overrides=sets, grid={"config": labels, "seed": list(study.confirm.seeds)},
-                     kind="ablation", configs={label: c["sets"] for label, c in state.configs.items()}, **common)
+                     kind=keys.ABLATION, configs={label: c["sets"] for label, c in state.configs.items()}, **common)
 
 
 def _sets(sampled: dict[str, str]) -> list[str]:

@@ -157,7 +157,7 @@ class SweepState:
 
 
 def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: list[str] | None = None,
-              name: str | None = None, grid: dict[str, list] | None = None, kind: str = "sweep",
+              name: str | None = None, grid: dict[str, list] | None = None, kind: str = keys.SWEEP_KIND,
               in_process: bool = True, workdir: Path | None = None,
               parent_tags: dict[str, str] | None = None, configs: dict[str, list[str]] | None = None) -> SweepOutcome:
     """Validate everything, then run the sweep (``grid`` set: an ablation grid without a searcher).

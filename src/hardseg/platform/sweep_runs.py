@@ -82,7 +82,7 @@ def log_summary(client, exp_id: str, parent_run_id: str, space: SearchSpace, max
         prefix = keys.SAMPLED_PREFIX
         sampled = {k[len(prefix):]: v for k, v in best.data.tags.items() if k.startswith(prefix)}
         if final:
-            tracking.log_params(client, parent_run_id, {f"best.{k}": v for k, v in sampled.items()})
+            tracking.log_params(client, parent_run_id, {f"{keys.BEST_PARAM_PREFIX}{k}": v for k, v in sampled.items()})
         tracking.log_metrics(client, parent_run_id, {f"{keys.BEST_PREFIX}{k}": v for k, v in best.data.metrics.items()
                                                      if k.startswith((keys.VAL_PREFIX, f"{keys.TRAIN_PREFIX}loss"))})
         tracking.set_tags(client, parent_run_id, {keys.BEST_RUN_ID: best.info.run_id,

@@ -55,7 +55,7 @@ class TrialSpec:
     experiment_id: str
     parent_run_id: str
     metrics: list[str]  # the searcher's / scheduler's metrics: only reports that have them go to Tune
-    kind: str = "sweep"  # or "ablation"
+    kind: str = keys.SWEEP_KIND  # or keys.ABLATION
     in_process: bool = True
     extra_tags: dict[str, str] = field(default_factory=dict)
     # Named configurations a grid picks with its ``config`` key ({label: [KEY=VALUE, ...]}), applied

@@ -60,7 +60,7 @@ def write_report(client: MlflowClient, parent_run: Run, out_dir: Path | str, met
         "domains_png": plots.domain_matrix(df, out / "domains.png", alpha=alpha, baseline=baseline),
     }
     captions = dict(CAPTIONS)
-    if tags.get(keys.KIND, "sweep") != "ablation":
+    if tags.get(keys.KIND, keys.SWEEP_KIND) != keys.ABLATION:
         dists = search.distributions(params)
         markdown += "\n" + search.search_markdown(df, dists, metric, mode)
         figures["slice_png"] = search.slice_plot(df, dists, metric, out / "slice.png")
