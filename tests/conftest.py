@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -15,6 +16,29 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("RAY_ADDRESS", None)
+
+
+def write_plugin_distribution(root: Path, module: str, source: str, group: str, entries: list[str]) -> Path:
+    """A real distribution in ``root``: package ``module`` plus ``*.dist-info`` whose entry_points.txt puts
+    ``entries`` (``name = module:object``) in ``group``. On ``sys.path`` or ``PYTHONPATH``,
+    importlib.metadata reads it as installed. Returns ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / module).mkdir()
+    (root / module / "__init__.py").write_text(textwrap.dedent(source))
+    info = root / f"{module}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[{group}]\n" + "".join(f"{e}\n" for e in entries))
+    return root
+
+
+def fresh_registry(monkeypatch: pytest.MonkeyPatch, registry) -> None:
+    """A :class:`hardseg.plugins.Registry` that reads the entry points again, on a copy of its names;
+    undone after the test."""
+    registry.load()  # the state the test's end restores: loaded, as the rest of the session sees it
+    monkeypatch.setattr(registry, "items", dict(registry.items))
+    monkeypatch.setattr(registry, "broken", {})
+    monkeypatch.setattr(registry, "loaded", False)
 
 
 def small_overrides(data_root: Path, **extra) -> list[str]:

@@ -3,6 +3,7 @@ tiny trees in their distributed layouts; ignore conventions checked pixel by pix
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import yaml
 from PIL import Image
 
 import fixture_trees as ft
+from conftest import fresh_registry, write_plugin_distribution
 from hardseg.config import DataConfig, load_config
 from hardseg.data import available_datasets, available_splits, build_source, dataset_info
 from hardseg.data.cityscapes import ID_TO_TRAIN_ID
@@ -187,22 +189,11 @@ FORMAT = DatasetFormat("ignored_name", lambda root, split, v, cfg, strict=True: 
 
 
 def _install(tmp_path, monkeypatch, request, module: str, source: str, entry: str) -> None:
-    """A real distribution on sys.path: a package plus ``*.dist-info`` with entry_points.txt."""
-    import sys
-
+    """A real distribution on sys.path, and a dataset registry that reads it."""
     from hardseg.data import registry
 
-    registry.FORMATS.load()
-    (tmp_path / module).mkdir()
-    (tmp_path / module / "__init__.py").write_text(source)
-    info = tmp_path / f"{module}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[hardseg.datasets]\n{entry}\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry.FORMATS, "items", dict(registry.FORMATS.items))  # undone after the test
-    monkeypatch.setattr(registry.FORMATS, "broken", {})
-    monkeypatch.setattr(registry.FORMATS, "loaded", False)
+    monkeypatch.syspath_prepend(str(write_plugin_distribution(tmp_path, module, source, "hardseg.datasets", [entry])))
+    fresh_registry(monkeypatch, registry.FORMATS)
     request.addfinalizer(lambda: sys.modules.pop(module, None))
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import small_overrides
+from conftest import fresh_registry, small_overrides, write_plugin_distribution
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -60,14 +60,9 @@ PLUGIN = textwrap.dedent('''
 
 
 def install_plugin(root: Path) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "hardseg_demo_plugin.py").write_text(PLUGIN)
-    info = root / "hardseg_demo_plugin-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hardseg-demo-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[hardseg.models]\ndemo_net = hardseg_demo_plugin:DemoNet\n"
-                                           "broken_net = hardseg_not_installed.net:Broken\n")
-    return root
+    return write_plugin_distribution(root, "hardseg_demo_plugin", PLUGIN, "hardseg.models",
+                                     ["demo_net = hardseg_demo_plugin:DemoNet",
+                                      "broken_net = hardseg_not_installed.net:Broken"])
 
 
 def run_cli(args: list[str], plugins: Path, cwd: Path, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -83,9 +78,7 @@ def plugin_registry(tmp_path, monkeypatch):
 
     plugins = install_plugin(tmp_path / "site")
     monkeypatch.syspath_prepend(str(plugins))
-    monkeypatch.setattr(models.MODELS, "loaded", False)
-    monkeypatch.setattr(models.MODELS, "items", dict(models.MODELS.items))
-    monkeypatch.setattr(models.MODELS, "broken", {})
+    fresh_registry(monkeypatch, models.MODELS)
     return plugins
 
 

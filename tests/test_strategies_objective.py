@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import fresh_registry, write_plugin_distribution
 from hardseg.errors import ConfigError
 from hardseg.models import SegOutput
 from hardseg.strategies import (Objective, Phase, PixelLoss, Strategy, StrategyContext, available_strategies,
@@ -223,16 +223,9 @@ class ScaledCE(Strategy):
 
 
 def _install_plugin(tmp_path, monkeypatch, request, module: str, source: str, entry: str) -> None:
-    """A real distribution on sys.path: a package plus ``*.dist-info`` with entry_points.txt."""
-    (tmp_path / module).mkdir()
-    (tmp_path / module / "__init__.py").write_text(textwrap.dedent(source))
-    info = tmp_path / f"{module}-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(f"[hardseg.strategies]\n{entry}\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry.STRATEGIES, "items", dict(registry.STRATEGIES.items))  # undone after the test
-    monkeypatch.setattr(registry.STRATEGIES, "loaded", False)
+    """A real distribution on sys.path, and a strategy registry that reads it."""
+    monkeypatch.syspath_prepend(str(write_plugin_distribution(tmp_path, module, source, "hardseg.strategies", [entry])))
+    fresh_registry(monkeypatch, registry.STRATEGIES)
     request.addfinalizer(lambda: sys.modules.pop(module, None))
 
 
@@ -310,8 +303,7 @@ class _LegacyOrder(Strategy):
 @pytest.fixture
 def scratch_registry(monkeypatch):
     """The registry's state, undone after the test."""
-    monkeypatch.setattr(registry.STRATEGIES, "items", dict(registry.STRATEGIES.items))
-    monkeypatch.setattr(registry.STRATEGIES, "broken", {})
+    fresh_registry(monkeypatch, registry.STRATEGIES)
 
 
 def test_builtin_phases_give_the_documented_order(ctx):
