@@ -130,7 +130,8 @@ def open_run(client: tracking.MlflowClient, experiment_id: str, name: str, kind:
     ``params`` are logged as params, ``texts`` as text artifacts (``{"config.yaml": ...}``) and
     ``lineage`` (:class:`hardseg.data.lineage.Lineage` records) as the run's dataset inputs.
     """
-    all_tags = {**(environment if environment is not None else environment_tags()), keys.KIND: kind, keys.RUN_NAME: name, **(tags or {})}
+    environment = environment if environment is not None else environment_tags()
+    all_tags = {**environment, keys.KIND: kind, keys.RUN_NAME: name, **(tags or {})}
     if parent:
         all_tags[keys.PARENT] = parent
     run_id = client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()}).info.run_id

@@ -210,11 +210,12 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
     extra = {"sweep.name": name, "sweep.max_concurrent": max_conc, "sweep.trial_resources": json.dumps(resources)}
     if storage_url:
         extra["sweep.optuna_storage"] = storage_url
-    parent = start_parent_run(client, exp_id, name, kind, space, base_cfg, extra, parent_tags, lineage)
+    environment = environment_tags()  # the parent's and every trial's (one git call)
+    parent = start_parent_run(client, exp_id, name, kind, space, base_cfg, extra, parent_tags, lineage, environment)
     spec = TrialSpec(sweep_name=name, space=space.to_dict(), config_path=config_path, overrides=overrides + resolved,
                      tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent, metrics=space.sweep.metrics,
                      kind=kind, in_process=in_process, configs=dict(configs or {}),
-                     environment=environment_tags())
+                     environment=environment)
     state = SweepState(asdict(spec), grid, storage_url, base_cfg.train.epochs, num_trials, max_conc, resources)
     state.save(storage_join(sweep_root, name))
     _announce(name, parent, uri, storage_url, max_conc, num_trials, resources, exp_id)

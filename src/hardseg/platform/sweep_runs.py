@@ -19,16 +19,17 @@ from hardseg.search_spaces import SearchSpace
 
 
 def start_parent_run(client, exp_id: str, name: str, kind: str, space: SearchSpace, base_cfg,
-                     extra_params: dict[str, Any], extra_tags: dict[str, str] | None = None, lineage: list | None = None
-                     ) -> str:
-    """The sweep's parent run; ``extra_tags`` may nest it (``mlflow.parentRunId``, as ``hardseg nightly`` does)."""
+                     extra_params: dict[str, Any], extra_tags: dict[str, str] | None = None, lineage: list | None = None,
+                     environment: dict[str, str] | None = None) -> str:
+    """The sweep's parent run; ``extra_tags`` may nest it (``mlflow.parentRunId``, as ``hardseg nightly`` does).
+    ``environment``: :func:`hardseg.platform.runs.environment_tags`, as its trials get them."""
     tags = {k: v for k, v in runs.training_tags(base_cfg).items() if k not in (keys.SEED, keys.STRATEGIES)}
     params = {f"{keys.SPACE_PREFIX}{p.path}": json.dumps(p.to_dict()) for p in space.params.values()}
     params.update({f"sweep.{k}": v for k, v in space.sweep.model_dump(mode="json").items()})
     params.update({f"base.{k}": v for k, v in base_cfg.flat().items()})
     params.update(extra_params)
     return runs.open_run(client, exp_id, name, kind, tags={**tags, keys.SWEEP: name, **(extra_tags or {})},
-                         params=params, lineage=lineage,
+                         params=params, lineage=lineage, environment=environment,
                          texts={"space.yaml": yaml.safe_dump(space.to_dict(), sort_keys=False),
                                 "base_config.yaml": yaml.safe_dump(base_cfg.model_dump(mode="json"), sort_keys=False)})
 
