@@ -28,7 +28,7 @@ See ``docs/strategies.md`` for the equations each strategy implements.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import IntEnum
+from enum import IntEnum, auto
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -51,19 +51,12 @@ class Phase(IntEnum):
     in REPLACE_PREDICTION, before SR's).
     """
 
-    def __new__(cls, doc: str) -> Phase:
-        value = len(cls.__members__) + 1  # the position in the class body
-        phase = int.__new__(cls, value)
-        phase._value_ = value
-        phase.__doc__ = doc
-        return phase
-
-    REPLACE_PREDICTION = "Step 1: replace the prediction, so every later step sees it (C2F's finest stage in out.logits)."
-    BASE_LOSS = "Step 2a: define the per-pixel loss ℓ (CE; focal replaces it)."
-    CLASS_WEIGHTS = "Step 2b: scale ℓ per pixel by its ground-truth class's weight (cb_ce)."
-    SELECT_PIXELS = "Step 2c: keep the hard pixels and zero the others (OHEM)."
-    WEIGHT_AND_REDUCE = "Step 2d: weight the kept pixels and reduce them to named terms (HL)."
-    EXTRA_TERMS = "Step 4: add loss terms on the strategy's own outputs (SR exits)."
+    REPLACE_PREDICTION = auto()  # step 1: replace the prediction, so every later step sees it (C2F's finest stage)
+    BASE_LOSS = auto()  # step 2a: define the per-pixel loss ℓ (CE; focal replaces it)
+    CLASS_WEIGHTS = auto()  # step 2b: scale ℓ per pixel by its ground-truth class's weight (cb_ce)
+    SELECT_PIXELS = auto()  # step 2c: keep the hard pixels and zero the others (OHEM)
+    WEIGHT_AND_REDUCE = auto()  # step 2d: weight the kept pixels and reduce them to named terms (HL)
+    EXTRA_TERMS = auto()  # step 4: add loss terms on the strategy's own outputs (SR exits)
 
 
 KIND_PHASES: dict[str, tuple[Phase, ...]] = {
