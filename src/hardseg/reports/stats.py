@@ -206,6 +206,11 @@ def seeds_needed(
     return None
 
 
+def _check_correction(method: str) -> None:
+    if method not in CORRECTIONS:
+        raise ValueError(f"unknown correction {method!r}: use one of {', '.join(CORRECTIONS)}")
+
+
 def adjust_p(p_values: Sequence[float] | np.ndarray, method: str = "holm") -> np.ndarray:
     """Adjusted p-values of one family of tests, along the last axis (a batch of families works too).
 
@@ -218,8 +223,7 @@ def adjust_p(p_values: Sequence[float] | np.ndarray, method: str = "holm") -> np
     NaN entries are not tests: they stay NaN and do not count in m. Values outside [0, 1] or an
     unknown method raise ValueError.
     """
-    if method not in CORRECTIONS:
-        raise ValueError(f"unknown correction {method!r}: use one of {', '.join(CORRECTIONS)}")
+    _check_correction(method)
     p = np.array(p_values, dtype=float, ndmin=1)
     finite = ~np.isnan(p)
     if np.any((p[finite] < 0) | (p[finite] > 1)):
@@ -243,8 +247,7 @@ def adjust_p(p_values: Sequence[float] | np.ndarray, method: str = "holm") -> np
 
 def correction_name(method: str) -> str:
     """How a report names a correction."""
-    if method not in CORRECTIONS:
-        raise ValueError(f"unknown correction {method!r}: use one of {', '.join(CORRECTIONS)}")
+    _check_correction(method)
     return {"holm": "Holm-Bonferroni (family-wise error rate)", "bh": "Benjamini-Hochberg (false discovery rate)",
             "none": "none (each test at its own α)"}[method]
 
@@ -254,8 +257,7 @@ def family_alpha(alpha: float, m: int, method: str) -> float:
     and BH (their strictest step, Bonferroni's level), α without a correction. Reports compute the
     minimum detectable difference and the seeds a verdict needs at this level, so they hold under
     the correction."""
-    if method not in CORRECTIONS:
-        raise ValueError(f"unknown correction {method!r}: use one of {', '.join(CORRECTIONS)}")
+    _check_correction(method)
     return alpha if method == "none" or m <= 1 else alpha / m
 
 
