@@ -12,6 +12,9 @@ logits (-1, C, -1, -1)`` and a 32×32 input example. It is written with
 that no fluent (process-global) active run or tracking URI is touched;
 ``mlflow.pytorch.load_model("runs:/<id>/model")`` and
 ``mlflow.register_model`` take it as a logged model (docs/models.md).
+
+``hardseg export RUN --format mmseg`` (:func:`export_mmseg`) writes a run's model
+back in mmsegmentation's checkpoint layout (:mod:`hardseg.models.mmseg_checkpoint`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ from hardseg.data import dataset_info
 from hardseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from hardseg.errors import ConfigError
 from hardseg.models.export import ExportedModel, export_metadata
+from hardseg.models.mmseg_checkpoint import to_mmseg_checkpoint
 from hardseg.trainables.evaluate import load_inference_model
+from hardseg.trainables.loop import EXPORT_FILE
 
 ARTIFACT = "model"
 EXAMPLE_SIDE = 32  # every built-in model takes 32×32 (smp encoders need multiples of 32)
@@ -111,3 +116,34 @@ def register(run_id: str, name: str, tracking_uri: str) -> str:
     mlflow.set_tracking_uri(tracking_uri)
     mv = mlflow.register_model(f"runs:/{run_id}/{ARTIFACT}", name)
     return f"models:/{mv.name}/{mv.version}"
+
+
+# -- hardseg export RUN --format mmseg -------------------------------------------------------------------------
+def run_export_file(run: str, tracking_uri: str) -> tuple[Path, str | None]:
+    """(local ``model_export.pt``, run id or None) of ``run``: a file, a run id or ``runs:/<id>[/...]``."""
+    if Path(run).is_file():
+        return Path(run), None
+    run_id = run[len("runs:/"):].split("/")[0] if run.startswith("runs:/") else run
+    try:
+        local = download_artifacts(artifact_uri=f"runs:/{run_id}/{ARTIFACT}/{EXPORT_FILE}",
+                                   dst_path=tempfile.mkdtemp(prefix="hardseg-export-"), tracking_uri=tracking_uri)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"export: cannot fetch {ARTIFACT}/{EXPORT_FILE} of run '{run_id}' from {tracking_uri}: "
+                          f"{msg} (give a finished run's id or a model_export.pt file)") from None
+    return Path(local), run_id
+
+
+def export_mmseg(run: str, out: Path, tracking_uri: str) -> Path:
+    """Write ``run``'s best model as an mmsegmentation checkpoint at ``out`` (``{"meta", "state_dict"}``)."""
+    file, run_id = run_export_file(run, tracking_uri)
+    model, cfg = load_inference_model(file)
+    info = dataset_info(cfg.data)
+    epoch = torch.load(file, map_location="cpu", weights_only=False).get("epoch")
+    meta = {"CLASSES": list(info.class_names), "PALETTE": [list(c) for c in info.colors()],
+            "epoch": epoch, "hardseg": {"run_id": run_id, "architecture": cfg.model.name,
+                                         "strategies": list(cfg.strategies), "source": str(file)}}
+    ckpt = to_mmseg_checkpoint(model, meta, cfg.model.name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, out)
+    return out
