@@ -14,7 +14,7 @@ from hardseg.models import SegOutput, build_model
 from hardseg.models.mmseg import MODEL_NAMES
 from hardseg.models.mmseg_checkpoint import hl_head, to_mmseg_checkpoint
 from hardseg.strategies import Objective, TrainingModel
-from hardseg.trainables.loop import StepSettings, build_training_model, resolve_amp
+from hardseg.trainables.loop import StepSettings, autocast_for, build_training_model, resolve_amp
 
 from conftest import small_overrides
 from test_cli_errors import _check, _no_runs
@@ -420,9 +420,13 @@ def test_amp_settings():
     s = StepSettings.resolve(load_config(None, ["train.amp=bf16"]), cpu, 1)
     assert s.amp and s.amp_dtype == torch.bfloat16
     assert not StepSettings.resolve(load_config(None, ["train.amp=off"]), cuda, 1).amp
-    with pytest.raises(ConfigError, match="'train.amp'; allowed: 'auto', 'off', 'fp16', 'bf16'"):
+    for dtype in (torch.float16, torch.bfloat16):  # what the loop's autocast computes in
+        with autocast_for(cpu, True, dtype):
+            assert torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype == dtype
+    with pytest.raises(ConfigError, match="invalid value 'fp8' for 'train.amp'; allowed: 'auto', 'off', 'fp16'"):
         load_config(None, ["train.amp=fp8"])
     with pytest.raises(ConfigError, match="model.init_skip applies to model.init_from"):
         load_config(None, ["model.init_skip=[decode_head.conv_seg]"])
     with pytest.raises(ConfigError, match="'model.align_corners' applies to the mmseg networks"):
         build_model("tiny_seg", 7, align_corners=True)
+
