@@ -172,6 +172,9 @@ def test_outputs_features_and_every_strategy_on_a_tiny_input(name):
     assert not [n for n, p in net.named_parameters() if p.grad is None]  # DDP without find_unused_parameters
     branch = net.new_head(1)
     assert type(branch) is type(net.decode_head) and branch(out.head_input).shape == (2, 1) + out.head_logits.shape[2:]
+    # mmseg's initialisation: conv_seg normal with std 0.01, each block's last BN zeroed (zero_init_residual)
+    assert 0.007 < branch.conv_seg.weight.std().item() < 0.013 and not branch.conv_seg.bias.any()
+    assert not net.backbone.layer4[2].bn3.weight.any() and net.backbone.layer4[2].bn2.weight.eq(1).all()
     net.zero_grad(set_to_none=True)
     # every strategy at once: focal, cb_ce, ohem, HL's branch, SR's exits, C2F's stages (the meta-device test
     # of tests/test_models_zoo.py builds each strategy alone on every model)

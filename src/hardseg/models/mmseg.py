@@ -95,12 +95,13 @@ class DecodeHead(nn.Module):
     def resize(self, x: Tensor, size: Sequence[int]) -> Tensor:
         return resize_bilinear(x, size, self.align_corners)
 
-    def init_weights(self) -> None:
+    def init_weights(self) -> "DecodeHead":
+        """mmseg's initialisation of a head (Kaiming convolutions, BN 1/0, ``conv_seg`` normal std 0.01)."""
         init_conv_bn(self)
-        if self.conv_seg.weight.is_meta:
-            return
-        nn.init.normal_(self.conv_seg.weight, 0.0, 0.01)
-        nn.init.zeros_(self.conv_seg.bias)
+        if not self.conv_seg.weight.is_meta:
+            nn.init.normal_(self.conv_seg.weight, 0.0, 0.01)
+            nn.init.zeros_(self.conv_seg.bias)
+        return self
 
 
 class PSPHead(DecodeHead):
@@ -111,7 +112,6 @@ class PSPHead(DecodeHead):
         self.psp_modules = nn.ModuleList(
             nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvModule(self.in_channels, self.channels, 1)) for s in pool_scales)
         self.bottleneck = ConvModule(self.in_channels + len(pool_scales) * self.channels, self.channels, 3, padding=1)
-        self.init_weights()
 
     def forward(self, inputs: Sequence[Tensor]) -> Tensor:
         x = inputs[self.in_index]
@@ -120,8 +120,8 @@ class PSPHead(DecodeHead):
 
 
 class ASPPHead(DecodeHead):
-    """``image_pool`` (global pool + 1×1) and ``aspp_modules`` (1×1 for dilation 1, else dilated 3×3),
-    concatenated, 3×3 ``bottleneck``."""
+    """DeepLabV3's: ``image_pool`` (global pool + 1×1) and ``aspp_modules`` (1×1 for dilation 1, else a
+    dilated 3×3, depthwise-separable with ``separable``), concatenated, 3×3 ``bottleneck``."""
 
     def __init__(self, dilations: Sequence[int] = (1, 12, 24, 36), separable: bool = False, **kw: Any):
         super().__init__(**kw)
@@ -140,14 +140,6 @@ class ASPPHead(DecodeHead):
         return self.cls_seg(self.aspp(inputs[self.in_index]))
 
 
-class DeepLabV3Head(ASPPHead):
-    """mmseg's ``ASPPHead`` (DeepLabV3)."""
-
-    def __init__(self, **kw: Any):
-        super().__init__(**kw)
-        self.init_weights()
-
-
 class DepthwiseSeparableASPPHead(ASPPHead):
     """DeepLabV3+: separable ASPP, then the ``inputs[0]`` skip (``c1_bottleneck``, 1×1 to
     ``c1_channels``) concatenated with the upsampled ASPP output, two separable 3×3
@@ -159,7 +151,6 @@ class DepthwiseSeparableASPPHead(ASPPHead):
         self.c1_bottleneck = ConvModule(c1_in_channels, c1_channels, 1)
         self.sep_bottleneck = nn.Sequential(DepthwiseSeparableConvModule(ch + c1_channels, ch, 3, padding=1),
                                             DepthwiseSeparableConvModule(ch, ch, 3, padding=1))
-        self.init_weights()
 
     def forward(self, inputs: Sequence[Tensor]) -> Tensor:
         out = self.aspp(inputs[self.in_index])
@@ -179,7 +170,6 @@ class FCNHead(DecodeHead):
         self.convs = nn.Sequential(*convs)
         self.conv_cat = ConvModule(self.in_channels + self.channels, self.channels, kernel_size, padding=pad) \
             if concat_input else None
-        self.init_weights()
 
     def forward(self, inputs: Sequence[Tensor]) -> Tensor:
         x = inputs[self.in_index]
@@ -201,7 +191,7 @@ class Arch:
 
 ARCHS = {
     "pspnet": Arch("pspnet_r50-d8", PSPHead, (("pool_scales", (1, 2, 3, 6)),), "PSPHead"),
-    "deeplabv3": Arch("deeplabv3_r50-d8", DeepLabV3Head, (("dilations", (1, 12, 24, 36)),), "ASPPHead"),
+    "deeplabv3": Arch("deeplabv3_r50-d8", ASPPHead, (("dilations", (1, 12, 24, 36)),), "ASPPHead"),
     "deeplabv3plus": Arch("deeplabv3plus_r50-d8", DepthwiseSeparableASPPHead,
                           (("dilations", (1, 12, 24, 36)), ("c1_in_channels", 256), ("c1_channels", 48)),
                           "DepthwiseSeparableASPPHead"),
@@ -229,8 +219,8 @@ class MmsegSeg(SegModel):
         self.feature_channels, self.feature_strides = dict(FEATURE_CHANNELS), dict(FEATURE_STRIDES)
         self.backbone = ResNetV1c(depth)
         self.decode_head = self.new_head(num_classes)
-        self.auxiliary_head = FCNHead(num_classes=num_classes, align_corners=align_corners, **AUX_OPTIONS) \
-            if aux else None
+        self.auxiliary_head = FCNHead(num_classes=num_classes, align_corners=align_corners,
+                                      **AUX_OPTIONS).init_weights() if aux else None
 
     def encode(self, x: Tensor) -> dict[str, Tensor]:
         return dict(zip(FEATURES, self.backbone(x)))
@@ -244,7 +234,7 @@ class MmsegSeg(SegModel):
     def new_head(self, out_channels: int) -> DecodeHead:
         spec = ARCHS[self.arch]
         return spec.head(in_channels=STAGE_CHANNELS[-1], channels=HEAD_CHANNELS, num_classes=out_channels,
-                         in_index=3, align_corners=self.align_corners, **dict(spec.head_options))
+                         in_index=3, align_corners=self.align_corners, **dict(spec.head_options)).init_weights()
 
 
 def builder(name: str) -> Callable[..., MmsegSeg]:
