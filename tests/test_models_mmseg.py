@@ -381,8 +381,7 @@ def test_open_mmlab_imagenet_resnet_loads_into_the_backbone(tmp_path):
 
 # -- mmseg checkpoints: out ---------------------------------------------------------------------------------
 def test_export_command_writes_mmseg_layout(capsys, tmp_path, sqlite_uri):
-    from mlflow.tracking import MlflowClient
-
+    from hardseg.platform import tracking
     from hardseg.platform.cli import main as cli
 
     torch.manual_seed(0)
@@ -392,8 +391,8 @@ def test_export_command_writes_mmseg_layout(capsys, tmp_path, sqlite_uri):
     cfg = cityscapes_cfg(**{"model.name": "deeplabv3plus_r50_d8", "model.aux": "false"})
     (tmp_path / "run").mkdir()
     torch.save({"model": state, "epoch": 3, "config": cfg.model_dump(mode="json")}, tmp_path / "run" / "model_export.pt")
-    client = MlflowClient(sqlite_uri)
-    run = client.create_run(client.create_experiment("export"))
+    client = tracking.MlflowClient(sqlite_uri)  # artifacts next to the store (not under the working directory)
+    run = client.create_run(tracking.get_or_create_experiment(client, "export", sqlite_uri))
     client.log_artifact(run.info.run_id, str(tmp_path / "run" / "model_export.pt"), "model")
     client.set_terminated(run.info.run_id)
     out = tmp_path / "dlv3p.pth"
@@ -403,7 +402,20 @@ def test_export_command_writes_mmseg_layout(capsys, tmp_path, sqlite_uri):
     assert ckpt["meta"]["hardseg"]["run_id"] == run.info.run_id and ckpt["meta"]["epoch"] == 3
     assert ckpt["state_dict"].keys() == state.keys() and all(torch.equal(ckpt["state_dict"][k], v)
                                                              for k, v in state.items())
+    # a training checkpoint (checkpoint.pt) of an HL run: the branch comes out as weigh_head
+    cfg = cityscapes_cfg(**{"model.name": "deeplabv3plus_r50_d8", "model.aux": "false", "strategies": "[hl]"})
+    with torch.device("meta"):
+        tm = TrainingModel(build_model("deeplabv3plus_r50_d8", 19), Objective(["hl"], {}, CTX))
+    branch = random_state(hl_head(tm), seed=3)
+    train_state = {**state, **{f"strategy_modules.hl.branch.head.{k}": v for k, v in branch.items()}}
+    torch.save({"model": {f"net.{k}" if not k.startswith("strategy_") else k: v for k, v in train_state.items()},
+                "optimizer": {}, "epoch": 2, "config": cfg.model_dump(mode="json")}, tmp_path / "checkpoint.pt")
+    assert cli(["export", str(tmp_path / "checkpoint.pt"), "--format", "mmseg", "--out", str(out)]) == 0
+    sd = torch.load(out, map_location="cpu", weights_only=True)["state_dict"]
+    assert sd.keys() == state.keys() | {f"weigh_head.{k}" for k in branch}
+    assert all(torch.equal(sd[f"weigh_head.{k}"], v) for k, v in branch.items())
     # a model that is not an mmseg network; a run that does not exist
+    capsys.readouterr()  # MLflow's start-up lines above
     cfg = load_config(None, [])
     torch.save({"model": build_model("tiny_seg", 7).state_dict(), "epoch": 1, "config": cfg.model_dump(mode="json")},
                tmp_path / "tiny_export.pt")

@@ -153,7 +153,6 @@ def mmseg_config_text(net: MmsegSeg) -> str:
     aux = (f"dict(num_classes={net.num_classes}, align_corners={net.align_corners})"
            if net.auxiliary_head is not None else "None")
     return (f"_base_ = ['../_base_/models/{arch.config}.py']\n"
-            f"norm_cfg = dict(type='SyncBN', requires_grad=True)\n"
             f"model = dict(\n    pretrained=None,\n    backbone=dict(depth={net.depth}),\n"
             f"    decode_head=dict(num_classes={net.num_classes}, align_corners={net.align_corners}),\n"
             f"    auxiliary_head={aux})\n")

@@ -192,12 +192,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     # local: this command's modules only, so --help and bad input answer at once (module docstring)
-    from hardseg.platform import tracking
     from hardseg.platform.export import export_mmseg
 
     out = Path(args.out or f"{Path(args.run).stem if Path(args.run).is_file() else args.run.split('/')[-1]}"
                f"_{args.format}.pth")
-    path = export_mmseg(args.run, out, tracking.resolve_tracking_uri(args.tracking_uri))
+    path = export_mmseg(args.run, out, args.tracking_uri)
     print(f"[hardseg] wrote {path} (mmsegmentation checkpoint: meta + state_dict; its meta['config'] is an mmseg "
           "config for it)")
     return 0
@@ -486,7 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(func=cmd_evaluate)
 
     ex = sub.add_parser("export", help="write a run's model in another framework's checkpoint layout (mmseg)")
-    ex.add_argument("run", help="MLflow run id, runs:/<run id>, or a model_export.pt file")
+    ex.add_argument("run", help="MLflow run id, runs:/<run id>, a model_export.pt file, or a checkpoint.pt (then "
+                    "with HL's branch as weigh_head)")
     ex.add_argument("--format", required=True, choices=["mmseg"],
                     help="mmseg: mmsegmentation 0.22.1's {meta, state_dict} (the mmseg networks only)")
     ex.add_argument("--out", help="output file (default: <run>_<format>.pth)")

@@ -38,9 +38,10 @@ from hardseg.data import dataset_info
 from hardseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from hardseg.errors import ConfigError
 from hardseg.models.export import ExportedModel, export_metadata
-from hardseg.models.mmseg_checkpoint import to_mmseg_checkpoint
+from hardseg.platform.tracking import resolve_tracking_uri
+from hardseg.models.mmseg_checkpoint import hl_head, to_mmseg_checkpoint
 from hardseg.trainables.evaluate import load_inference_model
-from hardseg.trainables.loop import EXPORT_FILE
+from hardseg.trainables.loop import EXPORT_FILE, build_training_model
 
 ARTIFACT = "model"
 EXAMPLE_SIDE = 32  # every built-in model takes 32×32 (smp encoders need multiples of 32)
@@ -119,10 +120,12 @@ def register(run_id: str, name: str, tracking_uri: str) -> str:
 
 
 # -- hardseg export RUN --format mmseg -------------------------------------------------------------------------
-def run_export_file(run: str, tracking_uri: str) -> tuple[Path, str | None]:
-    """(local ``model_export.pt``, run id or None) of ``run``: a file, a run id or ``runs:/<id>[/...]``."""
+def run_export_file(run: str, tracking_uri: str | None) -> tuple[Path, str | None]:
+    """(local ``model_export.pt``, run id or None) of ``run``: a file, a run id or ``runs:/<id>[/...]``
+    (from ``tracking_uri``, None: the default store)."""
     if Path(run).is_file():
         return Path(run), None
+    tracking_uri = resolve_tracking_uri(tracking_uri)
     run_id = run[len("runs:/"):].split("/")[0] if run.startswith("runs:/") else run
     try:
         local = download_artifacts(artifact_uri=f"runs:/{run_id}/{ARTIFACT}/{EXPORT_FILE}",
@@ -134,16 +137,35 @@ def run_export_file(run: str, tracking_uri: str) -> tuple[Path, str | None]:
     return Path(local), run_id
 
 
-def export_mmseg(run: str, out: Path, tracking_uri: str) -> Path:
-    """Write ``run``'s best model as an mmsegmentation checkpoint at ``out`` (``{"meta", "state_dict"}``)."""
-    file, run_id = run_export_file(run, tracking_uri)
-    model, cfg = load_inference_model(file)
+def training_checkpoint_model(state: dict[str, Any]):
+    """(network, HL branch or None, RunConfig) of a training checkpoint (``checkpoint.pt``)."""
+    cfg = RunConfig.model_validate(state["config"])
+    build_cfg = cfg.model_copy(deep=True)
+    build_cfg.model.pretrained, build_cfg.model.init_from, build_cfg.model.init_skip = "none", None, []
     info = dataset_info(cfg.data)
-    epoch = torch.load(file, map_location="cpu", weights_only=False).get("epoch")
+    tm, _ = build_training_model(build_cfg, info, np.ones(info.num_classes))
+    tm.load_state_dict(state["model"])
+    return tm.net.eval(), hl_head(tm), cfg
+
+
+def export_mmseg(run: str, out: Path, tracking_uri: str | None = None) -> Path:
+    """Write ``run``'s best model as an mmsegmentation checkpoint at ``out`` (``{"meta", "state_dict"}``).
+
+    ``run`` may also be a training checkpoint (``checkpoint.pt``): then HL's branch, if the run
+    had one, is written too, as ``weigh_head.*`` (the inference model of ``model_export.pt`` has none)."""
+    file, run_id = run_export_file(run, tracking_uri)
+    state = torch.load(file, map_location="cpu", weights_only=False)
+    hl = None
+    if isinstance(state, dict) and "optimizer" in state and "config" in state:
+        model, hl, cfg = training_checkpoint_model(state)
+    else:
+        model, cfg = load_inference_model(file)
+    info = dataset_info(cfg.data)
+    epoch = state.get("epoch") if isinstance(state, dict) else None
     meta = {"CLASSES": list(info.class_names), "PALETTE": [list(c) for c in info.colors()],
             "epoch": epoch, "hardseg": {"run_id": run_id, "architecture": cfg.model.name,
                                          "strategies": list(cfg.strategies), "source": str(file)}}
-    ckpt = to_mmseg_checkpoint(model, meta, cfg.model.name)
+    ckpt = to_mmseg_checkpoint(model, meta, cfg.model.name, hl=hl)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, out)
     return out
