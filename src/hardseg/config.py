@@ -43,8 +43,14 @@ class ModelConfig(Strict):
                                 "tu-<timm name>, ...; None = resnet50 (Segformer: mit_b0)")
     pretrained: str = Field("none", description="encoder weights: none, imagenet (from the local TORCH_HOME/HF_HOME "
                             "caches, never downloaded) or a .pth/.pt/.safetensors file")
-    init_from: str | None = Field(None, description="whole-model warm start: a hardseg model_export.pt or "
-                                  "runs:/RUN_ID/model/model_export.pt")
+    init_from: str | None = Field(None, description="whole-model warm start: a hardseg model_export.pt, "
+                                  "runs:/RUN_ID/model/model_export.pt, or an mmsegmentation checkpoint (mmseg "
+                                  "networks)")
+    init_skip: list[str] = Field(default_factory=list, description="layers of init_from left out (fresh), by "
+                                 "state-dict name; another class count: [decode_head.conv_seg, "
+                                 "auxiliary_head.conv_seg]")
+    align_corners: bool | None = Field(None, description="bilinear resizes of the mmseg networks (mmseg's "
+                                       "align_corners: False, True in its 769x769 configs); None = False")
 
     @field_validator("pretrained", mode="before")
     @classmethod
@@ -77,7 +83,9 @@ class TrainConfig(Strict):
     momentum: float = Field(0.9, ge=0, lt=1)
     poly_power: float = Field(0.9, ge=0)
     warmup_epochs: float = Field(0.0, ge=0)
-    amp: Literal["auto", "on", "off"] = "auto"
+    amp: Literal["auto", "off", "fp16", "bf16", "on"] = Field(
+        "auto", description="mixed precision: auto (fp16 on CUDA, off on CPU), off (fp32, as mmseg's fp32 "
+        "recipes), fp16 (with a gradient scaler), bf16, or on (fp16 on CUDA, bf16 on CPU)")
     channels_last: Literal["auto", "on", "off"] = "auto"
     num_threads: int | None = Field(None, ge=1, description="torch threads per worker; None = CPUs per worker")
     shuffle: bool = True
@@ -249,6 +257,9 @@ def validate_config(tree: dict[str, Any], source: str = "config") -> RunConfig:
         raise ConfigError(_format_validation_error(err, source)) from None
     check_registered_names(cfg, source)
     check_eval(cfg, source)
+    if cfg.model.init_skip and not cfg.model.init_from:
+        raise ConfigError(f"{source}: model.init_skip applies to model.init_from; set model.init_from or remove "
+                          "model.init_skip")
     return cfg
 
 

@@ -4,9 +4,11 @@
 -> SegModel``; :func:`build_model` looks it up. Every model returns a
 :class:`SegOutput` (main logits, optional aux logits, named features).
 
-Built in: ``tiny_seg`` (CPU tests and demos), four torchvision models, and the
+Built in: ``tiny_seg`` (CPU tests and demos), four torchvision models, the
 segmentation-models-pytorch zoo as ``smp:<Architecture>`` (``model.encoder``
-picks the encoder, :mod:`hardseg.models.smp`). A third-party package adds a
+picks the encoder, :mod:`hardseg.models.smp`), and mmsegmentation's dilated
+ResNet networks by its config names (``pspnet_r50_d8``, ``deeplabv3plus_r101_d8``
+…, :mod:`hardseg.models.mmseg`; ``model.align_corners`` applies to them). A third-party package adds a
 model by declaring an entry point in the ``hardseg.models`` group whose object
 builds a :class:`SegModel` (a builder function or the SegModel subclass
 itself), called as ``obj(num_classes, aux=..., width=..., norm=...)`` plus
@@ -30,7 +32,7 @@ from hardseg.plugins import Registry
 from hardseg.models.base import SegModel
 from hardseg.models.output import SegOutput, predict_classes
 from hardseg.models.resize import resize_bilinear
-from hardseg.models import smp, tiny, tv
+from hardseg.models import mmseg, smp, tiny, tv
 
 ENTRY_POINT_GROUP = "hardseg.models"
 MODELS: Registry[Callable[..., SegModel]] = Registry(
@@ -55,11 +57,13 @@ def check_model_name(name: str, source: str = "config") -> None:
 
 
 def build_model(name: str, num_classes: int, *, aux: bool = False, width: int = 16, norm: str = "batch",
-                encoder: str | None = None) -> SegModel:
+                encoder: str | None = None, align_corners: bool | None = None) -> SegModel:
     """Build a registered model with fresh weights (nothing is downloaded).
 
     ``width`` and ``norm`` apply to ``tiny_seg``, ``encoder`` to ``smp:*``
     models (and plugins that take it); torchvision models have fixed backbones.
+    ``align_corners`` (None: the model's own) applies to the mmseg networks
+    (and plugins that take it).
     """
     builder = MODELS.get(name)
     options: dict[str, Any] = {"aux": aux, "width": width, "norm": norm}
@@ -68,6 +72,11 @@ def build_model(name: str, num_classes: int, *, aux: bool = False, width: int = 
             raise ConfigError(f"'model.encoder' applies to smp:* models; '{name}' has a fixed backbone "
                               "(unset model.encoder)")
         options["encoder"] = encoder
+    if align_corners is not None:
+        if name in _BUILTIN and name not in mmseg.MODEL_NAMES:
+            raise ConfigError(f"'model.align_corners' applies to the mmseg networks ({mmseg.MODEL_NAMES[0]}, …); "
+                              f"'{name}' resizes as its own code does (unset model.align_corners)")
+        options["align_corners"] = align_corners
     model = builder(num_classes, **options)
     if not isinstance(model, SegModel):
         raise ConfigError(f"model '{name}' built a {type(model).__name__}, not a hardseg SegModel "
@@ -86,6 +95,8 @@ register_model("deeplabv3_mobilenet_v3_large")(tv.deeplabv3_mobilenet_v3_large)
 register_model("lraspp_mobilenet_v3_large")(tv.lraspp_mobilenet_v3_large)
 for _arch in smp.ARCHITECTURES:
     register_model(f"smp:{_arch}")(partial(smp.build_smp, _arch))
+for _name in mmseg.MODEL_NAMES:
+    register_model(_name)(mmseg.builder(_name))
 _BUILTIN.update(MODELS.items)
 
 __all__ = ["SegModel", "SegOutput", "available_models", "check_model_name", "predict_classes", "build_model",

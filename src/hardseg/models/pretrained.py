@@ -13,8 +13,11 @@ Nothing is downloaded at run time (docs/models.md, "Pretrained weights"):
   (``model_export.pt``: ``{"model": state_dict, ...}``) works too, its
   encoder's part is taken.
 * ``model.init_from: PATH`` loads a hardseg export into the whole inference
-  model (the warm start of fine-tuning); ``runs:/RUN_ID/...`` URIs are
-  downloaded on the driver first (:mod:`hardseg.platform.prepare`).
+  model (the warm start of fine-tuning), or an mmsegmentation checkpoint into
+  an mmseg network and HL's branch (:mod:`hardseg.models.mmseg_checkpoint`);
+  ``runs:/RUN_ID/...`` URIs are downloaded on the driver first
+  (:mod:`hardseg.platform.prepare`). ``model.init_skip`` names layers left out
+  (fine-tuning on another class count: the classifiers).
 
 Keys are matched after stripping the one prefix under which most of the
 file's keys name the target's parameters (``encoder.``, ``backbone.``,
@@ -41,6 +44,8 @@ from torch import Tensor
 
 from hardseg import keys
 from hardseg.errors import ConfigError
+from hardseg.models.mmseg import MODEL_NAMES as MMSEG_MODELS
+from hardseg.models.mmseg_checkpoint import check_skip, is_mmseg_layout, is_skipped, load_mmseg
 from hardseg.models.smp import default_encoder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the recipe of torchvision's and smp's ImageNet weights
@@ -50,6 +55,10 @@ TORCHVISION_BACKBONES = {  # model name -> (weights enum, attribute): torchvisio
     "deeplabv3_resnet50": ("ResNet50_Weights", "IMAGENET1K_V1"),
     "deeplabv3_mobilenet_v3_large": ("MobileNet_V3_Large_Weights", "IMAGENET1K_V1"),
     "lraspp_mobilenet_v3_large": ("MobileNet_V3_Large_Weights", "IMAGENET1K_V1"),
+}
+OPENMMLAB_V1C = {  # mmcv's open-mmlab://resnet{50,101}_v1c, the ImageNet weights of mmseg's *_r{50,101}-d8 configs
+    50: "https://download.openmmlab.com/pretrain/third_party/resnet50_v1c-2cccc1ad.pth",
+    101: "https://download.openmmlab.com/pretrain/third_party/resnet101_v1c-e67eebb6.pth",
 }
 
 
@@ -64,6 +73,7 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     outside: int = 0  # the file's keys not under ``prefix`` (e.g. a whole export's decoder)
+    skipped: list[str] = field(default_factory=list)  # the file's keys left out by model.init_skip
 
     def summary(self) -> str:
         def first(keys: list[str]) -> str:
@@ -72,12 +82,15 @@ class LoadReport:
         return (f"{self.key}: loaded {self.loaded} tensors from {self.source}"
                 + (f" under prefix '{self.prefix}'" if self.prefix else "")
                 + f"; missing {len(self.missing)}{first(self.missing)}; unexpected {len(self.unexpected)}"
-                + f"{first(self.unexpected)}" + (f"; {self.outside} keys outside the prefix ignored" if self.outside else ""))
+                + f"{first(self.unexpected)}" + (f"; {self.outside} keys outside the prefix ignored" if self.outside else "")
+                + (f"; skipped {len(self.skipped)} (model.init_skip){first(self.skipped)}" if self.skipped else ""))
 
     def tags(self) -> dict[str, str]:
         fields = {"source": self.source, "loaded": str(self.loaded), "missing_keys": str(len(self.missing)),
                   "unexpected_keys": str(len(self.unexpected)), "missing_first": ",".join(self.missing[:5]),
                   "unexpected_first": ",".join(self.unexpected[:5])}
+        if self.skipped:
+            fields["skipped_keys"] = str(len(self.skipped))
         setting = self.key.split(".")[-1]
         return {keys.WEIGHTS_REPORT.format(setting=setting, field=f): v for f, v in fields.items()}
 
@@ -124,14 +137,19 @@ def match_prefix(keys: list[str], target: set[str]) -> tuple[str, int]:
 
 
 def load_into(module: nn.Module, state: dict[str, Tensor], key: str, source: str, what: str,
-              load: bool = True) -> LoadReport:
-    """Check ``state`` against ``module`` and (``load``) copy it in; ConfigError on no match or a shape mismatch."""
+              load: bool = True, skip: list[str] | tuple[str, ...] = ()) -> LoadReport:
+    """Check ``state`` against ``module`` and (``load``) copy it in; ConfigError on no match or a shape mismatch.
+
+    ``skip``: layers (``model.init_skip``, the module's own key names) neither loaded nor counted missing."""
     own = module.state_dict()
     prefix, n = match_prefix(list(state), set(own))
     if n == 0:
         raise ConfigError(f"{key}: no tensor of {source} matches a parameter of the {what} (file key "
                           f"'{next(iter(state))}', {what} key '{next(iter(own), '-')}'); is it this model's weights?")
     mine = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    skipped = [prefix + k for k in mine if is_skipped(k, list(skip))]
+    mine = {k: v for k, v in mine.items() if not is_skipped(k, list(skip))}
+    own = {k: v for k, v in own.items() if not is_skipped(k, list(skip))}
     bad = [k for k in own if k in mine and tuple(mine[k].shape) != tuple(own[k].shape)]
     if bad:
         k = bad[0]
@@ -139,7 +157,7 @@ def load_into(module: nn.Module, state: dict[str, Tensor], key: str, source: str
                           f"{tuple(own[k].shape)} in the {what} ({len(bad)} keys differ)")
     report = LoadReport(key, source, prefix, loaded=sum(k in own for k in mine),
                         missing=[k for k in own if k not in mine], unexpected=[k for k in mine if k not in own],
-                        outside=len(state) - len(mine))
+                        outside=len(state) - len(mine) - len(skipped), skipped=skipped)
     if load:
         module.load_state_dict({k: v for k, v in mine.items() if k in own}, strict=False)
     return report
@@ -201,6 +219,10 @@ def imagenet_file(model_name: str, encoder: str | None) -> Path:
                               f"downloads nothing at run time; put {url} into {folder} (TORCH_HOME), or set "
                               "model.pretrained=PATH")
         return path
+    if model_name in MMSEG_MODELS:
+        url = OPENMMLAB_V1C[int(model_name.split("_")[-2][1:])]
+        raise ConfigError(f"model.pretrained=imagenet: hardseg downloads nothing at run time; save open-mmlab's "
+                          f"ImageNet ResNetV1c ({url}) and set model.pretrained=PATH")
     raise ConfigError(f"model.pretrained=imagenet: model '{model_name}' has no ImageNet weights; use "
                       "model.pretrained=PATH (an encoder state dict) or none")
 
@@ -216,8 +238,10 @@ def weights_normalisation(model_name: str, encoder: str | None, pretrained: str)
     return IMAGENET_MEAN, IMAGENET_STD
 
 
-def load_weights(net: nn.Module, inference: nn.Module, model_cfg: Any, load: bool = True) -> list[LoadReport]:
-    """Apply ``model.pretrained`` to ``net``'s encoder, then ``model.init_from`` to the inference model.
+def load_weights(net: nn.Module, inference: nn.Module, model_cfg: Any, load: bool = True,
+                 training: nn.Module | None = None) -> list[LoadReport]:
+    """Apply ``model.pretrained`` to ``net``'s encoder, then ``model.init_from`` to the inference model
+    (an mmseg checkpoint: to ``net`` and HL's branch in ``training``, the TrainingModel).
 
     ``load=False`` only checks (files, keys, shapes), as the driver does on a
     meta-device model before any MLflow run exists.
@@ -237,7 +261,15 @@ def load_weights(net: nn.Module, inference: nn.Module, model_cfg: Any, load: boo
             raise ConfigError(f"model.pretrained: {err}") from None
         reports.append(load_into(encoder, read_state_dict(path, "model.pretrained"), "model.pretrained", str(path),
                                  "encoder", load))
+    skip = list(getattr(model_cfg, "init_skip", None) or [])
     if model_cfg.init_from:
+        source = str(model_cfg.init_from)
         state = read_state_dict(model_cfg.init_from, "model.init_from")
-        reports.append(load_into(inference, state, "model.init_from", str(model_cfg.init_from), "model", load))
+        if is_mmseg_layout(state):
+            got = load_mmseg(net, state, source, model_cfg.name, skip, load, training)
+            reports.append(LoadReport("model.init_from", source, "", got.loaded, got.missing, got.unexpected,
+                                      skipped=got.skipped))
+        else:
+            check_skip(skip, list(inference.state_dict()), model_cfg.name)
+            reports.append(load_into(inference, state, "model.init_from", source, "model", load, skip))
     return reports

@@ -190,6 +190,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    # local: this command's modules only, so --help and bad input answer at once (module docstring)
+    from hardseg.platform.export import export_mmseg
+
+    out = Path(args.out or f"{Path(args.run).stem if Path(args.run).is_file() else args.run.split('/')[-1]}"
+               f"_{args.format}.pth")
+    path = export_mmseg(args.run, out, args.tracking_uri)
+    print(f"[hardseg] wrote {path} (mmsegmentation checkpoint: meta + state_dict; its meta['config'] is an mmseg "
+          "config for it)")
+    return 0
+
+
 def cmd_data_generate(args: argparse.Namespace) -> int:
     # local: this command's modules only, so --help and bad input answer at once (module docstring)
     from hardseg.data.synthetic import generate_command
@@ -471,6 +483,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--run-id", help="also log the metrics to this MLflow run")
     ev.add_argument("--tracking-uri")
     ev.set_defaults(func=cmd_evaluate)
+
+    ex = sub.add_parser("export", help="write a run's model in another framework's checkpoint layout (mmseg)")
+    ex.add_argument("run", help="MLflow run id, runs:/<run id>, a model_export.pt file, or a checkpoint.pt (then "
+                    "with HL's branch as weigh_head)")
+    ex.add_argument("--format", required=True, choices=["mmseg"],
+                    help="mmseg: mmsegmentation 0.22.1's {meta, state_dict} (the mmseg networks only)")
+    ex.add_argument("--out", help="output file (default: <run>_<format>.pth)")
+    ex.add_argument("--tracking-uri")
+    ex.set_defaults(func=cmd_export)
 
     nt = sub.add_parser("nightly", help="run a fixed suite, compare with the previous nightly, exit 1 on regressions")
     nt.add_argument("suite", help="suite YAML file or a shipped suite ('nightly')")

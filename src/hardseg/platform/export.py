@@ -12,6 +12,9 @@ logits (-1, C, -1, -1)`` and a 32×32 input example. It is written with
 that no fluent (process-global) active run or tracking URI is touched;
 ``mlflow.pytorch.load_model("runs:/<id>/model")`` and
 ``mlflow.register_model`` take it as a logged model (docs/models.md).
+
+``hardseg export RUN --format mmseg`` (:func:`export_mmseg`) writes a run's model
+back in mmsegmentation's checkpoint layout (:mod:`hardseg.models.mmseg_checkpoint`).
 """
 
 from __future__ import annotations
@@ -35,7 +38,10 @@ from hardseg.data import dataset_info
 from hardseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from hardseg.errors import ConfigError
 from hardseg.models.export import ExportedModel, export_metadata
+from hardseg.platform.tracking import resolve_tracking_uri
+from hardseg.models.mmseg_checkpoint import hl_head, to_mmseg_checkpoint
 from hardseg.trainables.evaluate import load_inference_model
+from hardseg.trainables.loop import EXPORT_FILE, build_training_model
 
 ARTIFACT = "model"
 EXAMPLE_SIDE = 32  # every built-in model takes 32×32 (smp encoders need multiples of 32)
@@ -111,3 +117,55 @@ def register(run_id: str, name: str, tracking_uri: str) -> str:
     mlflow.set_tracking_uri(tracking_uri)
     mv = mlflow.register_model(f"runs:/{run_id}/{ARTIFACT}", name)
     return f"models:/{mv.name}/{mv.version}"
+
+
+# -- hardseg export RUN --format mmseg -------------------------------------------------------------------------
+def run_export_file(run: str, tracking_uri: str | None) -> tuple[Path, str | None]:
+    """(local ``model_export.pt``, run id or None) of ``run``: a file, a run id or ``runs:/<id>[/...]``
+    (from ``tracking_uri``, None: the default store)."""
+    if Path(run).is_file():
+        return Path(run), None
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    run_id = run[len("runs:/"):].split("/")[0] if run.startswith("runs:/") else run
+    try:
+        local = download_artifacts(artifact_uri=f"runs:/{run_id}/{ARTIFACT}/{EXPORT_FILE}",
+                                   dst_path=tempfile.mkdtemp(prefix="hardseg-export-"), tracking_uri=tracking_uri)
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"export: cannot fetch {ARTIFACT}/{EXPORT_FILE} of run '{run_id}' from {tracking_uri}: "
+                          f"{msg} (give a finished run's id or a model_export.pt file)") from None
+    return Path(local), run_id
+
+
+def training_checkpoint_model(state: dict[str, Any]):
+    """(network, HL branch or None, RunConfig) of a training checkpoint (``checkpoint.pt``)."""
+    cfg = RunConfig.model_validate(state["config"])
+    build_cfg = cfg.model_copy(deep=True)
+    build_cfg.model.pretrained, build_cfg.model.init_from, build_cfg.model.init_skip = "none", None, []
+    info = dataset_info(cfg.data)
+    tm, _ = build_training_model(build_cfg, info, np.ones(info.num_classes))
+    tm.load_state_dict(state["model"])
+    return tm.net.eval(), hl_head(tm), cfg
+
+
+def export_mmseg(run: str, out: Path, tracking_uri: str | None = None) -> Path:
+    """Write ``run``'s best model as an mmsegmentation checkpoint at ``out`` (``{"meta", "state_dict"}``).
+
+    ``run`` may also be a training checkpoint (``checkpoint.pt``): then HL's branch, if the run
+    had one, is written too, as ``weigh_head.*`` (the inference model of ``model_export.pt`` has none)."""
+    file, run_id = run_export_file(run, tracking_uri)
+    state = torch.load(file, map_location="cpu", weights_only=False)
+    hl = None
+    if isinstance(state, dict) and "optimizer" in state and "config" in state:
+        model, hl, cfg = training_checkpoint_model(state)
+    else:
+        model, cfg = load_inference_model(file)
+    info = dataset_info(cfg.data)
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    meta = {"CLASSES": list(info.class_names), "PALETTE": [list(c) for c in info.colors()],
+            "epoch": epoch, "hardseg": {"run_id": run_id, "architecture": cfg.model.name,
+                                         "strategies": list(cfg.strategies), "source": str(file)}}
+    ckpt = to_mmseg_checkpoint(model, meta, cfg.model.name, hl=hl)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ckpt, out)
+    return out

@@ -108,7 +108,8 @@ class Session(Protocol):
 class StepSettings:
     """How this worker runs its training and evaluation steps; :meth:`resolve` builds it once in :func:`fit`.
 
-    ``amp``: autocast (float16 on CUDA, bfloat16 on CPU; training also needs a GradScaler);
+    ``amp``: autocast, in ``amp_dtype`` (None: float16 on CUDA, bfloat16 on CPU; float16 training also
+    uses a GradScaler), from ``train.amp`` (:func:`resolve_amp`);
     ``channels_last``: NHWC inputs; ``slide``: ``(crop, stride)`` for sliding-window evaluation
     (None: whole images); ``world_size``: DDP ranks, over which losses and the non-finite flag are
     reduced; ``epochs``: the run's length, for the loss schedule and the progress bar;
@@ -118,6 +119,7 @@ class StepSettings:
 
     device: torch.device
     amp: bool = False
+    amp_dtype: torch.dtype | None = None
     channels_last: bool = False
     slide: tuple[tuple[int, int], tuple[int, int]] | None = None
     world_size: int = 1
@@ -127,7 +129,8 @@ class StepSettings:
     @classmethod
     def resolve(cls, cfg: RunConfig, device: torch.device, world_size: int) -> "StepSettings":
         """``train.amp``, ``train.channels_last`` (``auto``: on for CUDA), ``eval.mode`` and ``train.epochs``."""
-        return cls(device, amp=resolve_flag(cfg.train.amp, device),
+        dtype = resolve_amp(cfg.train.amp, device)
+        return cls(device, amp=dtype is not None, amp_dtype=dtype,
                    channels_last=resolve_flag(cfg.train.channels_last, device), slide=slide_settings(cfg),
                    world_size=world_size, epochs=cfg.train.epochs)
 
@@ -153,6 +156,16 @@ class ShardSampler(Sampler[int]):
 def resolve_flag(value: str, device: torch.device) -> bool:
     """``auto`` means on for CUDA, off for CPU."""
     return device.type == "cuda" if value == "auto" else value == "on"
+
+
+def resolve_amp(value: str, device: torch.device) -> torch.dtype | None:
+    """``train.amp`` → the autocast dtype, None for full precision: ``auto`` is fp16 on CUDA and off on
+    CPU, ``on`` the device's half type (fp16 on CUDA, bf16 on CPU), ``fp16``/``bf16`` as named."""
+    if value == "auto":
+        value = "fp16" if device.type == "cuda" else "off"
+    if value == "on":
+        value = "fp16" if device.type == "cuda" else "bf16"
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(value)
 
 
 def poly_lambda(total_steps: int, power: float, warmup_steps: int = 0):
@@ -390,10 +403,10 @@ def build_training_model(cfg: RunConfig, info, class_frequencies: np.ndarray | N
     objective = Objective(cfg.strategies, cfg.strategy_params, ctx)
     with torch.device("meta") if meta else nullcontext():
         net = build_model(cfg.model.name, info.num_classes, aux=cfg.model.aux, width=cfg.model.width,
-                          norm=cfg.model.norm, encoder=cfg.model.encoder)
+                          norm=cfg.model.norm, encoder=cfg.model.encoder, align_corners=cfg.model.align_corners)
         tm = TrainingModel(net, objective)
     # model.pretrained / model.init_from (models/pretrained.py); on the meta device only checked
-    tm.weight_reports = load_weights(tm.net, tm.export(), cfg.model, load=not meta)
+    tm.weight_reports = load_weights(tm.net, tm.export(), cfg.model, load=not meta, training=tm)
     return tm, objective
 
 
@@ -407,11 +420,12 @@ def check_strategies_fit(cfg: RunConfig) -> list:
 
 
 # -- training --------------------------------------------------------------------------
-def autocast_for(device: torch.device, enabled: bool):
-    """Mixed precision as the loop uses it: float16 on CUDA, bfloat16 on CPU; a null context when off."""
+def autocast_for(device: torch.device, enabled: bool, dtype: torch.dtype | None = None):
+    """Mixed precision as the loop uses it: ``dtype`` (None: float16 on CUDA, bfloat16 on CPU); a null
+    context when off."""
     if not enabled:
         return nullcontext()
-    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+    return torch.autocast(device.type, dtype=dtype or (torch.float16 if device.type == "cuda" else torch.bfloat16))
 
 
 def grad_norm(model: nn.Module) -> Tensor:
@@ -446,7 +460,7 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, 
     bad_values = torch.zeros(2, device=device)  # loss and gradient norm at bad_step
     n_images, step_times = 0, []
     steps = len(loader)
-    amp = autocast_for(device, settings.amp)
+    amp = autocast_for(device, settings.amp, settings.amp_dtype)
     start = time.perf_counter()
     first_step_unix = time.time()
     for step, (images, target) in enumerate(epoch_bar(loader, epoch, epochs)):
@@ -594,7 +608,7 @@ def evaluate(net: nn.Module, loader: DataLoader, metrics: SegMetrics, settings: 
     device, slide = settings.device, settings.slide
     for images, target in loader:
         images = images.to(device, non_blocking=True)
-        with autocast_for(device, settings.amp):
+        with autocast_for(device, settings.amp, settings.amp_dtype):
             if slide is not None:
                 logits = slide_logits(net, images, slide[0], slide[1], settings.channels_last)
             else:
@@ -732,7 +746,7 @@ def fit(cfg: RunConfig, session: Session) -> dict[str, Any]:
     total = cfg.train.epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, poly_lambda(total, cfg.train.poly_power, int(cfg.train.warmup_epochs * steps_per_epoch)))
-    scaler = torch.amp.GradScaler(device.type) if settings.amp else None
+    scaler = torch.amp.GradScaler(device.type) if settings.amp and settings.amp_dtype != torch.bfloat16 else None
     state = TrainingState(tm, optimizer, scheduler, scaler, BestModel())
 
     # Resume from the session's checkpoint, if it has one.
