@@ -249,21 +249,25 @@ _SECTORS = torch.tensor([[1, 3, 0], [1, 0, 2], [3, 0, 1], [0, 2, 1], [0, 1, 3], 
 
 
 def hsv_to_rgb_u8(hsv: Tensor) -> Tensor:
-    """uint8 HSV (H in [0, 180)) -> uint8 (3, H, W) RGB: OpenCV's 8-bit ``COLOR_HSV2BGR`` (float32 steps)."""
+    """uint8 HSV (H in [0, 180)) -> uint8 (3, H, W) RGB: OpenCV's 8-bit ``COLOR_HSV2BGR`` as its SIMD loop
+    computes it on x86 (float32 steps, ``1 - s*h`` fused, truncated to uint8), which converts all but
+    each row's last ``width mod (4 × SIMD lanes)`` pixels; OpenCV's scalar tail rounds instead (at most
+    1 grey level apart). Equal to OpenCV 4.5.5 and 5.0 on every (H, S, V) (benchmarks/README.md)."""
     f32 = torch.float32
     h = hsv[0].to(f32) * (torch.tensor(6, dtype=f32) / torch.tensor(180, dtype=f32))
     s = hsv[1].to(f32) * (torch.tensor(1, dtype=f32) / torch.tensor(255, dtype=f32))
     v = hsv[2].to(f32) * (torch.tensor(1, dtype=f32) / torch.tensor(255, dtype=f32))
-    sector = torch.floor(h)
+    sector = torch.trunc(h)
     frac = h - sector
-    sector = sector.long().clamp(0, 5)
     one = torch.ones((), dtype=f32)
-    tab = torch.stack([v, v * (one - s), v * (one - s * frac), v * (one - s * (one - frac))])
-    idx = _SECTORS[sector].permute(2, 0, 1)  # (3, H, W): which tab entry is b, g, r
-    bgr = torch.gather(tab, 0, idx)
-    bgr = torch.where(s == 0, v.expand_as(bgr), bgr)
-    out = torch.round(bgr * torch.tensor(255, dtype=f32)).clamp(0, 255).to(torch.uint8)
-    return out.flip(0)  # b, g, r -> r, g, b
+
+    def one_minus(a: Tensor, b: Tensor) -> Tensor:  # 1 - a*b rounded once: the FMA of OpenCV's AVX2 build
+        return (1.0 - a.double() * b.double()).to(f32)
+
+    tab = torch.stack([v, v * (one - s), v * one_minus(s, frac), v * one_minus(s, one - frac)])
+    idx = _SECTORS[sector.long() % 6].permute(2, 0, 1)  # (3, H, W): which tab entry is b, g, r
+    bgr = torch.gather(tab, 0, idx) * torch.tensor(255, dtype=f32)
+    return bgr.clamp(0, 255).to(torch.uint8).flip(0)  # truncated, as OpenCV's v_trunc; b, g, r -> r, g, b
 
 
 def _convert(img: Tensor, alpha: float = 1.0, beta: float = 0.0) -> Tensor:
