@@ -190,6 +190,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    # local: this command's modules only, so --help and bad input answer at once (module docstring)
+    from hardseg.platform.predict import find_images, load_model, predict_images, with_inference_options
+
+    images = find_images(args.images)  # bad input first: before the model is loaded
+    model, cfg = load_model(args.model, args.tracking_uri)
+    cfg = with_inference_options(cfg, args.mode, args.crop, args.stride, args.tta_scales, args.tta_flip)
+    written = predict_images(model, cfg, images, Path(args.out), args.format, device=args.device)
+    tta = f", TTA scales {cfg.eval.tta.scales}{' + flip' if cfg.eval.tta.flip else ''}" if cfg.eval.tta else ""
+    print(f"[hardseg] wrote {len(written)} {args.format} predictions to {args.out} ({cfg.eval.mode}{tta})")
+    return 0
+
+
 def cmd_data_generate(args: argparse.Namespace) -> int:
     # local: this command's modules only, so --help and bad input answer at once (module docstring)
     from hardseg.data.synthetic import generate_command
@@ -471,6 +484,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--run-id", help="also log the metrics to this MLflow run")
     ev.add_argument("--tracking-uri")
     ev.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="write a model's predictions as PNGs (Cityscapes label ids, train ids or "
+                        "colours), as mmsegmentation's test tool does")
+    pr.add_argument("model", help="model_export.pt, checkpoint.pt, an MLflow run id, runs:/<id>/model or "
+                    "models:/<name>/<version>")
+    pr.add_argument("images", nargs="+", help="image files and folders (searched recursively)")
+    pr.add_argument("--out", required=True, help="folder for the PNGs, one <image stem>.png per image")
+    pr.add_argument("--format", default="train-ids", choices=["cityscapes-ids", "train-ids", "color"],
+                    help="cityscapes-ids: label ids for the Cityscapes test server; train-ids: class ids; "
+                    "color: RGB class colours (default: train-ids)")
+    pr.add_argument("--mode", choices=["whole", "slide"], help="inference mode (default: the run's eval.mode)")
+    pr.add_argument("--crop", nargs=2, type=int, metavar=("H", "W"), help="slide window (default: the run's)")
+    pr.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"), help="slide stride (default: the run's)")
+    pr.add_argument("--tta-scales", nargs="+", type=float, metavar="S", help="test-time scales, e.g. 0.5 0.75 1.0 "
+                    "1.25 1.5 1.75 (default: the run's eval.tta)")
+    pr.add_argument("--tta-flip", action="store_true", help="also average the horizontally flipped input")
+    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--tracking-uri", help="where an MLflow run id or URI is looked up")
+    pr.set_defaults(func=cmd_predict)
 
     nt = sub.add_parser("nightly", help="run a fixed suite, compare with the previous nightly, exit 1 on regressions")
     nt.add_argument("suite", help="suite YAML file or a shipped suite ('nightly')")
