@@ -172,3 +172,23 @@ def test_tta_scales_not_positive_is_one_line_exit_2(capsys, sqlite_uri, scales):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and "eval.tta.scales" in err[0], err
     assert not Path(sqlite_uri[len("sqlite:///"):]).exists()  # no MLflow store, so no run
+
+
+def test_report_accuracy_section_lists_aacc_miou_macc_and_per_class():
+    import pandas as pd
+
+    from hardseg.reports.tables import accuracy_section
+
+    rows = []
+    for strategy, base in (("ce", 0.5), ("hl", 0.6)):
+        for seed in (0, 1):
+            rows.append({"run_id": f"{strategy}{seed}", "strategies": strategy, "status": "FINISHED", "seed": seed,
+                         "val/miou": base + seed / 100, "val/macc": base + 0.1, "val/pixel_acc": 0.9,
+                         "val/iou/road": base, "val/acc/road": base + 0.2})
+    rows.append({"run_id": "x", "strategies": "hl", "status": "FAILED", "seed": 2, "val/miou": 0.0,
+                 "val/macc": 0.0, "val/pixel_acc": 0.0, "val/iou/road": 0.0, "val/acc/road": 0.0})
+    md = accuracy_section(pd.DataFrame(rows))
+    assert "| strategy | seeds | aAcc | mIoU | mAcc |" in md
+    assert "| ce | 2 | 0.900 ± 0.000 | 0.505 ± 0.064 | 0.600 ± 0.000 |" in md  # the FAILED run is left out
+    assert "| road | 0.500 | 0.700 | 0.600 | 0.800 |" in md
+    assert accuracy_section(pd.DataFrame(rows).drop(columns=["val/macc"])) == ""
