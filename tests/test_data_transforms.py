@@ -475,3 +475,32 @@ def test_cat_max_ratio_on_a_cityscapes_tree(tmp_path) -> None:
     print(f"cityscapes fixture (32x64, crop 16x16, cat_max_ratio 0.75): {redrawn / n:.3f} of crops redrawn, "
           f"{exhausted / n:.3f} after 10 redraws, {total / n:.2f} redraws per crop")
     assert 0 < redrawn < n
+
+
+def test_mmseg_pipeline_from_the_config_on_a_cityscapes_tree(tmp_path) -> None:
+    """data.augment.pipeline=mmseg through build_dataset: crop-sized samples, reproducible by torch seed."""
+    from fixture_trees import cityscapes
+
+    from hardseg.config import load_config
+    from hardseg.data import build_dataset
+    from hardseg.data.transforms import MMSegTrainTransform
+    from hardseg.errors import ConfigError
+
+    root = cityscapes(tmp_path / "cs", splits=("train",), n=2)
+    cfg = load_config(None, ["data.dataset=cityscapes", f"data.root={root}", "data.augment.pipeline=mmseg",
+                             "data.augment.img_scale=[64,32]", "data.augment.scale=[0.5,2.0]",
+                             "data.augment.crop=[24,40]", "data.augment.cat_max_ratio=0.75",
+                             "data.augment.photometric=true"])
+    ds = build_dataset(cfg.data, "train", train=True)
+    assert isinstance(ds.transform, MMSegTrainTransform)
+
+    def draw(seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(seed)
+        return [t for i in range(len(ds)) for t in ds[i]]
+
+    a, b = draw(1), draw(1)
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and a[0].shape == (3, 24, 40) and a[1].shape == (24, 40)
+    for bad, needle in (("data.augment.photometric=true", "set data.augment.pipeline=mmseg"),
+                        ("data.augment.pipeline=mmseg", "needs a crop")):
+        with pytest.raises(ConfigError, match=needle):
+            load_config(None, [bad])

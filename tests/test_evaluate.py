@@ -192,3 +192,17 @@ def test_report_accuracy_section_lists_aacc_miou_macc_and_per_class():
     assert "| ce | 2 | 0.900 ± 0.000 | 0.505 ± 0.064 | 0.600 ± 0.000 |" in md  # the FAILED run is left out
     assert "| road | 0.500 | 0.700 | 0.600 | 0.800 |" in md
     assert accuracy_section(pd.DataFrame(rows).drop(columns=["val/macc"])) == ""
+
+
+def test_evaluate_cli_takes_tta_and_slide_options(trained, capsys):
+    ckpt, _ = trained
+    model, cfg = load_inference_model(ckpt / "model_export.pt")
+    cfg.eval.tta = TTAConfig(scales=[0.75, 1.0], flip=True)
+    cfg.eval.mode, cfg.eval.crop, cfg.eval.stride = "slide", (48, 48), (32, 32)
+    want = evaluate_domains(model, cfg, ["val"])["val/miou"]
+    assert cli(["evaluate", str(ckpt / "model_export.pt"), "--domains", "val", "--mode", "slide", "--crop", "48", "48",
+                "--stride", "32", "32", "--tta-scales", "0.75", "1.0", "--tta-flip"]) == 0
+    assert f"{want:7.4f}" in capsys.readouterr().out
+    assert cli(["evaluate", str(ckpt / "model_export.pt"), "--tta-scales", "-1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "eval.tta.scales" in err[0]

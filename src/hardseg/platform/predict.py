@@ -13,7 +13,8 @@ One PNG per input image, named after it (``<image stem>.png``, as mmseg's
 The model is a ``model_export.pt`` / ``checkpoint.pt`` file, an MLflow model URI
 (``runs:/<id>/model``, ``models:/<name>/<version>``) or a bare MLflow run id (its
 ``model/``). Inference is the model's evaluation settings (``eval.mode``, window and
-stride, ``eval.tta``), which the command line may replace: each image alone, at its
+stride, ``eval.tta``), which the command line may replace
+(:func:`hardseg.trainables.evaluate.with_inference_options`): each image alone, at its
 own size, through :func:`hardseg.trainables.loop.inference_scores`, exactly as
 ``hardseg evaluate`` scores it.
 """
@@ -22,13 +23,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from hardseg.config import RunConfig, TTAConfig, validate_config
+from hardseg.config import RunConfig
 from hardseg.data import dataset_info
 from hardseg.data.base import IMAGE_EXTENSIONS, read_image
 from hardseg.data.cityscapes import CITYSCAPES_INFO, LABELS
@@ -93,31 +94,6 @@ def load_model(model: str, tracking_uri: str | None) -> tuple[torch.nn.Module, R
     if is_model_uri(model):
         return load_logged_model(model, tracking.resolve_tracking_uri(tracking_uri))
     return load_inference_model(model)
-
-
-def with_inference_options(cfg: RunConfig, mode: str | None = None, crop: Sequence[int] | None = None,
-                           stride: Sequence[int] | None = None, tta_scales: Sequence[float] | None = None,
-                           tta_flip: bool | None = None) -> RunConfig:
-    """``cfg`` with the command line's inference options in place of the run's (validated as a config)."""
-    tree: dict[str, Any] = cfg.model_dump(mode="json")
-    ev = tree["eval"]
-    if mode is not None:
-        ev["mode"] = mode
-    if crop is not None:
-        ev["crop"] = list(crop)
-    if stride is not None:
-        ev["stride"] = list(stride)
-    if tta_scales is not None or tta_flip:
-        tta = ev.get("tta") or TTAConfig().model_dump()
-        if tta_scales is not None:
-            tta["scales"] = list(tta_scales)
-        if tta_flip:
-            tta["flip"] = True
-        ev["tta"] = tta
-    out = validate_config(tree, "predict options")
-    if out.eval.mode == "slide" and out.eval.crop is None and out.data.augment.crop is None:
-        raise ConfigError("predict: --mode slide needs a window; pass --crop H W")
-    return out
 
 
 def encode(pred: np.ndarray, fmt: str, palette: Sequence[Sequence[int]]) -> Image.Image:
