@@ -206,3 +206,16 @@ def test_evaluate_cli_takes_tta_and_slide_options(trained, capsys):
     assert cli(["evaluate", str(ckpt / "model_export.pt"), "--tta-scales", "-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "eval.tta.scales" in err[0]
+
+
+def test_a_run_with_the_reference_pipeline_and_tta(data_root, tmp_path, one_torch_thread):
+    """Training on mmseg's pipeline (PhotoMetricDistortion, cat_max_ratio, pad after normalising) and
+    evaluating with TTA + slide: the loop reports mmseg's metrics at every epoch."""
+    cfg = load_config(None, small_overrides(data_root, **{
+        "ray.num_workers": 1, "train.epochs": 1, "data.augment.pipeline": "mmseg", "data.augment.crop": "[24,24]",
+        "data.augment.scale": "[0.5,2.0]", "data.augment.cat_max_ratio": 0.75, "data.augment.photometric": "true",
+        "eval.mode": "slide", "eval.tta": "{scales: [0.75, 1.0], flip: true}"}))
+    last = run_local(cfg, tmp_path)[-1]
+    assert {"val/miou", "val/macc", "val/pixel_acc", "fog-3/macc"} <= set(last)
+    acc = [k for k in last if k.startswith("val/acc/")]
+    assert acc and len(acc) == len([k for k in last if k.startswith("val/iou/")])
