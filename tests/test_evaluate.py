@@ -126,7 +126,7 @@ def test_tta_single_scale_no_flip_is_whole_image_inference_bitwise(trained):
     model, cfg = load_inference_model(trained[0] / "model_export.pt")
     images = _val_batch(cfg)
     whole = inference_scores(model, images, StepSettings(torch.device("cpu")))
-    tta = inference_scores(model, images, StepSettings(torch.device("cpu"), tta=((1.0,), False)))
+    tta = inference_scores(model, images, StepSettings(torch.device("cpu"), tta=((1.0,), False, None)))
     assert torch.equal(tta, whole.float().softmax(1))
     assert torch.equal(tta.max(1).indices, whole.max(1).indices)
 
@@ -142,7 +142,7 @@ def test_tta_flip_is_the_mean_of_the_two_passes_and_scales_resize_back(trained):
     with torch.no_grad():
         plain = inference_scores(model, images, StepSettings(cpu)).softmax(1)
         flipped = inference_scores(model, images.flip(-1), StepSettings(cpu)).softmax(1).flip(-1)
-    got = inference_scores(model, images, StepSettings(cpu, tta=((1.0,), True)))
+    got = inference_scores(model, images, StepSettings(cpu, tta=((1.0,), True, None)))
     assert torch.equal(got, (plain + flipped) / 2)
     assert not torch.equal(got, plain)  # the flip changed something
     h, w = images.shape[-2:]
@@ -150,7 +150,7 @@ def test_tta_flip_is_the_mean_of_the_two_passes_and_scales_resize_back(trained):
         small = F.interpolate(images, size=(h // 2, w // 2), mode="bilinear", align_corners=False)
         half = F.interpolate(inference_scores(model, small, StepSettings(cpu)), size=(h, w), mode="bilinear",
                              align_corners=False).softmax(1)
-    got = inference_scores(model, images, StepSettings(cpu, tta=((0.5, 1.0), False)))
+    got = inference_scores(model, images, StepSettings(cpu, tta=((0.5, 1.0), False, None)))
     assert torch.allclose(got, (half + plain) / 2, atol=1e-6) and got.shape == plain.shape
 
 
@@ -219,3 +219,28 @@ def test_a_run_with_the_reference_pipeline_and_tta(data_root, tmp_path, one_torc
     assert {"val/miou", "val/macc", "val/pixel_acc", "fog-3/macc"} <= set(last)
     acc = [k for k in last if k.startswith("val/acc/")]
     assert acc and len(acc) == len([k for k in last if k.startswith("val/iou/")])
+
+
+@pytest.mark.parametrize("h, w, scale, img_scale", [
+    (1024, 2048, 1.0, (2049, 1025)),  # mmseg's 769x769 Cityscapes test: images are run at 2049x1025
+    (1024, 2048, 1.0, (1024, 512)),  # GTA -> Cityscapes: Cityscapes val at half size
+    (1024, 2048, 1.75, (2048, 1024)), (1024, 2048, 0.5, None), (500, 375, 1.25, None), (37, 91, 0.75, (64, 32))])
+def test_tta_sizes_are_mmsegs_multiscale_resize(h, w, scale, img_scale):
+    """MultiScaleFlipAug(img_scale, img_ratios) + Resize(keep_ratio=True), re-written from mmseg/mmcv."""
+    from hardseg.trainables.tta import scaled_size
+
+    base = img_scale if img_scale is not None else (w, h)
+    target = (int(base[0] * scale), int(base[1] * scale))
+    factor = min(max(target) / max(h, w), min(target) / min(h, w))
+    assert scaled_size(h, w, scale, img_scale) == (int(h * factor + 0.5), int(w * factor + 0.5))
+
+
+def test_tta_img_scale_runs_at_that_size_and_answers_at_the_input_size(trained):
+    from hardseg.trainables.loop import StepSettings, inference_scores
+
+    model, cfg = load_inference_model(trained[0] / "model_export.pt")
+    images = _val_batch(cfg)  # 32x32
+    seen = []
+    model.register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[0].shape[-2:])))
+    out = inference_scores(model, images, StepSettings(torch.device("cpu"), tta=((1.0, 0.5), False, (33, 33))))
+    assert seen == [(33, 33), (16, 16)] and out.shape[-2:] == images.shape[-2:]

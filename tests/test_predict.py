@@ -71,7 +71,7 @@ def test_train_ids_and_colours_with_tta_and_slide(city, tmp_path, one_torch_thre
     args = ["--mode", "slide", "--crop", "24", "24", "--stride", "16", "16", "--tta-scales", "0.75", "1.0", "--tta-flip"]
     assert cli(["predict", str(model), str(image), "--out", str(tmp_path / "t"), "--format", "train-ids", *args]) == 0
     assert cli(["predict", str(model), str(image), "--out", str(tmp_path / "c"), "--format", "color", *args]) == 0
-    want = _expected(model, image, slide=((24, 24), (16, 16)), tta=((0.75, 1.0), True))
+    want = _expected(model, image, slide=((24, 24), (16, 16)), tta=((0.75, 1.0), True, None))
     train_ids = np.asarray(Image.open(tmp_path / "t" / f"{image.stem}.png"))
     assert np.array_equal(train_ids, want)
     assert not np.array_equal(want, _expected(model, image))  # the options changed the prediction

@@ -41,6 +41,8 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta-scales", nargs="+", type=float, metavar="S", help="test-time scales, e.g. 0.5 0.75 1.0 "
                    "1.25 1.5 1.75 (mmseg's aug_test; default: the run's eval.tta)")
     p.add_argument("--tta-flip", action="store_true", help="also average the horizontally flipped input")
+    p.add_argument("--tta-img-scale", nargs=2, type=int, metavar=("W", "H"), help="the size the scales multiply, "
+                   "keeping the ratio (mmseg's test img_scale, e.g. 2049 1025; default: each image's own size)")
 
 
 def _load(args: argparse.Namespace):
@@ -179,7 +181,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model, cfg = load_logged_model(args.checkpoint, tracking.resolve_tracking_uri(args.tracking_uri))
     else:
         model, cfg = load_inference_model(args.checkpoint)
-    cfg = with_inference_options(cfg, args.mode, args.crop, args.stride, args.tta_scales, args.tta_flip)
+    cfg = with_inference_options(cfg, args.mode, args.crop, args.stride, args.tta_scales, args.tta_flip,
+                                 args.tta_img_scale)
     if args.data_root:
         cfg.data.root = str(Path(args.data_root).resolve())
     domains = args.domains or ["val", *cfg.data.eval_domains]
@@ -208,7 +211,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     images = find_images(args.images)  # bad input first: before the model is loaded
     model, cfg = load_model(args.model, args.tracking_uri)
-    cfg = with_inference_options(cfg, args.mode, args.crop, args.stride, args.tta_scales, args.tta_flip)
+    cfg = with_inference_options(cfg, args.mode, args.crop, args.stride, args.tta_scales, args.tta_flip,
+                                 args.tta_img_scale)
     written = predict_images(model, cfg, images, Path(args.out), args.format, device=args.device)
     tta = f", TTA scales {cfg.eval.tta.scales}{' + flip' if cfg.eval.tta.flip else ''}" if cfg.eval.tta else ""
     print(f"[hardseg] wrote {len(written)} {args.format} predictions to {args.out} ({cfg.eval.mode}{tta})")

@@ -69,9 +69,9 @@ def evaluate_domains(model: nn.Module, cfg: RunConfig, domains: list[str], devic
 
 def with_inference_options(cfg: RunConfig, mode: str | None = None, crop: Sequence[int] | None = None,
                            stride: Sequence[int] | None = None, tta_scales: Sequence[float] | None = None,
-                           tta_flip: bool | None = None) -> RunConfig:
+                           tta_flip: bool | None = None, tta_img_scale: Sequence[int] | None = None) -> RunConfig:
     """``cfg`` with a command line's inference options (``hardseg evaluate`` / ``predict``: ``--mode``,
-    ``--crop``, ``--stride``, ``--tta-scales``, ``--tta-flip``) in place of the run's ``eval`` settings,
+    ``--crop``, ``--stride``, ``--tta-scales``, ``--tta-flip``, ``--tta-img-scale``) in place of the run's ``eval`` settings,
     validated as a config (a scale <= 0 or a slide mode without a window raise ConfigError)."""
     tree: dict[str, Any] = cfg.model_dump(mode="json")
     ev = tree["eval"]
@@ -81,12 +81,14 @@ def with_inference_options(cfg: RunConfig, mode: str | None = None, crop: Sequen
         ev["crop"] = list(crop)
     if stride is not None:
         ev["stride"] = list(stride)
-    if tta_scales is not None or tta_flip:
-        tta = ev.get("tta") or TTAConfig().model_dump()
+    if tta_scales is not None or tta_flip or tta_img_scale is not None:
+        tta = ev.get("tta") or TTAConfig().model_dump(mode="json")
         if tta_scales is not None:
             tta["scales"] = list(tta_scales)
         if tta_flip:
             tta["flip"] = True
+        if tta_img_scale is not None:
+            tta["img_scale"] = list(tta_img_scale)
         ev["tta"] = tta
     out = validate_config(tree, "inference options")
     if out.eval.mode == "slide" and out.eval.crop is None and out.data.augment.crop is None:

@@ -121,7 +121,7 @@ class StepSettings:
     amp: bool = False
     channels_last: bool = False
     slide: tuple[tuple[int, int], tuple[int, int]] | None = None
-    tta: tuple[tuple[float, ...], bool] | None = None  # eval.tta: (scales, flip), hardseg.trainables.tta
+    tta: tuple[tuple[float, ...], bool, tuple[int, int] | None] | None = None  # eval.tta: (scales, flip, img_scale)
     world_size: int = 1
     epochs: int = 1
     check_every: int | None = None
@@ -131,7 +131,7 @@ class StepSettings:
         """``train.amp``, ``train.channels_last`` (``auto``: on for CUDA), ``eval.mode`` and ``train.epochs``."""
         return cls(device, amp=resolve_flag(cfg.train.amp, device),
                    channels_last=resolve_flag(cfg.train.channels_last, device), slide=slide_settings(cfg),
-                   tta=(tuple(cfg.eval.tta.scales), cfg.eval.tta.flip) if cfg.eval.tta else None,
+                   tta=(tuple(cfg.eval.tta.scales), cfg.eval.tta.flip, cfg.eval.tta.img_scale) if cfg.eval.tta else None,
                    world_size=world_size, epochs=cfg.train.epochs)
 
     @property

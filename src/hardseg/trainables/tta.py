@@ -1,7 +1,8 @@
 """Test-time augmentation (``eval.tta``) as mmsegmentation 0.22.1's ``aug_test``.
 
-For each scale the batch is resized (bilinear, sizes rounded as mmcv's
-``imrescale`` keeping the aspect ratio), run once (and once more flipped, with
+For each scale the batch is resized to scale × ``img_scale`` (each input's own
+size by default; bilinear, sizes rounded as mmcv's ``imrescale`` keeping the
+aspect ratio), run once (and once more flipped, with
 ``flip``), the logits are resized back to the input's size, turned into softmax
 probabilities, flipped back, and all passes' probabilities are averaged. Each
 pass is whatever ``forward`` does: a whole-image pass or sliding windows
@@ -23,25 +24,27 @@ from torch import Tensor
 from hardseg.data.transforms import rescale_size
 
 
-def scaled_size(h: int, w: int, scale: float) -> tuple[int, int]:
-    """(height, width) of an ``h``×``w`` input at ``scale`` (mmseg: ratio × the image's scale, keep ratio)."""
-    new_w, new_h = rescale_size(w, h, (int(w * scale), int(h * scale)))
+def scaled_size(h: int, w: int, scale: float, img_scale: tuple[int, int] | None = None) -> tuple[int, int]:
+    """(height, width) of an ``h``×``w`` input at ``scale`` × ``img_scale`` ((width, height); None = the
+    input's own size), keeping its aspect ratio: mmseg's MultiScaleFlipAug + Resize(keep_ratio=True)."""
+    base_w, base_h = img_scale if img_scale is not None else (w, h)
+    new_w, new_h = rescale_size(w, h, (int(base_w * scale), int(base_h * scale)))
     return new_h, new_w
 
 
 @torch.no_grad()
 def tta_probs(forward: Callable[[Tensor], Tensor], images: Tensor, scales: Sequence[float], flip: bool,
-              align_corners: bool = False) -> Tensor:
+              img_scale: tuple[int, int] | None = None, align_corners: bool = False) -> Tensor:
     """Softmax probabilities (N, C, H, W), float32, averaged over ``scales`` × (no flip, flip).
 
-    ``forward`` maps a batch to logits at that batch's size. With ``scales=[1.0]`` and no flip this is
-    exactly ``forward(images).float().softmax(1)``.
+    ``forward`` maps a batch to logits at that batch's size; ``img_scale``: see :func:`scaled_size`. With
+    ``scales=[1.0]``, no flip and no ``img_scale`` this is exactly ``forward(images).float().softmax(1)``.
     """
     h, w = images.shape[-2:]
     total: Tensor | None = None
     passes = 0
     for scale in scales:
-        size = scaled_size(h, w, scale)
+        size = scaled_size(h, w, scale, img_scale)
         x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
         for flipped in (False, True) if flip else (False,):
             logits = forward(x.flip(-1) if flipped else x).float()
