@@ -614,7 +614,10 @@ def inference_scores(net: nn.Module, images: Tensor, settings: StepSettings) -> 
         return _logits(net(x.contiguous(memory_format=torch.channels_last) if settings.channels_last else x))
 
     with autocast_for(settings.device, settings.amp):
-        return tta_probs(one_pass, images, *settings.tta) if settings.tta else one_pass(images)
+        if settings.tta is None:
+            return one_pass(images)
+        # probabilities back to the input size as the network resizes its own logits (mmseg: align_corners)
+        return tta_probs(one_pass, images, *settings.tta, align_corners=getattr(net, "align_corners", False))
 
 
 def _metrics_for(info) -> SegMetrics:
