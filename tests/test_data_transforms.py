@@ -410,7 +410,8 @@ def test_photometric_distortion_statistics_match_the_reference() -> None:
     np.random.seed(1)
     ref = _pmd_statistics(lambda x: _MMSegPhotoMetricDistortion()(np.ascontiguousarray(x[..., ::-1]))[..., ::-1],
                           1500, rgb)
-    print({k: (round(ours[k], 4), round(ref[k], 4)) for k in ("mean_shift", "mean_shift_sd", "contrast_ratio", "changed")})
+    print({k: (round(ours[k], 4), round(ref[k], 4))
+           for k in ("mean_shift", "mean_shift_sd", "contrast_ratio", "changed")})
     assert ks_2samp(ours["ks_mean"], ref["ks_mean"]).pvalue > 1e-3
     assert ks_2samp(ours["ks_std"], ref["ks_std"]).pvalue > 1e-3
     assert abs(ours["changed"] - ref["changed"]) < 0.05  # 1 - 0.5^4 of the draws change the image

@@ -68,7 +68,8 @@ def test_cityscapes_ids_for_the_test_server(city, tmp_path, capsys, one_torch_th
 def test_train_ids_and_colours_with_tta_and_slide(city, tmp_path, one_torch_thread):
     root, model = city
     image = sorted((root / "leftImg8bit" / "val").rglob("*.png"))[0]
-    args = ["--mode", "slide", "--crop", "24", "24", "--stride", "16", "16", "--tta-scales", "0.75", "1.0", "--tta-flip"]
+    args = ["--mode", "slide", "--crop", "24", "24", "--stride", "16", "16",
+            "--tta-scales", "0.75", "1.0", "--tta-flip"]
     assert cli(["predict", str(model), str(image), "--out", str(tmp_path / "t"), "--format", "train-ids", *args]) == 0
     assert cli(["predict", str(model), str(image), "--out", str(tmp_path / "c"), "--format", "color", *args]) == 0
     want = _expected(model, image, slide=((24, 24), (16, 16)), tta=((0.75, 1.0), True, None))

@@ -131,7 +131,8 @@ class StepSettings:
         """``train.amp``, ``train.channels_last`` (``auto``: on for CUDA), ``eval.mode`` and ``train.epochs``."""
         return cls(device, amp=resolve_flag(cfg.train.amp, device),
                    channels_last=resolve_flag(cfg.train.channels_last, device), slide=slide_settings(cfg),
-                   tta=(tuple(cfg.eval.tta.scales), cfg.eval.tta.flip, cfg.eval.tta.img_scale) if cfg.eval.tta else None,
+                   tta=(tuple(cfg.eval.tta.scales), cfg.eval.tta.flip, cfg.eval.tta.img_scale)
+                   if cfg.eval.tta else None,
                    world_size=world_size, epochs=cfg.train.epochs)
 
     @property
