@@ -228,13 +228,14 @@ def cat_max_ratio_crop(draws: Draws, mask: Tensor, crop: tuple[int, int], cat_ma
 
 
 _HSV_SHIFT = 12
-_SDIV = torch.tensor([0] + [round((255 << _HSV_SHIFT) / i) for i in range(1, 256)], dtype=torch.int64)
-_HDIV = torch.tensor([0] + [round((180 << _HSV_SHIFT) / (6 * i)) for i in range(1, 256)], dtype=torch.int64)
+# int32 is enough (|h · HDIV| < 2^28) and twice as fast as int64 here
+_SDIV = torch.tensor([0] + [round((255 << _HSV_SHIFT) / i) for i in range(1, 256)], dtype=torch.int32)
+_HDIV = torch.tensor([0] + [round((180 << _HSV_SHIFT) / (6 * i)) for i in range(1, 256)], dtype=torch.int32)
 
 
 def rgb_to_hsv_u8(img: Tensor) -> Tensor:
     """uint8 (3, H, W) RGB -> uint8 HSV with H in [0, 180): OpenCV's 8-bit ``COLOR_BGR2HSV`` integer arithmetic."""
-    r, g, b = img.long().unbind(0)
+    r, g, b = img.int().unbind(0)
     v = torch.maximum(torch.maximum(r, g), b)
     diff = v - torch.minimum(torch.minimum(r, g), b)
     half = 1 << (_HSV_SHIFT - 1)
