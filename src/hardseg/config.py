@@ -26,7 +26,7 @@ from hardseg.strict import Strict
 
 __all__ = [
     "AugmentConfig", "DataConfig", "EvalConfig", "LossConfig", "ModelConfig", "RayConfig", "RunConfig",
-    "Strict", "SyntheticConfig", "TrackingConfig", "TrainConfig", "apply_overrides", "check_eval",
+    "Strict", "SyntheticConfig", "TTAConfig", "TrackingConfig", "TrainConfig", "apply_overrides", "check_eval",
     "check_registered_names", "default_config_path", "flatten", "load_config", "validate_config",
 ]
 
@@ -104,6 +104,34 @@ class TrainConfig(Strict):
                                                    "it has none, e.g. CUDA bilinear upsampling's backward)")
 
 
+class TTAConfig(Strict):
+    """Test-time augmentation as mmsegmentation's ``aug_test``: softmax probabilities averaged over scales
+    (and horizontal flips) at the input's size."""
+
+    scales: list[float] = Field(default_factory=lambda: [1.0], min_length=1, description="resize ratios of each "
+                                "input, e.g. [0.5, 0.75, 1.0, 1.25, 1.5, 1.75] (mmseg's img_ratios)")
+    flip: bool = Field(False, description="also each flipped input, its probabilities flipped back")
+    img_scale: tuple[int, int] | None = Field(
+        None, description="the (width, height) the scales multiply, keeping each image's aspect ratio (mmseg's "
+        "test img_scale: [2049, 1025] in its 769x769 Cityscapes configs, [1024, 512] for GTA -> Cityscapes); None "
+        "= each image's own size")
+
+    @field_validator("img_scale")
+    @classmethod
+    def _img_scale_positive(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and min(v) < 1:
+            raise ValueError("img_scale must be a positive (width, height), e.g. [2048, 1024]")
+        return v
+
+    @field_validator("scales")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        bad = [s for s in v if not s > 0]
+        if bad:
+            raise ValueError(f"every scale must be above 0 (got {bad[0]}), e.g. eval.tta.scales=[0.75,1.0,1.25]")
+        return v
+
+
 class EvalConfig(Strict):
     """Evaluation batching and inference mode (docs: ``mode: slide`` for large images)."""
 
@@ -113,6 +141,8 @@ class EvalConfig(Strict):
     crop: tuple[int, int] | None = Field(None, description="slide window (height, width), e.g. [512, 1024]; "
                                                            "None = data.augment.crop")
     stride: tuple[int, int] | None = Field(None, description="slide step (height, width); None = 2/3 of the window")
+    tta: TTAConfig | None = Field(None, description="test-time augmentation {scales: [...], flip: true}; None = one "
+                                  "pass (every evaluation: val, domains, test, hardseg evaluate and predict)")
 
     @field_validator("crop", "stride", mode="before")
     @classmethod

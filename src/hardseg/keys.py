@@ -74,3 +74,7 @@ CORRUPT_PREFIX = "corrupt."  # corruption domains: corrupt.<corruption>-<severit
 WALL_TIME = "wall_time_s"
 # metric prefixes that are not an evaluation domain (every other "<name>/<metric>" is one)
 NOT_DOMAIN_PREFIXES = (VAL_PREFIX, BEST_PREFIX, TRAIN_PREFIX, ROBUSTNESS_PREFIX, TEST_PREFIX)
+
+# -- metric names after a prefix: "<prefix><name>" (trainables/metrics.py writes them, reports read them) --
+MIOU, MACC, AACC = "miou", "macc", "pixel_acc"  # mmsegmentation's mIoU, mAcc (mean class recall) and aAcc
+IOU_PREFIX, ACC_PREFIX = "iou/", "acc/"  # per class: iou/<class>, acc/<class> (mmseg's per-class IoU and Acc)

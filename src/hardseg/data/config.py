@@ -8,7 +8,9 @@ settings without importing :mod:`hardseg.config` (which assembles them into a
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from hardseg.strict import Strict
 
@@ -24,13 +26,32 @@ class SyntheticConfig(Strict):
 
 
 class AugmentConfig(Strict):
-    """Training augmentation (torchvision.transforms.v2, image and mask alike)."""
+    """Training augmentation, image and mask alike (docs/datasets.md, "Augmentation").
+
+    ``pipeline: torchvision`` (the default): random scale of the image's own size, crop (padding
+    with black / ignore before normalising), flip, normalise. ``pipeline: mmseg``: mmsegmentation
+    0.22.1's training pipeline, step by step: Resize(``img_scale``, ratio_range=``scale``, keep
+    ratio), RandomCrop(``crop``, ``cat_max_ratio``), RandomFlip(0.5), PhotoMetricDistortion (when
+    ``photometric``), Normalize, Pad(``crop``, 0 for the image after normalising, 255 for the mask).
+    """
 
     enabled: bool = True
-    scale: tuple[float, float] = (0.75, 1.25)
+    pipeline: Literal["torchvision", "mmseg"] = Field(
+        "torchvision", description="torchvision (hardseg's own) or mmseg (the reference's, mmsegmentation 0.22.1)")
+    scale: tuple[float, float] = Field(
+        (0.75, 1.25), description="random scale range (mmseg: ratio_range, a factor of img_scale)")
+    img_scale: tuple[int, int] | None = Field(
+        None, description="pipeline mmseg: the (width, height) that the ratio multiplies, keeping each image's "
+        "aspect ratio, e.g. [2048, 1024] on Cityscapes; None = each image's own size")
     crop: int | tuple[int, int] | None = Field(
         None, description="crop side or (height, width), e.g. [512, 1024] on Cityscapes; None keeps the image size")
+    cat_max_ratio: float = Field(
+        1.0, gt=0, le=1, description="pipeline mmseg: redraw a crop (up to 10 times) while one class covers this "
+        "fraction or more of its non-ignored pixels, or it has a single class; 1 = never (0.75 in the HL paper)")
     hflip: bool = True
+    photometric: bool = Field(
+        False, description="pipeline mmseg: PhotoMetricDistortion (brightness ±32, contrast and saturation "
+        "0.5-1.5, hue ±18, each with probability 0.5)")
 
     @field_validator("scale")
     @classmethod
@@ -45,6 +66,24 @@ class AugmentConfig(Strict):
         if v is not None and min((v, v) if isinstance(v, int) else v) < 1:
             raise ValueError("crop must be a positive side or (height, width)")
         return v
+
+    @field_validator("img_scale")
+    @classmethod
+    def _img_scale_positive(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and min(v) < 1:
+            raise ValueError("img_scale must be a positive (width, height), e.g. [2048, 1024]")
+        return v
+
+    @model_validator(mode="after")
+    def _mmseg_options(self) -> "AugmentConfig":
+        if self.pipeline == "mmseg":
+            if self.crop is None:
+                raise ValueError("pipeline mmseg needs a crop, e.g. data.augment.crop=[769,769]")
+            return self
+        for key, default in (("img_scale", None), ("cat_max_ratio", 1.0), ("photometric", False)):
+            if getattr(self, key) != default:
+                raise ValueError(f"{key} belongs to the mmseg pipeline; set data.augment.pipeline=mmseg")
+        return self
 
 
 class DataConfig(Strict):

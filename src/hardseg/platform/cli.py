@@ -33,6 +33,18 @@ def _add_dry_run(p: argparse.ArgumentParser, text: str) -> None:
     p.add_argument("--dry-run", action="store_true", help=text)
 
 
+def _add_inference_args(p: argparse.ArgumentParser) -> None:
+    """``evaluate`` and ``predict``: the run's ``eval`` settings, replaced (trainables/evaluate.py)."""
+    p.add_argument("--mode", choices=["whole", "slide"], help="inference mode (default: the run's eval.mode)")
+    p.add_argument("--crop", nargs=2, type=int, metavar=("H", "W"), help="slide window (default: the run's)")
+    p.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"), help="slide stride (default: the run's)")
+    p.add_argument("--tta-scales", nargs="+", type=float, metavar="S", help="test-time scales, e.g. 0.5 0.75 1.0 "
+                   "1.25 1.5 1.75 (mmseg's aug_test; default: the run's eval.tta)")
+    p.add_argument("--tta-flip", action="store_true", help="also average the horizontally flipped input")
+    p.add_argument("--tta-img-scale", nargs=2, type=int, metavar=("W", "H"), help="the size the scales multiply, "
+                   "keeping the ratio (mmseg's test img_scale, e.g. 2049 1025; default: each image's own size)")
+
+
 def _load(args: argparse.Namespace):
     # local: this command's modules only, so --help and bad input answer at once (module docstring)
     from hardseg.config import load_config
@@ -163,20 +175,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from hardseg.platform import tracking
     from hardseg.platform.export import is_model_uri, load_logged_model
     from hardseg.robustness import robustness
-    from hardseg.trainables.evaluate import evaluate_domains, load_inference_model
+    from hardseg.trainables.evaluate import evaluate_domains, load_inference_model, with_inference_options
 
     if is_model_uri(args.checkpoint):  # an MLflow model: runs:/<id>/model, models:/<name>/<version>
         model, cfg = load_logged_model(args.checkpoint, tracking.resolve_tracking_uri(args.tracking_uri))
     else:
         model, cfg = load_inference_model(args.checkpoint)
+    cfg = with_inference_options(cfg, args.mode, args.crop, args.stride, args.tta_scales, args.tta_flip,
+                                 args.tta_img_scale)
     if args.data_root:
         cfg.data.root = str(Path(args.data_root).resolve())
     domains = args.domains or ["val", *cfg.data.eval_domains]
     metrics = evaluate_domains(model, cfg, domains, device=args.device)
     metrics.update(robustness(metrics))
-    print(f"{'domain':<28} {'mIoU':>7} {'band':>7} {'small':>7} {'thin':>7}")
+    print(f"{'domain':<28} {'mIoU':>7} {'mAcc':>7} {'aAcc':>7} {'band':>7} {'small':>7} {'thin':>7}")
     for d in (d.name for d in parse_domains(domains)):
-        row = [metrics.get(f"{d}/{k}") for k in ("miou", "band_iou", "small_iou", "thin_iou")]
+        row = [metrics.get(f"{d}/{k}") for k in (keys.MIOU, keys.MACC, keys.AACC, "band_iou", "small_iou", "thin_iou")]
         print(f"{d:<28} " + " ".join(f"{v:7.4f}" if isinstance(v, float) else f"{'-':>7}" for v in row))
     notes = {"mPC": "mean over corruptions and severities of mIoU", "rPC": "mPC / clean mIoU"}
     for key, value in metrics.items():
@@ -199,6 +213,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     path = export_mmseg(args.run, out, args.tracking_uri)
     print(f"[hardseg] wrote {path} (mmsegmentation checkpoint: meta + state_dict; its meta['config'] is an mmseg "
           "config for it)")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    # local: this command's modules only, so --help and bad input answer at once (module docstring)
+    from hardseg.platform.predict import find_images, load_model, predict_images
+    from hardseg.trainables.evaluate import with_inference_options
+
+    images = find_images(args.images)  # bad input first: before the model is loaded
+    model, cfg = load_model(args.model, args.tracking_uri)
+    cfg = with_inference_options(cfg, args.mode, args.crop, args.stride, args.tta_scales, args.tta_flip,
+                                 args.tta_img_scale)
+    written = predict_images(model, cfg, images, Path(args.out), args.format, device=args.device)
+    tta = f", TTA scales {cfg.eval.tta.scales}{' + flip' if cfg.eval.tta.flip else ''}" if cfg.eval.tta else ""
+    print(f"[hardseg] wrote {len(written)} {args.format} predictions to {args.out} ({cfg.eval.mode}{tta})")
     return 0
 
 
@@ -480,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "data.eval_domains")
     ev.add_argument("--data-root", help="where the model's dataset lives now (default: the run's data.root)")
     ev.add_argument("--device", default="cpu")
+    _add_inference_args(ev)
     ev.add_argument("--run-id", help="also log the metrics to this MLflow run")
     ev.add_argument("--tracking-uri")
     ev.set_defaults(func=cmd_evaluate)
@@ -492,6 +522,20 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", help="output file (default: <run>_<format>.pth)")
     ex.add_argument("--tracking-uri")
     ex.set_defaults(func=cmd_export)
+
+    pr = sub.add_parser("predict", help="write a model's predictions as PNGs (Cityscapes label ids, train ids or "
+                        "colours), as mmsegmentation's test tool does")
+    pr.add_argument("model", help="model_export.pt, checkpoint.pt, an MLflow run id, runs:/<id>/model or "
+                    "models:/<name>/<version>")
+    pr.add_argument("images", nargs="+", help="image files and folders (searched recursively)")
+    pr.add_argument("--out", required=True, help="folder for the PNGs, one <image stem>.png per image")
+    pr.add_argument("--format", default="train-ids", choices=["cityscapes-ids", "train-ids", "color"],
+                    help="cityscapes-ids: label ids for the Cityscapes test server; train-ids: class ids; "
+                    "color: RGB class colours (default: train-ids)")
+    _add_inference_args(pr)
+    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--tracking-uri", help="where an MLflow run id or URI is looked up")
+    pr.set_defaults(func=cmd_predict)
 
     nt = sub.add_parser("nightly", help="run a fixed suite, compare with the previous nightly, exit 1 on regressions")
     nt.add_argument("suite", help="suite YAML file or a shipped suite ('nightly')")

@@ -19,7 +19,8 @@ from hardseg.reports import stats
 from hardseg.reports.answer import answer_lines
 from hardseg.reports.collect import ReportError, metric_columns, runs_frame
 from hardseg.reports.domains import cross_domain_section
-from hardseg.reports.tables import ablation_table, default_metrics, parquet_safe, tests_line, to_markdown
+from hardseg.reports.tables import (ablation_table, accuracy_section, default_metrics, parquet_safe, tests_line,
+                                    to_markdown)
 
 
 def build_report(client: MlflowClient, parent_run: Run, metrics: list[str] | None = None, baseline: str = "ce",
@@ -57,7 +58,8 @@ def build_report(client: MlflowClient, parent_run: Run, metrics: list[str] | Non
     head += ["", tests_line(table), "", *answer_lines(table)]
     markdown = "\n".join(head) + "\n" + to_markdown(table, metrics, header=False)
     cross = cross_domain_section(df, baseline=baseline, alpha=alpha, correction=correction)
-    return df, table, markdown + ("\n" + cross if cross else "")
+    accuracy = accuracy_section(df, alpha=alpha)
+    return df, table, markdown + ("\n" + cross if cross else "") + ("\n" + accuracy if accuracy else "")
 
 
 def save_report(df: pd.DataFrame, markdown: str, out_dir: Path | str) -> dict[str, Path]:

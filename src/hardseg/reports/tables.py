@@ -325,6 +325,45 @@ def to_markdown(table: pd.DataFrame, metrics: list[str] | None = None, header: b
     return "\n".join(lines)
 
 
+# -- mmsegmentation's summary: aAcc, mIoU, mAcc and per class IoU / Acc -----------
+def _mean_text(values: dict[Any, float], alpha: float) -> str:
+    if not values:
+        return "n/a"
+    ci = stats.mean_ci(list(values.values()), confidence=1.0 - alpha)
+    return f"{ci.mean:.3f} ± {ci.half_width:.3f}" if ci.half_width is not None else f"{ci.mean:.3f}"
+
+
+def accuracy_section(df: pd.DataFrame, alpha: float = 0.05, split: str = "val") -> str:
+    """Markdown: per strategy, the summary mmsegmentation prints (aAcc, mIoU, mAcc), then per class IoU and
+    Acc, as mean (± CI half-width) over FINISHED seeds; descriptive only (no test, outside the table's
+    family). Empty when the runs logged no ``<split>/macc``."""
+    prefix = f"{split}/"
+    if prefix + keys.MACC not in df.columns:
+        return ""
+    finished = df[df["status"] == "FINISHED"]
+    groups = {label(s): rows for s, rows in finished.groupby("strategies", dropna=False)}
+    conf = f"{1 - alpha:.0%}"
+    lines = [f"## accuracy ({split}, as mmsegmentation reports it)", "",
+             f"Mean ± {conf} CI half-width over FINISHED seeds (a single value with one seed); aAcc = pixel "
+             "accuracy, mAcc = mean over classes of TP / ground-truth pixels. Descriptive: not tested.", "",
+             "| strategy | seeds | aAcc | mIoU | mAcc |", "|---|---|---|---|---|"]
+    for s, rows in groups.items():
+        cells = [_mean_text(per_seed(rows, prefix + m), alpha) for m in (keys.AACC, keys.MIOU, keys.MACC)]
+        lines.append("| " + " | ".join(md_cell(x) for x in [s, str(rows["seed"].nunique()), *cells]) + " |")
+    classes = [c[len(prefix + keys.IOU_PREFIX):] for c in metric_columns(df) if c.startswith(prefix + keys.IOU_PREFIX)]
+    if classes and groups:
+        head = ["class"] + [f"{h} {s}" for s in groups for h in ("IoU", "Acc")]
+        lines += ["", "| " + " | ".join(md_cell(h) for h in head) + " |", "|" + "---|" * len(head)]
+        for c in classes:
+            row = [c]
+            for rows in groups.values():
+                for key in (keys.IOU_PREFIX, keys.ACC_PREFIX):
+                    v = per_seed(rows, f"{prefix}{key}{c}")
+                    row.append(f"{np.mean(list(v.values())):.3f}" if v else "n/a")
+            lines.append("| " + " | ".join(md_cell(x) for x in row) + " |")
+    return "\n".join(lines + [""])
+
+
 # -- files ------------------------------------------------------------------------
 def default_metrics(df: pd.DataFrame) -> list[str]:
     """:data:`DEFAULT_METRICS` and ``<domain>/miou`` of every eval domain, those the runs have."""

@@ -16,13 +16,14 @@ Metrics are named ``<domain>/<metric>`` as in training (``fog-3/miou``).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from hardseg.config import RunConfig
+from hardseg.config import RunConfig, TTAConfig, validate_config
 from hardseg.data import dataset_info
 from hardseg.errors import ConfigError
 from hardseg.trainables.loop import StepSettings, build_training_model, eval_batch_size, evaluate_on_domains
@@ -64,3 +65,29 @@ def evaluate_domains(model: nn.Module, cfg: RunConfig, domains: list[str], devic
     return evaluate_on_domains(model.to(dev), cfg, domains,
                                lambda ds: DataLoader(ds, batch_size=size, pin_memory=dev.type == "cuda"),
                                StepSettings.resolve(cfg, dev, world_size=1))
+
+
+def with_inference_options(cfg: RunConfig, mode: str | None = None, crop: Sequence[int] | None = None,
+                           stride: Sequence[int] | None = None, tta_scales: Sequence[float] | None = None,
+                           tta_flip: bool | None = None, tta_img_scale: Sequence[int] | None = None) -> RunConfig:
+    """``cfg`` with a command line's inference options (``hardseg evaluate`` / ``predict``: ``--mode``,
+    ``--crop``, ``--stride``, ``--tta-scales``, ``--tta-flip``, ``--tta-img-scale``) in place of the run's
+    ``eval`` settings, validated as a config (a scale <= 0 or a slide mode without a window raise ConfigError)."""
+    tree: dict[str, Any] = cfg.model_dump(mode="json")
+    ev = tree["eval"]
+    if mode is not None:
+        ev["mode"] = mode
+    if crop is not None:
+        ev["crop"] = list(crop)
+    if stride is not None:
+        ev["stride"] = list(stride)
+    if tta_scales is not None or tta_flip or tta_img_scale is not None:
+        tta = ev.get("tta") or TTAConfig().model_dump(mode="json")
+        if tta_scales is not None:
+            tta["scales"] = list(tta_scales)
+        if tta_flip:
+            tta["flip"] = True
+        if tta_img_scale is not None:
+            tta["img_scale"] = list(tta_img_scale)
+        ev["tta"] = tta
+    return validate_config(tree, "inference options")  # check_eval: a slide mode needs a window

@@ -84,6 +84,7 @@ from hardseg.models.pretrained import load_weights
 from hardseg.strategies import Objective, StrategyContext, TrainingModel
 from hardseg.trainables.metrics import SegMetrics
 from hardseg.trainables.progress import epoch_bar
+from hardseg.trainables.tta import tta_probs
 from hardseg.robustness import robustness
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -122,6 +123,7 @@ class StepSettings:
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
     slide: tuple[tuple[int, int], tuple[int, int]] | None = None
+    tta: tuple[tuple[float, ...], bool, tuple[int, int] | None] | None = None  # eval.tta: (scales, flip, img_scale)
     world_size: int = 1
     epochs: int = 1
     check_every: int | None = None
@@ -132,6 +134,8 @@ class StepSettings:
         dtype = resolve_amp(cfg.train.amp, device)
         return cls(device, amp=dtype is not None, amp_dtype=dtype,
                    channels_last=resolve_flag(cfg.train.channels_last, device), slide=slide_settings(cfg),
+                   tta=(tuple(cfg.eval.tta.scales), cfg.eval.tta.flip, cfg.eval.tta.img_scale)
+                   if cfg.eval.tta else None,
                    world_size=world_size, epochs=cfg.train.epochs)
 
     @property
@@ -602,22 +606,33 @@ def evaluate(net: nn.Module, loader: DataLoader, metrics: SegMetrics, settings: 
     """Confusion-matrix metrics over a (sharded) split, summed over ranks.
 
     ``settings.amp``: autocast as in training; ``settings.slide``: ``(crop, stride)`` for
-    sliding-window inference (:func:`slide_logits`), else each batch in one pass.
+    sliding-window inference (:func:`slide_logits`), else each batch in one pass; ``settings.tta``:
+    test-time augmentation (:func:`inference_scores`).
     """
     net.eval()
-    device, slide = settings.device, settings.slide
     for images, target in loader:
-        images = images.to(device, non_blocking=True)
-        with autocast_for(device, settings.amp, settings.amp_dtype):
-            if slide is not None:
-                logits = slide_logits(net, images, slide[0], slide[1], settings.channels_last)
-            else:
-                if settings.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                logits = _logits(net(images))
-        metrics.update(target, predict_classes(logits))
+        metrics.update(target, predict_classes(inference_scores(net, images.to(settings.device, non_blocking=True),
+                                                                settings)))
     metrics.reduce_from_all_processes()
     return metrics.compute()
+
+
+@torch.no_grad()
+def inference_scores(net: nn.Module, images: Tensor, settings: StepSettings) -> Tensor:
+    """Class scores (N, C, H, W) of a batch as ``settings`` say: logits of a whole or sliding-window pass,
+    or with ``settings.tta`` the averaged softmax probabilities (:func:`hardseg.trainables.tta.tta_probs`)."""
+    slide = settings.slide
+
+    def one_pass(x: Tensor) -> Tensor:
+        if slide is not None:
+            return slide_logits(net, x, slide[0], slide[1], settings.channels_last)
+        return _logits(net(x.contiguous(memory_format=torch.channels_last) if settings.channels_last else x))
+
+    with autocast_for(settings.device, settings.amp, settings.amp_dtype):
+        if settings.tta is None:
+            return one_pass(images)
+        # probabilities back to the input size as the network resizes its own logits (mmseg: align_corners)
+        return tta_probs(one_pass, images, *settings.tta, align_corners=getattr(net, "align_corners", False))
 
 
 def _metrics_for(info) -> SegMetrics:

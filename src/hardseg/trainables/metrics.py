@@ -13,6 +13,10 @@ prediction) and every metric is read off it at the end. Hard-pixel metrics:
   (TP / (TP + FN)) of the dataset's small-object classes.
 * **thin-structure IoU** — mean IoU of the thin-structure classes.
 
+Beside them, mmsegmentation's own metrics: ``miou``, ``pixel_acc`` (its aAcc),
+``macc`` (mAcc: the mean over classes of TP / ground-truth pixels) and per class
+``iou/<class>`` and ``acc/<class>``.
+
 Classes that never occur (union 0) are left out of the means (NaN per class).
 """
 
@@ -24,6 +28,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
+
+from hardseg import keys
 
 
 def confusion_matrix(target: Tensor, pred: Tensor, num_classes: int, mask: Tensor | None = None,
@@ -136,5 +142,9 @@ class SegMetrics:
         if self.thin:
             out["thin_iou"] = _nanmean(iou[self.thin])
         for name, value in zip(self.class_names, iou.tolist()):
-            out[f"iou/{name}"] = value
+            out[f"{keys.IOU_PREFIX}{name}"] = value
+        # mmseg's mAcc and per-class Acc: TP / ground-truth pixels (recall), NaN where a class never occurs
+        out[keys.MACC] = _nanmean(recall)
+        for name, value in zip(self.class_names, recall.tolist()):
+            out[f"{keys.ACC_PREFIX}{name}"] = value
         return out
