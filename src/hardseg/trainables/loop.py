@@ -435,6 +435,14 @@ class BestStore:
     def local(cls, folder: Path) -> "BestStore":
         return cls(pafs.LocalFileSystem(), str(folder))
 
+    @classmethod
+    def at(cls, location: str) -> "BestStore":
+        """A folder given as a local path or a URI (``s3://``, ``gs://``, ...; pyarrow's filesystems)."""
+        if "://" not in location:
+            return cls.local(Path(location))
+        fs, path = pafs.FileSystem.from_uri(location)
+        return cls(fs, path)
+
     @staticmethod
     def name_of(step: int) -> str:
         return f"best-{step}.pt"
@@ -617,8 +625,9 @@ class IterationMeter:
         self.images += images
         self.data_s += data_s
 
-    def read(self, done: int, optimizer: torch.optim.Optimizer, settings: StepSettings) -> dict[str, Any]:
-        """The log after ``done`` iterations (one device sync, one host read), then start a new window."""
+    def read(self, done: int, lrs: list[float], settings: StepSettings) -> dict[str, Any]:
+        """The log after ``done`` iterations, with ``lrs`` the last iteration's learning rate of each
+        parameter group (one device sync, one host read); then a new window starts."""
         device, world_size = settings.device, settings.world_size
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -626,7 +635,7 @@ class IterationMeter:
         means = _mean_over_ranks({k: v / max(1, self.n) for k, v in self.sums.items()}, world_size, device)
         p = keys.ITER_PREFIX
         log: dict[str, Any] = {ITERATION: done, **{f"{p}{k}": v for k, v in means.items()}}
-        log.update({f"{p}lr/{i}": g["lr"] for i, g in enumerate(optimizer.param_groups)})
+        log.update({f"{p}lr/{i}": lr for i, lr in enumerate(lrs)})
         log[f"{p}data_time_s"] = self.data_s / max(1, self.n)
         log[f"{p}step_time_s"] = self.train_s / max(1, self.n)
         log[f"{p}images_per_s"] = self.images * world_size / max(1e-9, self.train_s)
@@ -692,6 +701,7 @@ def train_steps(model: nn.Module, objective: Objective, batches: Iterator, start
         logs = on_log is not None and schedule.logs(it + 1)
         if (it + 1 - start) % check_every == 0 or it + 1 == stop or logs:
             _raise_if_not_finite(bad_step, bad_values, schedule, world_size)
+        lrs = [g["lr"] for g in optimizer.param_groups] if logs else []  # this iteration's, before the schedule moves
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -705,7 +715,7 @@ def train_steps(model: nn.Module, objective: Objective, batches: Iterator, start
         meter.add(terms, images.shape[0], t0 - t_data)
         step_times.append(time.perf_counter() - t0)
         if logs:
-            on_log(meter.read(it + 1, optimizer, settings))
+            on_log(meter.read(it + 1, lrs, settings))
     meter.pause()
     means = _mean_over_ranks(sums, world_size, device)  # the interval's one host read
     elapsed = time.perf_counter() - start_t

@@ -140,10 +140,14 @@ class Schedule:
             steps.append(self.length)
         return [s for s in steps if test(s * self.unit_iters)]
 
-    def summary(self) -> str:
-        """The schedule in a few lines, for the dry run."""
-        lines = [f"schedule: {self.length} {self.unit}s ({self.iters} iterations of {self.iters_per_epoch} per "
-                 f"epoch), poly power {self.power}, lr {self.lr!r} -> min_lr {self.min_lr!r}"
+    def summary(self, per_epoch_known: bool = True) -> str:
+        """The schedule in a few lines, for the dry run (``per_epoch_known``: whether ``iters_per_epoch`` is)."""
+        if self.unit == EPOCH:
+            length = f"{self.length} epochs ({self.iters} iterations of {self.iters_per_epoch} per epoch)"
+        else:
+            length = f"{self.iters} iterations" + (f" (a pass over the data is {self.iters_per_epoch})"
+                                                   if per_epoch_known else "")
+        lines = [f"schedule: {length}, poly power {self.power}, lr {self.lr!r} -> min_lr {self.min_lr!r}"
                  + (f", warm-up {self.warmup_iters} iterations from ratio {self.warmup_ratio!r}"
                     if self.warmup_iters and self.warmup_ratio is not None else
                     (f", warm-up {self.warmup_iters} iterations from 0" if self.warmup_iters else ""))]
@@ -156,3 +160,13 @@ class Schedule:
             lines.append(f"{what} after {self.unit} {shown}")
         lines.append(f"log every {self.log_interval} iterations" if self.log_interval else "no per-iteration logs")
         return "\n".join(lines)
+
+
+def unit_of(train: Any) -> Unit:
+    """The unit a ``TrainConfig`` counts in: ``iteration`` when ``train.iters`` is set, else ``epoch``."""
+    return ITERATION if train.iters is not None else EPOCH
+
+
+def length_of(train: Any) -> int:
+    """A ``TrainConfig``'s length in its unit (what sweeps compare a trial's progress with)."""
+    return train.iters if train.iters is not None else train.epochs
