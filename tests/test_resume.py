@@ -27,6 +27,7 @@ from hardseg.trainables.schedule import Schedule
 
 import fault_session
 from conftest import small_overrides
+from test_cli_errors import _check, _no_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = ("images_per_s", "time_s", "first_step_unix", "wall_time_s")
@@ -85,6 +86,18 @@ def test_plain_process_killed_after_a_checkpoint_resumes_to_the_same_metrics(dat
     resumed = run_local(cfg, out)
     assert [h["iteration"] for h in resumed] == [18, 24]
     _same(_final(resumed[-1]), _final(reference[-1]))
+
+
+@pytest.mark.parametrize("sets, needles", [
+    (["train.epochs=3", "train.iters=100"], ["set train.epochs or train.iters, not both"]),
+    (["train.iters=100", "train.eval_interval=500"], ["train.eval_interval=500 is longer than the run",
+                                                      "train.iters=100"]),
+    (["train.epochs=4", "train.checkpoint_interval=5"], ["train.checkpoint_interval=5", "train.epochs=4"]),
+    (["train.iters=100", "train.warmup_iters=100"], ["train.warmup_iters=100"]),
+])
+def test_bad_schedule_is_one_line_exit_2_and_nothing_logged(capsys, sqlite_uri, sets, needles):
+    _check(capsys, ["train", *sum((["--set", x] for x in sets), []), "--tracking-uri", sqlite_uri], *needles)
+    assert _no_runs(sqlite_uri)
 
 
 def test_resume_bad_input_is_one_line_and_touches_no_run(data_root, sqlite_uri, capsys):
