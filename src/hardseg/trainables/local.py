@@ -4,6 +4,8 @@ This is the bare-loop baseline for overhead benchmarks and the way to run on
 a machine without Ray (e.g. a GPU box)::
 
     python -m hardseg.trainables.local [CONFIG.yaml] [--set key=value ...] [--out DIR]
+
+With ``--out DIR`` a run that was killed resumes from ``DIR/checkpoint_latest`` when started again.
 """
 
 from __future__ import annotations

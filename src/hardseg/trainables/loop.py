@@ -3,9 +3,13 @@
 Read it like torchvision's ``references/segmentation/train.py``: the building
 blocks first, the story last. :func:`fit` resolves the :class:`StepSettings`
 once (device, AMP, channels_last, evaluation mode, DDP size), builds data,
-model, objective and optimiser, resumes the :class:`TrainingState` from a
-checkpoint if the session has one, then alternates :func:`train_one_epoch` and
-:func:`evaluate` and reports once per epoch, with a checkpoint folder on rank 0.
+model, objective, optimiser and the run's :class:`~hardseg.trainables.schedule.Schedule`
+(epochs or iterations, the lr of each iteration), resumes the :class:`TrainingState`
+from a checkpoint if the session has one (the same iteration, batches and RNG
+states), then alternates :func:`train_steps` and :func:`evaluate`: a report every
+epoch (epoch schedules) or at every evaluation or checkpoint (iteration schedules),
+with a checkpoint folder from rank 0 at ``train.checkpoint_interval``, and a
+per-iteration log every ``train.log_interval`` iterations (:class:`IterationMeter`).
 It knows nothing of Ray or MLflow: a :class:`Session` supplies the rank, device,
 DDP wrapping, checkpoint and report hooks (``ray_worker.RaySession`` under Ray
 Train, ``local.LocalSession`` in a plain process, ``platform.tune_session.
@@ -20,8 +24,9 @@ Best model and evaluation domains: every evaluated epoch's ``val/miou`` is
 compared with the best so far (:class:`BestModel`; a tie keeps the earlier
 epoch, NaN never wins). Every DDP rank sums the same confusion matrices, so
 every rank takes the same decision and keeps the same CPU copy of the inference
-weights. The exported model of each checkpoint (``model_export.pt``, MLflow's
-``model/model_export.pt``) is the best one so far. At the last epoch the best
+weights. Those weights are written once per change to the session's
+:class:`BestStore`, never into each checkpoint; the final checkpoint's exported
+model (``model_export.pt``, MLflow's ``model/model_export.pt``) is the best one. At the last epoch the best
 model is evaluated on each ``data.eval_domains`` entry (a split such as
 ``fog-3`` or a ``cityscapes:PATH``/``folder:PATH`` spec, see
 :mod:`hardseg.data.domains`) and the last report adds
