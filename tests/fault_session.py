@@ -47,3 +47,27 @@ class KillingSession(RaySession):
 def kill_rank_1_at_epoch_3(config: dict[str, Any]) -> None:
     """A ``train_loop_per_worker`` like the production one, with a :class:`KillingSession`."""
     fit_worker(RunConfig.model_validate(config["run"]), KillingSession(KILL_RANK, KILL_AT_EPOCH))
+
+
+class DriverKillingSession(RaySession):
+    """Rank 0 SIGKILLs the *driver* process ``pid`` (``hardseg train`` itself, as a preempted node
+    would) at its per-iteration log of iteration ``at``, after giving the controller time to register
+    the checkpoint before it; every worker then waits for Ray to end it with the driver's job."""
+
+    def __init__(self, pid: int, at: int):
+        super().__init__()
+        self.pid, self.at = pid, at
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        super().log(metrics)
+        if metrics.get("iteration") == self.at:
+            if self.rank == 0:
+                time.sleep(3.0)
+                print(f"[hardseg] fault injection: killing the driver at iteration {self.at}", flush=True)
+                os.kill(self.pid, signal.SIGKILL)
+            time.sleep(120)
+
+
+def kill_driver_at(config: dict[str, Any], pid: int, at: int) -> None:
+    """A ``train_loop_per_worker`` whose rank 0 kills the driver ``pid`` at iteration ``at``."""
+    fit_worker(RunConfig.model_validate(config["run"]), DriverKillingSession(pid, at))

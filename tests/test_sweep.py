@@ -243,3 +243,24 @@ def test_sigint_then_resume_finishes_exactly_the_remaining_trials(data_root, sql
     assert done_before <= set(trial_ids)
     study = optuna.load_study(study_name="res", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
     assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+
+
+def test_iteration_sweep_counts_iterations_and_evaluates_at_its_interval(ray_local, data_root, sqlite_uri, tmp_path):
+    """With train.iters, Tune's time and ASHA's grace period are iterations, and trials evaluate every
+    train.eval_interval iterations (3 evaluations of 24 iterations, not one per pass over the data)."""
+    space = _space({"train.lr": {"loguniform": [1e-3, 1e-2]}},
+                   {"num_samples": 3, "metric": "val/miou", "mode": "max", "seed": 0,
+                    "scheduler": {"type": "asha", "grace_period": 8, "reduction_factor": 2}})
+    out = run_sweep(space, overrides=_overrides(data_root, tmp_path, sqlite_uri, **{
+        "ray.num_workers": 1, "train.iters": 24, "train.epochs": "null", "train.eval_interval": 8,
+        "train.log_interval": 0, "train.log_images_every": 0}), name="iters", workdir=tmp_path)
+    client, parents, children = _runs(sqlite_uri)
+    assert parents[0].data.params["sweep.unit"] == "iteration" and len(children) == 3
+    for c in children:
+        steps = [m.step for m in client.get_metric_history(c.info.run_id, "val/miou")]
+        assert steps and steps == [8, 16, 24][:len(steps)], steps
+        if c.info.status == "KILLED":
+            assert "after iteration" in c.data.tags["hardseg.stop_reason"] and len(steps) < 3
+        else:
+            assert c.info.status == "FINISHED" and len(steps) == 3 and c.data.metrics["best/iteration"] in (8, 16, 24)
+    assert out.statuses.get("FINISHED", 0) >= 1

@@ -27,7 +27,7 @@ from hardseg.strict import Strict
 __all__ = [
     "AugmentConfig", "DataConfig", "EvalConfig", "LossConfig", "ModelConfig", "RayConfig", "RunConfig",
     "Strict", "SyntheticConfig", "TTAConfig", "TrackingConfig", "TrainConfig", "apply_overrides", "check_eval",
-    "check_registered_names", "default_config_path", "flatten", "load_config", "validate_config",
+    "check_registered_names", "check_schedule", "default_config_path", "flatten", "load_config", "validate_config",
 ]
 
 
@@ -72,24 +72,50 @@ class LossConfig(Strict):
         "all pixels (all: mmsegmentation 0.22.1, the HL paper's table; HL with uniform weights then equals CE)")
 
 
+DEFAULT_EPOCHS = 16
+
+
 class TrainConfig(Strict):
     """Optimisation settings for the per-worker loop."""
 
-    epochs: int = Field(16, ge=1)
+    iters: int | None = Field(None, ge=1, description="the run's length in iterations (mmsegmentation's "
+                              "IterBasedRunner); the alternative to train.epochs, exactly one is set")
+    epochs: int | None = Field(None, ge=1, validate_default=True,
+                               description=f"the run's length in passes over the data; {DEFAULT_EPOCHS} when "
+                               "neither train.epochs nor train.iters is set")
     batch_size: int = Field(16, ge=1, description="images per worker and step")
     optimizer: Literal["sgd", "adamw"] = "adamw"
     lr: float = Field(3e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     poly_power: float = Field(0.9, ge=0)
-    warmup_epochs: float = Field(0.0, ge=0)
+    min_lr: float = Field(0.0, ge=0, description="the poly schedule's floor: (lr - min_lr)(1 - it/iters)^power + min_lr")
+    warmup_epochs: float = Field(0.0, ge=0, description="epoch schedules: linear warm-up from 0 over this many epochs")
+    warmup_iters: int = Field(0, ge=0, description="linear warm-up over this many iterations, from "
+                              "warmup_ratio x the scheduled lr (mmsegmentation's warmup='linear')")
+    warmup_ratio: float = Field(0.1, gt=0, le=1, description="the warm-up's first lr as a fraction of the scheduled lr")
     amp: Literal["auto", "off", "fp16", "bf16", "on"] = Field(
         "auto", description="mixed precision: auto (fp16 on CUDA, off on CPU), off (fp32, as mmseg's fp32 "
         "recipes), fp16 (with a gradient scaler), bf16, or on (fp16 on CUDA, bf16 on CPU)")
     channels_last: Literal["auto", "on", "off"] = "auto"
     num_threads: int | None = Field(None, ge=1, description="torch threads per worker; None = CPUs per worker")
     shuffle: bool = True
-    eval_every: int = Field(1, ge=1)
+    eval_every: int = Field(1, ge=1, description="epochs between evaluations (epoch schedules; "
+                            "train.eval_interval wins when set)")
+    eval_interval: int | None = Field(None, ge=1, description="evaluations every this many epochs or iterations "
+                                      "(the schedule's unit); None = eval_every (epochs) or a tenth of train.iters")
+    checkpoint_interval: int | None = Field(None, ge=1, description="checkpoints every this many epochs or "
+                                            "iterations; None = every epoch (epochs) or every evaluation (iters)")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept on disk; the best model is kept once "
+                                  "besides them")
+    log_interval: int = Field(50, ge=0, description="iterations between per-iteration logs (losses, lr, times, "
+                              "memory) and console lines; 0 = none")
+
+    @field_validator("epochs", mode="before")
+    @classmethod
+    def _default_length(cls, v: Any, info: Any) -> Any:
+        """Neither length set: the default number of epochs (both set: :func:`check_schedule` says so)."""
+        return DEFAULT_EPOCHS if v is None and info.data.get("iters") is None else v
 
     @field_validator("amp", "channels_last", mode="before")
     @classmethod
@@ -178,6 +204,8 @@ class RayConfig(Strict):
 class TrackingConfig(Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; None = MLFLOW_TRACKING_URI or ./mlruns/mlflow.db")
     experiment: str = "hardseg"
+    system_metrics: bool = Field(False, description="MLflow's system-metrics monitor on the run (CPU, memory; "
+                                 "GPU with pynvml)")
     log_model: bool = Field(True, description="log each run's best model in MLflow's pytorch format under model/ "
                             "(mlflow.pytorch.load_model('runs:/<id>/model'))")
     optuna_storage: str | None = Field(None, description="Optuna RDB URL for sweeps; None = optuna.db next to a "
@@ -290,7 +318,24 @@ def validate_config(tree: dict[str, Any], source: str = "config") -> RunConfig:
     if cfg.model.init_skip and not cfg.model.init_from:
         raise ConfigError(f"{source}: model.init_skip applies to model.init_from; set model.init_from or remove "
                           "model.init_skip")
+    check_schedule(cfg, source)
     return cfg
+
+
+def check_schedule(cfg: RunConfig, source: str = "config") -> None:
+    """Exactly one of ``train.epochs`` and ``train.iters``; intervals and warm-up no longer than the run."""
+    t = cfg.train
+    if t.epochs is not None and t.iters is not None:
+        raise ConfigError(f"{source}: set train.epochs or train.iters, not both (epochs={t.epochs}, iters={t.iters}); "
+                          f"to switch a config file's unit, also --set the other to null")
+    length, unit = (t.iters, "train.iters") if t.iters is not None else (t.epochs, "train.epochs")
+    for key in ("eval_interval", "checkpoint_interval"):
+        value = getattr(t, key)
+        if value is not None and value > length:
+            raise ConfigError(f"{source}: train.{key}={value} is longer than the run ({unit}={length}); "
+                              f"give at most {length}")
+    if t.iters is not None and t.warmup_iters >= t.iters:
+        raise ConfigError(f"{source}: train.warmup_iters={t.warmup_iters} must be shorter than train.iters={t.iters}")
 
 
 def check_eval(cfg: RunConfig, source: str = "config") -> None:

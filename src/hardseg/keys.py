@@ -65,7 +65,9 @@ NIGHTLY_MODEL, NIGHTLY_DATASET = "hardseg.nightly.model", "hardseg.nightly.datas
 NIGHTLY_DATE, PREVIOUS_NIGHTLY, REGRESSIONS = "hardseg.nightly_date", "hardseg.previous_nightly", "hardseg.regressions"
 
 # -- metric names: "<prefix><metric>" -------------------------------------------------------------------
-TRAIN_PREFIX = "train/"  # per-epoch training losses and throughput
+TRAIN_PREFIX = "train/"  # training losses and throughput per report (epoch or interval)
+ITER_PREFIX = "iter/"  # every train.log_interval iterations (step = iteration): loss terms, lr/<group>, times, memory
+VISUALS = "visuals"  # a log's prediction panels as {name: PNG bytes} (not a metric)
 VAL_PREFIX = "val/"  # the validation split: model selection, sweeps
 TEST_PREFIX = "test/"  # the held-out split: reported, never used to select
 BEST_PREFIX = "best/"  # the best epoch's val metrics
@@ -73,7 +75,7 @@ ROBUSTNESS_PREFIX = "robustness/"  # robustness/<family>/<metric> (hardseg.robus
 CORRUPT_PREFIX = "corrupt."  # corruption domains: corrupt.<corruption>-<severity>/<metric>
 WALL_TIME = "wall_time_s"
 # metric prefixes that are not an evaluation domain (every other "<name>/<metric>" is one)
-NOT_DOMAIN_PREFIXES = (VAL_PREFIX, BEST_PREFIX, TRAIN_PREFIX, ROBUSTNESS_PREFIX, TEST_PREFIX)
+NOT_DOMAIN_PREFIXES = (VAL_PREFIX, BEST_PREFIX, TRAIN_PREFIX, ROBUSTNESS_PREFIX, TEST_PREFIX, ITER_PREFIX)
 
 # -- metric names after a prefix: "<prefix><name>" (trainables/metrics.py writes them, reports read them) --
 MIOU, MACC, AACC = "miou", "macc", "pixel_acc"  # mmsegmentation's mIoU, mAcc (mean class recall) and aAcc

@@ -60,6 +60,8 @@ def _load(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume:
+        return _resume_train(args)
     cfg = _load(args)  # bad input stops here, before Ray's modules load
     if args.dry_run:
         # local: the dry run's module only (no Ray Train), see the module docstring
@@ -82,6 +84,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     for domain in (d.name for d in parse_domains(cfg.data.eval_domains)):
         if isinstance(m.get(f"{domain}/miou"), float):
             summary += f" | {domain}/miou {m[f'{domain}/miou']:.4f}"
+    print(f"[hardseg] done in {out.wall_s:.0f}s: {summary}")
+    print(f"[hardseg] MLflow run {out.run_id}; UI: {ui_hint(out.tracking_uri, out.experiment_id)}")
+    _register(args, out.run_id, out.tracking_uri)
+    return 0
+
+
+def _resume_train(args: argparse.Namespace) -> int:
+    """``hardseg train --resume RUN_ID [CONFIG] [--set ...]``: the same MLflow run, from its latest checkpoint."""
+    if args.dry_run:
+        raise HardsegError("--dry-run shows a new run's config; it does not apply to --resume")
+    # local: this command's modules only, so --help and bad input answer at once (module docstring)
+    from hardseg.platform.tracking import ui_hint
+    from hardseg.platform.train_job import resume_training
+
+    uri = args.tracking_uri or next((o.split("=", 1)[1] for o in args.overrides if o.startswith("tracking.uri=")), None)
+    out = resume_training(args.resume, config_path=args.config, overrides=list(args.overrides), tracking_uri=uri)
+    m = out.metrics
+    summary = " | ".join(f"{k} {m[k]:.4f}" for k in ("val/miou", "val/band_iou") if isinstance(m.get(k), float))
     print(f"[hardseg] done in {out.wall_s:.0f}s: {summary}")
     print(f"[hardseg] MLflow run {out.run_id}; UI: {ui_hint(out.tracking_uri, out.experiment_id)}")
     _register(args, out.run_id, out.tracking_uri)
@@ -424,6 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="one DDP training run on Ray Train, logged to MLflow")
     _add_config_args(t)
     t.add_argument("--register", metavar="NAME", help="register the run's MLflow model in the model registry as NAME")
+    t.add_argument("--resume", metavar="RUN_ID", help="continue a killed or failed run in the same MLflow run, from "
+                   "its latest checkpoint (CONFIG and --set may change only where it runs and logs)")
     _add_dry_run(t, "print the resolved config and exit; no Ray, no MLflow run, no data generated")
     t.set_defaults(func=cmd_train)
 

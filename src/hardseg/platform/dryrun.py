@@ -16,12 +16,14 @@ from pathlib import Path
 
 import yaml
 
+from hardseg.data import build_dataset
 from hardseg.data.domains import parse_domains
 from hardseg.errors import ConfigError
 from hardseg.platform.names import check_name, trial_run_name
 from hardseg.platform.prepare import resolve_paths
 from hardseg.platform.tracking import check_tracking_uri
 from hardseg.trainables.loop import check_strategies_fit
+from hardseg.trainables.schedule import Schedule, length_of, unit_of
 
 
 def dry_run_train(cfg) -> int:
@@ -32,9 +34,26 @@ def dry_run_train(cfg) -> int:
     parse_domains(cfg.data.eval_domains)  # the specs' syntax and local requirements (frost photographs)
     check_strategies_fit(cfg)
     print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False).rstrip())
+    per_epoch = iters_per_epoch(cfg)
+    if per_epoch is not None or cfg.train.iters is not None:
+        for line in Schedule.from_config(cfg.train, per_epoch or 1).summary(per_epoch is not None).splitlines():
+            print(f"[hardseg] {line}")
     print(f"[hardseg] dry run: config valid ({'+'.join(cfg.strategies)} on {cfg.model.name}, "
-          f"{cfg.train.epochs} epochs, {cfg.ray.num_workers} worker(s)); nothing started", flush=True)
+          f"{length_of(cfg.train)} {unit_of(cfg.train)}s, {cfg.ray.num_workers} worker(s)); nothing started", flush=True)
     return 0
+
+
+def iters_per_epoch(cfg) -> int | None:
+    """Batches per pass of each worker (its shard, whole batches), from the synthetic set's size or the
+    training split's files; None when the split cannot be read here."""
+    if cfg.data.dataset == "synthetic":
+        n = cfg.data.synthetic.n_train
+    else:
+        try:
+            n = len(build_dataset(cfg.data, "train", train=False))
+        except Exception:  # not on this machine: the schedule is printed in iterations only
+            return None
+    return (n // cfg.ray.num_workers) // cfg.train.batch_size
 
 
 def dry_run_sweep(space, config_path: str | None, overrides: list[str], grid: dict[str, list] | None = None,

@@ -5,12 +5,14 @@ generated or checked, and the strategies and weight files checked against the mo
 from __future__ import annotations
 
 import tempfile
+import yaml
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlflow.artifacts import download_artifacts
 
-from hardseg.config import RunConfig
+from hardseg import keys
+from hardseg.config import RunConfig, apply_overrides, flatten, load_config, validate_config
 from hardseg.data import available_splits, build_dataset, resolve_root
 from hardseg.data.domains import absolute_spec, build_domain, parse_domains
 from hardseg.data.lineage import derived, lineage
@@ -117,3 +119,52 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
     for report in reports:
         print(f"[hardseg] {report.summary()}", flush=True)
     return PreparedData(records, reports)
+
+
+# -- hardseg train --resume ------------------------------------------------------------------------------
+# Settings a resumed run may change: where it runs and logs, and how fast it reads data. Every other
+# setting (the architecture above all) must be the run's own, or the continued run is another run.
+RESUME_MAY_CHANGE = ("tracking.uri", "ray.address", "ray.max_failures", "data.loader_workers", "train.num_threads",
+                     "data.prefetch_factor")
+ARCHITECTURE = ("model.", "strategies", "strategy_params.", "data.dataset")
+
+
+def resume_config(client: tracking.MlflowClient, run_id: str, config_path: str | None, overrides: list[str],
+                  workdir: Path | None = None) -> RunConfig:
+    """The config to continue MLflow run ``run_id`` with: the run's own ``config.yaml`` with ``overrides``
+    (or ``config_path`` with them, compared with the run's), before anything is reopened.
+
+    Raises:
+        HardsegError: one line: the run is unknown, FINISHED, not a ``hardseg train`` run, or a setting
+            differs from the run's (a changed architecture named as such).
+    """
+    try:
+        run = client.get_run(run_id)
+    except Exception:
+        raise HardsegError(f"--resume {run_id}: no such run in the tracking store (pass --tracking-uri where "
+                           f"the run was logged)") from None
+    if run.info.status == "FINISHED":
+        raise HardsegError(f"--resume {run_id}: the run FINISHED already; nothing to resume (start a new run "
+                           f"without --resume)")
+    if run.data.tags.get(keys.KIND) != keys.TRAIN:
+        raise HardsegError(f"--resume {run_id}: a '{run.data.tags.get(keys.KIND)}' run, not a hardseg train run "
+                           f"(resume sweeps with hardseg sweep --resume NAME)")
+    folder = Path(tempfile.mkdtemp(prefix="hardseg-resume-"))
+    try:
+        text = Path(download_artifacts(run_id=run_id, artifact_path="config.yaml", dst_path=str(folder),
+                                       tracking_uri=client.tracking_uri)).read_text()
+    except Exception:
+        raise HardsegError(f"--resume {run_id}: the run has no config.yaml artifact to resume from") from None
+    own = validate_config(yaml.safe_load(text), f"run {run_id}'s config.yaml")
+    if config_path is None:
+        given = validate_config(apply_overrides(own.model_dump(mode="json"), list(overrides)), "--set")
+    else:
+        given = resolve_paths(load_config(config_path, overrides), workdir)
+    theirs, mine = own.flat(), given.flat()
+    for key in sorted(set(theirs) | set(mine)):
+        if key in RESUME_MAY_CHANGE or theirs.get(key) == mine.get(key):
+            continue
+        what = "changed model architecture" if key.startswith(ARCHITECTURE) else "changed setting"
+        raise HardsegError(f"--resume {run_id}: {what}: {key} is {mine.get(key)!r} here but {theirs.get(key)!r} in "
+                           f"the run; a resumed run keeps its settings (drop the change, or start a new run)")
+    return given

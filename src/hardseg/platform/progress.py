@@ -29,7 +29,7 @@ class ProgressTable(Callback):
         self._print()
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self._row(trial, status="RUNNING", epoch=result.get("epoch", 0), value=result.get(self.metric))
+        self._row(trial, status="RUNNING", epoch=result.get("epoch", result.get("iteration", 0)), value=result.get(self.metric))
         self._print()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:

@@ -8,8 +8,8 @@ trial at the end) and one child run per Tune trial (:mod:`hardseg.platform.trial
   define-by-run function and an explicit ``TPESampler(seed=...)``; the
   Optuna study lives in an RDB storage (SQLite next to the MLflow store by
   default, ``tracking.optuna_storage`` for PostgreSQL), named after the
-  sweep, readable by ``optuna-dashboard``. Optional ASHA on the ``epoch``
-  attribute; optional multi-objective (then no scheduler).
+  sweep, readable by ``optuna-dashboard``. Optional ASHA on the trials'
+  progress in their schedule's unit (``epoch`` or ``iteration``); optional multi-objective (then no scheduler).
 * **ablate**: a grid (strategies × seeds) with identical budgets and data, no search.
 
 Trials either run in their own process (one worker) or fit a TorchTrainer
@@ -55,6 +55,7 @@ from hardseg.platform.sweep_runs import child_runs, close_open_runs, log_summary
 from hardseg.platform.trial import TrialSpec, run_trial
 from hardseg.search_spaces import SearchSpace
 from hardseg.trainables.loop import check_strategies_fit
+from hardseg.trainables.schedule import EPOCH, length_of, unit_of
 
 STATE_FILE = "hardseg_sweep.json"
 SWEEPS_DIR = "sweeps"
@@ -89,16 +90,16 @@ class RecordingOptunaSearch(OptunaSearch):
     """Records the Tune trial id and how the trial ended on the Optuna trial; a failed
     trial is FAIL even when it reported epochs before failing (Ray would tell COMPLETE)."""
 
-    def __init__(self, *args, max_epochs: int, **kwargs) -> None:
+    def __init__(self, *args, max_epochs: int, unit: str = EPOCH, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.max_epochs = max_epochs
+        self.max_epochs, self.unit = max_epochs, unit  # the trials' length in their unit
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot = self._ot_trials.get(trial_id)
         if ot is None or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         ot.set_user_attr("tune_trial_id", trial_id)
-        epochs = int(result.get("epoch", 0)) if result else 0
+        epochs = int(result.get(self.unit, 0)) if result else 0
         ot.set_user_attr("epochs", epochs)
         if error:
             ot.set_user_attr("ended", "failed")
@@ -109,7 +110,7 @@ class RecordingOptunaSearch(OptunaSearch):
         return super().on_trial_complete(trial_id, result, error)
 
 
-def make_searcher(space: SearchSpace, storage_url: str, study_name: str, max_epochs: int):
+def make_searcher(space: SearchSpace, storage_url: str, study_name: str, max_epochs: int, unit: str = EPOCH):
     """OptunaSearch over the space's define-by-run function, with a persistent, seeded study."""
     s = space.sweep
     with warnings.catch_warnings():  # group=True is "experimental" in Optuna 5; it suits conditional spaces
@@ -118,14 +119,16 @@ def make_searcher(space: SearchSpace, storage_url: str, study_name: str, max_epo
     storage = optuna.storages.RDBStorage(storage_url)
     metric, mode = (s.metrics, s.modes) if s.is_multi_objective else (s.metric, s.mode)
     return RecordingOptunaSearch(space=space.define_by_run, metric=metric, mode=mode, sampler=sampler,
-                                 storage=storage, study_name=study_name, max_epochs=max_epochs)
+                                 storage=storage, study_name=study_name, max_epochs=max_epochs, unit=unit)
 
 
-def make_scheduler(space: SearchSpace, max_epochs: int):
+def make_scheduler(space: SearchSpace, max_epochs: int, unit: str = EPOCH):
+    """ASHA on the trials' progress in their schedule's ``unit`` (``epoch`` or ``iteration``, each
+    evaluation's report carries it); ``grace_period`` and ``max_t`` count that unit."""
     if space.sweep.scheduler is None:
         return None
     a = space.sweep.scheduler
-    return ASHAScheduler(time_attr="epoch", metric=space.sweep.metric, mode=space.sweep.mode,
+    return ASHAScheduler(time_attr=unit, metric=space.sweep.metric, mode=space.sweep.mode,
                          max_t=a.max_t or max_epochs, grace_period=a.grace_period,
                          reduction_factor=a.reduction_factor)
 
@@ -138,10 +141,11 @@ class SweepState:
     spec: dict[str, Any]
     grid: dict[str, list] | None
     optuna_storage: str | None
-    max_epochs: int
+    max_epochs: int  # the trials' length in ``unit``
     num_samples: int
     max_concurrent: int
     resources: dict[str, float]
+    unit: str = EPOCH  # epoch or iteration (train.iters): Tune's time attribute
 
     def save(self, folder: str) -> None:
         fs, path = storage_fs(folder)
@@ -206,8 +210,10 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
     client = tracking.MlflowClient(uri)
     exp_id = tracking.get_or_create_experiment(client, base_cfg.tracking.experiment, uri)
     resolved = [f"data.root={base_cfg.data.root}", f"ray.storage_path={base_cfg.ray.storage_path}/{SWEEPS_DIR}/{name}",
-                f"tracking.uri={uri}", "train.eval_every=1"]
-    extra = {"sweep.name": name, "sweep.max_concurrent": max_conc, "sweep.trial_resources": json.dumps(resources)}
+                f"tracking.uri={uri}"]  # evaluations as the config's train.eval_interval says
+    unit = unit_of(base_cfg.train)
+    extra = {"sweep.name": name, "sweep.max_concurrent": max_conc, "sweep.trial_resources": json.dumps(resources),
+             "sweep.unit": unit}
     if storage_url:
         extra["sweep.optuna_storage"] = storage_url
     environment = environment_tags()  # the parent's and every trial's (one git call)
@@ -216,7 +222,8 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
                      tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent, metrics=space.sweep.metrics,
                      kind=kind, in_process=in_process, configs=dict(configs or {}),
                      environment=environment)
-    state = SweepState(asdict(spec), grid, storage_url, base_cfg.train.epochs, num_trials, max_conc, resources)
+    state = SweepState(asdict(spec), grid, storage_url, length_of(base_cfg.train), num_trials, max_conc, resources,
+                       unit)
     state.save(storage_join(sweep_root, name))
     _announce(name, parent, uri, storage_url, max_conc, num_trials, resources, exp_id)
     tuner = _make_tuner(state, sweep_root, space)
@@ -265,10 +272,10 @@ def _make_tuner(state: SweepState, sweep_root: str, space: SearchSpace):
                                       metric=s.metric, mode=s.mode, reuse_actors=reuse)
         param_space = {k: tune.grid_search(v) for k, v in state.grid.items()}
     else:
-        searcher = make_searcher(space, state.optuna_storage, spec.sweep_name, state.max_epochs)
+        searcher = make_searcher(space, state.optuna_storage, spec.sweep_name, state.max_epochs, state.unit)
         # metric and mode live on the searcher and the scheduler (Tune's concurrency
         # limiter would not pass TuneConfig's on to the searcher).
-        tune_config = tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space, state.max_epochs),
+        tune_config = tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space, state.max_epochs, state.unit),
                                       num_samples=s.num_samples, max_concurrent_trials=state.max_concurrent,
                                       reuse_actors=reuse)
         param_space = {}
@@ -298,7 +305,7 @@ def _fit_and_close(tuner, state: SweepState, space: SearchSpace, client, start: 
         trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
         interrupted = any(t.status not in ("TERMINATED", "ERROR") for t in trials) or len(trials) < state.num_samples
         close_open_runs(client, spec.experiment_id, spec.parent_run_id, trials, state.max_epochs, interrupted,
-                        resume_hint)
+                        resume_hint, state.unit)
         info = log_summary(client, spec.experiment_id, spec.parent_run_id, space, state.max_epochs,
                            final=not interrupted)
         wall = time.perf_counter() - start

@@ -40,20 +40,21 @@ def child_runs(client, exp_id: str, parent_run_id: str) -> list:
 
 
 def close_open_runs(client, exp_id: str, parent_run_id: str, trials: list, max_epochs: int, interrupted: bool,
-                    resume_hint: str) -> None:
-    """Close the child runs their trials could not close (stopped by ASHA, Ctrl-C, a dead process)."""
+                    resume_hint: str, unit: str = "epoch") -> None:
+    """Close the child runs their trials could not close (stopped by ASHA, Ctrl-C, a dead process);
+    ``max_epochs``: the trials' length in ``unit`` (epochs or iterations)."""
     by_id = {t.trial_id: t for t in trials}
     for run in child_runs(client, exp_id, parent_run_id):
         if run.info.status != "RUNNING":
             continue
         trial = by_id.get(run.data.tags.get(keys.TRIAL_ID))
-        epoch = int((trial.last_result or {}).get("epoch", 0)) if trial is not None else 0
+        epoch = int((trial.last_result or {}).get(unit, 0)) if trial is not None else 0
         if trial is not None and trial.status == "ERROR":
-            status, reason = "FAILED", f"the trial's process died after epoch {epoch}"
+            status, reason = "FAILED", f"the trial's process died after {unit} {epoch}"
         elif interrupted and (trial is None or trial.status != "TERMINATED"):
-            status, reason = "KILLED", f"sweep interrupted after epoch {epoch}; {resume_hint}"
+            status, reason = "KILLED", f"sweep interrupted after {unit} {epoch}; {resume_hint}"
         else:
-            status, reason = "KILLED", f"stopped by the ASHA scheduler after epoch {epoch} of {max_epochs}"
+            status, reason = "KILLED", f"stopped by the ASHA scheduler after {unit} {epoch} of {max_epochs}"
         # The run ended with its last logged epoch, not now.
         history = client.get_metric_history(run.info.run_id, f"{keys.TRAIN_PREFIX}loss")
         end_ms = max((m.timestamp for m in history), default=None)

@@ -8,6 +8,7 @@ experiment's artifact location set explicitly to ``<cwd>/mlruns/artifacts``
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from PIL import Image
 
 from hardseg import keys
 from hardseg.errors import ConfigError
+from hardseg.trainables.schedule import EPOCH, ITERATION
 
 DEFAULT_DIR = "mlruns"
 MAX_PARAM_LEN = 6000
@@ -138,16 +140,39 @@ def log_visuals(client: MlflowClient, run_id: str, folder: Path, step: int) -> N
             client.log_image(run_id, img.copy(), key=png.stem, step=step)
 
 
+def last_steps(client: MlflowClient, run_id: str) -> dict[str, int]:
+    """The last step a run logged of each kind of entry (``report``: ``train/loss``, at each epoch or
+    interval; ``log``: ``iter/loss``, every ``train.log_interval`` iterations); -1 for none. A resumed run's
+    logger starts after them (:class:`MLflowEpochLogger`)."""
+    out = {}
+    for kind, key in (("report", f"{keys.TRAIN_PREFIX}loss"), ("log", f"{keys.ITER_PREFIX}loss")):
+        out[kind] = max((m.step for m in client.get_metric_history(run_id, key)), default=-1)
+    return out
+
+
+def report_step(metrics: dict[str, Any]) -> tuple[str, int]:
+    """What a report or log is (``report`` or ``log``) and its MLflow step: the epoch of an epoch
+    schedule's report, else the iteration."""
+    kind = "log" if keys.VISUALS in metrics or any(k.startswith(keys.ITER_PREFIX) for k in metrics) else "report"
+    unit = EPOCH if EPOCH in metrics else ITERATION
+    return kind, int(metrics.get(unit, 0))
+
+
 class MLflowEpochLogger:
-    """Logs each epoch's report to one MLflow run (step = epoch).
+    """Logs each report of the loop (step = epoch, or the iteration of an iteration schedule), each
+    per-iteration log (step = iteration) and the visuals to one MLflow run.
 
     Used by a Ray Train ``UserCallback`` (:func:`hardseg.platform.trainer.mlflow_callback`; it runs in the
     Train controller, so workers never talk to MLflow) and called directly by in-process trials.
+    An entry at or before the last step already logged of its kind is skipped: a run restarted from a
+    checkpoint (by Ray, or by ``hardseg train --resume``, which passes ``after`` = :func:`last_steps`)
+    repeats the same entries, and the history stays one value per step.
     """
 
-    def __init__(self, tracking_uri: str, run_id: str):
+    def __init__(self, tracking_uri: str, run_id: str, after: dict[str, int] | None = None):
         self.tracking_uri = tracking_uri
         self.run_id = run_id
+        self.logged = {"report": -1, "log": -1, **(after or {})}
         self._client: MlflowClient | None = None
 
     @property
@@ -156,13 +181,34 @@ class MLflowEpochLogger:
             self._client = MlflowClient(self.tracking_uri)
         return self._client
 
-    def log(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        step = int(metrics.get("epoch", 0))
+    def log(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
         if keys.FAILURE in metrics:  # a worker's NonFiniteLoss (trainables.ray_worker.fit_worker)
             set_tags(self.client, self.run_id, {keys.ERROR: metrics[keys.FAILURE]})
-        log_metrics(self.client, self.run_id, {k: v for k, v in metrics.items() if k != "epoch"}, step)
+        kind, step = report_step(metrics)
+        if keys.VISUALS in metrics:
+            if step > self.logged["report"]:
+                for name, data in sorted(metrics[keys.VISUALS].items()):
+                    with Image.open(io.BytesIO(data)) as img:
+                        self.client.log_image(self.run_id, img.copy(), key=name, step=step)
+            return
+        if step <= self.logged[kind] and keys.FAILURE not in metrics:
+            return
+        self.logged[kind] = max(self.logged[kind], step)
+        log_metrics(self.client, self.run_id, {k: v for k, v in metrics.items() if k not in (EPOCH, ITERATION)
+                                               or (k == ITERATION and EPOCH in metrics)}, step)
         if checkpoint_dir is not None and (Path(checkpoint_dir) / "visuals").is_dir():
             log_visuals(self.client, self.run_id, Path(checkpoint_dir) / "visuals", step)
+
+
+def system_metrics_monitor(tracking_uri: str, run_id: str):
+    """MLflow's system-metrics monitor on ``run_id`` (CPU, memory, disk, network; GPU with pynvml),
+    started; ``tracking.system_metrics``. Stop it with ``.finish()``."""
+    # local: MLflow's system-metrics module is imported only by runs that turn the monitor on
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=tracking_uri)
+    monitor.start()
+    return monitor
 
 
 __all__ = ["mlflow", "MlflowClient", "resolve_tracking_uri", "get_or_create_experiment", "log_params",

@@ -17,7 +17,7 @@ from hardseg import keys
 from hardseg.config import RunConfig
 from hardseg.platform import runs, tracking
 from hardseg.platform.cluster import ensure_ray
-from hardseg.platform.prepare import prepare_data, resolve_paths
+from hardseg.platform.prepare import prepare_data, resolve_paths, resume_config
 from hardseg.platform.trainer import log_result, make_trainer
 
 
@@ -59,14 +59,47 @@ def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str,
               **({keys.INIT_FROM_URI: init_uri} if init_uri else {}), **(tags or {})},
         params=cfg.flat(), texts={"config.yaml": config_yaml}, lineage=prepared.lineage)
     print(f"[hardseg] MLflow run {run_id} in experiment '{cfg.tracking.experiment}' at {uri}", flush=True)
+    return _train(cfg, client, run_id, exp_id, uri, config_yaml, train_loop)
 
+
+def resume_training(run_id: str, *, config_path: str | None = None, overrides: list[str] | None = None,
+                    tracking_uri: str | None = None, workdir: Path | None = None, train_loop=None) -> TrainOutcome:
+    """``hardseg train --resume RUN_ID``: continue a killed or failed run in the same MLflow run.
+
+    The Train run's folder (``<ray.storage_path>/train-<run id>``) is restored from its latest
+    checkpoint (model, optimiser, schedule, grad scaler, RNG states, sampler position; the best model
+    from its one copy beside the checkpoints), and the MLflow run goes on from the steps it has
+    (:func:`hardseg.platform.tracking.last_steps`). Bad input (:func:`hardseg.platform.prepare.resume_config`)
+    stops before the run is touched.
+    """
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    client = tracking.MlflowClient(uri)
+    cfg = resume_config(client, run_id, config_path, list(overrides or []), workdir)
+    prepare_data(cfg)
+    ensure_ray(cfg.ray)
+    config_yaml = runs.config_text(cfg)
+    exp_id = client.get_run(run_id).info.experiment_id
+    logged = tracking.last_steps(client, run_id)
+    runs.reopen_run(client, run_id)
+    print(f"[hardseg] resuming MLflow run {run_id} after step {logged['report']} (its unit) at {uri}", flush=True)
+    return _train(cfg, client, run_id, exp_id, uri, config_yaml, train_loop, logged)
+
+
+def _train(cfg: RunConfig, client, run_id: str, exp_id: str, uri: str, config_yaml: str, train_loop,
+           logged: dict[str, int] | None = None) -> TrainOutcome:
+    """Fit the run's TorchTrainer inside the MLflow run, which ends FINISHED or FAILED with the reason."""
     start = time.perf_counter()
-    with runs.RunCloser(client, run_id):
-        result = make_trainer(cfg, run_id, uri, train_loop=train_loop).fit()
-        # result.metrics belong to the last checkpoint; an error report carries no
-        # checkpoint, so the MLflow callback's error tag is the source of truth.
-        runs.raise_if_run_failed(client, run_id)
-        wall = time.perf_counter() - start
-        log_result(client, run_id, result, config_yaml, wall)
+    monitor = tracking.system_metrics_monitor(uri, run_id) if cfg.tracking.system_metrics else None
+    try:
+        with runs.RunCloser(client, run_id):
+            result = make_trainer(cfg, run_id, uri, train_loop=train_loop, logged=logged).fit()
+            # result.metrics belong to the last checkpoint; an error report carries no
+            # checkpoint, so the MLflow callback's error tag is the source of truth.
+            runs.raise_if_run_failed(client, run_id)
+            wall = time.perf_counter() - start
+            log_result(client, run_id, result, config_yaml, wall)
+    finally:
+        if monitor is not None:
+            monitor.finish()
     ckpt_path = result.checkpoint.path if result.checkpoint else None
     return TrainOutcome(run_id, exp_id, uri, dict(result.metrics or {}), checkpoint_path=ckpt_path, wall_s=wall)

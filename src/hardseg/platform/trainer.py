@@ -33,11 +33,15 @@ def scaling_config(cfg: RunConfig) -> ScalingConfig:
 
 
 def make_trainer(cfg: RunConfig, run_id: str, uri: str, *, name: str | None = None,
-                 callbacks: list | None = None, train_loop: Callable[[dict], None] | None = None) -> TorchTrainer:
-    """The ``TorchTrainer`` of one run: DDP workers, checkpoints under ``cfg.ray.storage_path``,
-    each report logged to MLflow run ``run_id`` by a callback on the Train controller.
+                 callbacks: list | None = None, train_loop: Callable[[dict], None] | None = None,
+                 logged: dict[str, int] | None = None) -> TorchTrainer:
+    """The ``TorchTrainer`` of one run: DDP workers, ``train.keep_checkpoints`` checkpoints under
+    ``cfg.ray.storage_path``, each report logged to MLflow run ``run_id`` by a callback on the Train controller.
 
     ``train_loop``: what each worker runs (default :func:`~hardseg.trainables.ray_worker.train_loop_per_worker`).
+    ``name``: the Train run's folder (default ``train-<run_id>``); a folder that holds checkpoints already
+    is restored from its latest one (``hardseg train --resume``). ``logged``: the steps the MLflow run
+    has already (:func:`hardseg.platform.tracking.last_steps`), not logged again.
     """
     for key, value in CONTROLLER_ENV.items():
         os.environ.setdefault(key, value)
@@ -49,8 +53,8 @@ def make_trainer(cfg: RunConfig, run_id: str, uri: str, *, name: str | None = No
             name=name or f"train-{run_id}",
             storage_path=cfg.ray.storage_path,
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=[MLflowCallback(uri, run_id), *(callbacks or [])],
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            callbacks=[MLflowCallback(uri, run_id, logged), *(callbacks or [])],
             logging_config=LoggingConfig(log_level="WARNING"),
             # Ray Train's print patch would echo every progress line twice.
             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
@@ -72,11 +76,11 @@ class MLflowCallback(UserCallback):
     """Ray Train V2 callback on the controller: rank 0's report of each epoch (and the visuals of its
     checkpoint) to MLflow run ``run_id`` (:class:`~hardseg.platform.tracking.MLflowEpochLogger`)."""
 
-    def __init__(self, tracking_uri: str, run_id: str) -> None:
-        self.logger = tracking.MLflowEpochLogger(tracking_uri, run_id)
+    def __init__(self, tracking_uri: str, run_id: str, logged: dict[str, int] | None = None) -> None:
+        self.logger = tracking.MLflowEpochLogger(tracking_uri, run_id, logged)
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
-        rank0 = metrics[0] if metrics else {}
+        rank0 = metrics[0] if metrics else {}  # per-iteration logs and visuals are reports without a checkpoint
         if checkpoint is None:
             self.logger.log(rank0, None)
             return

@@ -38,7 +38,9 @@ from hardseg.platform.runs import RunCloser, TrialStopped
 from hardseg.platform.trainer import log_result, make_trainer
 from hardseg.platform.tune_session import TuneSession
 from hardseg.search_spaces import SearchSpace
+from hardseg.platform.storage import storage_join
 from hardseg.trainables.loop import fit
+from hardseg.trainables.schedule import EPOCH, length_of, unit_of
 
 CONFIG_KEY = "config"  # a grid key naming one of TrialSpec.configs (tag sampled.config)
 
@@ -102,11 +104,12 @@ def open_trial_run(client: tracking.MlflowClient, spec: TrialSpec, cfg, sampled:
                          environment=spec.environment)
 
 
-def _for_tune(metrics: dict[str, Any], wanted: list[str], final_epoch: int) -> dict[str, Any] | None:
+def _for_tune(metrics: dict[str, Any], wanted: list[str], final_epoch: int, unit: str = EPOCH) -> dict[str, Any] | None:
     """Reports Tune may see during training: numeric, with every searcher metric (Tune aborts the
-    sweep otherwise), and not the final epoch's, which the trial reports itself after closing its
-    run (Tune stops a trial as soon as it sees its last result)."""
-    if keys.FAILURE in metrics or any(m not in metrics for m in wanted) or int(metrics.get("epoch", 0)) >= final_epoch:
+    sweep otherwise; per-iteration logs have none), and not the final one (``final_epoch`` in the run's
+    ``unit``, epochs or iterations), which the trial reports itself after closing its run (Tune stops a
+    trial as soon as it sees its last result)."""
+    if keys.FAILURE in metrics or any(m not in metrics for m in wanted) or int(metrics.get(unit, 0)) >= final_epoch:
         return None
     return numeric(metrics)
 
@@ -119,12 +122,12 @@ class TuneForwarder(TuneReportCallback):
     """Ray Tune's ``TuneReportCallback`` (on a TorchTrainer driven by a trial) for the reports
     :func:`_for_tune` lets through."""
 
-    def __init__(self, wanted: list[str], final_epoch: int) -> None:
+    def __init__(self, wanted: list[str], final_epoch: int, unit: str = EPOCH) -> None:
         super().__init__()
-        self.wanted, self.final_epoch = wanted, final_epoch
+        self.wanted, self.final_epoch, self.unit = wanted, final_epoch, unit
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
-        kept = _for_tune(metrics[0] if metrics else {}, self.wanted, self.final_epoch)
+        kept = _for_tune(metrics[0] if metrics else {}, self.wanted, self.final_epoch, self.unit)
         if kept is not None:
             super().after_report(run_context, [kept], checkpoint)
 
@@ -156,22 +159,22 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
     client = tracking.MlflowClient(spec.tracking_uri)
     done = finished_run_metrics(client, spec, trial_id)
     if done is not None:  # restored after its run FINISHED (Ctrl-C before Tune saw the final report)
-        tune.report({**done, "epoch": cfg.train.epochs})
+        tune.report({**done, unit_of(cfg.train): length_of(cfg.train)})
         return
     run_id = open_trial_run(client, spec, cfg, sampled, trial_id, config_yaml)
-    epochs = cfg.train.epochs
+    epochs, unit = length_of(cfg.train), unit_of(cfg.train)
     start = time.perf_counter()
     with RunCloser(client, run_id):
         if cfg.ray.num_workers == 1 and spec.in_process:
             final = _fit_in_process(cfg, spec, client, run_id, config_yaml, start)
         else:
             trainer = make_trainer(cfg, run_id, spec.tracking_uri, name=f"train-{trial_id}",
-                                   callbacks=[TuneForwarder(spec.metrics, epochs)])
+                                   callbacks=[TuneForwarder(spec.metrics, epochs, unit)])
             try:
                 result = trainer.fit()
             except Exception as err:
                 if stopped_by_tune(err):
-                    raise TrialStopped(f"stopped by the scheduler after epoch {last_epoch(client, run_id)} "
+                    raise TrialStopped(f"stopped by the scheduler after {unit} {last_epoch(client, run_id)} "
                                        f"of {epochs}") from None
                 raise
             runs.raise_if_run_failed(client, run_id)
@@ -188,10 +191,11 @@ def _fit_in_process(cfg, spec: TrialSpec, client: tracking.MlflowClient, run_id:
     Returns the final epoch's metrics (for Tune, once the run is closed). A non-finite loss
     raises NonFiniteLoss with the same message as a TorchTrainer run's (``raise_if_run_failed``).
     """
-    epochs = cfg.train.epochs
+    epochs, unit = length_of(cfg.train), unit_of(cfg.train)
     logger = tracking.MLflowEpochLogger(spec.tracking_uri, run_id)
-    with TuneSession(logger, lambda m: _for_tune(m, spec.metrics, epochs), epochs,
-                     device="cuda" if cfg.ray.use_gpu else "cpu") as session:
+    best_dir = storage_join(cfg.ray.storage_path, f"best-{tune.get_context().get_trial_id()}")
+    with TuneSession(logger, lambda m: _for_tune(m, spec.metrics, epochs, unit), epochs,
+                     device="cuda" if cfg.ray.use_gpu else "cpu", best_dir=best_dir, unit=unit) as session:
         try:
             fit(cfg, session)
         except NonFiniteLoss as err:

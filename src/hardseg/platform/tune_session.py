@@ -22,22 +22,25 @@ from ray import tune
 from hardseg.platform.tracking import MLflowEpochLogger
 from hardseg.platform.runs import TrialStopped
 from hardseg.trainables.local import LocalSession
-from hardseg.trainables.loop import CHECKPOINT_FILE
+from hardseg.trainables.loop import CHECKPOINT_FILE, BestStore
 
 
 class TuneSession(LocalSession):
     """Rank 0 of 1 in a Tune trial (see the module docstring).
 
     ``forward`` picks what Tune may see of a report (None: nothing, e.g. the final epoch,
-    which the trial reports itself once its run is closed); ``epochs`` is the run's length,
-    for the reason of a stop. After training, ``last`` is the last report and ``kept``
+    which the trial reports itself once its run is closed); ``epochs`` is the run's length in
+    its ``unit`` (epochs or iterations), for the reason of a stop; ``best_dir``: where the best model
+    is kept (a local path or URI; None: in memory). After training, ``last`` is the last report and ``kept``
     the copy of the latest checkpoint (None before the first).
     """
 
     def __init__(self, logger: MLflowEpochLogger, forward: Callable[[dict[str, Any]], dict[str, Any] | None],
-                 epochs: int, device: str | None = None):
+                 epochs: int, device: str | None = None, best_dir: str | None = None, unit: str = "epoch"):
         super().__init__(device=device)
-        self.logger, self.forward, self.epochs = logger, forward, epochs
+        self.logger, self.forward, self.epochs, self.unit = logger, forward, epochs, unit
+        if best_dir is not None:  # the best model once, in the sweep's storage (a restored trial reads it)
+            self.best_store = BestStore.at(best_dir)
         self.last: dict[str, Any] = {}
         self.kept: Path | None = None
 
@@ -60,8 +63,12 @@ class TuneSession(LocalSession):
         try:
             tune.report(kept, checkpoint=checkpoint)
         except SystemExit:  # Tune stops the trial: the scheduler's decision
-            raise TrialStopped(f"stopped by the scheduler after epoch {metrics.get('epoch')} of {self.epochs}") \
-                from None
+            raise TrialStopped(f"stopped by the scheduler after {self.unit} {metrics.get(self.unit)} of "
+                               f"{self.epochs}") from None
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        """Per-iteration logs and visuals go to the trial's MLflow run only."""
+        self.logger.log(metrics, None)
 
     def _keep(self, checkpoint_dir: Path) -> None:
         """Replace the kept copy by ``checkpoint_dir`` (the loop removes its own folder after the report)."""

@@ -37,12 +37,14 @@ def _metric(v: str) -> str:
 
 
 class AshaSettings(_Strict):
-    """ASHA early stopping (Ray Tune's ``ASHAScheduler``); ``max_t: None`` means the trial's epochs."""
+    """ASHA early stopping (Ray Tune's ``ASHAScheduler``) on the trials' progress in their schedule's unit:
+    epochs, or iterations when the base config sets ``train.iters``; ``max_t: None`` means the trial's length."""
 
     type: Literal["asha"] = "asha"
-    grace_period: int = Field(1, ge=1)
+    grace_period: int = Field(1, ge=1, description="epochs or iterations (the schedule's unit) before a trial "
+                              "can be stopped; with iterations, a multiple of train.eval_interval")
     reduction_factor: int = Field(2, ge=2)
-    max_t: int | None = Field(None, ge=1)
+    max_t: int | None = Field(None, ge=1, description="in the schedule's unit; None = the trial's length")
 
 
 class SweepSettings(_Strict):

@@ -4,6 +4,8 @@ This is the bare-loop baseline for overhead benchmarks and the way to run on
 a machine without Ray (e.g. a GPU box)::
 
     python -m hardseg.trainables.local [CONFIG.yaml] [--set key=value ...] [--out DIR]
+
+With ``--out DIR`` a run that was killed resumes from ``DIR/checkpoint_latest`` when started again.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from tqdm import tqdm
 
 from hardseg.config import RunConfig, load_config
 from hardseg.errors import HardsegError, NonFiniteLoss
-from hardseg.keys import FAILURE
-from hardseg.trainables.loop import CHECKPOINT_FILE, fit
+from hardseg.keys import FAILURE, VISUALS
+from hardseg.trainables.loop import CHECKPOINT_FILE, BestStore, fit
 from hardseg.trainables.progress import set_bar_factory
 
 
 class LocalSession:
-    """Rank 0 of 1; checkpoints are kept under ``out_dir/checkpoint_latest``."""
+    """Rank 0 of 1; checkpoints are kept under ``out_dir/checkpoint_latest``, the best model once under
+    ``out_dir/best`` (in memory without ``out_dir``); per-iteration logs collect in ``logs``."""
 
     rank = 0
     world_size = 1
@@ -38,9 +41,15 @@ class LocalSession:
         self.out_dir = out_dir
         self.on_report = on_report
         self.history: list[dict[str, Any]] = []
+        self.logs: list[dict[str, Any]] = []
+        self.best_store = BestStore.local(out_dir / "best") if out_dir is not None else BestStore()
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
         return model
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        if VISUALS not in metrics:
+            self.logs.append(dict(metrics))
 
     def load_checkpoint(self) -> dict[str, Any] | None:
         if self.out_dir is None or not (self.out_dir / "checkpoint_latest" / CHECKPOINT_FILE).is_file():

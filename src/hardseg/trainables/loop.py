@@ -3,9 +3,13 @@
 Read it like torchvision's ``references/segmentation/train.py``: the building
 blocks first, the story last. :func:`fit` resolves the :class:`StepSettings`
 once (device, AMP, channels_last, evaluation mode, DDP size), builds data,
-model, objective and optimiser, resumes the :class:`TrainingState` from a
-checkpoint if the session has one, then alternates :func:`train_one_epoch` and
-:func:`evaluate` and reports once per epoch, with a checkpoint folder on rank 0.
+model, objective, optimiser and the run's :class:`~hardseg.trainables.schedule.Schedule`
+(epochs or iterations, the lr of each iteration), resumes the :class:`TrainingState`
+from a checkpoint if the session has one (the same iteration, batches and RNG
+states), then alternates :func:`train_steps` and :func:`evaluate`: a report every
+epoch (epoch schedules) or at every evaluation or checkpoint (iteration schedules),
+with a checkpoint folder from rank 0 at ``train.checkpoint_interval``, and a
+per-iteration log every ``train.log_interval`` iterations (:class:`IterationMeter`).
 It knows nothing of Ray or MLflow: a :class:`Session` supplies the rank, device,
 DDP wrapping, checkpoint and report hooks (``ray_worker.RaySession`` under Ray
 Train, ``local.LocalSession`` in a plain process, ``platform.tune_session.
@@ -20,8 +24,9 @@ Best model and evaluation domains: every evaluated epoch's ``val/miou`` is
 compared with the best so far (:class:`BestModel`; a tie keeps the earlier
 epoch, NaN never wins). Every DDP rank sums the same confusion matrices, so
 every rank takes the same decision and keeps the same CPU copy of the inference
-weights. The exported model of each checkpoint (``model_export.pt``, MLflow's
-``model/model_export.pt``) is the best one so far. At the last epoch the best
+weights. Those weights are written once per change to the session's
+:class:`BestStore`, never into each checkpoint; the final checkpoint's exported
+model (``model_export.pt``, MLflow's ``model/model_export.pt``) is the best one. At the last epoch the best
 model is evaluated on each ``data.eval_domains`` entry (a split such as
 ``fog-3`` or a ``cityscapes:PATH``/``folder:PATH`` spec, see
 :mod:`hardseg.data.domains`) and the last report adds
@@ -56,17 +61,21 @@ gradient norm is recorded on the device with its step and checked every
 from __future__ import annotations
 
 import copy
+import io
+import itertools
 import math
 import os
+import random
 import shutil
 import tempfile
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
+import pyarrow.fs as pafs
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -85,6 +94,7 @@ from hardseg.strategies import Objective, StrategyContext, TrainingModel
 from hardseg.trainables.metrics import SegMetrics
 from hardseg.trainables.progress import epoch_bar
 from hardseg.trainables.tta import tta_probs
+from hardseg.trainables.schedule import EPOCH, ITERATION, Schedule
 from hardseg.robustness import robustness
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -103,6 +113,9 @@ class Session(Protocol):
     def wrap_model(self, model: nn.Module) -> nn.Module: ...
     def load_checkpoint(self) -> dict[str, Any] | None: ...
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None: ...
+    # Optional: ``log(metrics)`` for the per-iteration logs and the visuals (every rank calls it at the same
+    # iterations; without it they are dropped), and ``best_store`` (a :class:`BestStore`, where the best
+    # model is kept once; without it, in memory).
 
 
 @dataclass(frozen=True)
@@ -136,7 +149,7 @@ class StepSettings:
                    channels_last=resolve_flag(cfg.train.channels_last, device), slide=slide_settings(cfg),
                    tta=(tuple(cfg.eval.tta.scales), cfg.eval.tta.flip, cfg.eval.tta.img_scale)
                    if cfg.eval.tta else None,
-                   world_size=world_size, epochs=cfg.train.epochs)
+                   world_size=world_size, epochs=cfg.train.epochs or 1)
 
     @property
     def finite_check_every(self) -> int:
@@ -173,12 +186,42 @@ def resolve_amp(value: str, device: torch.device) -> torch.dtype | None:
 
 
 def poly_lambda(total_steps: int, power: float, warmup_steps: int = 0):
-    """Poly LR (1 − t/T)^power after a linear warm-up, as in DeepLab."""
+    """Poly LR (1 − t/T)^power after a linear warm-up from 0, as a ``LambdaLR`` factor (benchmarks' bare loops)."""
     def f(step: int) -> float:
         if warmup_steps and step < warmup_steps:
             return (step + 1) / warmup_steps
         return max(0.0, 1.0 - step / max(1, total_steps)) ** power
     return f
+
+
+class ScheduledLR:
+    """Sets every parameter group's learning rate from a :class:`~hardseg.trainables.schedule.Schedule`
+    before each iteration, each group from its own base rate (``train.lr`` × its ``lr_mult``), as mmcv's
+    ``LrUpdaterHook``. ``last_epoch`` counts the iterations done (the name torch's schedulers use)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: Schedule):
+        self.optimizer, self.schedule = optimizer, schedule
+        self.base_lrs = [g.setdefault("initial_lr", g["lr"]) for g in optimizer.param_groups]
+        self.last_epoch = 0
+        self._apply()
+
+    def _apply(self) -> None:
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = self.schedule.lr_at(self.last_epoch, base)
+
+    def step(self) -> None:
+        self.last_epoch += 1
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        return [g["lr"] for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last_epoch, self.base_lrs = state["last_epoch"], list(state["base_lrs"])
+        self._apply()
 
 
 def build_optimizer(cfg: RunConfig, model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
@@ -261,17 +304,18 @@ class EpochSampler(Sampler[tuple[int, int]]):
     """Yields ``(epoch, index)`` from ``sampler``; :meth:`set_epoch` reshuffles as the inner sampler allows."""
 
     def __init__(self, sampler: Sampler[int], seed: int):
-        self.sampler, self.seed, self.epoch = sampler, seed, 0
+        self.sampler, self.seed, self.epoch, self.skip = sampler, seed, 0, 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Start pass ``epoch``; ``skip``: leave out its first samples (a run resumed within a pass)."""
+        self.epoch, self.skip = epoch, skip
         if isinstance(self.sampler, DistributedSampler):
             self.sampler.set_epoch(epoch)
         elif isinstance(self.sampler, RandomSampler) and self.sampler.generator is not None:
             self.sampler.generator.manual_seed(seed_for(self.seed, epoch))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        return ((self.epoch, i) for i in self.sampler)
+        return ((self.epoch, i) for i in itertools.islice(self.sampler, self.skip, None))
 
     def __len__(self) -> int:
         return len(self.sampler)  # type: ignore[arg-type]
@@ -303,6 +347,44 @@ def build_train_loader(cfg: RunConfig, train_set: Dataset, rank: int, world_size
     return loader, sampler
 
 
+class TrainBatches:
+    """The training batches as one endless, deterministic sequence of passes over the shard.
+
+    Pass ``p`` is the sampler's epoch ``p``: at its start the model's RNG is reseeded from
+    ``(seed, p, rank)`` and the sampler reshuffles (augmentations are seeded per sample,
+    :class:`SeededSamples`), so an epoch schedule's epoch ``p`` and an iteration schedule's pass ``p``
+    see the same batches. :meth:`seek` puts a resumed run back at its position (within a pass: the
+    sampler skips the samples already seen; the RNG comes from the checkpoint).
+    """
+
+    def __init__(self, loader: DataLoader, sampler: EpochSampler, seed: int, rank: int, bar_total: int | None = None):
+        self.loader, self.sampler, self.seed, self.rank = loader, sampler, seed, rank
+        self.per_pass = len(loader)
+        self.bar_total = bar_total  # epoch schedules: the number of epochs, for the progress bar
+        self.done = 0  # batches handed out
+        self._it: Iterator | None = None
+
+    def seek(self, done: int) -> None:
+        self.done, self._it = done, None
+        epoch, pos = divmod(done, self.per_pass)
+        if pos:
+            self.sampler.set_epoch(epoch, skip=pos * self.loader.batch_size)
+            self._it = iter(self.loader)
+
+    def __iter__(self) -> "TrainBatches":
+        return self
+
+    def __next__(self):
+        epoch, pos = divmod(self.done, self.per_pass)
+        if pos == 0:
+            torch.manual_seed(seed_for(self.seed, epoch, self.rank))
+            self.sampler.set_epoch(epoch)
+            self._it = iter(epoch_bar(self.loader, epoch, self.bar_total) if self.bar_total else self.loader)
+        assert self._it is not None
+        self.done += 1
+        return next(self._it)
+
+
 def eval_batch_size(cfg: RunConfig) -> int:
     return cfg.eval.batch_size or cfg.train.batch_size
 
@@ -316,13 +398,15 @@ def build_eval_loader(cfg: RunConfig, ds: Dataset, rank: int, world_size: int, d
 
 # -- model, best epoch and checkpointed state ------------------------------------------
 class BestModel:
-    """The best epoch so far by ``val/<BEST_METRIC>`` and a CPU copy of its inference weights.
+    """The best evaluation so far by ``val/<BEST_METRIC>`` and a CPU copy of its inference weights.
 
-    ``epoch`` is 1-based (0: nothing evaluated yet); ``val`` holds that epoch's
-    validation metrics. A tie keeps the earlier epoch; a NaN score never wins.
+    ``epoch`` is the 1-based step in the run's ``unit`` (the epoch, or the iteration of an iteration
+    schedule; 0: nothing evaluated yet); ``val`` holds that evaluation's metrics. A tie keeps the
+    earlier one; a NaN score never wins.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, unit: str = EPOCH) -> None:
+        self.unit = unit
         self.epoch = 0
         self.val: dict[str, float] = {}
         self.weights: dict[str, torch.Tensor] | None = None
@@ -346,45 +430,143 @@ class BestModel:
             best.load_state_dict(self.weights)
         return best.eval()
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "val": self.val, "weights": self.weights}
+    def state_dict(self, weights: bool = True) -> dict[str, Any]:
+        """``weights=False``: what a checkpoint keeps (the weights are in the :class:`BestStore`)."""
+        return {"epoch": self.epoch, "val": self.val, "weights": self.weights if weights else None}
 
     def load_state_dict(self, state: dict[str, Any] | None) -> None:
         if state:
             self.epoch, self.val, self.weights = state["epoch"], dict(state["val"]), state["weights"]
 
     def metrics(self) -> dict[str, float]:
-        """``best/epoch`` and ``best/val/<metric>``."""
-        return {f"{keys.BEST_PREFIX}epoch": self.epoch,
+        """``best/<unit>`` (``best/epoch`` or ``best/iteration``) and ``best/val/<metric>``."""
+        return {f"{keys.BEST_PREFIX}{self.unit}": self.epoch,
                 **{f"{keys.BEST_PREFIX}{keys.VAL_PREFIX}{k}": v for k, v in self.val.items()}}
+
+
+class BestStore:
+    """Where the best model's weights are kept once, apart from the checkpoints: ``best-<step>.pt``
+    files in a folder of a pyarrow filesystem (the run's storage, local or a URI), or in memory
+    (``fs`` None). A checkpoint names its file; files no kept checkpoint names are deleted."""
+
+    def __init__(self, fs: pafs.FileSystem | None = None, folder: str = ""):
+        self.fs, self.folder = fs, folder.rstrip("/")
+        self._memory: dict[str, bytes] = {}
+
+    @classmethod
+    def local(cls, folder: Path) -> "BestStore":
+        return cls(pafs.LocalFileSystem(), str(folder))
+
+    @classmethod
+    def at(cls, location: str) -> "BestStore":
+        """A folder given as a local path or a URI (``s3://``, ``gs://``, ...; pyarrow's filesystems)."""
+        if "://" not in location:
+            return cls.local(Path(location))
+        fs, path = pafs.FileSystem.from_uri(location)
+        return cls(fs, path)
+
+    @staticmethod
+    def name_of(step: int) -> str:
+        return f"best-{step}.pt"
+
+    def save(self, name: str, obj: Any) -> None:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        if self.fs is None:
+            self._memory[name] = buf.getvalue()
+            return
+        self.fs.create_dir(self.folder, recursive=True)
+        tmp = f"{self.folder}/{name}.tmp"
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(buf.getvalue())
+        self.fs.move(tmp, f"{self.folder}/{name}")
+
+    def load(self, name: str) -> Any:
+        if self.fs is None:
+            data = self._memory[name]
+        else:
+            with self.fs.open_input_stream(f"{self.folder}/{name}") as f:
+                data = f.read()
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+
+    def names(self) -> list[str]:
+        if self.fs is None:
+            return sorted(self._memory)
+        found = self.fs.get_file_info(pafs.FileSelector(self.folder, allow_not_found=True))
+        return sorted(f.base_name for f in found if f.base_name.startswith("best-") and f.base_name.endswith(".pt"))
+
+    def keep_only(self, names: set[str]) -> None:
+        for name in self.names():
+            if name not in names:
+                if self.fs is None:
+                    self._memory.pop(name, None)
+                else:
+                    self.fs.delete_file(f"{self.folder}/{name}")
+
+
+def rng_states() -> dict[str, Any]:
+    """This process's random states: torch (CPU and every CUDA device), numpy and Python's."""
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def set_rng_states(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def gather_rng_states(world_size: int) -> list[dict[str, Any]]:
+    """Every rank's :func:`rng_states`, in rank order (a collective: every rank calls it)."""
+    mine = rng_states()
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        out: list[Any] = [None] * world_size
+        dist.all_gather_object(out, mine)
+        return out
+    return [mine]
 
 
 @dataclass
 class TrainingState:
-    """What a checkpoint saves and a resumed run restores (``checkpoint.pt``)."""
+    """What a checkpoint saves and a resumed run restores (``checkpoint.pt``): model, optimiser,
+    schedule, grad scaler, the iterations done (the sampler's position), every rank's RNG states,
+    the best evaluation so far (its weights by name in the :class:`BestStore`, not copied) and the
+    best files the kept checkpoints name."""
 
     model: TrainingModel
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: Any  # ScheduledLR
     scaler: torch.amp.GradScaler | None
     best: BestModel
+    store: BestStore = field(default_factory=BestStore)
+    kept: list[str] = field(default_factory=list)  # best files of the checkpoints on disk, oldest first
+    done: int = 0  # iterations done
 
-    def state_dict(self, epoch: int, cfg: RunConfig) -> dict[str, Any]:
-        """The state after ``epoch`` (0-based), with the run's config."""
+    def state_dict(self, done: int, cfg: RunConfig, rng: list[dict[str, Any]], schedule: Schedule) -> dict[str, Any]:
+        """The state after ``done`` iterations, with the run's config."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else None, "epoch": epoch,
-                "best": self.best.state_dict(), "config": cfg.model_dump(mode="json")}
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "iteration": done, "unit": schedule.unit, "epoch": schedule.step_of(done) - 1,
+                "best": self.best.state_dict(weights=False),
+                "best_file": BestStore.name_of(self.best.epoch) if self.best.weights is not None else None,
+                "kept": list(self.kept), "rng": rng, "config": cfg.model_dump(mode="json")}
 
     def load_state_dict(self, state: dict[str, Any]) -> int:
-        """Restore a checkpoint's state; returns the (0-based) epoch to go on with."""
+        """Restore a checkpoint's state; returns the iterations already done (RNG states: :meth:`restore_rng`)."""
         self.best.load_state_dict(state.get("best"))
+        if state.get("best_file"):
+            self.best.weights = self.store.load(state["best_file"])["model"]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        return state["epoch"] + 1
+        self.kept = list(state.get("kept", []))
+        self.done = state["iteration"]
+        return self.done
 
 
 def build_training_model(cfg: RunConfig, info, class_frequencies: np.ndarray | None, meta: bool = False
@@ -440,34 +622,85 @@ def grad_norm(model: nn.Module) -> Tensor:
     return torch.nn.utils.get_total_norm(grads)
 
 
-def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    scheduler, epoch: int, settings: StepSettings,
-                    scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
-    """One pass over the training shard (0-based ``epoch``); returns mean loss terms and throughput.
+class IterationMeter:
+    """What the per-iteration log reads every ``train.log_interval`` iterations: loss-term sums (on the
+    device), images, time waiting for data, and training time (paused while the loop evaluates)."""
 
-    Nothing is read back to the host per step: loss terms are summed on the
-    device and read at the end. A non-finite loss, or (without a GradScaler,
-    which skips such steps itself) a non-finite gradient norm, is recorded on
-    the device with its 1-based step; the flag is read every
-    ``settings.finite_check_every`` steps, before the optimiser step, and at the
-    end of the epoch.
+    def __init__(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.n = self.images = 0
+        self.data_s = self.train_s = 0.0
+        self._t: float | None = None
 
-    Raises :class:`~hardseg.errors.NonFiniteLoss` naming the epoch and the step
-    where it first happened. DDP ranks agree on that step (the flag is reduced
-    over ranks), so every rank stops at the same check.
+    def resume(self) -> None:
+        self._t = time.perf_counter()
+
+    def pause(self) -> None:
+        if self._t is not None:
+            self.train_s += time.perf_counter() - self._t
+            self._t = None
+
+    def add(self, terms: dict[str, Tensor], images: int, data_s: float) -> None:
+        for key, value in terms.items():
+            v = value.detach().float()
+            self.sums[key] = self.sums[key] + v if key in self.sums else v
+        self.n += 1
+        self.images += images
+        self.data_s += data_s
+
+    def read(self, done: int, lrs: list[float], settings: StepSettings) -> dict[str, Any]:
+        """The log after ``done`` iterations, with ``lrs`` the last iteration's learning rate of each
+        parameter group (one device sync, one host read); then a new window starts."""
+        device, world_size = settings.device, settings.world_size
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        self.pause()
+        means = _mean_over_ranks({k: v / max(1, self.n) for k, v in self.sums.items()}, world_size, device)
+        p = keys.ITER_PREFIX
+        log: dict[str, Any] = {ITERATION: done, **{f"{p}{k}": v for k, v in means.items()}}
+        log.update({f"{p}lr/{i}": lr for i, lr in enumerate(lrs)})
+        log[f"{p}data_time_s"] = self.data_s / max(1, self.n)
+        log[f"{p}step_time_s"] = self.train_s / max(1, self.n)
+        log[f"{p}images_per_s"] = self.images * world_size / max(1e-9, self.train_s)
+        if device.type == "cuda":
+            log[f"{p}max_memory_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
+        self.__init__()
+        self.resume()
+        return log
+
+
+def train_steps(model: nn.Module, objective: Objective, batches: Iterator, start: int, stop: int,
+                optimizer: torch.optim.Optimizer, scheduler, settings: StepSettings, schedule: Schedule,
+                scaler: torch.amp.GradScaler | None = None, meter: IterationMeter | None = None,
+                on_log: Callable[[dict[str, Any]], None] | None = None) -> dict[str, float]:
+    """Iterations ``start`` … ``stop − 1`` (0-based) from ``batches``; returns their mean loss terms and throughput.
+
+    Nothing is read back to the host per step: loss terms are summed on the device and read at the
+    end. A non-finite loss, or (without a GradScaler, which skips such steps itself) a non-finite
+    gradient norm, is recorded on the device with its iteration; the flag is read every
+    ``settings.finite_check_every`` steps, before the optimiser step, and at the end. Every
+    ``schedule.log_interval`` iterations ``on_log`` gets the :class:`IterationMeter`'s log (the one
+    device sync of those steps).
+
+    Raises :class:`~hardseg.errors.NonFiniteLoss` naming the epoch and step (epoch schedules) or the
+    iteration where it first happened. DDP ranks agree on it (the flag is reduced over ranks), so
+    every rank stops at the same check.
     """
     model.train()
-    device, world_size, epochs = settings.device, settings.world_size, settings.epochs
+    device, world_size = settings.device, settings.world_size
     check_every = settings.finite_check_every
+    meter = meter or IterationMeter()
     sums: dict[str, Tensor] = {}
     bad_step = torch.zeros((), dtype=torch.int64, device=device)  # 0: every step finite so far
     bad_values = torch.zeros(2, device=device)  # loss and gradient norm at bad_step
     n_images, step_times = 0, []
-    steps = len(loader)
     amp = autocast_for(device, settings.amp, settings.amp_dtype)
-    start = time.perf_counter()
+    start_t = time.perf_counter()
     first_step_unix = time.time()
-    for step, (images, target) in enumerate(epoch_bar(loader, epoch, epochs)):
+    meter.resume()
+    for it in range(start, stop):
+        t_data = time.perf_counter()
+        images, target = next(batches)
         t0 = time.perf_counter()
         images = images.to(device, non_blocking=True)
         if settings.channels_last:
@@ -475,7 +708,7 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, 
         target = target.to(device, non_blocking=True)
         with amp:
             out = SegOutput.from_dict(model(images))
-            terms = objective.losses(out, target, progress=(epoch + step / steps) / epochs)
+            terms = objective.losses(out, target, progress=schedule.progress(it))
         loss = terms["loss"]
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -486,10 +719,12 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, 
             norm = grad_norm(model).to(device)
         values = torch.stack([loss.detach().float(), norm.float()])
         first = (bad_step == 0) & ~torch.isfinite(values).all()
-        bad_step = torch.where(first, step + 1, bad_step)
+        bad_step = torch.where(first, it + 1, bad_step)
         bad_values = torch.where(first, values, bad_values)
-        if (step + 1) % check_every == 0 or step + 1 == steps:
-            _raise_if_not_finite(bad_step, bad_values, epoch, world_size)
+        logs = on_log is not None and schedule.logs(it + 1)
+        if (it + 1 - start) % check_every == 0 or it + 1 == stop or logs:
+            _raise_if_not_finite(bad_step, bad_values, schedule, world_size)
+        lrs = [g["lr"] for g in optimizer.param_groups] if logs else []  # this iteration's, before the schedule moves
         if scaler is not None:
             scaler.step(optimizer)
             scaler.update()
@@ -500,21 +735,37 @@ def train_one_epoch(model: nn.Module, objective: Objective, loader: DataLoader, 
             v = value.detach().float()
             sums[key] = sums[key] + v if key in sums else v
         n_images += images.shape[0]
+        meter.add(terms, images.shape[0], t0 - t_data)
         step_times.append(time.perf_counter() - t0)
-    means = _mean_over_ranks(sums, world_size, device)  # the epoch's one host read
-    elapsed = time.perf_counter() - start
+        if logs:
+            on_log(meter.read(it + 1, lrs, settings))
+    meter.pause()
+    means = _mean_over_ranks(sums, world_size, device)  # the interval's one host read
+    elapsed = time.perf_counter() - start_t
+    steps = stop - start
     train = keys.TRAIN_PREFIX
     stats = {f"{train}{k}": v / max(1, steps) for k, v in means.items()}
     stats[f"{train}images_per_s"] = n_images * world_size / elapsed
     stats[f"{train}step_time_s"] = float(np.median(step_times)) if step_times else float("nan")
-    stats[f"{train}epoch_time_s"] = elapsed
+    stats[f"{train}{'epoch' if schedule.unit == EPOCH else 'interval'}_time_s"] = elapsed
     stats[f"{train}first_step_unix"] = first_step_unix
     stats["lr"] = optimizer.param_groups[0]["lr"]
     return stats
 
 
-def _raise_if_not_finite(bad_step: Tensor, bad_values: Tensor, epoch: int, world_size: int) -> None:
-    """Read the device-side flag (one host sync); every rank raises at the first bad step of any rank."""
+def train_one_epoch(model: nn.Module, objective: Objective, loader, optimizer: torch.optim.Optimizer,
+                    scheduler, epoch: int, settings: StepSettings,
+                    scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
+    """One pass over ``loader`` (0-based ``epoch`` of ``settings.epochs``) as :func:`train_steps`."""
+    steps = len(loader)
+    schedule = Schedule(EPOCH, settings.epochs * steps, steps, lr=0.0, log_interval=0)
+    batches = iter(epoch_bar(loader, epoch, settings.epochs))
+    return train_steps(model, objective, batches, epoch * steps, (epoch + 1) * steps, optimizer, scheduler,
+                       settings, schedule, scaler)
+
+
+def _raise_if_not_finite(bad_step: Tensor, bad_values: Tensor, schedule: Schedule, world_size: int) -> None:
+    """Read the device-side flag (one host sync); every rank raises at the first bad iteration of any rank."""
     step = bad_step
     if world_size > 1 and dist.is_available() and dist.is_initialized():
         never = torch.iinfo(torch.int64).max
@@ -524,12 +775,15 @@ def _raise_if_not_finite(bad_step: Tensor, bad_values: Tensor, epoch: int, world
     s = int(step.item())
     if s == 0:
         return
+    if schedule.unit == EPOCH:
+        epoch, in_epoch = divmod(s - 1, schedule.iters_per_epoch)
+        where, epoch = f"epoch {epoch + 1}, step {in_epoch + 1}", epoch + 1
+    else:
+        where, epoch = f"iteration {s}", s
     if int(bad_step.item()) == s:
         loss, norm = bad_values.tolist()
-        raise NonFiniteLoss(f"non-finite loss: loss became {loss} (gradient norm {norm}) at epoch {epoch + 1}, "
-                            f"step {s}", epoch + 1)
-    raise NonFiniteLoss(f"non-finite loss: loss or gradients stopped being finite on another rank at epoch "
-                        f"{epoch + 1}, step {s}", epoch + 1)
+        raise NonFiniteLoss(f"non-finite loss: loss became {loss} (gradient norm {norm}) at {where}", epoch)
+    raise NonFiniteLoss(f"non-finite loss: loss or gradients stopped being finite on another rank at {where}", epoch)
 
 
 def _mean_over_ranks(values: dict[str, Tensor], world_size: int, device: torch.device | None = None
@@ -697,31 +951,75 @@ def _visuals(tm: TrainingModel, objective: Objective, loader: DataLoader, settin
         tm.train(was_training)
 
 
-def _save_checkpoint(cfg: RunConfig, epoch: int, state: TrainingState, export: nn.Module,
-                     visuals: dict[str, np.ndarray]) -> Path:
-    """A new folder with ``checkpoint.pt`` (the training state after ``epoch``, to resume),
-    ``model_export.pt`` (the best model so far; ``export``, this epoch's inference model, until
-    an epoch has been evaluated) and the visuals as PNGs."""
-    d = Path(tempfile.mkdtemp(prefix="hardseg-ckpt-"))
-    torch.save(state.state_dict(epoch, cfg), d / CHECKPOINT_FILE)
+def _png_bytes(visuals: dict[str, np.ndarray]) -> dict[str, bytes]:
+    """The visuals as PNG files in memory (they go with a log, never with a checkpoint)."""
+    out = {}
+    for name, img in visuals.items():
+        buf = io.BytesIO()
+        Image.fromarray(np.asarray(img, dtype=np.uint8)).save(buf, format="PNG")
+        out[name.replace("/", "_")] = buf.getvalue()
+    return out
+
+
+def _save_checkpoint(cfg: RunConfig, done: int, state: TrainingState, export: nn.Module,
+                     rng: list[dict[str, Any]], schedule: Schedule, final: bool) -> Path:
+    """A new folder with ``checkpoint.pt`` (the training state after ``done`` iterations, to resume).
+
+    The best model so far is written once to the :class:`BestStore` (``best-<step>.pt``) when it
+    changed, and best files that no kept checkpoint names are deleted (``train.keep_checkpoints``).
+    The ``final`` checkpoint also holds ``model_export.pt`` (the best model; ``export``, the last
+    inference model, if nothing was evaluated), which the platform logs to MLflow.
+    """
     best = state.best
-    weights = best.weights if best.weights is not None else export.state_dict()
-    torch.save({"model": weights, "epoch": best.epoch or epoch + 1, "config": cfg.model_dump(mode="json"),
-                "num_parameters": sum(p.numel() for p in export.parameters())}, d / EXPORT_FILE)
-    if visuals:
-        (d / "visuals").mkdir()
-        for name, img in visuals.items():
-            Image.fromarray(np.asarray(img, dtype=np.uint8)).save(d / "visuals" / f"{name.replace('/', '_')}.png")
+    if best.weights is not None:
+        name = BestStore.name_of(best.epoch)
+        if name not in state.store.names():
+            state.store.save(name, {"model": best.weights, schedule.unit: best.epoch, "val": best.val})
+        state.kept = [*state.kept, name][-cfg.train.keep_checkpoints:]
+        state.store.keep_only(set(state.kept))
+    d = Path(tempfile.mkdtemp(prefix="hardseg-ckpt-"))
+    torch.save(state.state_dict(done, cfg, rng, schedule), d / CHECKPOINT_FILE)
+    if final:
+        weights = best.weights if best.weights is not None else export.state_dict()
+        torch.save({"model": weights, "epoch": best.epoch or schedule.length, "unit": schedule.unit,
+                    "config": cfg.model_dump(mode="json"),
+                    "num_parameters": sum(p.numel() for p in export.parameters())}, d / EXPORT_FILE)
     return d
 
 
-def _print_progress(epoch: int, epochs: int, m: dict[str, Any]) -> None:
+def _print_progress(schedule: Schedule, done: int, m: dict[str, Any]) -> None:
     miou = m.get("val/miou")
-    parts = [f"epoch {epoch + 1}/{epochs}", f"loss {m.get('train/loss', float('nan')):.4f}"]
+    label = "epoch" if schedule.unit == EPOCH else "iteration"
+    parts = [f"{label} {schedule.step_of(done)}/{schedule.length}", f"loss {m.get('train/loss', float('nan')):.4f}"]
     if miou is not None:
         parts.append(f"val mIoU {miou:.4f}")
-    parts += [f"{m.get('train/images_per_s', 0):.0f} img/s", f"{m.get('train/epoch_time_s', 0):.1f}s"]
+    took = m.get("train/epoch_time_s", m.get("train/interval_time_s", 0))
+    parts += [f"{m.get('train/images_per_s', 0):.0f} img/s", f"{took:.1f}s"]
     print("[hardseg] " + " | ".join(parts), flush=True)
+
+
+def _print_iteration(schedule: Schedule, log: dict[str, Any]) -> None:
+    """The console line of a per-iteration log (every ``train.log_interval`` iterations)."""
+    p = keys.ITER_PREFIX
+    parts = [f"iter {log[ITERATION]}/{schedule.iters}", f"loss {log.get(f'{p}loss', float('nan')):.4f}",
+             f"lr {log.get(f'{p}lr/0', float('nan')):.3e}",
+             f"{log[f'{p}step_time_s']:.3f} s/it (data {log[f'{p}data_time_s']:.3f})",
+             f"{log[f'{p}images_per_s']:.0f} img/s"]
+    if f"{p}max_memory_allocated_bytes" in log:
+        parts.append(f"mem {log[f'{p}max_memory_allocated_bytes'] / 2**30:.2f} GiB")
+    print("[hardseg] " + " | ".join(parts), flush=True)
+
+
+def _wants_visuals(cfg: RunConfig, schedule: Schedule, done: int, evaluated: int) -> bool:
+    """``train.log_images_every``: every n-th epoch (epoch schedules) or n-th evaluation, and at the end."""
+    every = cfg.train.log_images_every
+    if not every:
+        return False
+    if done == schedule.iters:
+        return True
+    if schedule.unit == EPOCH:
+        return schedule.step_of(done) % every == 0
+    return schedule.evaluates(done) and evaluated % every == 0
 
 
 # -- the story ------------------------------------------------------------------------
@@ -737,7 +1035,7 @@ def fit(cfg: RunConfig, session: Session) -> dict[str, Any]:
     configure_backends(cfg)
     settings = StepSettings.resolve(cfg, device, session.world_size)
 
-    # Data: each sample's augmentation is seeded from (seed, epoch, index), see SeededSamples.
+    # Data: each sample's augmentation is seeded from (seed, pass, index), see SeededSamples.
     train_set = build_dataset(cfg.data, "train", train=True)
     info = train_set.info
     train_loader, sampler = build_train_loader(cfg, train_set, session.rank, session.world_size, device)
@@ -752,44 +1050,65 @@ def fit(cfg: RunConfig, session: Session) -> dict[str, Any]:
     if settings.channels_last:
         tm = tm.to(memory_format=torch.channels_last)
 
-    # Optimiser, poly LR schedule per step, AMP's gradient scaler.
+    # Optimiser, the schedule's lr per iteration (trainables/schedule.py), AMP's gradient scaler.
     optimizer = build_optimizer(cfg, tm, fused=device.type == "cuda")
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} is larger than a worker's share of the "
                          f"{len(train_set)} training images; lower train.batch_size or ray.num_workers")
-    total = cfg.train.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, poly_lambda(total, cfg.train.poly_power, int(cfg.train.warmup_epochs * steps_per_epoch)))
+    schedule = Schedule.from_config(cfg.train, steps_per_epoch)
+    scheduler = ScheduledLR(optimizer, schedule)
     scaler = torch.amp.GradScaler(device.type) if settings.amp and settings.amp_dtype != torch.bfloat16 else None
-    state = TrainingState(tm, optimizer, scheduler, scaler, BestModel())
+    store = getattr(session, "best_store", None) or BestStore()
+    state = TrainingState(tm, optimizer, scheduler, scaler, BestModel(schedule.unit), store)
 
-    # Resume from the session's checkpoint, if it has one.
+    # Resume from the session's checkpoint, if it has one: the same iteration, batches and RNG states.
     checkpoint = session.load_checkpoint()
-    start_epoch = state.load_state_dict(checkpoint) if checkpoint is not None else 0
+    done = state.load_state_dict(checkpoint) if checkpoint is not None else 0
     model = session.wrap_model(tm)
+    batches = TrainBatches(train_loader, sampler, cfg.seed, session.rank,
+                           bar_total=schedule.length if schedule.unit == EPOCH else None)
+    batches.seek(done)
+    if checkpoint is not None and checkpoint.get("rng"):
+        set_rng_states(checkpoint["rng"][min(session.rank, len(checkpoint["rng"]) - 1)])
+    log = getattr(session, "log", None)
 
+    def on_log(entry: dict[str, Any]) -> None:
+        if session.rank == 0:
+            _print_iteration(schedule, entry)
+        if log is not None:
+            log(entry)
+
+    meter = IterationMeter()
+    evaluated = sum(1 for p in schedule.points("evaluate") if p * schedule.unit_iters <= done)
     last: dict[str, Any] = {}
-    for epoch in range(start_epoch, cfg.train.epochs):
-        torch.manual_seed(seed_for(cfg.seed, epoch, session.rank))
-        sampler.set_epoch(epoch)
-        metrics: dict[str, Any] = {"epoch": epoch + 1}
-        metrics.update(train_one_epoch(model, objective, train_loader, optimizer, scheduler, epoch, settings, scaler))
-        is_last = epoch + 1 == cfg.train.epochs
+    while done < schedule.iters:
+        stop = schedule.next_report(done)
+        step = schedule.step_of(stop)
+        metrics: dict[str, Any] = {schedule.unit: step}
+        metrics.update(train_steps(model, objective, batches, done, stop, optimizer, scheduler, settings, schedule,
+                                   scaler, meter, on_log if cfg.train.log_interval else None))
+        done = stop
+        is_last = done == schedule.iters
         inference = tm.export()  # the network, plus C2F's stages where they make the prediction
-        if is_last or (epoch + 1) % cfg.train.eval_every == 0:
+        if schedule.evaluates(done):
             val = evaluate(inference, val_loader, _metrics_for(info), settings)
             metrics.update({f"{keys.VAL_PREFIX}{k}": v for k, v in val.items()})
-            state.best.update(epoch + 1, val, inference)
+            state.best.update(step, val, inference)
+            evaluated += 1
         if is_last:
             metrics.update(evaluate_best_on_domains(cfg, session, state.best, inference, settings))
+        writes = schedule.checkpoints(done)
+        rng = gather_rng_states(session.world_size) if writes else []
         ckpt_dir = None
-        if session.rank == 0:  # rank 0 alone prints, draws the visuals and writes the checkpoint
-            _print_progress(epoch, cfg.train.epochs, metrics)
-            every = cfg.train.log_images_every
-            visuals = _visuals(tm, objective, val_loader, settings) \
-                if every and ((epoch + 1) % every == 0 or is_last) else {}
-            ckpt_dir = _save_checkpoint(cfg, epoch, state, inference, visuals)
+        if _wants_visuals(cfg, schedule, done, evaluated) and log is not None:
+            # every rank logs (a collective report under Ray Train); rank 0 alone draws
+            panels = _png_bytes(_visuals(tm, objective, val_loader, settings)) if session.rank == 0 else {}
+            log({schedule.unit: step, keys.VISUALS: panels})
+        if session.rank == 0:  # rank 0 alone prints and writes the checkpoint
+            _print_progress(schedule, done, metrics)
+            if writes:
+                ckpt_dir = _save_checkpoint(cfg, done, state, inference, rng, schedule, final=is_last)
         try:
             session.report(metrics, ckpt_dir)
         finally:

@@ -22,7 +22,7 @@ from ray.experimental.tqdm_ray import tqdm
 
 from hardseg.config import RunConfig
 from hardseg.errors import NonFiniteLoss
-from hardseg.trainables.loop import CHECKPOINT_FILE, Session, fit
+from hardseg.trainables.loop import CHECKPOINT_FILE, BestStore, Session, fit
 from hardseg.trainables.progress import BAR_ENV, set_bar_factory
 
 
@@ -45,6 +45,8 @@ class RaySession:
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device()
+        storage = ctx.get_storage()  # the best model, once, beside the run's checkpoints
+        self.best_store = BestStore(storage.storage_filesystem, f"{storage.experiment_fs_path}/best")
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
         # DDP when world_size > 1; the model is already on the device.
@@ -56,12 +58,18 @@ class RaySession:
             return None
         with ckpt.as_directory() as d:
             state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-        print(f"[hardseg] rank {self.rank}: resuming after epoch {state['epoch'] + 1} from {ckpt.path}", flush=True)
+        unit = state.get("unit", "epoch")
+        at = state["epoch"] + 1 if unit == "epoch" else state["iteration"]
+        print(f"[hardseg] rank {self.rank}: resuming after {unit} {at} from {ckpt.path}", flush=True)
         return state
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
+
+    def log(self, metrics: dict[str, Any]) -> None:
+        """A per-iteration log or the visuals: a report without a checkpoint (every rank makes it)."""
+        ray.train.report(metrics)
 
 
 def fit_worker(cfg: RunConfig, session: Session) -> None:
