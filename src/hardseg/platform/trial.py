@@ -28,14 +28,14 @@ from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 
-from hardseg import keys
+from hardseg import keys, timeline
 from hardseg.errors import NonFiniteLoss
 from hardseg.platform import runs, tracking
 from hardseg.platform.names import trial_run_name
 from hardseg.platform.runs import RunCloser, TrialStopped
 from hardseg.platform.trainer import log_result, make_trainer
+from hardseg.platform.trial_callbacks import TuneForwarder, for_tune, numeric
 from hardseg.platform.tune_session import TuneSession
 from hardseg.search_spaces import SearchSpace
 from hardseg.trainables.loop import fit
@@ -102,33 +102,6 @@ def open_trial_run(client: tracking.MlflowClient, spec: TrialSpec, cfg, sampled:
                          environment=spec.environment)
 
 
-def _for_tune(metrics: dict[str, Any], wanted: list[str], final_epoch: int) -> dict[str, Any] | None:
-    """Reports Tune may see during training: numeric, with every searcher metric (Tune aborts the
-    sweep otherwise), and not the final epoch's, which the trial reports itself after closing its
-    run (Tune stops a trial as soon as it sees its last result)."""
-    if keys.FAILURE in metrics or any(m not in metrics for m in wanted) or int(metrics.get("epoch", 0)) >= final_epoch:
-        return None
-    return numeric(metrics)
-
-
-def numeric(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-class TuneForwarder(TuneReportCallback):
-    """Ray Tune's ``TuneReportCallback`` (on a TorchTrainer driven by a trial) for the reports
-    :func:`_for_tune` lets through."""
-
-    def __init__(self, wanted: list[str], final_epoch: int) -> None:
-        super().__init__()
-        self.wanted, self.final_epoch = wanted, final_epoch
-
-    def after_report(self, run_context, metrics, checkpoint) -> None:
-        kept = _for_tune(metrics[0] if metrics else {}, self.wanted, self.final_epoch)
-        if kept is not None:
-            super().after_report(run_context, [kept], checkpoint)
-
-
 def last_epoch(client: tracking.MlflowClient, run_id: str) -> int:
     history = client.get_metric_history(run_id, f"{keys.TRAIN_PREFIX}loss")
     return max((m.step for m in history), default=0)
@@ -147,6 +120,8 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
     """The Tune function trainable (``tune.with_parameters(run_trial, spec=...)``)."""
     for name in ("ray.tune", "ray.train"):  # one "Checkpoint successfully created" line per epoch otherwise
         logging.getLogger(name).setLevel(logging.WARNING)
+    timeline.mark("trial: process started", t=timeline.process_start())
+    timeline.mark("trial: function started")
     trial_id = tune.get_context().get_trial_id()
     space = SearchSpace.from_dict(spec.space, source=f"sweep {spec.sweep_name}")
     chosen = spec.configs[sampled[CONFIG_KEY]] if CONFIG_KEY in sampled else []
@@ -159,6 +134,7 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
         tune.report({**done, "epoch": cfg.train.epochs})
         return
     run_id = open_trial_run(client, spec, cfg, sampled, trial_id, config_yaml)
+    timeline.mark("trial: MLflow run opened")
     epochs = cfg.train.epochs
     start = time.perf_counter()
     with RunCloser(client, run_id):
@@ -167,6 +143,7 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
         else:
             trainer = make_trainer(cfg, run_id, spec.tracking_uri, name=f"train-{trial_id}",
                                    callbacks=[TuneForwarder(spec.metrics, epochs)])
+            timeline.mark("trial: fit")
             try:
                 result = trainer.fit()
             except Exception as err:
@@ -175,8 +152,11 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
                                        f"of {epochs}") from None
                 raise
             runs.raise_if_run_failed(client, run_id)
+            timeline.mark("trial: fit returned")
             final = numeric(dict(result.metrics or {}))
             log_result(client, run_id, result, config_yaml, time.perf_counter() - start)
+            timeline.mark("trial: model exported and uploaded")
+    timeline.mark("trial: run closed")
     tune.report(final)  # the run is closed: Tune may stop the trial now
 
 
@@ -190,7 +170,7 @@ def _fit_in_process(cfg, spec: TrialSpec, client: tracking.MlflowClient, run_id:
     """
     epochs = cfg.train.epochs
     logger = tracking.MLflowEpochLogger(spec.tracking_uri, run_id)
-    with TuneSession(logger, lambda m: _for_tune(m, spec.metrics, epochs), epochs,
+    with TuneSession(logger, lambda m: for_tune(m, spec.metrics, epochs), epochs,
                      device="cuda" if cfg.ray.use_gpu else "cpu") as session:
         try:
             fit(cfg, session)
