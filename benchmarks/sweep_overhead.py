@@ -12,7 +12,7 @@ parent run) are paid once and are not in it. Modes:
 * ``trainer-before``: every trial fits a TorchTrainer with 2 DDP workers, Ray
   Train's default controller settings (2 s poll, preemption watcher) — the
   state before this benchmark's issue;
-* ``trainer``: the same with hardseg's controller settings (``trainer.CONTROLLER_ENV``);
+* ``trainer``: the same with hardseg's controller settings (``cluster.CONTROLLER_ENV``);
 * ``in-process``: one-worker trials train in the trial's own process (no TorchTrainer).
 
 Beside the figure, the floor (issue 26): a bare ``TorchTrainer`` with the same 2 gloo workers
