@@ -4,6 +4,9 @@ cycles, and a function-local import only with a ``# local:`` comment saying why.
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,3 +125,43 @@ def test_function_local_imports_say_why():
             if not said:
                 unexplained.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert not sorted(set(unexplained)), sorted(set(unexplained))
+
+
+def _fresh_modules(*steps: str) -> list[set[str]]:
+    """The names in ``sys.modules`` after each of ``steps`` (code run one after the other in one fresh
+    interpreter)."""
+    script = "import sys\n" + "\n".join(f"{step}\nprint(' '.join(sys.modules))" for step in steps)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return [set(line.split()) for line in out.stdout.splitlines()[-len(steps):]]
+
+
+def _loaded(modules: set[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(n for n in names if n in modules)
+
+
+HEAVY = ("torch", "torchvision", "scipy", "numpy", "ray", "mlflow", "optuna")
+DRIVER_ONLY = ("ray.tune", "optuna", "mlflow")
+
+
+def test_config_and_cli_validation_import_no_torch_ray_mlflow():
+    """``hardseg.config`` and what the CLI runs up to a schema error (a bad ``--set``) stay light: a typo
+    answers in well under a second instead of after torch, SciPy, Ray and MLflow load (issue 26)."""
+    (modules,) = _fresh_modules("import hardseg.config, hardseg.data.config, hardseg.data.registry, hardseg.data\n"
+                                "from hardseg.platform.cli import main\n"
+                                "assert main(['train', '--set', 'train.epochs=abc']) == 2")
+    assert "hardseg.config" in modules and "pydantic" in modules  # the code ran
+    assert not _loaded(modules, HEAVY), _loaded(modules, HEAVY)
+
+
+def test_controller_and_worker_modules_import_nothing_of_the_driver():
+    """The modules Ray imports in the Train controller and in every worker to unpickle hardseg's callbacks
+    need neither torch nor MLflow nor Ray Tune; a training worker imports the loop and Ray Train, not Ray
+    Tune, Optuna or MLflow (issue 26; ``hardseg.platform.train_callbacks``)."""
+    callbacks, worker = _fresh_modules("import hardseg.platform.train_callbacks, hardseg.platform.trial_callbacks",
+                                       "import hardseg.trainables.ray_worker")
+    assert "ray.train" in callbacks and "hardseg.trainables.loop" in worker  # the code ran
+    assert not _loaded(callbacks, ("torch", "hardseg.data.base", *DRIVER_ONLY)), \
+        _loaded(callbacks, ("torch", "hardseg.data.base", *DRIVER_ONLY))
+    assert not _loaded(worker, DRIVER_ONLY), _loaded(worker, DRIVER_ONLY)

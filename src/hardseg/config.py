@@ -20,8 +20,6 @@ from pydantic import Field, ValidationError, field_validator
 from hardseg.data.config import AugmentConfig, DataConfig, SyntheticConfig
 from hardseg.data.registry import get_dataset
 from hardseg.errors import ConfigError, DataError
-from hardseg.models import check_model_name
-from hardseg.strategies import validate_strategies
 from hardseg.strict import Strict
 
 __all__ = [
@@ -347,6 +345,10 @@ def check_eval(cfg: RunConfig, source: str = "config") -> None:
 
 def check_registered_names(cfg: RunConfig, source: str = "config") -> None:
     """Model, dataset and strategy names must exist; strategy parameters must validate."""
+    # local: the registries' built-ins need torch; the schema above answers a bad --set without it
+    from hardseg.models import check_model_name
+    from hardseg.strategies import validate_strategies
+
     try:
         get_dataset(cfg.data.dataset)
     except DataError as err:  # "unknown dataset 'x'; allowed: ..." or a broken plugin's reason

@@ -66,11 +66,15 @@ class Registry(Generic[T]):
         expected: what a usable object is, for the message.
         plugin: turns an accepted plugin object into what is registered, or returns the one-line reason
             it cannot be (the strategies' composition contract); default: the object as it is.
+        builtins: registers the built-in objects, called once before the entry points are read
+            (lets a registry whose built-ins need heavy modules import them on the first lookup).
     """
 
     def __init__(self, group: str, kind: str, *, error: type[Exception], accept: Callable[[object], bool],
-                 expected: str, plugin: Callable[[str, object], "T | str"] | None = None):
+                 expected: str, plugin: Callable[[str, object], "T | str"] | None = None,
+                 builtins: Callable[[], object] | None = None):
         self.group, self.kind, self.error = group, kind, error
+        self.builtins = builtins
         self.accept, self.expected, self.plugin = accept, expected, plugin
         self.items: dict[str, T] = {}
         self.broken: dict[str, str] = {}  # plugin name -> why it could not be used
@@ -89,6 +93,8 @@ class Registry(Generic[T]):
         if self.loaded:
             return
         self.loaded = True
+        if self.builtins is not None:
+            self.builtins()
         load_entry_points(self.group, self.kind, known=self.items, accept=self.accept, expected=self.expected,
                           register=self._add_plugin, broken=self.broken)
 

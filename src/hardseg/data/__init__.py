@@ -20,28 +20,52 @@ directory) and memory-mapped afterwards.
 
 The settings (``DataConfig``, ``SyntheticConfig``, ``AugmentConfig``) live in
 :mod:`hardseg.data.config`; :mod:`hardseg.config` assembles and re-exports them.
-Importing this package registers the built-in formats (:mod:`hardseg.data.formats`).
+
+Importing this package is cheap: the readers (torch, torchvision, scipy, scikit-image) load on the
+first use of a name that needs them (:data:`_LAZY`, PEP 562), because ``hardseg.data.config`` and
+``hardseg.data.registry`` sit inside this package and every ``--set`` check imports them. The
+built-in formats (:mod:`hardseg.data.formats`) register on the registry's first lookup.
 """
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from hardseg.data.config import DataConfig
-from hardseg.data.base import SegmentationDataset, Source
-from hardseg.data.cityscapes import CITYSCAPES_INFO
-from hardseg.data.info import DatasetInfo
 from hardseg.data.registry import DatasetFormat, available_datasets, get_dataset, register_dataset
-from hardseg.data.synthetic import (
-    SYNTHETIC_INFO,
-    ensure_synthetic,
-    generate_command,
-    generate_synthetic,
-)
-from hardseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transform
-from hardseg.data import formats  # noqa: F401  (registers the built-in formats; registry never imports it)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from hardseg.data.base import SegmentationDataset, Source
+    from hardseg.data.info import DatasetInfo
+
+# Public names whose modules need numpy/torch/torchvision/scipy: name -> module, imported on first access.
+_LAZY = {
+    "DatasetInfo": "hardseg.data.info",
+    "SegmentationDataset": "hardseg.data.base",
+    "Source": "hardseg.data.base",
+    "CITYSCAPES_INFO": "hardseg.data.cityscapes",
+    "SYNTHETIC_INFO": "hardseg.data.synthetic",
+    "ensure_synthetic": "hardseg.data.synthetic",
+    "generate_command": "hardseg.data.synthetic",
+    "generate_synthetic": "hardseg.data.synthetic",
+    "IMAGENET_MEAN": "hardseg.data.transforms",
+    "IMAGENET_STD": "hardseg.data.transforms",
+    "build_transform": "hardseg.data.transforms",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The heavy public names of :data:`_LAZY`, imported when first asked for (PEP 562)."""
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "DatasetInfo",
@@ -82,6 +106,10 @@ def build_dataset(cfg: DataConfig, split: str, *, train: bool, variant: str | No
     Raises:
         DataError: missing/malformed data, or an unknown split (the message lists the available ones).
     """
+    # local: torch and torchvision load with the first dataset, not with the package (module docstring)
+    from hardseg.data.base import SegmentationDataset
+    from hardseg.data.transforms import build_transform
+
     return SegmentationDataset(build_source(cfg, split, variant), build_transform(cfg.augment, train=train))
 
 
@@ -102,6 +130,9 @@ def class_pixel_frequencies(dataset_or_cfg: SegmentationDataset | DataConfig) ->
     counts that dataset's own (untransformed) masks. For the synthetic set the
     counts are read from ``meta.json`` and cost nothing.
     """
+    # local: torch loads with the first dataset, not with the package (module docstring)
+    from hardseg.data.base import SegmentationDataset
+
     if isinstance(dataset_or_cfg, DataConfig):
         return build_source(dataset_or_cfg, "train").class_pixel_counts()
     if isinstance(dataset_or_cfg, SegmentationDataset):

@@ -5,8 +5,8 @@ a reader (:class:`~hardseg.data.base.Source`) per split. The built-in formats
 (``synthetic``, ``cityscapes``, ``folder``, ``ade20k``, ``voc``, ``gta5``,
 ``foggy_cityscapes``, ``acdc``, ``dark_zurich``; see docs/datasets.md) register
 themselves with :func:`register_dataset` when :mod:`hardseg.data.formats` is
-imported, which ``hardseg/data/__init__.py`` does (so they are there whenever
-this module is). Entry points are read lazily, on the first lookup. A third-party package adds one by
+imported, which this registry does on its first lookup, just before it reads the entry points:
+the formats' readers need numpy, torch and scipy, and a config check imports this module. A third-party package adds one by
 declaring an entry point in the ``hardseg.datasets`` group whose object is a
 :class:`DatasetFormat`::
 
@@ -22,6 +22,7 @@ fails to import does not break the built-ins: naming it raises a one-line
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from importlib import import_module
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -74,9 +75,15 @@ def _named(name: str, fmt: DatasetFormat) -> DatasetFormat:
     return fmt if fmt.name == name else DatasetFormat(**{**fmt.__dict__, "name": name})
 
 
+def _register_builtins() -> None:
+    """Import :mod:`hardseg.data.formats`, which registers the built-in formats here. By name, like an
+    entry point: formats imports this module, and this one must stay importable without formats' readers."""
+    import_module("hardseg.data.formats")
+
+
 FORMATS: Registry[DatasetFormat] = Registry(
     ENTRY_POINT_GROUP, "dataset", error=DataError, expected="a hardseg DatasetFormat",
-    accept=lambda obj: isinstance(obj, DatasetFormat), plugin=_named)
+    accept=lambda obj: isinstance(obj, DatasetFormat), plugin=_named, builtins=_register_builtins)
 
 
 def register_dataset(fmt: DatasetFormat) -> DatasetFormat:

@@ -14,11 +14,12 @@ Measured on the 2-core CI machine: ``hardseg --help`` 0.1 s; importing
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
 from pathlib import Path
 
-from hardseg import keys
+from hardseg import keys, timeline
 from hardseg.errors import HardsegError
 
 
@@ -48,13 +49,15 @@ def _add_inference_args(p: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace):
     # local: this command's modules only, so --help and bad input answer at once (module docstring)
     from hardseg.config import load_config
-    from hardseg.platform.tracking import check_tracking_uri
 
     overrides = list(args.overrides)
     if getattr(args, "tracking_uri", None):
         overrides.append(f"tracking.uri={args.tracking_uri}")
     cfg = load_config(args.config, overrides)
     if cfg.tracking.uri:  # --set tracking.uri=... or the config file: checked before Ray starts
+        # local: MLflow only once the config is valid, so a bad --set answers without it (module docstring)
+        from hardseg.platform.tracking import check_tracking_uri
+
         check_tracking_uri(cfg.tracking.uri)
     return cfg
 
@@ -63,6 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         return _resume_train(args)
     cfg = _load(args)  # bad input stops here, before Ray's modules load
+    timeline.mark("command: config validated")
     if args.dry_run:
         # local: the dry run's module only (no Ray Train), see the module docstring
         from hardseg.platform.dryrun import dry_run_train
@@ -75,6 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from hardseg.platform.train_job import run_training
     from hardseg.trainables.progress import BAR_ENV
 
+    timeline.mark("command: train modules imported")
     if progress_bar_wanted("train"):
         os.environ.setdefault(BAR_ENV, "1")  # before Ray starts: its workers inherit it
     out = run_training(cfg)
@@ -315,11 +320,11 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
 def _check_tracking_uri(args: argparse.Namespace) -> None:
     """An unsupported ``--tracking-uri`` / ``MLFLOW_TRACKING_URI`` fails here, before Ray or MLflow start."""
-    # local: this command's modules only, so --help and bad input answer at once (module docstring)
-    from hardseg.platform.tracking import check_tracking_uri
-
     uri = getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
+        # local: MLflow (≈2 s) only when there is a URI to check, so a bad --set answers without it
+        from hardseg.platform.tracking import check_tracking_uri
+
         check_tracking_uri(uri)
 
 
@@ -580,12 +585,17 @@ def main(argv: list[str] | None = None) -> int:
     # local: this command's modules only, so --help and bad input answer at once (module docstring)
     from hardseg.platform.console import quiet_console
 
+    timeline.mark("command: started", t=timeline.process_start())
+    timeline.mark("command: cli imported")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     quiet_console()  # before any command imports Ray
     args = build_parser().parse_args(argv)
     try:
         _check_tracking_uri(args)
-        return args.func(args)
+        rc = args.func(args)
+        if timeline.enabled():  # what follows is Python's exit: Ray's atexit shutdown, registered earlier
+            atexit.register(timeline.mark, "command: exit started (Ray's shutdown follows)")
+        return rc
     except HardsegError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -9,11 +9,12 @@ ends it in a terminal state (FINISHED, FAILED or KILLED) with the reason.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hardseg import keys
+from hardseg import keys, timeline
 from hardseg.config import RunConfig
 from hardseg.platform import runs, tracking
 from hardseg.platform.cluster import ensure_ray
@@ -46,18 +47,25 @@ def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str,
     init_uri = cfg.model.init_from
     cfg = resolve_paths(cfg, workdir)
     prepared = prepare_data(cfg)
-    ensure_ray(cfg.ray)
+    timeline.mark("driver: data prepared")
+    uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
+    client = tracking.MlflowClient(uri)
+    # The tracking store (on first use: a new SQLite database and its tables, seconds) and the experiment
+    # are set up in a thread while ray.init waits for Ray's processes to start; no run is opened before
+    # both have succeeded, so a failure of either still leaves nothing in MLflow.
+    with ThreadPoolExecutor(1, thread_name_prefix="hardseg-mlflow") as pool:
+        experiment = pool.submit(tracking.get_or_create_experiment, client, cfg.tracking.experiment, uri)
+        ensure_ray(cfg.ray)
+        exp_id = experiment.result()
     config_yaml = runs.config_text(cfg)
     for msg in runs.strategy_warning_tags(cfg).values():
         print(f"[hardseg] warning: {msg}", flush=True)
-    uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
-    client = tracking.MlflowClient(uri)
-    exp_id = tracking.get_or_create_experiment(client, cfg.tracking.experiment, uri)
     run_id = runs.open_run(
         client, exp_id, cfg.name, keys.TRAIN,
         tags={**runs.training_tags(cfg), **runs.model_tags(cfg, prepared.weight_reports),
               **({keys.INIT_FROM_URI: init_uri} if init_uri else {}), **(tags or {})},
         params=cfg.flat(), texts={"config.yaml": config_yaml}, lineage=prepared.lineage)
+    timeline.mark("driver: MLflow run opened")
     print(f"[hardseg] MLflow run {run_id} in experiment '{cfg.tracking.experiment}' at {uri}", flush=True)
     return _train(cfg, client, run_id, exp_id, uri, config_yaml, train_loop)
 
@@ -92,12 +100,16 @@ def _train(cfg: RunConfig, client, run_id: str, exp_id: str, uri: str, config_ya
     monitor = tracking.system_metrics_monitor(uri, run_id) if cfg.tracking.system_metrics else None
     try:
         with runs.RunCloser(client, run_id):
+            timeline.mark("driver: fit")
             result = make_trainer(cfg, run_id, uri, train_loop=train_loop, logged=logged).fit()
+            timeline.mark("driver: fit returned")
             # result.metrics belong to the last checkpoint; an error report carries no
             # checkpoint, so the MLflow callback's error tag is the source of truth.
             runs.raise_if_run_failed(client, run_id)
             wall = time.perf_counter() - start
             log_result(client, run_id, result, config_yaml, wall)
+            timeline.mark("driver: model exported and uploaded")
+        timeline.mark("driver: run closed")
     finally:
         if monitor is not None:
             monitor.finish()

@@ -1,6 +1,6 @@
 """The Ray Train ``TorchTrainer`` of one run: DDP workers sized by :func:`hardseg.platform.cluster.worker_resources`,
 checkpoints under ``ray.storage_path``, each report logged to the run's MLflow run by a callback on the
-Train controller (workers never talk to MLflow)."""
+Train controller (workers never talk to MLflow; :mod:`hardseg.platform.train_callbacks`)."""
 
 from __future__ import annotations
 
@@ -8,22 +8,17 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingConfig, UserCallback
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingConfig
 from ray.train import RunConfig as TrainRunConfig
 from ray.train.torch import TorchTrainer
 
 from hardseg.config import RunConfig
 from hardseg.platform import runs, tracking
-from hardseg.platform.cluster import worker_resources
+from hardseg.platform.cluster import CONTROLLER_ENV, worker_resources
+from hardseg.platform.train_callbacks import MLflowCallback, controller_callbacks
 from hardseg.trainables.ray_worker import train_loop_per_worker
 
-
-# Ray Train's controller settings (read from the driver's environment and passed on
-# to the controller; an explicit value in the environment wins). The controller polls
-# its workers every 2 s by default, which delays every report, the end of a run and
-# each sweep trial; the preemption watcher is one more actor per run, for spot
-# instances hardseg does not manage (and it logs a spurious ERROR, Ray issue #53727).
-CONTROLLER_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+__all__ = ["CONTROLLER_ENV", "MLflowCallback", "log_result", "make_trainer", "scaling_config"]
 
 
 def scaling_config(cfg: RunConfig) -> ScalingConfig:
@@ -43,6 +38,8 @@ def make_trainer(cfg: RunConfig, run_id: str, uri: str, *, name: str | None = No
     is restored from its latest one (``hardseg train --resume``). ``logged``: the steps the MLflow run
     has already (:func:`hardseg.platform.tracking.last_steps`), not logged again.
     """
+    # Ray Train passes these on to the controller actor (its ENV_VARS_TO_PROPAGATE, read from this
+    # process's environment at fit()); set here too for a trainer made without ensure_ray.
     for key, value in CONTROLLER_ENV.items():
         os.environ.setdefault(key, value)
     return TorchTrainer(
@@ -54,7 +51,7 @@ def make_trainer(cfg: RunConfig, run_id: str, uri: str, *, name: str | None = No
             storage_path=cfg.ray.storage_path,
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            callbacks=[MLflowCallback(uri, run_id, logged), *(callbacks or [])],
+            callbacks=[MLflowCallback(uri, run_id, logged), *(callbacks or []), *controller_callbacks()],
             logging_config=LoggingConfig(log_level="WARNING"),
             # Ray Train's print patch would echo every progress line twice.
             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
@@ -70,19 +67,3 @@ def log_result(client: tracking.MlflowClient, run_id: str, result, config_yaml: 
         return
     with result.checkpoint.as_directory() as d:
         runs.log_checkpoint_artifacts(client, run_id, Path(d), config_yaml, wall_s)
-
-
-class MLflowCallback(UserCallback):
-    """Ray Train V2 callback on the controller: rank 0's report of each epoch (and the visuals of its
-    checkpoint) to MLflow run ``run_id`` (:class:`~hardseg.platform.tracking.MLflowEpochLogger`)."""
-
-    def __init__(self, tracking_uri: str, run_id: str, logged: dict[str, int] | None = None) -> None:
-        self.logger = tracking.MLflowEpochLogger(tracking_uri, run_id, logged)
-
-    def after_report(self, run_context, metrics, checkpoint) -> None:
-        rank0 = metrics[0] if metrics else {}  # per-iteration logs and visuals are reports without a checkpoint
-        if checkpoint is None:
-            self.logger.log(rank0, None)
-            return
-        with checkpoint.as_directory() as d:
-            self.logger.log(rank0, Path(d))

@@ -23,24 +23,23 @@ import logging
 import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
 
-from hardseg import keys
+from hardseg import keys, timeline
 from hardseg.errors import NonFiniteLoss
 from hardseg.platform import runs, tracking
 from hardseg.platform.names import trial_run_name
 from hardseg.platform.runs import RunCloser, TrialStopped
 from hardseg.platform.trainer import log_result, make_trainer
+from hardseg.platform.trial_callbacks import TuneForwarder, for_tune, numeric
 from hardseg.platform.tune_session import TuneSession
 from hardseg.search_spaces import SearchSpace
 from hardseg.platform.storage import storage_join
 from hardseg.trainables.loop import fit
-from hardseg.trainables.schedule import EPOCH, length_of, unit_of
+from hardseg.trainables.schedule import length_of, unit_of
 
 CONFIG_KEY = "config"  # a grid key naming one of TrialSpec.configs (tag sampled.config)
 
@@ -104,34 +103,6 @@ def open_trial_run(client: tracking.MlflowClient, spec: TrialSpec, cfg, sampled:
                          environment=spec.environment)
 
 
-def _for_tune(metrics: dict[str, Any], wanted: list[str], final_epoch: int, unit: str = EPOCH) -> dict[str, Any] | None:
-    """Reports Tune may see during training: numeric, with every searcher metric (Tune aborts the
-    sweep otherwise; per-iteration logs have none), and not the final one (``final_epoch`` in the run's
-    ``unit``, epochs or iterations), which the trial reports itself after closing its run (Tune stops a
-    trial as soon as it sees its last result)."""
-    if keys.FAILURE in metrics or any(m not in metrics for m in wanted) or int(metrics.get(unit, 0)) >= final_epoch:
-        return None
-    return numeric(metrics)
-
-
-def numeric(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-class TuneForwarder(TuneReportCallback):
-    """Ray Tune's ``TuneReportCallback`` (on a TorchTrainer driven by a trial) for the reports
-    :func:`_for_tune` lets through."""
-
-    def __init__(self, wanted: list[str], final_epoch: int, unit: str = EPOCH) -> None:
-        super().__init__()
-        self.wanted, self.final_epoch, self.unit = wanted, final_epoch, unit
-
-    def after_report(self, run_context, metrics, checkpoint) -> None:
-        kept = _for_tune(metrics[0] if metrics else {}, self.wanted, self.final_epoch, self.unit)
-        if kept is not None:
-            super().after_report(run_context, [kept], checkpoint)
-
-
 def last_epoch(client: tracking.MlflowClient, run_id: str) -> int:
     history = client.get_metric_history(run_id, f"{keys.TRAIN_PREFIX}loss")
     return max((m.step for m in history), default=0)
@@ -150,6 +121,8 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
     """The Tune function trainable (``tune.with_parameters(run_trial, spec=...)``)."""
     for name in ("ray.tune", "ray.train"):  # one "Checkpoint successfully created" line per epoch otherwise
         logging.getLogger(name).setLevel(logging.WARNING)
+    timeline.mark("trial: process started", t=timeline.process_start())
+    timeline.mark("trial: function started")
     trial_id = tune.get_context().get_trial_id()
     space = SearchSpace.from_dict(spec.space, source=f"sweep {spec.sweep_name}")
     chosen = spec.configs[sampled[CONFIG_KEY]] if CONFIG_KEY in sampled else []
@@ -162,6 +135,7 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
         tune.report({**done, unit_of(cfg.train): length_of(cfg.train)})
         return
     run_id = open_trial_run(client, spec, cfg, sampled, trial_id, config_yaml)
+    timeline.mark("trial: MLflow run opened")
     epochs, unit = length_of(cfg.train), unit_of(cfg.train)
     start = time.perf_counter()
     with RunCloser(client, run_id):
@@ -170,6 +144,7 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
         else:
             trainer = make_trainer(cfg, run_id, spec.tracking_uri, name=f"train-{trial_id}",
                                    callbacks=[TuneForwarder(spec.metrics, epochs, unit)])
+            timeline.mark("trial: fit")
             try:
                 result = trainer.fit()
             except Exception as err:
@@ -178,8 +153,11 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
                                        f"of {epochs}") from None
                 raise
             runs.raise_if_run_failed(client, run_id)
+            timeline.mark("trial: fit returned")
             final = numeric(dict(result.metrics or {}))
             log_result(client, run_id, result, config_yaml, time.perf_counter() - start)
+            timeline.mark("trial: model exported and uploaded")
+    timeline.mark("trial: run closed")
     tune.report(final)  # the run is closed: Tune may stop the trial now
 
 
@@ -194,7 +172,7 @@ def _fit_in_process(cfg, spec: TrialSpec, client: tracking.MlflowClient, run_id:
     epochs, unit = length_of(cfg.train), unit_of(cfg.train)
     logger = tracking.MLflowEpochLogger(spec.tracking_uri, run_id)
     best_dir = storage_join(cfg.ray.storage_path, f"best-{tune.get_context().get_trial_id()}")
-    with TuneSession(logger, lambda m: _for_tune(m, spec.metrics, epochs, unit), epochs,
+    with TuneSession(logger, lambda m: for_tune(m, spec.metrics, epochs, unit), epochs,
                      device="cuda" if cfg.ray.use_gpu else "cpu", best_dir=best_dir, unit=unit) as session:
         try:
             fit(cfg, session)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +22,15 @@ import torch
 import torch.nn as nn
 from ray.experimental.tqdm_ray import tqdm
 
+from hardseg import keys, timeline
 from hardseg.config import RunConfig
 from hardseg.errors import NonFiniteLoss
 from hardseg.trainables.loop import CHECKPOINT_FILE, BestStore, Session, fit
 from hardseg.trainables.progress import BAR_ENV, set_bar_factory
+
+_IMPORTED_AT = time.time()  # for the timeline: when this worker had imported the loop
+# What a worker must not load (the driver's side): a test and the timeline check sys.modules for them.
+DRIVER_ONLY = ("ray.tune", "optuna", "mlflow")
 
 
 def _quiet_report_log() -> None:
@@ -53,6 +60,7 @@ class RaySession:
         return ray.train.torch.prepare_model(model, move_to_device=False)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
+        timeline.mark("worker: data and model built", rank=self.rank)
         ckpt = ray.train.get_checkpoint()
         if ckpt is None:
             return None
@@ -64,8 +72,16 @@ class RaySession:
         return state
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
+        if timeline.enabled():
+            first = metrics.get(f"{keys.TRAIN_PREFIX}first_step_unix")
+            if isinstance(first, float):
+                timeline.mark("worker: first step", t=first, rank=self.rank, epoch=metrics.get("epoch"))
+                timeline.mark("worker: last step done", t=first + metrics[f"{keys.TRAIN_PREFIX}epoch_time_s"],
+                              rank=self.rank, epoch=metrics.get("epoch"))
+            timeline.mark("worker: evaluated, reporting", rank=self.rank, epoch=metrics.get("epoch"))
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint)
+        timeline.mark("worker: report returned (checkpoint persisted)", rank=self.rank, epoch=metrics.get("epoch"))
 
     def log(self, metrics: dict[str, Any]) -> None:
         """A per-iteration log or the visuals: a report without a checkpoint (every rank makes it)."""
@@ -86,7 +102,13 @@ def fit_worker(cfg: RunConfig, session: Session) -> None:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point given to ``TorchTrainer``; ``config["run"]`` is a RunConfig dump."""
+    if timeline.enabled():
+        timeline.mark("worker: process started", t=timeline.process_start())
+        timeline.mark("worker: loop modules imported", t=_IMPORTED_AT)
+        timeline.mark("worker: train function started",
+                      driver_modules=sorted(m for m in DRIVER_ONLY if m in sys.modules))
     session = RaySession()
     if session.rank == 0 and os.environ.get(BAR_ENV) == "1":
         set_bar_factory(tqdm)  # drawn by Ray on the driver's terminal
     fit_worker(RunConfig.model_validate(config["run"]), session)
+    timeline.mark("worker: train function done", rank=session.rank)
