@@ -4,6 +4,7 @@ DDP shards, as evaluation domains, and mPC / rPC."""
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +155,110 @@ def test_domain_specs_and_mpc():
     assert r["robustness/corruption_noise/miou"] == pytest.approx(0.5 / 0.8)
     assert r["robustness/corruption_blur/miou"] == pytest.approx(0.3 / 0.8)
     assert r["robustness/corrupt.gaussian_noise/miou"] == pytest.approx(0.625) and r["robustness/fog/miou"] == 0.125
+
+
+# ---------------------------------------------------------------- the corruption cache (hardseg data corrupt)
+
+def _cache_tree(tmp_path):
+    from fixture_trees import cityscapes
+
+    return cityscapes(tmp_path / "cs", n=3)
+
+
+def _one_line_exit_2(capsys, rc: int) -> str:
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), (rc, err)
+    return err
+
+
+def test_cached_images_equal_the_on_the_fly_ones_byte_for_byte(tmp_path, capsys):
+    import json
+
+    from hardseg.config import DataConfig
+    from hardseg.data import build_source
+    from hardseg.data.corruption_cache import MANIFEST, CachedCorruptedSource, code_version
+    from hardseg.data.corruptions import CorruptedSource
+    from hardseg.data.domains import build_domain
+    from hardseg.platform.cli import main as cli
+
+    root = _cache_tree(tmp_path)
+    names = ["gaussian_noise", "glass_blur", "zoom_blur", "saturate"]
+    rc = cli(["data", "corrupt", str(root), "--dataset", "cityscapes", "--corruptions", *names,
+              "--severities", "2-3", "5", "--workers", "2"])
+    assert rc == 0, capsys.readouterr().err
+    cache = tmp_path / "cs-corrupted"  # found beside the dataset without configuration
+    manifest = json.loads((cache / MANIFEST).read_text())
+    assert manifest["dataset"] == "cityscapes" and manifest["code_version"] == code_version()
+    assert manifest["splits"]["val"]["sets"] == sorted(f"{n}-{s}" for n in names for s in (2, 3, 5))
+    assert len(manifest["files"]) == 4 * 3 * 3 and len(manifest["splits"]["val"]["sources"]) == 3
+    for rel, digest in manifest["files"].items():
+        assert hashlib.sha256((cache / rel).read_bytes()).hexdigest() == digest
+    cfg = DataConfig(dataset="cityscapes", root=str(root))
+    base = build_source(cfg, "val")
+    for name in names:
+        for sev in (2, 3, 5):
+            ds = build_domain(cfg, f"corrupt:{name}-{sev}")
+            assert isinstance(ds.source, CachedCorruptedSource)
+            fly = CorruptedSource(base, name, sev)
+            for i in range(len(base)):
+                (img, mask), (want, want_mask) = ds.source.load(i), fly.load(i)
+                assert img.dtype == want.dtype and img.shape == want.shape and img.tobytes() == want.tobytes()
+                assert np.array_equal(mask, want_mask)
+    # a set the cache does not hold is generated on the fly; an explicit data.corruption_cache is used too
+    assert not isinstance(build_domain(cfg, "corrupt:gaussian_noise-1").source, CachedCorruptedSource)
+    moved = tmp_path / "elsewhere"
+    cache.rename(moved)
+    assert not isinstance(build_domain(cfg, "corrupt:glass_blur-2").source, CachedCorruptedSource)
+    named = cfg.model_copy(update={"corruption_cache": str(moved)})
+    assert isinstance(build_domain(named, "corrupt:glass_blur-2").source, CachedCorruptedSource)
+
+
+def test_corruption_cache_bad_input_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    import json
+
+    from hardseg.config import DataConfig
+    from hardseg.data.corruption_cache import MANIFEST, _verified, check_caches
+    from hardseg.data.domains import build_domain, parse_domains
+    from hardseg.platform.cli import main as cli
+
+    root = _cache_tree(tmp_path)
+    err = _one_line_exit_2(capsys, cli(["data", "corrupt", str(tmp_path / "nowhere"), "--dataset", "cityscapes"]))
+    assert str(tmp_path / "nowhere") in err and "does not exist" in err
+    err = _one_line_exit_2(capsys, cli(["data", "corrupt", str(root), "--dataset", "cityscapes",
+                                        "--corruptions", "gaussian_noise", "frosty"]))
+    assert "unknown corruption 'frosty'" in err and "gaussian_noise" in err
+    err = _one_line_exit_2(capsys, cli(["data", "corrupt", str(root), "--dataset", "cityscapes",
+                                        "--corruptions", "contrast", "--severities", "0-6"]))
+    assert "--severities" in err
+    assert not (tmp_path / "cs-corrupted").exists()  # nothing written for bad input
+
+    assert cli(["data", "corrupt", str(root), "--dataset", "cityscapes", "--corruptions", "contrast",
+                "--severities", "2", "--workers", "1"]) == 0
+    cache = tmp_path / "cs-corrupted"
+    good = json.loads((cache / MANIFEST).read_text())
+    cfg = DataConfig(dataset="cityscapes", root=str(root))
+    domains = parse_domains(["corrupt:contrast-2"])
+    for change, words in (({"dataset": "ade20k"}, "made for dataset 'ade20k', not 'cityscapes'"),
+                          ({"code_version": "0.0.1+000000000000"}, "made by corruption code 0.0.1+000000000000")):
+        (cache / MANIFEST).write_text(json.dumps({**good, **change}))
+        _verified.cache_clear()
+        with pytest.raises(DataError, match=re.escape(words)) as info:
+            check_caches(cfg, domains)
+        assert len(str(info.value).splitlines()) == 1 and str(cache) in str(info.value)
+        with pytest.raises(DataError, match=re.escape(words)):
+            build_domain(cfg, "corrupt:contrast-2")
+        # the CLI refuses to add to it, in one line
+        err = _one_line_exit_2(capsys, cli(["data", "corrupt", str(root), "--dataset", "cityscapes",
+                                            "--corruptions", "contrast", "--severities", "3"]))
+        assert words in err
+    (cache / MANIFEST).write_text(json.dumps(good))
+    _verified.cache_clear()
+    check_caches(cfg, domains)
+    image = next((root / "leftImg8bit" / "val").rglob("*.png"))
+    image.write_bytes(image.read_bytes() + b"\0")  # another file than the cache was made from
+    _verified.cache_clear()
+    with pytest.raises(DataError, match=r"made for other files of split 'val' \(image .* has changed\)"):
+        check_caches(cfg, domains)
+    named = cfg.model_copy(update={"corruption_cache": str(tmp_path / "none")})
+    with pytest.raises(DataError, match="data.corruption_cache: no manifest.json in"):
+        build_domain(named, "corrupt:contrast-2")

@@ -648,9 +648,13 @@ class CorruptedSource:
         images = getattr(self.base, "images", None)
         return zlib.crc32(images[index].name.encode()) if isinstance(images, list) else index
 
+    def corrupt_image(self, image: np.ndarray, index: int) -> np.ndarray:
+        """The corrupted copy of the base's image ``index`` (``image``, as the base loaded it)."""
+        return corrupt(image, self.name, self.severity, self.image_key(index))
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image, mask = self.base.load(index)
-        return corrupt(image, self.name, self.severity, self.image_key(index)), mask
+        return self.corrupt_image(image, index), mask
 
     def load_mask(self, index: int) -> np.ndarray:
         return self.base.load_mask(index)
