@@ -262,3 +262,54 @@ def test_corruption_cache_bad_input_is_one_line_exit_2(tmp_path, capsys, monkeyp
     named = cfg.model_copy(update={"corruption_cache": str(tmp_path / "none")})
     with pytest.raises(DataError, match="data.corruption_cache: no manifest.json in"):
         build_domain(named, "corrupt:contrast-2")
+
+
+# ---------------------------------------------------------------- the faster forms equal the reference's (issue 27)
+
+def _glass_blur_sequential(x, severity, rng):
+    """The reference's glass blur as hardseg had it before issue 27: one Python step per pixel swap."""
+    from hardseg.data.corruptions import _f, _gaussian
+
+    sigma, delta, iterations = ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2))[severity - 1]
+    x = np.uint8(_gaussian(_f(x), sigma) * 255)
+    h, w = x.shape[:2]
+    for _ in range(iterations):
+        rows, cols = list(range(h - delta, delta, -1)), list(range(w - delta, delta, -1))
+        offsets = np.floor(rng.uniform(-delta, delta, size=(len(rows), len(cols), 2))).astype(np.int64)
+        for a, r in enumerate(rows):
+            for b, col in enumerate(cols):
+                dx, dy = offsets[a, b]
+                x[r, col] = x[r + dy, col + dx]
+    return np.clip(_gaussian(x / 255.0, sigma), 0, 1) * 255
+
+
+def test_fast_glass_zoom_brightness_saturate_equal_their_reference_forms():
+    from skimage.color import hsv2rgb, rgb2hsv
+
+    from hardseg.data.corruptions import _clipped_zoom, _f
+
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    img[:6] = 128  # grey rows (saturation 0), ties between channels, black and white
+    img[6:9, :, 1] = img[6:9, :, 0]
+    img[9, :5], img[9, 5:10] = 0, 255
+    for sev in (1, 2, 3, 4, 5):
+        want = _glass_blur_sequential(img, sev, np.random.default_rng(sev))
+        np.testing.assert_array_equal(corrupt(img, "glass_blur", sev, rng=np.random.default_rng(sev)), np.uint8(want))
+        factors = (np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01), np.arange(1, 1.21, 0.02),
+                   np.arange(1, 1.26, 0.02), np.arange(1, 1.31, 0.03))[sev - 1]
+        x = _f(img).astype(np.float32)
+        out = np.zeros_like(x)
+        for z in factors:
+            layer = _clipped_zoom(x, z)[: x.shape[0], : x.shape[1]]
+            out[: layer.shape[0], : layer.shape[1]] += layer
+        want = np.uint8(np.clip((x + out) / (len(factors) + 1), 0, 1) * 255)
+        np.testing.assert_array_equal(corrupt(img, "zoom_blur", sev), want)
+        c = (0.1, 0.2, 0.3, 0.4, 0.5)[sev - 1]
+        hsv = rgb2hsv(_f(img))
+        hsv[..., 2] = np.clip(hsv[..., 2] + c, 0, 1)
+        np.testing.assert_array_equal(corrupt(img, "brightness", sev), np.uint8(np.clip(hsv2rgb(hsv), 0, 1) * 255))
+        c = ((0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2))[sev - 1]
+        hsv = rgb2hsv(_f(img))
+        hsv[..., 1] = np.clip(hsv[..., 1] * c[0] + c[1], 0, 1)
+        np.testing.assert_array_equal(corrupt(img, "saturate", sev), np.uint8(np.clip(hsv2rgb(hsv), 0, 1) * 255))
