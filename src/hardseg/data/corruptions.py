@@ -412,15 +412,16 @@ def frost(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
 def _rgb2hsv(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(h, s, v) of a float RGB image: ``skimage.color.rgb2hsv``'s arithmetic, operation for operation (so
     bit for bit the same), without its boolean-mask gathers and scatters."""
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    v = x.max(axis=-1)
-    delta = v - x.min(axis=-1)
+    r, g, b = (np.ascontiguousarray(x[..., i]) for i in range(3))  # contiguous planes: faster arithmetic
+    v = np.maximum(np.maximum(r, g), b)
+    delta = v - np.minimum(np.minimum(r, g), b)
     grey = delta == 0
     with np.errstate(divide="ignore", invalid="ignore"):
         s = np.where(grey, 0.0, delta / v)
         h = np.where(b == v, 4.0 + (r - g) / delta,  # ties: blue over green over red, as skimage assigns
                      np.where(g == v, 2.0 + (b - r) / delta, (g - b) / delta))
-    h = np.where(grey, 0.0, (h / 6.0) % 1.0)
+    h = h / 6.0  # in [-1/6, 5/6]: numpy's "% 1.0" adds 1 to the negative ones, exactly
+    h = np.where(grey, 0.0, np.where(h < 0, h + 1.0, h))
     return h, s, v
 
 
