@@ -235,3 +235,19 @@ def test_uint8_targets_and_a_negative_ignore_index():
     neg = SegMetrics(5, list("abcde"), (0, 1, 2), (3,), (4,), ignore_index=-1)
     neg.update(torch.from_numpy(np.where(t == 255, -1, t)), torch.from_numpy(p))
     assert torch.equal(ref.counts, neg.counts)
+
+
+def test_reduce_over_a_process_group_sums_once_and_keeps_the_device(tmp_path):
+    import torch.distributed as dist
+
+    t = torch.randint(0, 4, (1, 16, 16))
+    m = SegMetrics(4, list("abcd"), (0, 1), (2,), (3,))
+    m.update(t, t)
+    before = m.counts.clone()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        m.reduce_from_all_processes()
+    finally:
+        dist.destroy_process_group()
+    assert torch.equal(m.counts, before) and m.counts.device == before.device
+    assert m.compute()["miou"] == 1.0
