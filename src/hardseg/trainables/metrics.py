@@ -14,6 +14,14 @@ prediction) and every metric is read off it at the end. Hard-pixel metrics:
 * **thin-structure IoU** — mean IoU of the thin-structure classes.
 
 Classes that never occur (union 0) are left out of the means (NaN per class).
+
+Everything is computed on the device of the predictions (CUDA or CPU) and
+accumulated there: per batch, one ``bincount`` of 16-bit bins fills both
+matrices and the band is made from bool maps (a lookup table of the large
+classes, a separable max filter of shifts); the matrices are summed over DDP
+ranks once and read on the host once, in :meth:`SegMetrics.compute`. The counts
+are the same integers the earlier host implementation produced (tests/test_metrics.py
+keeps it as the reference), so every metric is bitwise the same.
 """
 
 from __future__ import annotations
@@ -22,7 +30,6 @@ from typing import Sequence
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor
 
 
