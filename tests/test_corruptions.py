@@ -313,3 +313,27 @@ def test_fast_glass_zoom_brightness_saturate_equal_their_reference_forms():
         hsv = rgb2hsv(_f(img))
         hsv[..., 1] = np.clip(hsv[..., 1] * c[0] + c[1], 0, 1)
         np.testing.assert_array_equal(corrupt(img, "saturate", sev), np.uint8(np.clip(hsv2rgb(hsv), 0, 1) * 255))
+
+
+def test_train_with_a_cache_for_other_code_is_one_line_exit_2_before_any_run(tmp_path, capsys, monkeypatch):
+    import json
+
+    from hardseg.data.corruption_cache import MANIFEST
+    from hardseg.platform.cli import main as cli
+
+    root = _cache_tree(tmp_path)
+    cache = tmp_path / "made"
+    assert cli(["data", "corrupt", str(root), "--dataset", "cityscapes", "--corruptions", "contrast",
+                "--severities", "2", "--workers", "1", "--out", str(cache)]) == 0
+    manifest = json.loads((cache / MANIFEST).read_text())
+    (cache / MANIFEST).write_text(json.dumps({**manifest, "code_version": "0.0.1+000000000000"}))
+    capsys.readouterr()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    rc = cli(["train", "--set", "data.dataset=cityscapes", "--set", f"data.root={root}", "--set",
+              "data.eval_domains=[corrupt:contrast-2]", "--set", "data.corruption_cache=../made",
+              "--set", "train.epochs=1"])
+    err = _one_line_exit_2(capsys, rc)
+    assert f"corruption cache {cache} was made by corruption code 0.0.1+000000000000" in err
+    assert list(work.iterdir()) == []  # no MLflow store, no run
