@@ -45,6 +45,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -266,6 +267,7 @@ def per_image(args: argparse.Namespace) -> int:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(result, indent=2, default=str))
     print(f"wrote {out_path}")
+    shutil.rmtree(work, ignore_errors=True)  # the cache is large (lossless PNGs)
     return 0
 
 
