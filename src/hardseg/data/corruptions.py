@@ -253,18 +253,21 @@ def _linear_zoom_axis(a: np.ndarray, factor: float, keep: int, axis: int) -> np.
     shape = [1] * a.ndim
     shape[axis] = len(pos)
     frac = frac.reshape(shape)
-    lo_v, hi_v = np.take(a, lo, axis=axis), np.take(a, hi, axis=axis)
-    return lo_v + (hi_v - lo_v) * frac
+    lo_v, out = np.take(a, lo, axis=axis), np.take(a, hi, axis=axis)
+    out -= lo_v  # lo + (hi - lo) * frac, in place
+    out *= frac
+    out += lo_v
+    return out
 
 
 def _clipped_zoom_top_left(img: np.ndarray, factor: float) -> np.ndarray:
     """``_clipped_zoom(img, factor)[:h, :w]`` (the part zoom blur adds up) without computing the rest: bilinear
     interpolation is separable, so rows then columns, in float64; equal to ``ndimage.zoom`` up to float64
-    rounding (then float32 as the reference)."""
+    rounding (then float32 as the reference). ``img``: float64 (``ndimage.zoom`` computes in float64)."""
     h, w = img.shape[:2]
     h0, w0 = int(np.ceil(h / factor)), int(np.ceil(w / factor))
     top, left = (h - h0) // 2, (w - w0) // 2
-    crop = img[top:top + h0, left:left + w0].astype(np.float64)
+    crop = img[top:top + h0, left:left + w0]  # float64 (zoom_blur converts once)
     return _linear_zoom_axis(_linear_zoom_axis(crop, factor, h, 0), factor, w, 1).astype(np.float32)
 
 
@@ -272,9 +275,10 @@ def zoom_blur(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
     factors = (np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01), np.arange(1, 1.21, 0.02),
                np.arange(1, 1.26, 0.02), np.arange(1, 1.31, 0.03))[severity - 1]
     x = _f(x).astype(np.float32)
+    x64 = x.astype(np.float64)  # exact; what ndimage.zoom would convert each layer's input to
     out = np.zeros_like(x)
     for z in factors:
-        layer = _clipped_zoom_top_left(x, z)
+        layer = _clipped_zoom_top_left(x64, z)
         out[: layer.shape[0], : layer.shape[1]] += layer
     return np.clip((x + out) / (len(factors) + 1), 0, 1) * 255
 
