@@ -14,7 +14,9 @@ AMP and channels_last, it measures
 * every strategy's median step time / CE's, and its peak memory;
 * peak memory of the hardseg run;
 * loader throughput alone (decode + augment, the run's loader workers) / training throughput (target ≥ 3);
-* evaluation of one 1024×2048 image by sliding 512×1024 windows, and whole, under autocast: time, peak memory.
+* evaluation of one 1024×2048 image by sliding 512×1024 windows, and whole, under autocast: time, peak memory;
+* evaluation throughput over ``--eval-images`` val images (whole and slide): images/s, and the metrics'
+  share of it (``SegMetrics.update`` on the device alone, on the same predictions, / the evaluation).
 
 Prints a table and writes JSON (default ``benchmarks/results/gpu_check_<model>_<device>.json``).
 ``--smoke`` runs the same code on CPU at tiny sizes (the test suite runs it, so the script cannot rot).
@@ -62,10 +64,10 @@ from hardseg.config import RunConfig, load_config  # noqa: E402
 from hardseg.data import build_dataset  # noqa: E402
 from hardseg.errors import ConfigError  # noqa: E402
 from hardseg.keys import FAILURE  # noqa: E402
-from hardseg.models import build_model  # noqa: E402
+from hardseg.models import build_model, predict_classes  # noqa: E402
 from hardseg.strategies import available_strategies  # noqa: E402
 from hardseg.trainables.local import run_local  # noqa: E402
-from hardseg.trainables.loop import (StepSettings, _metrics_for, autocast_for, build_eval_loader,  # noqa: E402
+from hardseg.trainables.loop import (StepSettings, _logits, _metrics_for, autocast_for, build_eval_loader,  # noqa: E402
                                      build_optimizer, build_train_loader, build_training_model,
                                      check_strategies_fit, evaluate, poly_lambda, slide_settings)
 
@@ -76,11 +78,11 @@ FORBIDDEN = ("ray", "mlflow", "optuna")
 def settings(args: argparse.Namespace) -> dict:
     if args.smoke:
         return dict(size=(64, 128), crop=(32, 64), batch=2, steps=args.steps or 3, strategy_steps=2, workers=1,
-                    threads=1, loader_batches=4)
+                    threads=1, loader_batches=4, eval_images=2)
     cpus = os.cpu_count() or 2
     return dict(size=(1024, 2048), crop=(512, 1024), batch=args.batch, steps=args.steps or 16,
                 strategy_steps=args.strategy_steps, workers=args.workers if args.workers is not None else cpus - 1,
-                threads=cpus, loader_batches=args.steps)
+                threads=cpus, loader_batches=args.steps, eval_images=args.eval_images)
 
 
 def run_config(model: str, root: Path, s: dict, strategies: list[str], epochs: int) -> RunConfig:
@@ -260,6 +262,43 @@ def eval_one_image(cfg: RunConfig, device: torch.device, mode: str) -> dict:
     return {"time_s": took, "peak_mib": mem.mib}
 
 
+def eval_throughput(cfg: RunConfig, device: torch.device, mode: str) -> dict:
+    """Images/s of the loop's ``evaluate`` over the val split (``mode`` whole or slide, autocast and
+    channels_last), and the metrics' share: ``SegMetrics.update`` alone on the same targets and
+    predictions, on the device, over the evaluation's time."""
+    c = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"mode": mode})})
+    ds = build_dataset(c.data, "val", train=False)
+    loader = build_eval_loader(c, ds, 0, 1, device)
+    torch.manual_seed(0)
+    tm, _ = build_training_model(c, ds.info, None)
+    net = tm.export().to(device).to(memory_format=torch.channels_last).eval()
+    settings = StepSettings(device, amp=True, channels_last=True, slide=slide_settings(c))
+    evaluate(net, loader, _metrics_for(ds.info), settings)  # warm-up (cuDNN autotune, loader workers)
+    sync(device)
+    t0 = time.perf_counter()
+    evaluate(net, loader, _metrics_for(ds.info), settings)
+    sync(device)
+    eval_s = time.perf_counter() - t0
+    pairs = []
+    with torch.no_grad(), autocast_for(device, True):
+        for images, target in loader:
+            images = images.to(device).contiguous(memory_format=torch.channels_last)
+            pairs.append((target, predict_classes(_logits(net(images)))))  # whole-image predictions for both
+    metrics = _metrics_for(ds.info)
+    for target, pred in pairs[:1]:  # warm-up
+        metrics.update(target, pred)
+    metrics = _metrics_for(ds.info)
+    sync(device)
+    t0 = time.perf_counter()
+    for target, pred in pairs:
+        metrics.update(target, pred)
+    metrics.compute()  # the one host read
+    sync(device)
+    metrics_s = time.perf_counter() - t0
+    return {"images": len(ds), "seconds": eval_s, "images_per_s": len(ds) / eval_s,
+            "metrics_s": metrics_s, "metrics_share": metrics_s / eval_s}
+
+
 # -- report ------------------------------------------------------------------------
 def table(res: dict) -> str:
     rows = [("model", res["model"], ""), ("device", res["device"], ""),
@@ -281,6 +320,9 @@ def table(res: dict) -> str:
     for mode, r in res["eval_one_image"].items():
         rows.append((f"eval 1 image {res['settings']['size'][0]}x{res['settings']['size'][1]} {mode}: s, peak MiB",
                      f"{r['time_s']:.3f}, {r['peak_mib']:.0f}", ""))
+    for mode, r in res.get("eval_throughput", {}).items():
+        rows.append((f"eval {mode} over {r['images']} images: images/s, metrics' share",
+                     f"{r['images_per_s']:.2f}, {r['metrics_share']:.1%}", ""))
     w = max(len(r[0]) for r in rows)
     return "\n".join(f"{a:<{w}}  {b:<22} {c}" for a, b, c in rows)
 
@@ -296,6 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--strategy-steps", type=int, default=10, help="steps of each strategy's one-epoch run")
     p.add_argument("--workers", type=int, help="loader workers (default: CPUs - 1)")
     p.add_argument("--strategies", nargs="*", help="default: every registered strategy")
+    p.add_argument("--eval-images", type=int, default=8, help="val images of the evaluation throughput")
     p.add_argument("--device", help="default: cuda if available, cpu with --smoke")
     p.add_argument("--data", type=Path, help="folder for the generated Cityscapes-format files (default: a temp dir)")
     p.add_argument("--out", type=Path, help="JSON path (default: benchmarks/results/gpu_check_<model>_<device>.json)")
@@ -306,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.data or Path(tmp.name) / "cityscapes"
     n_train = max(s["batch"] * s["steps"], s["batch"] * s["strategy_steps"])
     t0 = time.perf_counter()
-    make_cityscapes(root, n_train, 1, s["size"], unique=min(8, n_train))
+    make_cityscapes(root, n_train, s["eval_images"], s["size"], unique=min(8, n_train))
     print(f"[gpu_check] {n_train} Cityscapes-format files at {s['size']} in {time.perf_counter() - t0:.1f}s; "
           f"device {device}", flush=True)
 
@@ -351,6 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         res["strategies"][name] = r
         print(f"[gpu_check] strategy {name}: {r['step_time_s']:.4f}s/step", flush=True)
     res["eval_one_image"] = {mode: eval_one_image(main_cfg, device, mode) for mode in ("slide", "whole")}
+    res["eval_throughput"] = {mode: eval_throughput(main_cfg, device, mode) for mode in ("whole", "slide")}
     res["imported"] = sorted({m.split(".")[0] for m in sys.modules} & set(FORBIDDEN))
 
     print(table(res))

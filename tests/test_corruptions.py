@@ -4,6 +4,7 @@ DDP shards, as evaluation domains, and mPC / rPC."""
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +155,185 @@ def test_domain_specs_and_mpc():
     assert r["robustness/corruption_noise/miou"] == pytest.approx(0.5 / 0.8)
     assert r["robustness/corruption_blur/miou"] == pytest.approx(0.3 / 0.8)
     assert r["robustness/corrupt.gaussian_noise/miou"] == pytest.approx(0.625) and r["robustness/fog/miou"] == 0.125
+
+
+# ---------------------------------------------------------------- the corruption cache (hardseg data corrupt)
+
+def _cache_tree(tmp_path):
+    from fixture_trees import cityscapes
+
+    return cityscapes(tmp_path / "cs", n=3)
+
+
+def _one_line_exit_2(capsys, rc: int) -> str:
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and err.startswith("error: "), (rc, err)
+    return err
+
+
+def test_cached_images_equal_the_on_the_fly_ones_byte_for_byte(tmp_path, capsys):
+    import json
+
+    from hardseg.config import DataConfig
+    from hardseg.data import build_source
+    from hardseg.data.corruption_cache import MANIFEST, CachedCorruptedSource, code_version
+    from hardseg.data.corruptions import CorruptedSource
+    from hardseg.data.domains import build_domain
+    from hardseg.platform.cli import main as cli
+
+    root = _cache_tree(tmp_path)
+    names = ["gaussian_noise", "glass_blur", "zoom_blur", "saturate"]
+    rc = cli(["data", "corrupt", str(root), "--dataset", "cityscapes", "--corruptions", *names,
+              "--severities", "2-3", "5", "--workers", "2"])
+    assert rc == 0, capsys.readouterr().err
+    cache = tmp_path / "cs-corrupted"  # found beside the dataset without configuration
+    manifest = json.loads((cache / MANIFEST).read_text())
+    assert manifest["dataset"] == "cityscapes" and manifest["code_version"] == code_version()
+    assert manifest["splits"]["val"]["sets"] == sorted(f"{n}-{s}" for n in names for s in (2, 3, 5))
+    assert len(manifest["files"]) == 4 * 3 * 3 and len(manifest["splits"]["val"]["sources"]) == 3
+    for rel, digest in manifest["files"].items():
+        assert hashlib.sha256((cache / rel).read_bytes()).hexdigest() == digest
+    cfg = DataConfig(dataset="cityscapes", root=str(root))
+    base = build_source(cfg, "val")
+    for name in names:
+        for sev in (2, 3, 5):
+            ds = build_domain(cfg, f"corrupt:{name}-{sev}")
+            assert isinstance(ds.source, CachedCorruptedSource)
+            fly = CorruptedSource(base, name, sev)
+            for i in range(len(base)):
+                (img, mask), (want, want_mask) = ds.source.load(i), fly.load(i)
+                assert img.dtype == want.dtype and img.shape == want.shape and img.tobytes() == want.tobytes()
+                assert np.array_equal(mask, want_mask)
+    # a set the cache does not hold is generated on the fly; an explicit data.corruption_cache is used too
+    assert not isinstance(build_domain(cfg, "corrupt:gaussian_noise-1").source, CachedCorruptedSource)
+    moved = tmp_path / "elsewhere"
+    cache.rename(moved)
+    assert not isinstance(build_domain(cfg, "corrupt:glass_blur-2").source, CachedCorruptedSource)
+    named = cfg.model_copy(update={"corruption_cache": str(moved)})
+    assert isinstance(build_domain(named, "corrupt:glass_blur-2").source, CachedCorruptedSource)
+
+
+def test_corruption_cache_bad_input_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    import json
+
+    from hardseg.config import DataConfig
+    from hardseg.data.corruption_cache import MANIFEST, _verified, check_caches
+    from hardseg.data.domains import build_domain, parse_domains
+    from hardseg.platform.cli import main as cli
+
+    root = _cache_tree(tmp_path)
+    err = _one_line_exit_2(capsys, cli(["data", "corrupt", str(tmp_path / "nowhere"), "--dataset", "cityscapes"]))
+    assert str(tmp_path / "nowhere") in err and "does not exist" in err
+    err = _one_line_exit_2(capsys, cli(["data", "corrupt", str(root), "--dataset", "cityscapes",
+                                        "--corruptions", "gaussian_noise", "frosty"]))
+    assert "unknown corruption 'frosty'" in err and "gaussian_noise" in err
+    err = _one_line_exit_2(capsys, cli(["data", "corrupt", str(root), "--dataset", "cityscapes",
+                                        "--corruptions", "contrast", "--severities", "0-6"]))
+    assert "--severities" in err
+    assert not (tmp_path / "cs-corrupted").exists()  # nothing written for bad input
+
+    assert cli(["data", "corrupt", str(root), "--dataset", "cityscapes", "--corruptions", "contrast",
+                "--severities", "2", "--workers", "1"]) == 0
+    cache = tmp_path / "cs-corrupted"
+    good = json.loads((cache / MANIFEST).read_text())
+    cfg = DataConfig(dataset="cityscapes", root=str(root))
+    domains = parse_domains(["corrupt:contrast-2"])
+    for change, words in (({"dataset": "ade20k"}, "made for dataset 'ade20k', not 'cityscapes'"),
+                          ({"code_version": "0.0.1+000000000000"}, "made by corruption code 0.0.1+000000000000")):
+        (cache / MANIFEST).write_text(json.dumps({**good, **change}))
+        _verified.cache_clear()
+        with pytest.raises(DataError, match=re.escape(words)) as info:
+            check_caches(cfg, domains)
+        assert len(str(info.value).splitlines()) == 1 and str(cache) in str(info.value)
+        with pytest.raises(DataError, match=re.escape(words)):
+            build_domain(cfg, "corrupt:contrast-2")
+        # the CLI refuses to add to it, in one line
+        err = _one_line_exit_2(capsys, cli(["data", "corrupt", str(root), "--dataset", "cityscapes",
+                                            "--corruptions", "contrast", "--severities", "3"]))
+        assert words in err
+    (cache / MANIFEST).write_text(json.dumps(good))
+    _verified.cache_clear()
+    check_caches(cfg, domains)
+    image = next((root / "leftImg8bit" / "val").rglob("*.png"))
+    image.write_bytes(image.read_bytes() + b"\0")  # another file than the cache was made from
+    _verified.cache_clear()
+    with pytest.raises(DataError, match=r"made for other files of split 'val' \(image .* has changed\)"):
+        check_caches(cfg, domains)
+    named = cfg.model_copy(update={"corruption_cache": str(tmp_path / "none")})
+    with pytest.raises(DataError, match="data.corruption_cache: no manifest.json in"):
+        build_domain(named, "corrupt:contrast-2")
+
+
+# ---------------------------------------------------------------- the faster forms equal the reference's (issue 27)
+
+def _glass_blur_sequential(x, severity, rng):
+    """The reference's glass blur as hardseg had it before issue 27: one Python step per pixel swap."""
+    from hardseg.data.corruptions import _f, _gaussian
+
+    sigma, delta, iterations = ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2))[severity - 1]
+    x = np.uint8(_gaussian(_f(x), sigma) * 255)
+    h, w = x.shape[:2]
+    for _ in range(iterations):
+        rows, cols = list(range(h - delta, delta, -1)), list(range(w - delta, delta, -1))
+        offsets = np.floor(rng.uniform(-delta, delta, size=(len(rows), len(cols), 2))).astype(np.int64)
+        for a, r in enumerate(rows):
+            for b, col in enumerate(cols):
+                dx, dy = offsets[a, b]
+                x[r, col] = x[r + dy, col + dx]
+    return np.clip(_gaussian(x / 255.0, sigma), 0, 1) * 255
+
+
+def test_fast_glass_zoom_brightness_saturate_equal_their_reference_forms():
+    from skimage.color import hsv2rgb, rgb2hsv
+
+    from hardseg.data.corruptions import _clipped_zoom, _f
+
+    rng = np.random.default_rng(5)
+    img = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    img[:6] = 128  # grey rows (saturation 0), ties between channels, black and white
+    img[6:9, :, 1] = img[6:9, :, 0]
+    img[9, :5], img[9, 5:10] = 0, 255
+    for sev in (1, 2, 3, 4, 5):
+        want = _glass_blur_sequential(img, sev, np.random.default_rng(sev))
+        np.testing.assert_array_equal(corrupt(img, "glass_blur", sev, rng=np.random.default_rng(sev)), np.uint8(want))
+        factors = (np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01), np.arange(1, 1.21, 0.02),
+                   np.arange(1, 1.26, 0.02), np.arange(1, 1.31, 0.03))[sev - 1]
+        x = _f(img).astype(np.float32)
+        out = np.zeros_like(x)
+        for z in factors:
+            layer = _clipped_zoom(x, z)[: x.shape[0], : x.shape[1]]
+            out[: layer.shape[0], : layer.shape[1]] += layer
+        want = np.uint8(np.clip((x + out) / (len(factors) + 1), 0, 1) * 255)
+        np.testing.assert_array_equal(corrupt(img, "zoom_blur", sev), want)
+        c = (0.1, 0.2, 0.3, 0.4, 0.5)[sev - 1]
+        hsv = rgb2hsv(_f(img))
+        hsv[..., 2] = np.clip(hsv[..., 2] + c, 0, 1)
+        np.testing.assert_array_equal(corrupt(img, "brightness", sev), np.uint8(np.clip(hsv2rgb(hsv), 0, 1) * 255))
+        c = ((0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2))[sev - 1]
+        hsv = rgb2hsv(_f(img))
+        hsv[..., 1] = np.clip(hsv[..., 1] * c[0] + c[1], 0, 1)
+        np.testing.assert_array_equal(corrupt(img, "saturate", sev), np.uint8(np.clip(hsv2rgb(hsv), 0, 1) * 255))
+
+
+def test_train_with_a_cache_for_other_code_is_one_line_exit_2_before_any_run(tmp_path, capsys, monkeypatch):
+    import json
+
+    from hardseg.data.corruption_cache import MANIFEST
+    from hardseg.platform.cli import main as cli
+
+    root = _cache_tree(tmp_path)
+    cache = tmp_path / "made"
+    assert cli(["data", "corrupt", str(root), "--dataset", "cityscapes", "--corruptions", "contrast",
+                "--severities", "2", "--workers", "1", "--out", str(cache)]) == 0
+    manifest = json.loads((cache / MANIFEST).read_text())
+    (cache / MANIFEST).write_text(json.dumps({**manifest, "code_version": "0.0.1+000000000000"}))
+    capsys.readouterr()
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    rc = cli(["train", "--set", "data.dataset=cityscapes", "--set", f"data.root={root}", "--set",
+              "data.eval_domains=[corrupt:contrast-2]", "--set", "data.corruption_cache=../made",
+              "--set", "train.epochs=1"])
+    err = _one_line_exit_2(capsys, rc)
+    assert f"corruption cache {cache} was made by corruption code 0.0.1+000000000000" in err
+    assert list(work.iterdir()) == []  # no MLflow store, no run

@@ -249,4 +249,5 @@ def test_gpu_check_smoke_runs_without_ray_mlflow_optuna(tmp_path):
     assert set(res["strategies"]) == set(available_strategies())
     assert all("step_vs_ce" in r for r in res["strategies"].values())
     assert set(res["eval_one_image"]) == {"slide", "whole"}
+    assert all(r["images_per_s"] > 0 and 0 < r["metrics_share"] for r in res["eval_throughput"].values())
     assert "step time hardseg / bare" in proc.stdout

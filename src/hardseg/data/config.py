@@ -98,6 +98,9 @@ class DataConfig(Strict):
         default_factory=lambda: ["fog-3"],
         description="extra evaluation splits after training, e.g. fog-3, night-1, target",
     )
+    corruption_cache: str | None = Field(
+        None, description="folder made by 'hardseg data corrupt' that corrupt: domains read their images from; "
+                          "None: <root>-corrupted beside the dataset root if it holds a cache, else on the fly")
     loader_workers: int | None = Field(
         None, ge=0, description="DataLoader worker processes per training worker; None = ray.cpus_per_worker - 1 "
                                 "(the training process keeps one CPU)")

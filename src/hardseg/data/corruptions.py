@@ -47,7 +47,6 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 from scipy import ndimage
-from skimage.color import hsv2rgb, rgb2hsv
 from skimage.io import imread
 
 from hardseg.robustness import CORRUPTION_FAMILIES
@@ -143,23 +142,55 @@ def glass_blur(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
     """Blur, locally shuffle pixels (each pixel, bottom-right to top-left, takes a random neighbour's
     value within ``max_delta``), blur again.
 
-    The swaps are sequential by definition, so this is a Python loop over pixels
-    (seconds per megapixel and iteration)."""
+    The reference swaps pixels one by one in that order; :func:`_glass_swaps` computes the same result
+    for all pixels at once (same random draws, identical output)."""
     sigma, delta, iterations = ((0.7, 1, 2), (0.9, 2, 1), (1, 2, 3), (1.1, 3, 2), (1.5, 4, 2))[severity - 1]
     x = np.uint8(_gaussian(_f(x), sigma) * 255)
     h, w = x.shape[:2]
     for _ in range(iterations):
-        rows = list(range(h - delta, delta, -1))
-        cols = list(range(w - delta, delta, -1))
-        offsets = rng.uniform(-delta, delta, size=(len(rows), len(cols), 2))
-        offsets = np.floor(offsets).astype(np.int64)  # uniform integers in [-delta, delta)
-        for a, r in enumerate(rows):
-            for b, col in enumerate(cols):
-                dx, dy = offsets[a, b]
-                # The reference's "swap" assigns numpy views, so it copies the neighbour's pixel
-                # and leaves the neighbour as it was; the benchmark is defined by that behaviour.
-                x[r, col] = x[r + dy, col + dx]
+        offsets = rng.uniform(-delta, delta, size=(max(0, h - 2 * delta), max(0, w - 2 * delta), 2))
+        x = _glass_swaps(x, np.floor(offsets).astype(np.int64), delta)  # uniform integers in [-delta, delta)
     return np.clip(_gaussian(x / 255.0, sigma), 0, 1) * 255
+
+
+def _glass_swaps(x: np.ndarray, offsets: np.ndarray, delta: int) -> np.ndarray:
+    """One pass of the reference's pixel "swaps", vectorised, with exactly its result.
+
+    The reference visits rows ``h - delta`` down to ``delta + 1`` and, in each, columns ``w - delta`` down
+    to ``delta + 1``, and sets ``x[r, c] = x[r + dy, c + dx]`` (``offsets[a, b] = (dx, dy)`` for the a-th
+    row and b-th column visited). Its "swap" assigns numpy views, so it copies the neighbour's pixel and
+    leaves the neighbour as it was; the benchmark is defined by that behaviour. The order matters only
+    where the source pixel was visited earlier in the pass (a lower row, or the same row to the right,
+    inside the visited region): then the pixel takes the source's *new* value, otherwise the value from
+    before the pass. So every visited pixel points at its source when the source was visited earlier,
+    the pointers are followed to their ends by pointer doubling (chains run strictly backwards in the
+    visiting order, so they end), and each pixel takes the old value of its chain end's source.
+    """
+    h, w = x.shape[:2]
+    rows = np.arange(h - delta, delta, -1)
+    cols = np.arange(w - delta, delta, -1)
+    if not len(rows) or not len(cols):
+        return x
+    dx, dy = offsets[..., 0], offsets[..., 1]
+    r, c = rows[:, None], cols[None, :]
+    sr, sc = r + dy, c + dx
+    visited_src = (sr > delta) & (sr <= h - delta) & (sc > delta) & (sc <= w - delta)
+    earlier = visited_src & ((dy > 0) | ((dy == 0) & (dx > 0)))
+    here = (r * w + c).ravel()
+    src = (sr * w + sc).ravel()
+    source = np.arange(h * w)  # a pixel's source in the pass (itself when not visited)
+    source[here] = src
+    nxt = np.arange(h * w)  # a visited pixel whose source was visited earlier: follow it
+    nxt[here] = np.where(earlier.ravel(), src, here)
+    while True:
+        jumped = nxt[nxt]
+        if np.array_equal(jumped, nxt):
+            break
+        nxt = jumped
+    flat = x.reshape(h * w, -1)
+    out = flat.copy()
+    out[here] = flat[source[nxt[here]]]
+    return out.reshape(x.shape)
 
 
 def _shift(image: np.ndarray, dx: int, dy: int) -> np.ndarray:
@@ -210,13 +241,44 @@ def _clipped_zoom(img: np.ndarray, factor: float) -> np.ndarray:
     return ndimage.zoom(img[top:top + h0, left:left + w0], (factor, factor, 1), order=1)
 
 
+def _linear_zoom_axis(a: np.ndarray, factor: float, keep: int, axis: int) -> np.ndarray:
+    """The first ``keep`` samples along ``axis`` of ``ndimage.zoom(a, factor, order=1)`` on that axis:
+    ``round(n * factor)`` samples at ``i * (n - 1) / (n_out - 1)``, linearly interpolated (float64)."""
+    n = a.shape[axis]
+    n_out = int(round(n * factor))
+    pos = np.arange(min(keep, n_out)) * ((n - 1) / (n_out - 1) if n_out > 1 else 0.0)
+    lo = np.floor(pos).astype(np.int64)
+    frac = pos - lo
+    hi = np.minimum(lo + 1, n - 1)
+    shape = [1] * a.ndim
+    shape[axis] = len(pos)
+    frac = frac.reshape(shape)
+    lo_v, out = np.take(a, lo, axis=axis), np.take(a, hi, axis=axis)
+    out -= lo_v  # lo + (hi - lo) * frac, in place
+    out *= frac
+    out += lo_v
+    return out
+
+
+def _clipped_zoom_top_left(img: np.ndarray, factor: float) -> np.ndarray:
+    """``_clipped_zoom(img, factor)[:h, :w]`` (the part zoom blur adds up) without computing the rest: bilinear
+    interpolation is separable, so rows then columns, in float64; equal to ``ndimage.zoom`` up to float64
+    rounding (then float32 as the reference). ``img``: float64 (``ndimage.zoom`` computes in float64)."""
+    h, w = img.shape[:2]
+    h0, w0 = int(np.ceil(h / factor)), int(np.ceil(w / factor))
+    top, left = (h - h0) // 2, (w - w0) // 2
+    crop = img[top:top + h0, left:left + w0]  # float64 (zoom_blur converts once)
+    return _linear_zoom_axis(_linear_zoom_axis(crop, factor, h, 0), factor, w, 1).astype(np.float32)
+
+
 def zoom_blur(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
     factors = (np.arange(1, 1.11, 0.01), np.arange(1, 1.16, 0.01), np.arange(1, 1.21, 0.02),
                np.arange(1, 1.26, 0.02), np.arange(1, 1.31, 0.03))[severity - 1]
     x = _f(x).astype(np.float32)
+    x64 = x.astype(np.float64)  # exact; what ndimage.zoom would convert each layer's input to
     out = np.zeros_like(x)
     for z in factors:
-        layer = _clipped_zoom(x, z)[: x.shape[0], : x.shape[1]]
+        layer = _clipped_zoom_top_left(x64, z)
         out[: layer.shape[0], : layer.shape[1]] += layer
     return np.clip((x + out) / (len(factors) + 1), 0, 1) * 255
 
@@ -351,11 +413,39 @@ def frost(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
     return np.clip(c[0] * np.asarray(x, dtype=np.float64) + c[1] * crop, 0, 255)
 
 
+def _rgb2hsv(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(h, s, v) of a float RGB image: ``skimage.color.rgb2hsv``'s arithmetic, operation for operation (so
+    bit for bit the same), without its boolean-mask gathers and scatters."""
+    r, g, b = (np.ascontiguousarray(x[..., i]) for i in range(3))  # contiguous planes: faster arithmetic
+    v = np.maximum(np.maximum(r, g), b)
+    delta = v - np.minimum(np.minimum(r, g), b)
+    grey = delta == 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = np.where(grey, 0.0, delta / v)
+        h = np.where(b == v, 4.0 + (r - g) / delta,  # ties: blue over green over red, as skimage assigns
+                     np.where(g == v, 2.0 + (b - r) / delta, (g - b) / delta))
+    h = h / 6.0  # in [-1/6, 5/6]: numpy's "% 1.0" adds 1 to the negative ones, exactly
+    h = np.where(grey, 0.0, np.where(h < 0, h + 1.0, h))
+    return h, s, v
+
+
+def _hsv2rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``skimage.color.hsv2rgb`` of the channels, operation for operation, picking each output channel from
+    the sector ``floor(6 h) % 6`` with ``np.choose`` per channel instead of over stacked copies."""
+    hi = np.floor(h * 6)
+    f = h * 6 - hi
+    p = v * (1 - s)
+    q = v * (1 - f * s)
+    t = v * (1 - (1 - f) * s)
+    hi = hi.astype(np.uint8) % 6
+    return np.stack([np.choose(hi, (v, q, p, p, t, v)), np.choose(hi, (t, v, v, q, p, p)),
+                     np.choose(hi, (p, p, t, v, v, q))], axis=-1)
+
+
 def brightness(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
     c = (0.1, 0.2, 0.3, 0.4, 0.5)[severity - 1]
-    hsv = rgb2hsv(_f(x))
-    hsv[..., 2] = np.clip(hsv[..., 2] + c, 0, 1)
-    return np.clip(hsv2rgb(hsv), 0, 1) * 255
+    h, s, v = _rgb2hsv(_f(x))
+    return np.clip(_hsv2rgb(h, s, np.clip(v + c, 0, 1)), 0, 1) * 255
 
 
 # ---------------------------------------------------------------- digital
@@ -369,9 +459,8 @@ def contrast(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
 
 def saturate(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
     c = ((0.3, 0), (0.1, 0), (2, 0), (5, 0.1), (20, 0.2))[severity - 1]
-    hsv = rgb2hsv(_f(x))
-    hsv[..., 1] = np.clip(hsv[..., 1] * c[0] + c[1], 0, 1)
-    return np.clip(hsv2rgb(hsv), 0, 1) * 255
+    h, s, v = _rgb2hsv(_f(x))
+    return np.clip(_hsv2rgb(h, np.clip(s * c[0] + c[1], 0, 1), v), 0, 1) * 255
 
 
 def jpeg_compression(x: np.ndarray, severity: int, rng: Rng) -> np.ndarray:
@@ -564,9 +653,13 @@ class CorruptedSource:
         images = getattr(self.base, "images", None)
         return zlib.crc32(images[index].name.encode()) if isinstance(images, list) else index
 
+    def corrupt_image(self, image: np.ndarray, index: int) -> np.ndarray:
+        """The corrupted copy of the base's image ``index`` (``image``, as the base loaded it)."""
+        return corrupt(image, self.name, self.severity, self.image_key(index))
+
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image, mask = self.base.load(index)
-        return corrupt(image, self.name, self.severity, self.image_key(index)), mask
+        return self.corrupt_image(image, index), mask
 
     def load_mask(self, index: int) -> np.ndarray:
         return self.base.load_mask(index)

@@ -6,7 +6,9 @@ A domain spec is one of
   ``target`` for the synthetic benchmark;
 * ``corrupt:<corruption>-<severity>[:SPLIT]``: the training dataset's split
   (``val`` by default) with an ImageNet-C corruption applied to every image
-  (:mod:`hardseg.data.corruptions`; e.g. ``corrupt:gaussian_noise-3``), named
+  (:mod:`hardseg.data.corruptions`; e.g. ``corrupt:gaussian_noise-3``), read from
+  the corrupted copies ``hardseg data corrupt`` made when ``data.corruption_cache``
+  names them or they lie beside the dataset (:mod:`hardseg.data.corruption_cache`), named
   ``corrupt.<corruption>-<severity>`` (so ImageNet-C's ``fog`` never mixes with
   the synthetic set's ``fog`` shift);
 * ``KIND:PATH[:SPLIT]``: a split (``val`` by default) of a dataset of format
@@ -34,7 +36,8 @@ from pathlib import Path
 
 from hardseg.data import SegmentationDataset, build_source, dataset_info
 from hardseg.data.config import DataConfig
-from hardseg.data.corruptions import CORRUPTIONS, SEVERITIES, CorruptedSource, check_frost_files
+from hardseg.data.corruption_cache import cached_source
+from hardseg.data.corruptions import CORRUPTIONS, SEVERITIES, check_frost_files
 from hardseg.data.formats import folder_name
 from hardseg.data.registry import available_datasets, get_dataset
 from hardseg.data.transforms import EvalTransform
@@ -188,8 +191,8 @@ def build_domain(cfg: DataConfig, domain: Domain | str):
     domain = parse_domain(domain) if isinstance(domain, str) else domain
     try:
         source = build_source(domain_config(cfg, domain), domain.split, domain.variant)
-        if domain.corruption is not None:
-            source = CorruptedSource(source, *domain.corruption)
+        if domain.corruption is not None:  # from the corruption cache if there is one (corruption_cache.py)
+            source = cached_source(domain_config(cfg, domain), source, domain.split, *domain.corruption)
         ds = SegmentationDataset(source, EvalTransform())
     except (KeyError, ValueError, FileNotFoundError) as err:
         raise DataError(f"evaluation domain '{domain.spec}': {err}") from None

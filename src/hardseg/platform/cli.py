@@ -287,6 +287,29 @@ def cmd_data_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_corrupt(args: argparse.Namespace) -> int:
+    """Corrupted copies of a split, made once, for ``corrupt:`` domains (docs/datasets.md, "Corruption cache")."""
+    # local: this command's modules only, so --help and bad input answer at once (module docstring)
+    from hardseg.config import DataConfig
+    from hardseg.data.corruption_cache import default_cache_dir, make_cache, parse_corruptions, parse_severities
+    from hardseg.data.registry import get_dataset
+
+    root = Path(args.root).resolve()
+    if not root.is_dir():
+        raise HardsegError(f"dataset root {root} does not exist or is not a folder")
+    get_dataset(args.dataset)  # unknown name: one line listing the known ones
+    names, severities = parse_corruptions(args.corruptions), parse_severities(args.severities)
+    if args.corruptions == ["all"] and "frost" not in names:
+        print("[hardseg] frost skipped: its photographs are missing (docs/datasets.md, \"Corruptions\")")
+    out = Path(args.out).resolve() if args.out else default_cache_dir(root)
+    cfg = DataConfig(dataset=args.dataset, root=str(root))
+    done = make_cache(cfg, args.split, names, severities, out, args.workers, progress=sys.stderr.isatty())
+    print(f"[hardseg] {done.out}: {len(names)} corruptions x {len(severities)} severities of {done.images} images "
+          f"({done.files} files, {done.bytes / 2 ** 20:.1f} MiB) in {done.seconds:.1f}s ({done.cpu_seconds:.1f} "
+          f"CPU-s in this call)")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     # local: this command's modules only, so --help and bad input answer at once (module docstring)
     from hardseg.reports.collect import find_parent, open_client
@@ -468,6 +491,17 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--split", nargs="+", help="splits to scan (default: every split found)")
     ck.add_argument("--variant", help="ACDC's condition or Foggy Cityscapes' beta (default: all)")
     ck.set_defaults(func=cmd_data_check)
+    cr = dsub.add_parser("corrupt", help="write ImageNet-C corrupted copies of a split once, for corrupt: domains")
+    cr.add_argument("root", help="the dataset's root folder")
+    cr.add_argument("--dataset", required=True, help="format: cityscapes, folder, ade20k, voc, gta5, ... (as data check)")
+    cr.add_argument("--split", nargs="+", default=["val"], help="splits to corrupt (default: val)")
+    cr.add_argument("--corruptions", nargs="+", default=["all"], metavar="NAME",
+                    help="corruption names, or all (default; frost only when its photographs are present)")
+    cr.add_argument("--severities", nargs="+", default=["1-5"], help="e.g. 1-5 (default), 3, 1,3")
+    cr.add_argument("--out", help="cache folder (default: <root>-corrupted beside the root, found without "
+                    "configuration; elsewhere set data.corruption_cache)")
+    cr.add_argument("--workers", type=int, help="processes (default: the CPUs)")
+    cr.set_defaults(func=cmd_data_corrupt)
 
     sw = sub.add_parser("sweep", help="search strategy weights: Ray Tune + Optuna (+ ASHA), one MLflow parent run")
     sw.add_argument("space", nargs="?", help="search space: a preset (quickstart, hl, ohem, ...) or a YAML file")

@@ -14,6 +14,7 @@ from mlflow.artifacts import download_artifacts
 from hardseg import keys
 from hardseg.config import RunConfig, apply_overrides, flatten, load_config, validate_config
 from hardseg.data import available_splits, build_dataset, resolve_root
+from hardseg.data.corruption_cache import check_caches
 from hardseg.data.domains import absolute_spec, build_domain, parse_domains
 from hardseg.data.lineage import derived, lineage
 from hardseg.errors import HardsegError
@@ -29,6 +30,8 @@ def resolve_paths(cfg: RunConfig, workdir: Path | None = None) -> RunConfig:
     cfg.data.root = absolute_location(cfg.data.root, base)
     cfg.ray.storage_path = absolute_location(cfg.ray.storage_path, base)
     cfg.data.eval_domains = [absolute_spec(d, base) for d in cfg.data.eval_domains]
+    if cfg.data.corruption_cache:
+        cfg.data.corruption_cache = str((base / Path(cfg.data.corruption_cache).expanduser()).resolve())
     if cfg.model.pretrained not in ("none", "imagenet"):
         cfg.model.pretrained = str((base / cfg.model.pretrained).resolve())
     if cfg.model.init_from:
@@ -115,6 +118,7 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
             ds.validate()
             records.append(lineage(ds.source, domain.name, "evaluation", domain.dataset, Path(domain.root),
                                    variant=domain.variant))
+    check_caches(cfg.data, domains)  # a corruption cache for other data or code: refused before training
     reports = check_strategies_fit(cfg)
     for report in reports:
         print(f"[hardseg] {report.summary()}", flush=True)
