@@ -130,3 +130,48 @@ def test_study_sigint_in_search_then_resume_and_report(data_root, tmp_path):
     assert "| search1:" in md.split("## Selection vs confirmation")[1]
     assert {"report/report.md", "report/report.html"} <= {a.path for a in client.list_artifacts(
         parent.info.run_id, "report")}
+
+
+def test_search_states_are_optunas_and_survive_a_resume(tmp_path):
+    """The study's search stage tells Optuna PRUNED / COMPLETE / FAIL with every evaluation as an intermediate
+    value at its epoch; ``--resume`` restores the searcher (``Tuner.restore`` calls its save/restore) and the
+    states stay as they were. Real Optuna on SQLite; the searcher is driven as Tune drives it."""
+    from hardseg.platform.sweep import make_searcher
+    from hardseg.search_spaces import SearchSpace
+
+    space = SearchSpace.from_dict({"name": "s", "params": {"train.lr": {"loguniform": [1e-3, 1e-2]}},
+                                   "sweep": {"num_samples": 4, "metric": "val/miou", "mode": "max", "seed": 0}},
+                                  source="s")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = make_searcher(space, storage, "st-search", max_epochs=3)
+    for t in ("t1", "t2", "t3", "t4"):
+        assert "train.lr" in searcher.suggest(t)
+    curves = {"t1": [0.40], "t2": [0.40, 0.50, 0.60], "t3": [0.30, 0.35], "t4": [0.45]}
+    for t, curve in curves.items():
+        for epoch, v in enumerate(curve[:-1], 1):
+            searcher.on_trial_result(t, {"epoch": epoch, "val/miou": v})
+    # t1: ASHA stops it on its first result (Tune then skips on_trial_result and completes it with that result)
+    searcher.on_trial_complete("t1", {"epoch": 1, "val/miou": 0.40})
+    searcher.on_trial_result("t2", {"epoch": 3, "val/miou": 0.60})
+    searcher.on_trial_complete("t2", {"epoch": 3, "val/miou": 0.60})
+    searcher.on_trial_complete("t3", {"epoch": 2, "val/miou": 0.35}, error=True)
+    searcher.save(str(tmp_path / "searcher.pkl"))  # the sweep is interrupted while t4 runs
+
+    resumed = make_searcher(space, storage, "st-search", max_epochs=3)
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    resumed.on_trial_result("t4", {"epoch": 1, "val/miou": 0.45})
+    resumed.on_trial_result("t4", {"epoch": 1, "val/miou": 0.45})  # a restored trial repeating its epoch
+    resumed.on_trial_result("t4", {"epoch": 2, "val/miou": 0.55})
+    resumed.on_trial_complete("t4", {"epoch": 2, "val/miou": 0.55})  # stopped at the second rung
+
+    study = optuna.load_study(study_name="st-search", storage=storage)
+    got = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    assert {k: t.state.name for k, t in got.items()} == {"t1": "PRUNED", "t2": "COMPLETE", "t3": "FAIL",
+                                                          "t4": "PRUNED"}
+    # Optuna's own convention: a PRUNED trial's value is its last intermediate value (the step it reached)
+    assert got["t1"].intermediate_values == {1: 0.40} and got["t1"].value == 0.40
+    assert got["t2"].intermediate_values == {1: 0.40, 2: 0.50, 3: 0.60} and got["t2"].value == 0.60
+    assert got["t3"].intermediate_values == {1: 0.30} and got["t3"].value is None
+    assert got["t4"].intermediate_values == {1: 0.45, 2: 0.55} and got["t4"].value == 0.55
+    assert [got[k].user_attrs["ended"] for k in ("t1", "t2", "t3", "t4")] == [
+        "stopped early", "finished", "failed", "stopped early"]

@@ -9,7 +9,9 @@ trial at the end) and one child run per Tune trial (:mod:`hardseg.platform.trial
   Optuna study lives in an RDB storage (SQLite next to the MLflow store by
   default, ``tracking.optuna_storage`` for PostgreSQL), named after the
   sweep, readable by ``optuna-dashboard``. Optional ASHA on the ``epoch``
-  attribute; optional multi-objective (then no scheduler).
+  attribute; every evaluation is an Optuna intermediate value at its epoch, and a
+  trial ASHA stops is ``PRUNED`` (:class:`RecordingOptunaSearch`); optional
+  multi-objective (then no scheduler).
 * **ablate**: a grid (strategies × seeds) with identical budgets and data, no search.
 
 Trials either run in their own process (one worker) or fit a TorchTrainer
@@ -85,27 +87,63 @@ def optuna_storage_url(cfg, tracking_uri: str) -> str:
 
 
 # -- Tune pieces ------------------------------------------------------------------
+STEP_ATTR = "epoch"  # the schedule's unit: ASHA's time_attr and the step of every Optuna intermediate value
+
+
 class RecordingOptunaSearch(OptunaSearch):
-    """Records the Tune trial id and how the trial ended on the Optuna trial; a failed
-    trial is FAIL even when it reported epochs before failing (Ray would tell COMPLETE)."""
+    """Tells Optuna what happened, in Optuna's own terms, and records the Tune trial id on the Optuna trial.
+
+    * Every result a trial reports becomes an intermediate value at its ``epoch`` (Tune does not pass
+      the result a scheduler stops a trial on to the searcher; :meth:`on_trial_complete` adds it).
+    * A trial stopped by the scheduler (it ended without an error before ``max_epochs``) is told
+      ``PRUNED``: samplers such as TPE then rank it by its intermediate values at the step it reached,
+      never as a finished one (Ray's OptunaSearch would tell ``COMPLETE`` with its early score).
+    * A finished trial is ``COMPLETE`` with its last value; a failed one ``FAIL``, even when it
+      reported epochs before failing.
+
+    The states live in the Optuna storage, so a resumed sweep (``Tuner.restore``) keeps them.
+    """
 
     def __init__(self, *args, max_epochs: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.max_epochs = max_epochs
+        self._reported: dict[str, set[int]] = {}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        """The result's metric as an intermediate value at its epoch, once per epoch (single objective only)."""
+        ot = self._ot_trials.get(trial_id)
+        if ot is None or isinstance(self.metric, list) or trial_id in self._completed_trials:
+            return
+        value, step = result.get(self.metric), result.get(STEP_ATTR)
+        seen = self.__dict__.setdefault("_reported", {}).setdefault(trial_id, set())  # older pickles lack it
+        if value is None or step is None or int(step) in seen:
+            return
+        ot.report(float(value), int(step))
+        seen.add(int(step))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot = self._ot_trials.get(trial_id)
         if ot is None or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         ot.set_user_attr("tune_trial_id", trial_id)
-        epochs = int(result.get("epoch", 0)) if result else 0
+        epochs = int(result.get(STEP_ATTR, 0)) if result else 0
         ot.set_user_attr("epochs", epochs)
         if error:
             ot.set_user_attr("ended", "failed")
             self._ot_study.tell(ot, state=TrialState.FAIL)
             self._completed_trials.add(trial_id)
             return None
-        ot.set_user_attr("ended", "stopped early" if epochs < self.max_epochs else "finished")
+        if result:
+            self._report(trial_id, result)  # the result the scheduler stopped it on (or its last one)
+        if result and epochs < self.max_epochs:
+            ot.set_user_attr("ended", "stopped early")
+            self._ot_study.tell(ot, state=TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return None
+        ot.set_user_attr("ended", "finished")
         return super().on_trial_complete(trial_id, result, error)
 
 
@@ -125,7 +163,7 @@ def make_scheduler(space: SearchSpace, max_epochs: int):
     if space.sweep.scheduler is None:
         return None
     a = space.sweep.scheduler
-    return ASHAScheduler(time_attr="epoch", metric=space.sweep.metric, mode=space.sweep.mode,
+    return ASHAScheduler(time_attr=STEP_ATTR, metric=space.sweep.metric, mode=space.sweep.mode,
                          max_t=a.max_t or max_epochs, grace_period=a.grace_period,
                          reduction_factor=a.reduction_factor)
 
