@@ -83,7 +83,7 @@ def test_each_row_is_its_selected_checkpoint(store):
 def test_every_table_reads_the_best_checkpoint(store):
     client, parent = store
     df, table, markdown = build_report(client, parent)
-    assert ("Checkpoint: every figure of a run (val, every domain, robustness, test) comes from one model, "
+    assert ("Checkpoint: every figure of a run (val, every domain, robustness, test) comes from one model: "
             "best-by-val checkpoint, evaluation at epoch 2 (6 FINISHED runs).") in markdown
     assert "Never evaluated (no val/miou, no figure): failed (FAILED)." in markdown
     for strategy, seeds in BEST.items():

@@ -299,7 +299,7 @@ def checkpoint_line(df: pd.DataFrame) -> str:
                 "best-by-val checkpoint, read from the val/miou history (no best/ record logged)"
             parts.append(f"{label}, evaluation at {_steps(steps, unit)} ({len(steps)} FINISHED "
                          f"run{'s' if len(steps) != 1 else ''})")
-    text = ("Checkpoint: every figure of a run (val, every domain, robustness, test) comes from one model, "
+    text = ("Checkpoint: every figure of a run (val, every domain, robustness, test) comes from one model: "
             + ("; ".join(parts) if parts else "none (no FINISHED run evaluated)") + ".")
     never = df[df["checkpoint"] == NEVER_EVALUATED]
     if len(never):
