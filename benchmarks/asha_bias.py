@@ -45,8 +45,8 @@ STRATEGIES = ["hl", "ohem", "focal", "hl+ohem"]
 WEIGHTS = {"hl": ("strategy_params.hl.lam", "log", 1e-3, 1e-1),
            "ohem": ("strategy_params.ohem.thresh", "lin", 0.5, 0.9),
            "focal": ("strategy_params.focal.gamma", "lin", 0.5, 3.0)}
-BASE = ["ray.num_workers=1", "strategy_params.ohem.min_kept_fraction=0.1", "data.eval_domains=[]",
-        "tracking.log_model=false", "seed=100"]
+BASE = ["ray.num_workers=1", "data.eval_domains=[]", "tracking.log_model=false", "seed=100"]
+OHEM = "strategy_params.ohem.min_kept_fraction=0.1"  # the quick study's base, for trials with OHEM
 
 
 # -- curves ---------------------------------------------------------------------------------------
@@ -83,7 +83,7 @@ def train_curves(trials: list[dict], epochs: int, size: int, n_train: int, n_val
     ensure_synthetic(root, cfg0.data.synthetic)
     for i, t in enumerate(trials):
         sets = BASE + data + [f"strategies=[{t['strategy'].replace('+', ',')}]"] + \
-            [f"{k}={v}" for k, v in t["params"].items()]
+            [f"{k}={v}" for k, v in t["params"].items()] + ([OHEM] if "ohem" in t["strategy"] else [])
         t0 = time.perf_counter()
         history = run_local(load_config(None, sets))
         t["seconds"] = time.perf_counter() - t0

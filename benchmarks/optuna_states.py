@@ -9,7 +9,10 @@ a branch's for "after"); same seeds, same space, same budget, so the two JSON fi
 
 Writes ``benchmarks/results/optuna_states_<label>.json`` and prints a table. The next suggestion is
 asked of a copy of the storage (the study itself is left as the sweep wrote it) with the sweep's own
-sampler settings (``TPESampler(seed=0, multivariate=True, group=True)``).
+sampler settings (``TPESampler(seed=0, multivariate=True, group=True)``; with 6 trials it is still in
+its 10 random start-up trials, whose suggestions do not depend on the values) and with
+``n_startup_trials=4``, where TPE models the trials (a PRUNED trial as pruned, at the step it reached).
+``max_concurrent: 1``: trials run one after another, so ASHA decides the same way before and after.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SPACE = {"name": "states", "base": {},
          "params": {"strategies": {"categorical": ["ce", "hl", "focal"]},
                     "train.lr": {"loguniform": [1e-3, 1e-2]}},
-         "sweep": {"num_samples": 6, "metric": "val/miou", "mode": "max", "seed": 0, "max_concurrent": 2,
+         "sweep": {"num_samples": 6, "metric": "val/miou", "mode": "max", "seed": 0, "max_concurrent": 1,
                    "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}}}
 SMALL = {"data.synthetic.size": 32, "data.synthetic.n_train": 64, "data.synthetic.n_val": 32,
          "data.synthetic.n_shift": 16, "train.batch_size": 8, "train.epochs": 3, "data.eval_domains": "[]",
@@ -67,16 +70,20 @@ def read_back(storage: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / db.name
         shutil.copy(db, copy)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(seed=0, multivariate=True, group=True)
-        again = optuna.load_study(study_name="states", storage=f"sqlite:///{copy}", sampler=sampler)
-        nxt = []
-        for _ in range(3):
-            trial = again.ask()
-            space.define_by_run(trial)  # the sweep's own define-by-run space
-            nxt.append(dict(trial.params))
-            again.tell(trial, state=optuna.trial.TrialState.FAIL)  # ask the next one without this one's value
+        nxt = {}
+        for label, startup in (("sweep's sampler", 10), ("TPE past its start-up (n_startup_trials=4)", 4)):
+            shutil.copy(db, copy)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                sampler = optuna.samplers.TPESampler(seed=0, multivariate=True, group=True,
+                                                     n_startup_trials=startup)
+            again = optuna.load_study(study_name="states", storage=f"sqlite:///{copy}", sampler=sampler)
+            nxt[label] = []
+            for _ in range(3):
+                trial = again.ask()
+                space.define_by_run(trial)  # the sweep's own define-by-run space
+                nxt[label].append(dict(trial.params))
+                again.tell(trial, state=optuna.trial.TrialState.FAIL)  # the next ask without this one's value
     return {"trials": trials, "next_suggestions": nxt}
 
 
@@ -93,7 +100,8 @@ def main() -> None:
         inter = ", ".join(f"{k}: {v:.4f}" for k, v in t["intermediate"].items()) or "none"
         value = "-" if t["value"] is None else f"{t['value']:.4f}"
         print(f"{t['number']:>2} {t['state']:9} {value:>7} {t['ended'] or '-':14} {inter}")
-    print("next suggestions:", json.dumps(data["next_suggestions"]))
+    for label, params in data["next_suggestions"].items():
+        print(f"next suggestions, {label}:", json.dumps(params))
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"optuna_states_{args.label}.json"
     path.write_text(json.dumps(data, indent=1))

@@ -175,3 +175,27 @@ def test_search_states_are_optunas_and_survive_a_resume(tmp_path):
     assert got["t4"].intermediate_values == {1: 0.45, 2: 0.55} and got["t4"].value == 0.55
     assert [got[k].user_attrs["ended"] for k in ("t1", "t2", "t3", "t4")] == [
         "stopped early", "finished", "failed", "stopped early"]
+
+
+def test_per_strategy_asha_prunes_a_trial_only_against_its_own_strategies():
+    """The study's search scheduler (``per_strategy: true``): a slow-starting HL trial is not stopped at the
+    first rung by faster-starting focal trials, as plain ASHA stops it; a worse HL trial still is."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    from hardseg.platform.sweep import StrategyASHAScheduler
+
+    def first_rung(kind) -> dict[str, str]:
+        sched = kind(time_attr="epoch", metric="val/miou", mode="max", max_t=3, grace_period=1, reduction_factor=2)
+        decisions = {}
+        for tid, strategy, value in [("f1", "focal", 0.40), ("f2", "focal", 0.42), ("h1", "hl", 0.30),
+                                     ("h2", "hl", 0.20)]:
+            trial = SimpleNamespace(trial_id=tid, config={"strategies": strategy})
+            sched.on_trial_add(None, trial)
+            decisions[tid] = sched.on_trial_result(None, trial, {"epoch": 1, "val/miou": value})
+        return decisions
+
+    stop, go = TrialScheduler.STOP, TrialScheduler.CONTINUE
+    assert first_rung(ASHAScheduler) == {"f1": go, "f2": go, "h1": stop, "h2": stop}
+    assert first_rung(StrategyASHAScheduler) == {"f1": go, "f2": go, "h1": go, "h2": stop}

@@ -28,6 +28,7 @@ same Optuna study.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -159,13 +160,37 @@ def make_searcher(space: SearchSpace, storage_url: str, study_name: str, max_epo
                                  storage=storage, study_name=study_name, max_epochs=max_epochs)
 
 
+class StrategyASHAScheduler(ASHAScheduler):
+    """ASHA with one bracket per strategy combination (the trial's sampled ``strategies``).
+
+    Plain ASHA compares every trial at a rung with every trial that reached it before, so a strategy
+    that starts slowly (HL's branch needs a long schedule before it moves, docs/strategies.md) is
+    pruned by faster-starting ones more often than its full-budget rank justifies. Here a trial is
+    compared only with trials of its own strategies: each is pruned at its rank within them, and the
+    strategies meet at the full budget. Measured in ``benchmarks/asha_bias.py``. A space without a
+    ``strategies`` parameter has one bracket: plain ASHA.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._empty_bracket = copy.deepcopy(self._brackets[0])  # before any trial: no rung has values
+        self._by_strategy: dict[str, Any] = {}
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        super().on_trial_add(tune_controller, trial)  # checks metric and mode
+        key = str(trial.config.get("strategies"))
+        if key not in self._by_strategy:
+            self._by_strategy[key] = copy.deepcopy(self._empty_bracket)
+        self._trial_info[trial.trial_id] = self._by_strategy[key]
+
+
 def make_scheduler(space: SearchSpace, max_epochs: int):
     if space.sweep.scheduler is None:
         return None
     a = space.sweep.scheduler
-    return ASHAScheduler(time_attr=STEP_ATTR, metric=space.sweep.metric, mode=space.sweep.mode,
-                         max_t=a.max_t or max_epochs, grace_period=a.grace_period,
-                         reduction_factor=a.reduction_factor)
+    kind = StrategyASHAScheduler if a.per_strategy else ASHAScheduler
+    return kind(time_attr=STEP_ATTR, metric=space.sweep.metric, mode=space.sweep.mode,
+                max_t=a.max_t or max_epochs, grace_period=a.grace_period, reduction_factor=a.reduction_factor)
 
 
 # -- the driver ---------------------------------------------------------------------

@@ -43,6 +43,9 @@ class AshaSettings(_Strict):
     grace_period: int = Field(1, ge=1)
     reduction_factor: int = Field(2, ge=2)
     max_t: int | None = Field(None, ge=1)
+    # one bracket per sampled strategy combination: a trial is compared at each rung only with trials
+    # of its own strategies (platform.sweep.StrategyASHAScheduler; benchmarks/asha_bias.py)
+    per_strategy: bool = False
 
 
 class SweepSettings(_Strict):
