@@ -116,6 +116,8 @@ def test_study_sigint_in_search_then_resume_and_report(data_root, tmp_path):
     assert all(after[t].info.end_time == end for t, end in before.items())  # finished trials not repeated
     optuna_study = optuna.load_study(study_name="st-search", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
     assert len(optuna_study.trials) == 4
+    # the resumed search told Optuna every trial as it ended: COMPLETE, its one epoch an intermediate value
+    assert all(t.state.name == "COMPLETE" and t.intermediate_values == {1: t.value} for t in optuna_study.trials)
     assert {r.data.params["seed"] for r in after.values()} == {"100"}
     # stage 3: ce, focal (defaults) and the top searched configuration, each on the 3 fresh seeds
     cells = sorted((r.data.tags["sampled.config"], r.data.params["seed"]) for r in children["confirm"])
