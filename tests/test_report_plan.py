@@ -132,5 +132,6 @@ def test_bad_input_one_line_exit_2_nothing_logged(store, capsys, tmp_path):
     _error(capsys, ["plan", "thin", "--tracking-uri", uri, "--delta", "0.01"], "fewer than 2 FINISHED seeds per cell",
            "hl on val/miou (1)")
     _error(capsys, ["plan", "--delta", "0.9"], "--sigma")
+    _error(capsys, ["plan", "--sigma", "0.5", "--delta", "0.9", "--gpus", "0"], "--gpus must be at least 1")
     _error(capsys, ["plan", "pilot", "--tracking-uri", uri, "--metrics", "val/nope"], "val/nope")
     assert {r: _artifacts(client, r) for r in runs.values()} == before and not before[runs["thin"]]

@@ -269,11 +269,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     common = dict(alpha=args.alpha, correction=args.correction, power=args.power, iterations=args.iterations,
                   gpus=args.gpus)
-    for name in ("iterations", "gpus", "simulate"):
-        if getattr(args, name) is not None and getattr(args, name) < (0 if name == "simulate" else 1):
-            raise plan.PlanError(f"--{name} must be at least {0 if name == 'simulate' else 1}")
-    if args.seconds_per_iter is not None and not args.seconds_per_iter > 0:
-        raise plan.PlanError(f"--seconds-per-iter must be positive, got {args.seconds_per_iter}")
+    plan.check_budget(args.iterations, args.gpus, args.seconds_per_iter, args.simulate)
     client = None
     if args.pilot:
         if args.sigma is not None or args.sigma_diff is not None:

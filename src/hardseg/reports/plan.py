@@ -125,6 +125,15 @@ def check_inputs(delta: float | None, power: float, alpha: float, correction: st
             raise PlanError(f"{name} must be at least 1, got {value}")
 
 
+def check_budget(iterations: int | None, gpus: int, seconds_per_iter: float | None, simulate: int = 0) -> None:
+    """Raise :class:`PlanError` for a cost input that cannot be (≤ 0 iterations, GPUs, seconds; < 0 simulations)."""
+    for name, value, least in (("--iterations", iterations, 1), ("--gpus", gpus, 1), ("--simulate", simulate, 0)):
+        if value is not None and value < least:
+            raise PlanError(f"{name} must be at least {least}, got {value}")
+    if seconds_per_iter is not None and not seconds_per_iter > 0:
+        raise PlanError(f"--seconds-per-iter must be positive, got {seconds_per_iter}")
+
+
 def seeds_for(delta: float, sd_diff: float, level: float, power: float = POWER) -> tuple[int | None, float | None]:
     """``(paired seeds, their power)``: the fewest n ≥ :data:`stats.MIN_PAIRED_SEEDS` whose paired t-test at
     the per-test ``level`` detects ``delta`` with ``power`` (None, None beyond 1000 seeds)."""
