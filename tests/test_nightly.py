@@ -85,9 +85,29 @@ def test_the_median_spread_of_the_other_cells_floors_a_cell_without_spread():
     by = {c.key.strategy: c for c in compare_nights(prev, cur, MODES)}
     assert by["ce"].se_cell == 0 and by["ce"].se == pytest.approx(math.sqrt(0.0004 / 3))
     assert by["ce"].drop == pytest.approx(0.01) and by["ce"].status == "ok"
-    # Bonferroni over the 3 comparisons: t_{1-0.05/3, 2}
+    # Holm over the 3 comparisons: ce's p is the smallest, so its level is α/3: t_{1-0.05/3, 2}
     assert by["ce"].t_crit == pytest.approx(stats.t.ppf(1 - 0.05 / 3, 2))
     assert _one(prev[_key("ce")], cur[_key("ce")], correction="none").status == "regression"  # alone: no floor
+
+
+def test_the_family_is_adjusted_with_the_reports_holm():
+    # Three keys with one-sided p ≈ 0.002, 0.019, 1: Bonferroni's α/3 = 0.0167 flags the first only;
+    # Holm's step-down flags the first two (0.002·3 = 0.007, 0.019·2 = 0.038 < 0.05), and its p_adj is adjust_p's.
+    from hardseg.reports.stats import adjust_p
+    prev = {_key(s): {0: 0.50, 1: 0.60, 2: 0.55} for s in ("ce", "hl", "ohem")}
+    cur = {_key("ce"): {0: 0.40, 1: 0.51, 2: 0.44}, _key("hl"): {0: 0.48, 1: 0.56, 2: 0.51},
+           _key("ohem"): {0: 0.52, 1: 0.58, 2: 0.55}}
+    out = compare_nights(prev, cur, MODES)
+    by = {c.key.strategy: c for c in out}
+    ps = [by[s].p_value for s in ("ce", "hl", "ohem")]
+    assert [by[s].p_adj for s in ("ce", "hl", "ohem")] == pytest.approx(list(adjust_p(ps, "holm")))
+    assert all(c.correction == "holm" for c in out)
+    assert ps[0] < 0.05 / 3 < ps[1] < 0.05 / 2 < ps[2]
+    assert [by[s].status for s in ("ce", "hl", "ohem")] == ["regression", "regression", "ok"]
+    assert by["hl"].level == pytest.approx(0.05 / 2) and by["hl"].drop > by["hl"].threshold
+    # the old name reads as holm; none judges each key at α
+    assert [c.status for c in compare_nights(prev, cur, MODES, correction="bonferroni")] == [c.status for c in out]
+    assert all(c.level == 0.05 for c in compare_nights(prev, cur, MODES, correction="none"))
 
 
 def test_missing_and_new_metrics():

@@ -116,6 +116,8 @@ def test_study_sigint_in_search_then_resume_and_report(data_root, tmp_path):
     assert all(after[t].info.end_time == end for t, end in before.items())  # finished trials not repeated
     optuna_study = optuna.load_study(study_name="st-search", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
     assert len(optuna_study.trials) == 4
+    # the resumed search told Optuna every trial as it ended: COMPLETE, its one epoch an intermediate value
+    assert all(t.state.name == "COMPLETE" and t.intermediate_values == {1: t.value} for t in optuna_study.trials)
     assert {r.data.params["seed"] for r in after.values()} == {"100"}
     # stage 3: ce, focal (defaults) and the top searched configuration, each on the 3 fresh seeds
     cells = sorted((r.data.tags["sampled.config"], r.data.params["seed"]) for r in children["confirm"])
@@ -130,3 +132,72 @@ def test_study_sigint_in_search_then_resume_and_report(data_root, tmp_path):
     assert "| search1:" in md.split("## Selection vs confirmation")[1]
     assert {"report/report.md", "report/report.html"} <= {a.path for a in client.list_artifacts(
         parent.info.run_id, "report")}
+
+
+def test_search_states_are_optunas_and_survive_a_resume(tmp_path):
+    """The study's search stage tells Optuna PRUNED / COMPLETE / FAIL with every evaluation as an intermediate
+    value at its epoch; ``--resume`` restores the searcher (``Tuner.restore`` calls its save/restore) and the
+    states stay as they were. Real Optuna on SQLite; the searcher is driven as Tune drives it."""
+    from hardseg.platform.sweep import make_searcher
+    from hardseg.search_spaces import SearchSpace
+
+    space = SearchSpace.from_dict({"name": "s", "params": {"train.lr": {"loguniform": [1e-3, 1e-2]}},
+                                   "sweep": {"num_samples": 4, "metric": "val/miou", "mode": "max", "seed": 0}},
+                                  source="s")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    searcher = make_searcher(space, storage, "st-search", max_epochs=3)
+    for t in ("t1", "t2", "t3", "t4"):
+        assert "train.lr" in searcher.suggest(t)
+    curves = {"t1": [0.40], "t2": [0.40, 0.50, 0.60], "t3": [0.30, 0.35], "t4": [0.45]}
+    for t, curve in curves.items():
+        for epoch, v in enumerate(curve[:-1], 1):
+            searcher.on_trial_result(t, {"epoch": epoch, "val/miou": v})
+    # t1: ASHA stops it on its first result (Tune then skips on_trial_result and completes it with that result)
+    searcher.on_trial_complete("t1", {"epoch": 1, "val/miou": 0.40})
+    searcher.on_trial_result("t2", {"epoch": 3, "val/miou": 0.60})
+    searcher.on_trial_complete("t2", {"epoch": 3, "val/miou": 0.60})
+    searcher.on_trial_complete("t3", {"epoch": 2, "val/miou": 0.35}, error=True)
+    searcher.save(str(tmp_path / "searcher.pkl"))  # the sweep is interrupted while t4 runs
+
+    resumed = make_searcher(space, storage, "st-search", max_epochs=3)
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    resumed.on_trial_result("t4", {"epoch": 1, "val/miou": 0.45})
+    resumed.on_trial_result("t4", {"epoch": 1, "val/miou": 0.45})  # a restored trial repeating its epoch
+    resumed.on_trial_result("t4", {"epoch": 2, "val/miou": 0.55})
+    resumed.on_trial_complete("t4", {"epoch": 2, "val/miou": 0.55})  # stopped at the second rung
+
+    study = optuna.load_study(study_name="st-search", storage=storage)
+    got = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
+    assert {k: t.state.name for k, t in got.items()} == {"t1": "PRUNED", "t2": "COMPLETE", "t3": "FAIL",
+                                                          "t4": "PRUNED"}
+    # Optuna's own convention: a PRUNED trial's value is its last intermediate value (the step it reached)
+    assert got["t1"].intermediate_values == {1: 0.40} and got["t1"].value == 0.40
+    assert got["t2"].intermediate_values == {1: 0.40, 2: 0.50, 3: 0.60} and got["t2"].value == 0.60
+    assert got["t3"].intermediate_values == {1: 0.30} and got["t3"].value is None
+    assert got["t4"].intermediate_values == {1: 0.45, 2: 0.55} and got["t4"].value == 0.55
+    assert [got[k].user_attrs["ended"] for k in ("t1", "t2", "t3", "t4")] == [
+        "stopped early", "finished", "failed", "stopped early"]
+
+
+def test_per_strategy_asha_prunes_a_trial_only_against_its_own_strategies():
+    """The study's search scheduler (``per_strategy: true``): a slow-starting HL trial is not stopped at the
+    first rung by faster-starting focal trials, as plain ASHA stops it; a worse HL trial still is."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    from hardseg.platform.sweep import StrategyASHAScheduler
+
+    def first_rung(kind) -> dict[str, str]:
+        sched = kind(time_attr="epoch", metric="val/miou", mode="max", max_t=3, grace_period=1, reduction_factor=2)
+        decisions = {}
+        for tid, strategy, value in [("f1", "focal", 0.40), ("f2", "focal", 0.42), ("h1", "hl", 0.30),
+                                     ("h2", "hl", 0.20)]:
+            trial = SimpleNamespace(trial_id=tid, config={"strategies": strategy})
+            sched.on_trial_add(None, trial)
+            decisions[tid] = sched.on_trial_result(None, trial, {"epoch": 1, "val/miou": value})
+        return decisions
+
+    stop, go = TrialScheduler.STOP, TrialScheduler.CONTINUE
+    assert first_rung(ASHAScheduler) == {"f1": go, "f2": go, "h1": stop, "h2": stop}
+    assert first_rung(StrategyASHAScheduler) == {"f1": go, "f2": go, "h1": go, "h2": stop}

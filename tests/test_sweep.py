@@ -74,14 +74,23 @@ def test_optuna_asha_sweep_records_parent_children_and_study(ray_local, data_roo
             assert len(epochs) == 3
     assert sum(c.info.status == "FINISHED" for c in children) >= 1
     # The Optuna study holds the same trials, with their values and how they ended.
+    # Pruned is pruned: a trial ASHA stopped is PRUNED, a finished one COMPLETE, and every epoch's
+    # val/miou is an intermediate value at that epoch (also the one the scheduler stopped it on).
     study = optuna.load_study(study_name="asha", storage=out.optuna_storage)
-    assert len(study.trials) == 5 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert len(study.trials) == 5
     by_trial = {t.user_attrs["tune_trial_id"]: t for t in study.trials}
     assert set(by_trial) == {c.data.tags["hardseg.trial_id"] for c in children}
     for c in children:
         t = by_trial[c.data.tags["hardseg.trial_id"]]
         assert t.params["strategies"] == c.data.tags["sampled.strategies"]
-        assert t.user_attrs["ended"] == ("finished" if c.info.status == "FINISHED" else "stopped early")
+        history = {m.step: m.value for m in client.get_metric_history(c.info.run_id, "val/miou")}
+        assert t.intermediate_values == pytest.approx(history)
+        if c.info.status == "FINISHED":
+            assert t.state.name == "COMPLETE" and t.value == pytest.approx(history[3])
+            assert t.user_attrs["ended"] == "finished"
+        else:
+            assert t.state.name == "PRUNED" and t.user_attrs["ended"] == "stopped early"
+            assert t.value == pytest.approx(history[max(history)])  # Optuna: a pruned trial's last report
     # The report of a real search: its Search section and slice plot (train.lr is in every trial).
     from hardseg.reports.publish import write_report
 

@@ -351,6 +351,41 @@ def _check_tracking_uri(args: argparse.Namespace) -> None:
         check_tracking_uri(uri)
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Print the plan (seeds per comparison and cell, GPU-hours); from a pilot also log it on its parent run."""
+    # local: this command's modules only, so --help and bad input answer at once (module docstring)
+    from hardseg.reports import plan
+
+    common = dict(alpha=args.alpha, correction=args.correction, power=args.power, iterations=args.iterations,
+                  gpus=args.gpus)
+    plan.check_budget(args.iterations, args.gpus, args.seconds_per_iter, args.simulate)
+    client = None
+    if args.pilot:
+        if args.sigma is not None or args.sigma_diff is not None:
+            raise plan.PlanError("give a pilot NAME or --sigma/--sigma-diff, not both")
+        from hardseg.reports.collect import open_client  # local: as above, this command's modules only
+
+        client, _ = open_client(args.tracking_uri)
+        result = plan.plan_from_pilot(client, args.pilot, delta=args.delta, metrics=args.metrics,
+                                      strategies=args.strategies, metric_count=args.metric_count,
+                                      baseline=args.baseline, experiment=args.experiment,
+                                      seconds_per_iter=args.seconds_per_iter, **common)
+    else:
+        if args.delta is None:
+            raise plan.PlanError("--delta is required with --sigma/--sigma-diff (the effect to detect)")
+        result = plan.plan_from_sigma(args.delta, sigma_run=args.sigma, sigma_diff=args.sigma_diff,
+                                      strategies=args.strategies or 1, metrics=args.metric_count or 1,
+                                      baseline=args.baseline, seconds_per_iter=args.seconds_per_iter,
+                                      seconds_source="--seconds-per-iter", **common)
+    simulation = plan.simulate_plan(result, args.simulate) if args.simulate else None
+    markdown = plan.plan_markdown(result, simulation)
+    print(markdown, end="")
+    if client is not None:
+        plan.log_plan(client, result, markdown, simulation)
+        print(f"[hardseg] plan logged on MLflow run {result.pilot_run_id} under {plan.ARTIFACT_DIR}/")
+    return 0
+
+
 DEMO_STRATEGIES = ["ce", "hl", "ohem"]
 # Three seeds: the fewest on which a report tests a difference (hardseg.reports.stats.MIN_PAIRED_SEEDS);
 # 4 epochs keep the 9 trials (2 at a time on 2 cores) inside the demo's 10-minute budget with set-up.
@@ -548,6 +583,32 @@ def build_parser() -> argparse.ArgumentParser:
                     help="multiple-comparison correction over the report's tests: holm (family-wise error, "
                          "default), bh (Benjamini-Hochberg, false discovery rate) or none")
     rp.set_defaults(func=cmd_report)
+
+    pl = sub.add_parser("plan", help="paired seeds and GPU-hours a verdict needs, from a pilot ablation or a given "
+                                     "spread (after the report's correction)")
+    pl.add_argument("pilot", nargs="?", help="a pilot: an ablation's name (or parent run id), or a study's name "
+                                             "(its first stage); omit with --sigma/--sigma-diff")
+    pl.add_argument("--sigma", type=float, help="one run's seed-to-seed sd of the metric (σ_d = √2·σ)")
+    pl.add_argument("--sigma-diff", type=float, help="the sd of a paired difference (strategy − baseline)")
+    pl.add_argument("--delta", type=float, help="the effect to detect, in the metric's units (default with a "
+                                                "pilot: its observed |Δ|)")
+    pl.add_argument("--strategies", type=int, help="strategies compared with the baseline in the planned "
+                                                   "ablation (default: the pilot's; 1)")
+    pl.add_argument("--metrics", nargs="+", metavar="METRIC", help="pilot metrics to plan (default: val/miou)")
+    pl.add_argument("--metric-count", type=int, help="metrics (domains included) each strategy is tested on in "
+                                                     "the planned report (default: len(--metrics); 1)")
+    pl.add_argument("--iterations", type=int, help="iterations per run of the planned recipe")
+    pl.add_argument("--seconds-per-iter", type=float, help="wall seconds per iteration (default: the pilot's)")
+    pl.add_argument("--gpus", type=int, default=1, help="GPUs per run (default: 1)")
+    pl.add_argument("--power", type=float, default=0.8)
+    pl.add_argument("--alpha", type=float, default=0.05)
+    pl.add_argument("--correction", default="holm", help="the report's correction: holm (default), bh or none")
+    pl.add_argument("--baseline", default="ce")
+    pl.add_argument("--simulate", type=int, default=0, metavar="N",
+                    help="also check the seeds with N simulated paired tables at n and n - 1")
+    pl.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)")
+    pl.add_argument("--experiment", default="hardseg")
+    pl.set_defaults(func=cmd_plan)
 
     st = sub.add_parser("study", help="the whole question: defaults x seeds, a search over combinations and "
                                       "weights, confirmation on fresh seeds, one report that answers first")

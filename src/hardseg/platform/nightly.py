@@ -31,7 +31,8 @@ from hardseg.platform.runs import RunCloser, environment_tags, open_run
 from hardseg.platform.suite import Suite
 from hardseg.platform.sweep import run_sweep
 from hardseg.reports.collect import runs_frame
-from hardseg.reports.regression import Comparison, Key, compare_nights
+from hardseg.reports.regression import Comparison, Key, compare_nights, correction_of
+from hardseg.reports.stats import correction_name
 
 GRID_KEYS = ("strategies", "seed")
 
@@ -181,6 +182,7 @@ def write_summary(folder: Path, suite: Suite, name: str, run_id: str, tags: dict
     flagged = [c for c in comparisons if c.flagged]
     prev_id = previous.info.run_id if previous else None
     unlogged = [w.metric for w in suite.watch if not any(c.key.metric == w.metric for c in comparisons)]
+    judged = sum(c.p_adj is not None for c in comparisons)
     data = {"suite": suite.name, "nightly": name, "run_id": run_id, "date": tags[keys.NIGHTLY_DATE],
             "git_commit": tags[keys.GIT_COMMIT], "previous_run_id": prev_id,
             "previous_git_commit": previous.data.tags.get(keys.GIT_COMMIT) if previous else None,
@@ -195,19 +197,21 @@ def write_summary(folder: Path, suite: Suite, name: str, run_id: str, tags: dict
         lines += ["No previous FINISHED nightly of this suite: this one is the baseline.", ""]
     else:
         lines += [f"Compared with `{previous.data.tags.get(keys.RUN_NAME, prev_id)}` (run `{prev_id}`, commit "
-                  f"`{previous.data.tags.get(keys.GIT_COMMIT, '?')[:12]}`). Regression: drop of the seed mean > "
-                  f"t(1-α', df) × SE, α = {suite.noise.alpha} ({suite.noise.correction}); SE from both nights' "
+                  f"`{previous.data.tags.get(keys.GIT_COMMIT, '?')[:12]}`). Regression: one-sided p of the seed mean's "
+                  f"drop (t = drop / SE) below α = {suite.noise.alpha} after the multiple-comparison correction: "
+                  f"{correction_name(correction_of(suite.noise.correction))} over the {judged} compared keys "
+                  f"(threshold: the drop the key's step level asks for); SE from both nights' "
                   f"seed spread (paired when the seeds match), floored by the median over cells.", "",
                   f"**{len(flagged)} regression(s)**" if flagged else "**No regressions.**", ""]
     if unlogged:
         lines += [f"Watched but logged by no trial (check the metric names and data.eval_domains): "
                   f"{', '.join(unlogged)}.", ""]
-    lines += ["| cell | metric | previous | tonight | drop | threshold | SE | df | paired | p | verdict |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| cell | metric | previous | tonight | drop | threshold | SE | df | paired | p | p adj. | verdict |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in sorted(comparisons, key=lambda c: (not c.flagged, c.key.cell, c.key.metric)):
         lines.append(f"| {c.key.cell} | {c.key.metric} | {_fmt(c.prev_mean)} (n={c.n_prev}) | {_fmt(c.cur_mean)} "
                      f"(n={c.n_cur}) | {_fmt(c.drop)} | {_fmt(c.threshold)} | {_fmt(c.se)} | {c.df or '-'} | "
-                     f"{'yes' if c.paired else 'no'} | {_fmt(c.p_value, 3)} | "
+                     f"{'yes' if c.paired else 'no'} | {_fmt(c.p_value, 3)} | {_fmt(c.p_adj, 3)} | "
                      f"{'**' + c.status.upper() + '**' if c.flagged else c.status} |")
     md = folder / "summary.md"
     md.write_text("\n".join(lines) + "\n")

@@ -6,7 +6,9 @@ One command, one MLflow parent run (``hardseg.kind`` study), three stages, each 
 
 1. **defaults**: every selected strategy at its paper defaults × the study's seeds (an ablation);
 2. **search**: Optuna TPE + ASHA over strategy combinations and their weights, every trial on the
-   search seed (one seed, never used in stages 1 and 3);
+   search seed (one seed, never used in stages 1 and 3); ASHA with one bracket per strategy
+   combination (``per_strategy``: a trial is pruned only against trials of its own strategies, so a
+   slow starter such as HL is not pruned by faster-starting strategies; ``benchmarks/asha_bias.py``);
 3. **confirm**: the top-k distinct FINISHED configurations of stage 2 and every stage-1 strategy,
    re-run on fresh seeds the search never saw (an ablation grid over named configurations,
    :attr:`hardseg.platform.trial.TrialSpec.configs`), so the winner is judged on seeds it was not
@@ -69,8 +71,10 @@ class SearchStage(_Strict):
     params: dict[str, dict[str, Any]] = Field(min_length=1)
     seed: int = Field(100, description="the training seed of every search trial")
     num_samples: int = Field(8, ge=1)
+    # per_strategy: a trial is pruned only against trials of its own strategies (benchmarks/asha_bias.py:
+    # plain ASHA pruned HL beyond its full-budget rank, HL's branch starting slowly)
     scheduler: dict[str, Any] | None = Field(default_factory=lambda: {"type": "asha", "grace_period": 1,
-                                                                      "reduction_factor": 2})
+                                                                      "reduction_factor": 2, "per_strategy": True})
     sampler_seed: int = 0
     max_concurrent: int | None = Field(None, ge=1)
 

@@ -16,7 +16,7 @@ One YAML file is one suite (the shipped ones live in ``platform/suites/``)::
       train.epochs: 6
     watch:                              # metrics compared with the previous nightly
       - {metric: val/miou, mode: max}
-    noise: {alpha: 0.05, correction: bonferroni}   # hardseg.reports.regression
+    noise: {alpha: 0.05, correction: holm}   # hardseg.reports.regression (holm, bh or none)
 
 Each (model, dataset) cell is one ablation grid (strategies × seeds, identical
 budgets) nested under the nightly's MLflow parent run: models and datasets are
@@ -53,8 +53,9 @@ class Watch(_Strict):
 
 
 class NoiseRule(_Strict):
-    alpha: float = Field(0.05, gt=0, lt=1, description="false-alarm rate (per nightly with bonferroni)")
-    correction: Literal["bonferroni", "none"] = "bonferroni"
+    alpha: float = Field(0.05, gt=0, lt=1, description="false-alarm rate (per nightly with holm)")
+    # the reports' corrections (hardseg.reports.stats.adjust_p); "bonferroni", the old default, reads as holm
+    correction: Literal["holm", "bh", "none", "bonferroni"] = "holm"
 
 
 class Suite(_Strict):

@@ -9,7 +9,8 @@ trial at the end) and one child run per Tune trial (:mod:`hardseg.platform.trial
   Optuna study lives in an RDB storage (SQLite next to the MLflow store by
   default, ``tracking.optuna_storage`` for PostgreSQL), named after the
   sweep, readable by ``optuna-dashboard``. Optional ASHA on the trials'
-  progress in their schedule's unit (``epoch`` or ``iteration``); optional multi-objective (then no scheduler).
+  progress in their schedule's unit (``epoch`` or ``iteration``); every evaluation is an Optuna intermediate value at its step, and a
+  trial ASHA stops is ``PRUNED`` (:class:`RecordingOptunaSearch`); optional multi-objective (then no scheduler).
 * **ablate**: a grid (strategies × seeds) with identical budgets and data, no search.
 
 Trials either run in their own process (one worker) or fit a TorchTrainer
@@ -26,6 +27,7 @@ same Optuna study.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -86,13 +88,41 @@ def optuna_storage_url(cfg, tracking_uri: str) -> str:
 
 
 # -- Tune pieces ------------------------------------------------------------------
+
+
 class RecordingOptunaSearch(OptunaSearch):
-    """Records the Tune trial id and how the trial ended on the Optuna trial; a failed
-    trial is FAIL even when it reported epochs before failing (Ray would tell COMPLETE)."""
+    """Tells Optuna what happened, in Optuna's own terms, and records the Tune trial id on the Optuna trial.
+
+    * Every result a trial reports becomes an intermediate value at its ``epoch`` (Tune does not pass
+      the result a scheduler stops a trial on to the searcher; :meth:`on_trial_complete` adds it).
+    * A trial stopped by the scheduler (it ended without an error before ``max_epochs``) is told
+      ``PRUNED``: samplers such as TPE then rank it by its intermediate values at the step it reached,
+      never as a finished one (Ray's OptunaSearch would tell ``COMPLETE`` with its early score).
+    * A finished trial is ``COMPLETE`` with its last value; a failed one ``FAIL``, even when it
+      reported epochs before failing.
+
+    The states live in the Optuna storage, so a resumed sweep (``Tuner.restore``) keeps them.
+    """
 
     def __init__(self, *args, max_epochs: int, unit: str = EPOCH, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.max_epochs, self.unit = max_epochs, unit  # the trials' length in their unit
+        self._reported: dict[str, set[int]] = {}
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        """The result's metric as an intermediate value at its step (the trials' unit), once per step (single objective only)."""
+        ot = self._ot_trials.get(trial_id)
+        if ot is None or isinstance(self.metric, list) or trial_id in self._completed_trials:
+            return
+        value, step = result.get(self.metric), result.get(self.unit)
+        seen = self.__dict__.setdefault("_reported", {}).setdefault(trial_id, set())  # older pickles lack it
+        if value is None or step is None or int(step) in seen:
+            return
+        ot.report(float(value), int(step))
+        seen.add(int(step))
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot = self._ot_trials.get(trial_id)
@@ -106,7 +136,14 @@ class RecordingOptunaSearch(OptunaSearch):
             self._ot_study.tell(ot, state=TrialState.FAIL)
             self._completed_trials.add(trial_id)
             return None
-        ot.set_user_attr("ended", "stopped early" if epochs < self.max_epochs else "finished")
+        if result:
+            self._report(trial_id, result)  # the result the scheduler stopped it on (or its last one)
+        if result and epochs < self.max_epochs:
+            ot.set_user_attr("ended", "stopped early")
+            self._ot_study.tell(ot, state=TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+            return None
+        ot.set_user_attr("ended", "finished")
         return super().on_trial_complete(trial_id, result, error)
 
 
@@ -122,15 +159,40 @@ def make_searcher(space: SearchSpace, storage_url: str, study_name: str, max_epo
                                  storage=storage, study_name=study_name, max_epochs=max_epochs, unit=unit)
 
 
+class StrategyASHAScheduler(ASHAScheduler):
+    """ASHA with one bracket per strategy combination (the trial's sampled ``strategies``).
+
+    Plain ASHA compares every trial at a rung with every trial that reached it before, so a strategy
+    that starts slowly (HL's branch needs a long schedule before it moves, docs/strategies.md) is
+    pruned by faster-starting ones more often than its full-budget rank justifies. Here a trial is
+    compared only with trials of its own strategies: each is pruned at its rank within them, and the
+    strategies meet at the full budget. Measured in ``benchmarks/asha_bias.py``. A space without a
+    ``strategies`` parameter has one bracket: plain ASHA.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._empty_bracket = copy.deepcopy(self._brackets[0])  # before any trial: no rung has values
+        self._by_strategy: dict[str, Any] = {}
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        super().on_trial_add(tune_controller, trial)  # checks metric and mode
+        key = str(trial.config.get("strategies"))
+        if key not in self._by_strategy:
+            self._by_strategy[key] = copy.deepcopy(self._empty_bracket)
+        self._trial_info[trial.trial_id] = self._by_strategy[key]
+
+
 def make_scheduler(space: SearchSpace, max_epochs: int, unit: str = EPOCH):
     """ASHA on the trials' progress in their schedule's ``unit`` (``epoch`` or ``iteration``, each
-    evaluation's report carries it); ``grace_period`` and ``max_t`` count that unit."""
+    evaluation's report carries it); ``grace_period`` and ``max_t`` count that unit. With
+    ``per_strategy``, one bracket per strategy combination (:class:`StrategyASHAScheduler`)."""
     if space.sweep.scheduler is None:
         return None
     a = space.sweep.scheduler
-    return ASHAScheduler(time_attr=unit, metric=space.sweep.metric, mode=space.sweep.mode,
-                         max_t=a.max_t or max_epochs, grace_period=a.grace_period,
-                         reduction_factor=a.reduction_factor)
+    kind = StrategyASHAScheduler if a.per_strategy else ASHAScheduler
+    return kind(time_attr=unit, metric=space.sweep.metric, mode=space.sweep.mode,
+                max_t=a.max_t or max_epochs, grace_period=a.grace_period, reduction_factor=a.reduction_factor)
 
 
 # -- the driver ---------------------------------------------------------------------

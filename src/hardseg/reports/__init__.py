@@ -14,6 +14,7 @@
 * :mod:`~hardseg.reports.study`: the report of ``hardseg study`` (answer first, winner's curse measured).
 * :mod:`~hardseg.reports.html`: :func:`render_html`, one self-contained HTML page of a report.
 * :mod:`~hardseg.reports.publish`: :func:`write_report` with the figures and ``report.html`` too.
+* :mod:`~hardseg.reports.plan`: ``hardseg plan``, the paired seeds and GPU-hours a verdict needs.
 
 The names below are imported lazily, so ``hardseg.reports.stats`` alone stays light.
 """

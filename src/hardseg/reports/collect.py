@@ -4,6 +4,15 @@ Only MLflow is read (no Ray, no torch). What a sweep logs is described in
 :mod:`hardseg.platform.sweep` (parent run) and :mod:`hardseg.platform.trial`
 (child runs); :func:`runs_frame` flattens the child runs into a DataFrame that
 :mod:`hardseg.reports.tables` turns into statistics.
+
+One model per row: every figure of a row comes from the checkpoint its run selected, the
+best-by-val one (:func:`selected_checkpoint`). The training loop logs that model's val
+metrics as ``best/val/<metric>`` with its step (``best/epoch``, or ``best/iteration``
+under an iteration schedule) and evaluates the same model on every domain, ``test/``
+and robustness; a row's ``val/<metric>`` is that ``best/val/<metric>``, never the
+last epoch's. A run without that record (stopped by a scheduler, failed, logged by an
+older version) gets its best val step from its ``val/miou`` history and the other
+``val/`` metrics at that step.
 """
 
 from __future__ import annotations
@@ -23,8 +32,14 @@ from hardseg import keys
 from hardseg.errors import HardsegError
 
 PARAM_PREFIX = "param:"
-BASE_COLUMNS = ["run_id", "trial_id", "strategies", "seed", "status", "reason", "epochs"]
+BASE_COLUMNS = ["run_id", "trial_id", "strategies", "seed", "status", "reason", "epochs", "checkpoint",
+                "checkpoint_step", "checkpoint_unit"]
 PAGE = 1000
+SELECT_METRIC = "miou"  # the val metric a run's checkpoint is selected on (trainables.loop.BEST_METRIC)
+BEST_BY_VAL = "best-by-val"
+FROM_HISTORY = "best-by-val (from its val history)"
+NEVER_EVALUATED = "none (never evaluated)"
+STEP_UNITS = ("iteration", "epoch")  # best/<unit>: the selected checkpoint's step, iteration schedules first
 
 
 class ReportError(HardsegError, LookupError):
@@ -141,10 +156,35 @@ def _reason(run: Run) -> str | None:
     return next((tags[k] for k in order if tags.get(k)), None)
 
 
-def _epochs(client: MlflowClient, run: Run, metric: str = "val/miou") -> int | None:
-    if metric not in run.data.metrics:
-        return None
-    return max((m.step for m in client.get_metric_history(run.info.run_id, metric)), default=None)
+def selected_checkpoint(client: MlflowClient, run: Run) -> tuple[str, int | None, str, dict[str, float], int | None]:
+    """``(checkpoint, step, unit, val metrics, last val step)`` of the model a run's row reports.
+
+    ``checkpoint``: :data:`BEST_BY_VAL` when the run logged ``best/<unit>`` and ``best/val/*``; else
+    :data:`FROM_HISTORY` (the step of the best ``val/miou`` in its history, a tie keeping the
+    earlier step as the loop does), or :data:`NEVER_EVALUATED` without any ``val/miou``. ``val
+    metrics``: ``{"val/<metric>": value}`` of that checkpoint (empty when never evaluated).
+    """
+    metrics = run.data.metrics
+    select = keys.VAL_PREFIX + SELECT_METRIC
+    history = client.get_metric_history(run.info.run_id, select) if select in metrics else []
+    last = max((m.step for m in history), default=None)
+    best_prefix = keys.BEST_PREFIX + keys.VAL_PREFIX
+    logged = {keys.VAL_PREFIX + k[len(best_prefix):]: v for k, v in metrics.items() if k.startswith(best_prefix)}
+    for unit in STEP_UNITS:
+        step = metrics.get(f"{keys.BEST_PREFIX}{unit}")
+        if step is not None and step > 0 and logged:  # a val/* metric the record lacks is no figure of it
+            vals = {k: logged.get(k, math.nan) for k in metrics if k.startswith(keys.VAL_PREFIX)} | logged
+            return BEST_BY_VAL, int(step), unit, vals, last
+    finite = [m for m in history if math.isfinite(m.value)]
+    if not finite:
+        return NEVER_EVALUATED, None, "epoch", {}, last
+    best = max(finite, key=lambda m: (m.value, -m.step))  # the earliest of the best
+    vals = {k: v for k, v in metrics.items() if k.startswith(keys.VAL_PREFIX)}
+    if best.step != last:  # the latest values are another epoch's: read each at the best step
+        for name in vals:
+            at = [m.value for m in client.get_metric_history(run.info.run_id, name) if m.step == best.step]
+            vals[name] = at[-1] if at else math.nan
+    return FROM_HISTORY, int(best.step), "epoch", vals, last
 
 
 def runs_frame(client: MlflowClient, parent_run: Run) -> pd.DataFrame:
@@ -153,18 +193,22 @@ def runs_frame(client: MlflowClient, parent_run: Run) -> pd.DataFrame:
     Columns: ``run_id``, ``trial_id``, ``strategies`` (e.g. ``hl+coarse_to_fine``),
     ``seed`` and ``epochs`` (nullable ``Int64``; ``epochs`` is the last step of
     ``val/miou``), ``status`` (FINISHED, FAILED, KILLED, RUNNING), ``reason``
-    (``hardseg.error`` or ``hardseg.stop_reason``), then every final metric
-    under its MLflow key (``val/miou``, ``fog-3/miou``, ...; NaN when a run lacks
-    it) and every ``sampled.<key>`` tag as ``param:<key>``.
+    (``hardseg.error`` or ``hardseg.stop_reason``), ``checkpoint`` and ``checkpoint_step``
+    (``Int64``) with the unit in ``checkpoint_unit`` (:func:`selected_checkpoint`), then every
+    metric under its MLflow key (``val/miou``, ``fog-3/miou``, ...; NaN when a run lacks it),
+    ``val/*`` those of the selected checkpoint, and every ``sampled.<key>`` tag as ``param:<key>``.
     """
     rows: list[dict[str, Any]] = []
     for run in child_runs(client, parent_run):
         tags = run.data.tags
+        checkpoint, step, unit, val, last = selected_checkpoint(client, run)
         row: dict[str, Any] = {
             "run_id": run.info.run_id, "trial_id": tags.get(keys.TRIAL_ID), "strategies": _strategies(run),
-            "seed": _seed(run), "status": run.info.status, "reason": _reason(run), "epochs": _epochs(client, run),
+            "seed": _seed(run), "status": run.info.status, "reason": _reason(run), "epochs": last,
+            "checkpoint": checkpoint, "checkpoint_step": step, "checkpoint_unit": unit,
         }
         row.update(sorted(run.data.metrics.items()))
+        row.update(val)  # one model per row: val/* of the selected checkpoint, as its domains and test/*
         row.update({PARAM_PREFIX + k[len(keys.SAMPLED_PREFIX):]: _scalar(v) for k, v in sorted(tags.items())
                     if k.startswith(keys.SAMPLED_PREFIX)})
         rows.append(row)
@@ -175,7 +219,7 @@ def runs_frame(client: MlflowClient, parent_run: Run) -> pd.DataFrame:
     metric_cols = sorted(c for c in df.columns if c not in BASE_COLUMNS and not c.startswith(PARAM_PREFIX))
     param_cols = sorted(c for c in df.columns if c.startswith(PARAM_PREFIX))
     df = df[BASE_COLUMNS + metric_cols + param_cols].copy()
-    for col in ("seed", "epochs"):
+    for col in ("seed", "epochs", "checkpoint_step"):
         df[col] = pd.array([None if v is None or (isinstance(v, float) and math.isnan(v)) else int(v)
                             for v in df[col]], dtype="Int64")
     # astype casts column by column, one block each; copy() joins the blocks (a fragmented frame

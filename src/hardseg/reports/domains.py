@@ -2,7 +2,8 @@
 
 Each trial logs, at its last epoch, the best epoch's model on every evaluation
 domain (``<domain>/miou``; see :mod:`hardseg.trainables.loop`) and that model's
-clean score ``best/val/miou`` (``val/miou`` for runs logged without it). The
+clean score ``best/val/miou``, which is also the row's ``val/miou``
+(:func:`hardseg.reports.collect.selected_checkpoint`: one model per row). The
 matrix has one row per strategy and the columns
 
 * ``clean``: the best model's ``val`` mIoU;

@@ -19,8 +19,8 @@ from hardseg.reports import stats
 from hardseg.reports.answer import answer_lines
 from hardseg.reports.collect import ReportError, metric_columns, runs_frame
 from hardseg.reports.domains import cross_domain_section
-from hardseg.reports.tables import (ablation_table, accuracy_section, default_metrics, parquet_safe, tests_line,
-                                    to_markdown)
+from hardseg.reports.tables import (ablation_table, accuracy_section, checkpoint_line, default_metrics, parquet_safe,
+                                    tests_line, to_markdown)
 
 
 def build_report(client: MlflowClient, parent_run: Run, metrics: list[str] | None = None, baseline: str = "ce",
@@ -55,7 +55,8 @@ def build_report(client: MlflowClient, parent_run: Run, metrics: list[str] | Non
     if tags.get(keys.BEST_RUN_ID):
         head.append(f"Best trial (by the sweep's metric): {tags.get(keys.BEST_TRIAL) or '?'}, "
                     f"run `{tags[keys.BEST_RUN_ID]}`.")
-    head += ["", tests_line(table), "", *answer_lines(table)]
+    checkpoint = checkpoint_line(df)
+    head += ["", *([checkpoint, ""] if checkpoint else []), tests_line(table), "", *answer_lines(table)]
     markdown = "\n".join(head) + "\n" + to_markdown(table, metrics, header=False)
     cross = cross_domain_section(df, baseline=baseline, alpha=alpha, correction=correction)
     accuracy = accuracy_section(df, alpha=alpha)

@@ -25,7 +25,8 @@ from mlflow.tracking import MlflowClient
 
 from hardseg import keys
 from hardseg.reports import stats
-from hardseg.reports.collect import ReportError, metric_columns, runs_frame
+from hardseg.reports.collect import (BEST_BY_VAL, FROM_HISTORY, NEVER_EVALUATED, ReportError, metric_columns,
+                                     runs_frame)
 
 POWER = 0.8
 FIELDS = ["mean", "ci_low", "ci_high", "half_width", "n", "delta", "delta_ci_low", "delta_ci_high", "p_value",
@@ -33,7 +34,8 @@ FIELDS = ["mean", "ci_low", "ci_high", "half_width", "n", "delta", "delta_ci_low
 DEFAULT_METRICS = ["val/miou", "val/band_iou", "val/small_iou", "val/thin_iou"]
 NO_CI = "n/a (1 seed)"
 SPLIT_NOTES = {
-    "val": "Split: val (each run's last epoch; the best epoch and sweep trials are selected on this split).",
+    "val": "Split: val, each run's best-by-val checkpoint (the model every table of this report reads; the "
+           "checkpoint and sweep trials are selected on this split).",
     "best": "Split: val, at each run's best epoch (selected on val).",
     "test": "Split: data.test_split, held out: the best-by-val model, never used for any selection.",
 }
@@ -274,6 +276,35 @@ def tests_line(table: pd.DataFrame) -> str:
     if untested:
         text += (f" {untested} of {a['comparisons']} differences have fewer than {stats.MIN_PAIRED_SEEDS} paired "
                  f"seeds: shown without a test or verdict.")
+    return text
+
+
+def _steps(values: list[int], unit: str) -> str:
+    lo, hi = min(values), max(values)
+    return f"{unit} {lo}" if lo == hi else f"{unit}s {lo}–{hi} (per run: runs.parquet, column checkpoint_step)"
+
+
+def checkpoint_line(df: pd.DataFrame) -> str:
+    """The report header's sentence on the model behind every figure (:func:`collect.selected_checkpoint`):
+    which checkpoint, at which evaluation step, and which runs never evaluated."""
+    if "checkpoint" not in df.columns or df.empty:
+        return ""
+    finished = df[df["status"] == "FINISHED"]
+    parts = []
+    for kind in (BEST_BY_VAL, FROM_HISTORY):
+        rows = finished[finished["checkpoint"] == kind]
+        for unit in sorted(set(rows["checkpoint_unit"].dropna())):
+            steps = [int(x) for x in rows[rows["checkpoint_unit"] == unit]["checkpoint_step"].dropna()]
+            label = "best-by-val checkpoint" if kind == BEST_BY_VAL else \
+                "best-by-val checkpoint, read from the val/miou history (no best/ record logged)"
+            parts.append(f"{label}, evaluation at {_steps(steps, unit)} ({len(steps)} FINISHED "
+                         f"run{'s' if len(steps) != 1 else ''})")
+    text = ("Checkpoint: every figure of a run (val, every domain, robustness, test) comes from one model: "
+            + ("; ".join(parts) if parts else "none (no FINISHED run evaluated)") + ".")
+    never = df[df["checkpoint"] == NEVER_EVALUATED]
+    if len(never):
+        names = ", ".join(f"{_text(r.trial_id) or r.run_id} ({r.status})" for r in never.itertuples())
+        text += f" Never evaluated (no val/miou, no figure): {names}."
     return text
 
 

@@ -45,6 +45,9 @@ class AshaSettings(_Strict):
                               "can be stopped; with iterations, a multiple of train.eval_interval")
     reduction_factor: int = Field(2, ge=2)
     max_t: int | None = Field(None, ge=1, description="in the schedule's unit; None = the trial's length")
+    # one bracket per sampled strategy combination: a trial is compared at each rung only with trials
+    # of its own strategies (platform.sweep.StrategyASHAScheduler; benchmarks/asha_bias.py)
+    per_strategy: bool = False
 
 
 class SweepSettings(_Strict):
