@@ -254,11 +254,11 @@ def cmd_nightly(args: argparse.Namespace) -> int:
 
 def _check_tracking_uri(args: argparse.Namespace) -> None:
     """An unsupported ``--tracking-uri`` / ``MLFLOW_TRACKING_URI`` fails here, before Ray or MLflow start."""
-    # local: this command's modules only, so --help and bad input answer at once (module docstring)
-    from hardseg.platform.tracking import check_tracking_uri
-
     uri = getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
+        # local: MLflow (2 s) only when there is a URI to check, so 'cluster up' and 'jobs' answer at once
+        from hardseg.platform.tracking import check_tracking_uri
+
         check_tracking_uri(uri)
 
 
@@ -365,7 +365,7 @@ def _add_cluster_parsers(sub) -> None:
     csub = c.add_subparsers(dest="cluster_command", required=True)
     up = csub.add_parser("up", help="start a head and worker nodes on this machine, and an mlflow server")
     up.add_argument("--workers", type=int, default=1, help="worker nodes besides the head (default: 1)")
-    up.add_argument("--cpus-per-node", type=float, default=1, help="logical CPUs of each node (default: 1)")
+    up.add_argument("--cpus-per-node", type=float, default=1, help="logical CPUs of each node, a whole number (default: 1)")
     up.add_argument("--mlflow-backend", default="sqlite",
                     help="postgresql+psycopg2://USER@HOST:5432/DB (multi-node), sqlite (a file in --dir) or none")
     up.add_argument("--no-auth", action="store_true", help="no token authentication (RAY_AUTH_MODE=disabled)")
