@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from hardseg.platform.cli import main as cli
 from hardseg.platform.multinode import is_local_store
 
-from conftest import small_overrides
+from conftest import free_port, small_overrides
 
 PG = "postgres@127.0.0.1:5432"
 HARDSEG = str(Path(sys.executable).parent / "hardseg")
@@ -50,6 +50,42 @@ def test_submit_jobs_cluster_errors_are_one_line(argv, expected, capsys, monkeyp
     assert cli(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and expected in err and "\n" not in err, err
+
+
+def _cluster_up_refused(args: list[str], tmp_path: Path) -> str:
+    """``hardseg cluster up ARGS`` through the real entry point: its one error line; nothing started or written."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    state = tmp_path / "state"
+    out = subprocess.run([HARDSEG, "cluster", "up", "--dir", str(state), *args], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1, out
+    assert out.stderr.startswith("error: ") and not state.exists(), out.stderr
+    return out.stderr.strip()
+
+
+@pytest.mark.parametrize("cpus", ["1.5", "0"])
+def test_fractional_cpus_per_node_is_refused_in_one_line(cpus, tmp_path):
+    err = _cluster_up_refused(["--workers", "2", "--cpus-per-node", cpus], tmp_path)
+    assert f"--cpus-per-node {cpus}: a Ray node has a whole number of logical CPUs" in err
+
+
+def test_unusable_postgresql_backends_are_one_line_before_anything_starts(tmp_path):
+    """Unreachable PostgreSQL; a missing database this role may not create (a role of the test's own,
+    without CREATEDB): one line each, exit 2, no state written, no Ray node, no mlflow server."""
+    port = free_port()  # nothing listens there
+    err = _cluster_up_refused(["--mlflow-backend", f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"],
+                              tmp_path)
+    assert err == (f"error: cannot connect to PostgreSQL at 127.0.0.1:{port} (--mlflow-backend "
+                   f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow): Connection refused; start it or fix the URL")
+    role, db = f"hs_nocreate_{uuid.uuid4().hex[:8]}", f"hardseg_missing_{uuid.uuid4().hex[:8]}"
+    _pg(f"CREATE ROLE {role} LOGIN NOCREATEDB")
+    try:
+        err = _cluster_up_refused(["--mlflow-backend", f"postgresql+psycopg2://{role}@127.0.0.1:5432/{db}"], tmp_path)
+    finally:
+        _pg(f"DROP ROLE IF EXISTS {role}")
+    assert err.startswith(f"error: PostgreSQL database '{db}' does not exist at 127.0.0.1:5432 and role '{role}' "
+                          "cannot create it (permission denied to create database)"), err
+    assert err.endswith(f"; create it with: createdb -h 127.0.0.1 -p 5432 -U {role} {db}"), err
 
 
 def test_local_stores_are_recognised():

@@ -48,8 +48,8 @@ def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str,
     prepared = prepare_data(cfg)
     ensure_ray(cfg.ray)
     config_yaml = runs.config_text(cfg)
-    for msg in runs.strategy_warning_tags(cfg).values():
-        print(f"[hardseg] warning: {msg}", flush=True)
+    for line in runs.warning_lines([cfg]):
+        print(line, flush=True)
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     client = tracking.MlflowClient(uri)
     exp_id = tracking.get_or_create_experiment(client, cfg.tracking.experiment, uri)
