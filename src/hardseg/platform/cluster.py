@@ -24,6 +24,7 @@ import ray
 
 from hardseg.config import RayConfig, RunConfig
 from hardseg.errors import ConfigError
+from hardseg.platform.console import ray_runtime_env
 
 TRIAL_DRIVER_RESOURCE = "trial_driver"
 
@@ -38,7 +39,8 @@ def ensure_ray(cfg: RayConfig, *, trial_drivers: int = 0) -> dict:
     if ray.is_initialized():
         return ray.cluster_resources()
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    common = dict(log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    # every worker process quiets its console first (hardseg.platform.console)
+    common = dict(log_to_driver=True, configure_logging=True, logging_level="WARNING", runtime_env=ray_runtime_env())
     if address:
         ray.init(address=address, **common)
     else:
