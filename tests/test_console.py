@@ -42,6 +42,26 @@ def test_ray_notices_are_dropped_and_other_warnings_kept(caplog):
                                                              "Trials did not complete: [x]"]
 
 
+def test_job_sdk_placement_group_cleaner_and_optuna_notices_are_dropped_in_every_ray_worker(caplog):
+    """The loggers and messages of Ray 2.60 / Optuna 5 (console module docstring); the same filter runs in
+    each Ray worker process, as its worker_process_setup_hook."""
+    import importlib
+
+    console.quiet_console(io.StringIO())
+    notices = {"ray.dashboard.modules.job.sdk": "WebSocket closed for job raysubmit_x with close code 1000",
+               "ray.train.v2._internal.execution.controller.placement_group_cleaner":
+                   "Detected that the Ray Train controller actor (ab12) is dead. Cleaning up placement group = [x]",
+               "optuna.storages._rdb.storage": "A new study created in RDB with name: quickstart-1"}
+    with caplog.at_level(logging.INFO):
+        for name, message in notices.items():
+            logging.getLogger(name).warning(message)
+            logging.getLogger(name).warning("kept: %s", name)
+    assert [r.getMessage() for r in caplog.records] == [f"kept: {n}" for n in notices]
+    module, _, attr = console.ray_runtime_env()["worker_process_setup_hook"].rpartition(".")
+    assert getattr(importlib.import_module(module), attr) is console.quiet_console
+    assert console.console_env(io.StringIO())["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"
+
+
 def test_epoch_bar_only_when_a_factory_is_installed():
     loader = [1, 2, 3]
     assert progress.epoch_bar(loader, 0, 2) is loader
