@@ -366,7 +366,8 @@ def _add_cluster_parsers(sub) -> None:
     csub = c.add_subparsers(dest="cluster_command", required=True)
     up = csub.add_parser("up", help="start a head and worker nodes on this machine, and an mlflow server")
     up.add_argument("--workers", type=int, default=1, help="worker nodes besides the head (default: 1)")
-    up.add_argument("--cpus-per-node", type=float, default=1, help="logical CPUs of each node, a whole number (default: 1)")
+    up.add_argument("--cpus-per-node", type=float, default=1,
+                    help="logical CPUs of each node, a whole number (default: 1)")
     up.add_argument("--mlflow-backend", default="sqlite",
                     help="postgresql+psycopg2://USER@HOST:5432/DB (multi-node), sqlite (a file in --dir) or none")
     up.add_argument("--no-auth", action="store_true", help="no token authentication (RAY_AUTH_MODE=disabled)")

@@ -45,8 +45,8 @@ from hardseg.config import RayConfig
 from hardseg.errors import ConfigError
 from hardseg.platform import tracking
 from hardseg.platform.cluster import TRIAL_DRIVER_RESOURCE, concurrency, connect_ray, trial_resources
-from hardseg.platform.multinode import check_multinode
 from hardseg.platform.dryrun import sweep_warning_lines
+from hardseg.platform.multinode import check_multinode
 from hardseg.platform.names import check_name, default_sweep_name
 from hardseg.platform.prepare import prepare_data, resolve_paths
 from hardseg.platform.progress import ProgressTable
