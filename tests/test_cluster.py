@@ -88,7 +88,8 @@ def test_unusable_postgresql_backends_are_one_line_before_anything_starts(tmp_pa
         _pg(f"DROP ROLE IF EXISTS {role}")
     assert err.startswith(f"error: PostgreSQL database '{db}' does not exist at 127.0.0.1:5432 and role '{role}' "
                           "cannot create it (permission denied to create database)"), err
-    assert err.endswith(f"; create it with: createdb -h 127.0.0.1 -p 5432 -U {role} {db}"), err
+    assert err.endswith(f"; create it as a role that may (e.g. -U postgres): createdb -h 127.0.0.1 -p 5432 "
+                        f"-O {role} {db}"), err
 
 
 def test_local_stores_are_recognised():

@@ -164,10 +164,11 @@ def ensure_postgres_database(backend: str | None, timeout: float = 5) -> str | N
         with admin.connect() as conn:
             conn.execute(sqlalchemy.text(f'CREATE DATABASE "{url.database}"'))
     except sqlalchemy.exc.DBAPIError as err:
-        user = f" -U {url.username}" if url.username else ""
+        owner = f" -O {url.username}" if url.username else ""
         raise ClusterError(f"PostgreSQL database '{url.database}' does not exist at {where} and role "
-                           f"'{url.username or 'default'}' cannot create it ({_pg_reason(err)}); create it with: "
-                           f"createdb -h {url.host or 'localhost'} -p {url.port or 5432}{user} {url.database}") from None
+                           f"'{url.username or 'default'}' cannot create it ({_pg_reason(err)}); create it as a role "
+                           f"that may (e.g. -U postgres): createdb -h {url.host or 'localhost'} -p {url.port or 5432}"
+                           f"{owner} {url.database}") from None
     finally:
         admin.dispose()
     return f"created PostgreSQL database '{url.database}' at {where} for the MLflow server (it did not exist)"
