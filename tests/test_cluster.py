@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -23,9 +24,11 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from hardseg.platform.cli import main as cli
+from hardseg.platform.local_cluster import ClusterState, node_pids
 from hardseg.platform.multinode import is_local_store
 
-from conftest import small_overrides
+from conftest import free_port, small_overrides
+from documented import run_documented
 
 PG = "postgres@127.0.0.1:5432"
 HARDSEG = str(Path(sys.executable).parent / "hardseg")
@@ -52,6 +55,43 @@ def test_submit_jobs_cluster_errors_are_one_line(argv, expected, capsys, monkeyp
     assert err.startswith("error: ") and expected in err and "\n" not in err, err
 
 
+def _cluster_up_refused(args: list[str], tmp_path: Path) -> str:
+    """``hardseg cluster up ARGS`` through the real entry point: its one error line; nothing started or written."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    state = tmp_path / "state"
+    out = subprocess.run([HARDSEG, "cluster", "up", "--dir", str(state), *args], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stdout == "" and out.stderr.count("\n") == 1, out
+    assert out.stderr.startswith("error: ") and not state.exists(), out.stderr
+    return out.stderr.strip()
+
+
+@pytest.mark.parametrize("cpus", ["1.5", "0"])
+def test_fractional_cpus_per_node_is_refused_in_one_line(cpus, tmp_path):
+    err = _cluster_up_refused(["--workers", "2", "--cpus-per-node", cpus], tmp_path)
+    assert f"--cpus-per-node {cpus}: a Ray node has a whole number of logical CPUs" in err
+
+
+def test_unusable_postgresql_backends_are_one_line_before_anything_starts(tmp_path):
+    """Unreachable PostgreSQL; a missing database this role may not create (a role of the test's own,
+    without CREATEDB): one line each, exit 2, no state written, no Ray node, no mlflow server."""
+    port = free_port()  # nothing listens there
+    err = _cluster_up_refused(["--mlflow-backend", f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"],
+                              tmp_path)
+    assert err == (f"error: cannot connect to PostgreSQL at 127.0.0.1:{port} (--mlflow-backend "
+                   f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow): Connection refused; start it or fix the URL")
+    role, db = f"hs_nocreate_{uuid.uuid4().hex[:8]}", f"hardseg_missing_{uuid.uuid4().hex[:8]}"
+    _pg(f"CREATE ROLE {role} LOGIN NOCREATEDB")
+    try:
+        err = _cluster_up_refused(["--mlflow-backend", f"postgresql+psycopg2://{role}@127.0.0.1:5432/{db}"], tmp_path)
+    finally:
+        _pg(f"DROP ROLE IF EXISTS {role}")
+    assert err.startswith(f"error: PostgreSQL database '{db}' does not exist at 127.0.0.1:5432 and role '{role}' "
+                          "cannot create it (permission denied to create database)"), err
+    assert err.endswith(f"; create it as a role that may (e.g. -U postgres): createdb -h 127.0.0.1 -p 5432 "
+                        f"-O {role} {db}"), err
+
+
 def test_local_stores_are_recognised():
     assert all(is_local_store(u) for u in ["sqlite:////tmp/m.db", "file:///tmp/mlruns", "/tmp/mlruns", "mlruns"])
     assert not any(is_local_store(u) for u in ["http://head:5000", "https://x", "postgresql://u@h/db",
@@ -69,35 +109,61 @@ def _pg(sql: str) -> None:
     conn.close()
 
 
+CLUSTER_UP = ("hardseg cluster up --workers 2 --cpus-per-node 1 "
+              "--mlflow-backend postgresql+psycopg2://postgres@127.0.0.1:5432/mlflow")
+CLUSTER_DOWN = "hardseg cluster down"
+CONSOLE_NOISE = ("View run", "View experiment", "WebSocket closed", "PlacementGroupCleaner",
+                 "Detected that the Ray Train controller actor", "A new study created")
+
+
+def _timed(what: str, log: list[str], fn, *args, **kwargs) -> subprocess.CompletedProcess:
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    log.append(f"$ {what}  ({time.perf_counter() - start:.0f} s, exit {out.returncode})\n{out.stdout}{out.stderr}")
+    return out
+
+
 @pytest.fixture(scope="module")
 def two_nodes(tmp_path_factory):
-    from hardseg.platform import local_cluster
-
+    """docs/operations.md's cluster, started and stopped with its commands as written (``hardseg cluster
+    up`` / ``down`` in the folder the others run in). Replaced: the MLflow database name (one of this
+    test's own, which ``cluster up`` creates). Added: ``--private-tmpfs`` (the last worker node's own
+    empty tmpfs over ``node_local``, for the node-local refusal; needs root). A head and 2 worker nodes."""
     root = tmp_path_factory.mktemp("cluster")
     node_local = root / "node_local"
     node_local.mkdir()
     dbs = {k: f"hardseg_{k}_{uuid.uuid4().hex[:8]}" for k in ("mlflow", "optuna")}
-    for db in dbs.values():
-        _pg(f"CREATE DATABASE {db}")
+    _pg(f"CREATE DATABASE {dbs['optuna']}")  # the docs create it with createdb; cluster up creates MLflow's
     # a mount namespace of its own needs root (CAP_SYS_ADMIN); without it the node-local test is skipped
     private = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"],
                              capture_output=True).returncode == 0
-    state = None
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+    log: list[str] = []
+    up = None
     try:
-        state = local_cluster.up(root / "state", workers=1, cpus_per_node=1,
-                                 mlflow_backend=f"postgresql+psycopg2://{PG}/{dbs['mlflow']}",
-                                 private_tmpfs=node_local if private else None)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
-        env.update(state.env, RAY_DEDUP_LOGS="0")
-        yield {"state": state, "env": env, "node_local": node_local if private else None, "root": root,
-               "optuna": f"postgresql+psycopg2://{PG}/{dbs['optuna']}"}
+        up = _timed("cluster up", log, run_documented, CLUSTER_UP, *(["--private-tmpfs", str(node_local)] if private
+                                                                     else []),
+                    replace={"/mlflow": f"/{dbs['mlflow']}"}, cwd=root, env=env, timeout=300)
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"[hardseg] created PostgreSQL database '{dbs['mlflow']}'" in up.stdout
+        exports = dict(ln[len("export "):].split("=", 1) for ln in up.stdout.splitlines() if ln.startswith("export "))
+        assert set(exports) == {"RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "MLFLOW_TRACKING_URI"}, exports
+        env.update(exports)
+        state = ClusterState.load(root / ".hardseg-cluster")
+        yield {"state": state, "env": env, "node_local": node_local if private else None, "root": root, "log": log,
+               "optuna": f"postgresql+psycopg2://{PG}/{dbs['optuna']}", "dbs": dbs}
     finally:
-        if state is not None:
-            local_cluster.down(root / "state")
-            left = {t: local_cluster.node_pids(t) for t in state.temp_dirs}
+        left = {}
+        if up is not None and (root / ".hardseg-cluster" / "cluster.json").is_file():
+            temp_dirs = ClusterState.load(root / ".hardseg-cluster").temp_dirs
+            down = _timed("cluster down", log, run_documented, CLUSTER_DOWN, cwd=root, env=env, timeout=120)
+            left = {t: node_pids(t) for t in temp_dirs}
+            assert down.returncode == 0 and "stopped (" in down.stdout, down.stdout + down.stderr
         for db in dbs.values():
             _pg(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-        assert state is None or not any(left.values()), f"processes left after 'cluster down': {left}"
+        (root / "console.log").write_text("\n".join(log))
+        print("\n".join(log))
+        assert not any(left.values()), f"processes left after 'cluster down': {left}"
 
 
 def _hardseg(args: list[str], env: dict, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -126,38 +192,74 @@ def _write_space(folder: Path, num_samples: int) -> None:
         "sweep": {"num_samples": num_samples, "metric": "val/miou", "mode": "max", "seed": 0}}))
 
 
+SUBMIT_SWEEP = ("hardseg submit -- sweep quickstart --num-samples 4 "
+                "--set tracking.optuna_storage=postgresql+psycopg2://postgres@127.0.0.1:5432/optuna "
+                "--set ray.storage_path=/mnt/shared/hardseg-runs --set data.root=/mnt/shared/data/synthetic")
+SUBMIT_ABLATE = "hardseg submit --no-wait --env KEY=VALUE -- ablate --strategies ce hl --seeds 0 1"
+
+
+def _children(uri: str, sweep: str) -> list:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("hardseg")
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`hardseg.sweep` = '{sweep}'")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED", [p.info.status for p in parents]
+    return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
 @pytest.mark.cluster
 @pytest.mark.ray
 @pytest.mark.slow
-def test_submitted_sweep_runs_trials_on_both_nodes(two_nodes, data_root, tmp_path):
-    state, env = two_nodes["state"], two_nodes["env"]
-    work = tmp_path / "work"
-    _write_space(work, num_samples=4)
-    args = _sweep_args(data_root, tmp_path / "shared-runs", state.mlflow_url, "two-nodes",
-                       **{"tracking.optuna_storage": two_nodes["optuna"]})
-    out = _hardseg(["submit", "--address", state.dashboard_url, "--working-dir", str(work), "--", *args], env, work)
-    assert out.returncode == 0, (out.stdout[-4000:], out.stderr[-3000:])
-    assert "SUCCEEDED" in out.stdout
-    job_id = out.stdout.split("submitted job ", 1)[1].split()[0]
-    # jobs status / logs / list against the same cluster
-    assert "SUCCEEDED" in _hardseg(["jobs", "status", job_id], env, work).stdout
-    assert "sweep 'two-nodes'" in _hardseg(["jobs", "logs", job_id], env, work).stdout
-    assert job_id in _hardseg(["jobs", "list"], env, work).stdout
-    # Every run in the shared MLflow server: one parent, one FINISHED child per trial, on both nodes.
-    client = MlflowClient(state.mlflow_url)
-    exp = client.get_experiment_by_name("hardseg")
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`hardseg.sweep` = 'two-nodes'")
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children), \
-        [(c.info.status, c.data.tags.get("hardseg.error")) for c in children]
+def test_documented_cluster_sequence_runs_as_written_with_a_quiet_console(two_nodes, data_root, tmp_path):
+    """docs/operations.md's ``submit`` commands as written, on the cluster ``cluster up`` started, from its
+    folder (the working directory uploaded). Replaced: the Optuna database, ``ray.storage_path`` and
+    ``data.root`` (folders of this test's). Added: the small data set's ``--set``s (``small_overrides``:
+    32 px images, 64/32/16 images) with ``data.eval_domains=[]`` and ``train.epochs=2``; for the sweep
+    ``--num-samples 3`` (the last one given wins: its DDP trials run one at a time on the 3 one-CPU nodes,
+    ~40 s each here, and TPE's seeded start-up samples make the third one the trial ASHA stops); for the ablation
+    also ``ray.num_workers=1`` (one-worker trials, so the 3 nodes' single CPUs run 3 at once, one per node).
+    The sweep's trials keep the default 2 DDP workers (a TorchTrainer each) and ASHA stops some of them.
+    The console: hardseg's own lines, none of MLflow's, Ray's or Optuna's notices (``CONSOLE_NOISE``)."""
+    state, env, root, log = two_nodes["state"], two_nodes["env"], two_nodes["root"], two_nodes["log"]
+    shared = tmp_path / "shared-runs"  # outside the uploaded working directory
+    small = [a for s in small_overrides(data_root, **{"data.eval_domains": "[]", "train.epochs": 2})
+             if not s.startswith("data.root=") for a in ("--set", s)]
+    sweep = _timed("submit -- sweep quickstart", log, run_documented, SUBMIT_SWEEP, "--num-samples", "3",
+                   "--name", "two-nodes", *small,
+                   replace={"5432/optuna": f"5432/{two_nodes['dbs']['optuna']}", "/mnt/shared/hardseg-runs": str(shared),
+                            "/mnt/shared/data/synthetic": str(data_root)}, cwd=root, env=env, timeout=600)
+    assert sweep.returncode == 0 and "SUCCEEDED" in sweep.stdout, (sweep.stdout[-4000:], sweep.stderr[-3000:])
+    ablate = _timed("submit --no-wait -- ablate", log, run_documented, SUBMIT_ABLATE, "--name", "abl", *small,
+                    "--set", "ray.num_workers=1", "--set", f"ray.storage_path={shared}", cwd=root, env=env, timeout=120)
+    assert ablate.returncode == 0, ablate.stdout + ablate.stderr
+    job_id = ablate.stdout.split("submitted job ", 1)[1].split()[0]
+    # jobs logs --follow / status / list against the same cluster
+    follow = _timed("jobs logs JOB_ID --follow", log, _hardseg, ["jobs", "logs", job_id, "--follow"], env, root, 600)
+    assert follow.returncode == 0 and "[hardseg] sweep 'abl'" in follow.stdout, follow.stdout[-3000:] + follow.stderr
+    assert "SUCCEEDED" in _hardseg(["jobs", "status", job_id], env, root).stdout
+    listed = _hardseg(["jobs", "list"], env, root)
+    assert job_id in listed.stdout and listed.stdout.count("SUCCEEDED") >= 2
+    # Every run in the shared MLflow server: one parent, one closed child per trial.
     nodes = _node_ids(state.gcs_address, env)
-    assert len(nodes) == 2
-    assert {c.data.tags["hardseg.node_id"] for c in children} == nodes
+    assert len(nodes) == 3
+    trials = _children(state.mlflow_url, "two-nodes")
+    assert len(trials) == 3 and {c.info.status for c in trials} <= {"FINISHED", "KILLED"}, \
+        [(c.info.status, c.data.tags.get("hardseg.error")) for c in trials]
+    stopped = [c for c in trials if c.info.status == "KILLED"]
+    assert stopped and all("stopped by the" in c.data.tags["hardseg.stop_reason"] for c in stopped)
+    assert {c.data.tags["hardseg.node_id"] for c in trials} <= nodes
+    cells = _children(state.mlflow_url, "abl")
+    assert len(cells) == 4 and all(c.info.status == "FINISHED" for c in cells)
+    assert {c.data.tags["hardseg.node_id"] for c in cells} == nodes  # trials ran on every node
     # The Optuna study lives in PostgreSQL, with every trial.
     study = optuna.load_study(study_name="two-nodes", storage=two_nodes["optuna"])
-    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
+    # A quiet console: hardseg's lines (the live table, the stopped trials, the summary), no one else's.
+    for out in (sweep, follow):
+        text = out.stdout + out.stderr
+        assert not [n for n in CONSOLE_NOISE if n in text], [ln for ln in text.splitlines()
+                                                             if any(n in ln for n in CONSOLE_NOISE)]
+    assert "[hardseg] sweep 'two-nodes': {" in sweep.stdout and "'KILLED': " in sweep.stdout  # any order
 
 
 @pytest.mark.cluster
@@ -170,10 +272,10 @@ def test_unsafe_multinode_configs_are_refused_before_any_run(two_nodes, data_roo
     sqlite = tmp_path / "mlruns" / "mlflow.db"
     cases = [
         (_sweep_args(data_root, tmp_path / "runs", f"sqlite:///{sqlite}", "refuse-a"),
-         f"error: tracking.uri=sqlite:///{sqlite} is a local store, but the Ray cluster has 2 nodes: use an MLflow "
+         f"error: tracking.uri=sqlite:///{sqlite} is a local store, but the Ray cluster has 3 nodes: use an MLflow "
          "tracking server"),
         (_sweep_args(data_root, tmp_path / "runs", state.mlflow_url, "refuse-b"),
-         "optuna.db is SQLite, but the Ray cluster has 2 nodes: set tracking.optuna_storage=postgresql+psycopg2://"),
+         "optuna.db is SQLite, but the Ray cluster has 3 nodes: set tracking.optuna_storage=postgresql+psycopg2://"),
     ]
     _assert_refused(cases, env, tmp_path)
     assert not sqlite.exists()  # nothing written to the local store

@@ -42,6 +42,26 @@ def test_ray_notices_are_dropped_and_other_warnings_kept(caplog):
                                                              "Trials did not complete: [x]"]
 
 
+def test_job_sdk_placement_group_cleaner_and_optuna_notices_are_dropped_in_every_ray_worker(caplog):
+    """The loggers and messages of Ray 2.60 / Optuna 5 (console module docstring); the same filter runs in
+    each Ray worker process, as its worker_process_setup_hook."""
+    import importlib
+
+    console.quiet_console(io.StringIO())
+    notices = {"ray.dashboard.modules.job.sdk": "WebSocket closed for job raysubmit_x with close code 1000",
+               "ray.train.v2._internal.execution.controller.placement_group_cleaner":
+                   "Detected that the Ray Train controller actor (ab12) is dead. Cleaning up placement group = [x]",
+               "optuna.storages._rdb.storage": "A new study created in RDB with name: quickstart-1"}
+    with caplog.at_level(logging.INFO):
+        for name, message in notices.items():
+            logging.getLogger(name).warning(message)
+            logging.getLogger(name).warning("kept: %s", name)
+    assert [r.getMessage() for r in caplog.records] == [f"kept: {n}" for n in notices]
+    module, _, attr = console.ray_runtime_env()["worker_process_setup_hook"].rpartition(".")
+    assert getattr(importlib.import_module(module), attr) is console.quiet_console
+    assert console.console_env(io.StringIO())["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] == "true"
+
+
 def test_epoch_bar_only_when_a_factory_is_installed():
     loader = [1, 2, 3]
     assert progress.epoch_bar(loader, 0, 2) is loader
@@ -113,4 +133,37 @@ def test_dry_run_prints_config_and_trials_and_starts_nothing(capsys, tmp_path, m
     _one_line_error(capsys, ["sweep", "quickstart", "--dry-run", "--set", "train.lr=0.1"], "train.lr")
     _one_line_error(capsys, ["ablate", "--strategies", "ce", "--name", "bad/name", "--dry-run"], "bad/name")
     _one_line_error(capsys, ["train", "--dry-run", "--set", "tracking.uri=ftp://host/x"], "ftp://host/x")
+    assert list(tmp_path.iterdir()) == []
+
+
+HL_LAM_WARNING = ("[hardseg] warning: 'strategy_params.hl.lam' has no effect under train.optimizer=adamw (its "
+                  "per-parameter step normalisation cancels λ, docs/strategies.md §1)")
+
+
+def test_a_setting_that_cannot_act_is_one_warning_line_in_every_dry_run_and_a_run_tag(capsys, tmp_path, monkeypatch):
+    """HL's λ under the default AdamW: one line in train/sweep/ablate --dry-run (train and sweep print the same
+    lines through hardseg.platform.runs.warning_lines) and the hardseg.warning.hl tag every run gets."""
+    from hardseg.config import load_config
+    from hardseg.platform.runs import training_tags
+
+    monkeypatch.chdir(tmp_path)
+    lam = ["--set", "strategies=[hl]", "--set", "strategy_params.hl.lam=0.5"]
+    assert cli(["train", "--dry-run", *lam]) == 0
+    warned = [ln for ln in capsys.readouterr().out.splitlines() if "warning:" in ln]
+    assert len(warned) == 1 and warned[0].startswith(HL_LAM_WARNING), warned
+    assert cli(["train", "--dry-run", *lam, "--set", "train.optimizer=sgd"]) == 0  # λ acts under SGD
+    assert cli(["train", "--dry-run", "--set", "strategies=[hl]", "--set", "strategy_params.hl.lr_mult=5"]) == 0
+    assert "warning:" not in capsys.readouterr().out
+    assert cli(["ablate", "--strategies", "ce", "hl", "hl+coarse_to_fine", "--seeds", "0", "1", "--dry-run",
+                "--set", "strategy_params.hl.lam=0.5"]) == 0
+    warned = [ln for ln in capsys.readouterr().out.splitlines() if "warning:" in ln]
+    assert len(warned) == 1 and warned[0].startswith(HL_LAM_WARNING), warned  # once, not per trial
+    assert cli(["sweep", "hl", "--dry-run", "--set", "train.optimizer=adamw"]) == 0  # the preset searches λ
+    warned = [ln for ln in capsys.readouterr().out.splitlines() if "warning:" in ln]
+    assert len(warned) == 1 and warned[0].startswith(HL_LAM_WARNING), warned
+    assert cli(["sweep", "hl", "--dry-run"]) == 0  # under the preset's SGD: nothing to say
+    assert "warning:" not in capsys.readouterr().out
+    tags = training_tags(load_config(None, ["strategies=[hl]", "strategy_params.hl.lam=0.5"]))
+    assert HL_LAM_WARNING.startswith("[hardseg] warning: " + tags["hardseg.warning.hl"][:60])
+    assert "hardseg.warning.hl" not in training_tags(load_config(None, ["strategies=[hl]"]))  # λ left at default
     assert list(tmp_path.iterdir()) == []

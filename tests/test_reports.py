@@ -20,6 +20,8 @@ from hardseg.reports.collect import ReportError, find_parent, runs_frame
 from hardseg.reports.markdown import write_report
 from hardseg.reports.tables import ablation_table, parquet_safe, to_markdown
 
+from documented import documented_argv
+
 NAME = "abl-test"
 EPOCHS = 3
 CLASSES = ["background", "pole", "sign"]
@@ -292,7 +294,9 @@ def _one_line_error(capsys, argv) -> str:
 def test_cli_report(store, tmp_path, capsys):
     uri, client, parent, _ = store
     out = tmp_path / "r"
-    assert cli(["report", NAME, "--tracking-uri", uri, "--out", str(out)]) == 0
+    # README's step 3 as written, on this store's ablation (named NAME here); added: --tracking-uri, --out
+    assert cli(documented_argv("hardseg report my-ablation", "--tracking-uri", uri, "--out", str(out),
+                               replace={"my-ablation": NAME})) == 0
     assert str(out / "report.md") in capsys.readouterr().out
     md = (out / "report.md").read_text()
     assert "## val" in md and "## fog-3" in md and "small_iou" in md  # default metrics and eval domains

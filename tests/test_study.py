@@ -21,6 +21,7 @@ from mlflow.tracking import MlflowClient
 from hardseg.platform.cli import main as cli
 
 from conftest import small_overrides
+from documented import run_documented
 
 STUDY = {
     "name": "tiny", "baseline": "ce", "strategies": ["ce", "focal"], "seeds": [0],
@@ -100,8 +101,9 @@ def test_study_sigint_in_search_then_resume_and_report(data_root, tmp_path):
         [exp.experiment_id], f"tags.`mlflow.parentRunId` = '{search.info.run_id}'") if r.info.status == "FINISHED"}
     assert 1 <= len(before) < 4, log.read_text()[-3000:]
 
-    res = subprocess.run([exe, "study", "--resume", "st", "--storage-path", str(tmp_path / "runs")], cwd=tmp_path,
-                         env=env, capture_output=True, text=True, timeout=600)
+    # docs/usage.md's resume as written (NAME: st); added: --storage-path
+    res = run_documented("hardseg study --resume NAME", "--storage-path", str(tmp_path / "runs"),
+                         replace={"NAME": "st"}, cwd=tmp_path, env=env, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"
     stages = {r.data.tags["hardseg.stage"]: r for r in client.search_runs(

@@ -20,6 +20,7 @@ from hardseg.platform.sweep import run_sweep
 from hardseg.search_spaces import SearchSpace
 
 from conftest import small_overrides
+from documented import run_documented
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 TERMINAL = {"FINISHED", "FAILED", "KILLED"}
@@ -241,8 +242,9 @@ def test_sigint_then_resume_finishes_exactly_the_remaining_trials(data_root, sql
     done_before = {c.data.tags["hardseg.trial_id"] for c in children if c.info.status == "FINISHED"}
 
     assert (tmp_path / "runs" / "sweeps" / "res" / "hardseg_sweep.json").is_file()
-    res = subprocess.run([exe, "sweep", "--resume", "res", "--storage-path", storage], cwd=tmp_path,
-                         env=env, capture_output=True, text=True, timeout=600)
+    # docs/usage.md's resume as written (the sweep is named 'res' here); added: --storage-path
+    res = run_documented("hardseg sweep --resume my-sweep", "--storage-path", storage, replace={"my-sweep": "res"},
+                         cwd=tmp_path, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     _, parents, children = _runs(sqlite_uri)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"

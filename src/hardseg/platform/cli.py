@@ -345,7 +345,7 @@ def _check_tracking_uri(args: argparse.Namespace) -> None:
     """An unsupported ``--tracking-uri`` / ``MLFLOW_TRACKING_URI`` fails here, before Ray or MLflow start."""
     uri = getattr(args, "tracking_uri", None) or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
-        # local: MLflow (≈2 s) only when there is a URI to check, so a bad --set answers without it
+        # local: MLflow (≈2 s) only when there is a URI to check, so a bad --set, 'cluster up' and 'jobs' answer at once
         from hardseg.platform.tracking import check_tracking_uri
 
         check_tracking_uri(uri)
@@ -454,7 +454,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
         return 0
     backend = None if args.mlflow_backend == "none" else args.mlflow_backend
     state = local_cluster.up(args.dir, workers=args.workers, cpus_per_node=args.cpus_per_node,
-                             mlflow_backend=backend, auth=not args.no_auth)
+                             mlflow_backend=backend, auth=not args.no_auth,
+                             private_tmpfs=Path(args.private_tmpfs).resolve() if args.private_tmpfs else None)
     print(f"[hardseg] Ray head {state.gcs_address} + {args.workers} worker node(s), dashboard {state.dashboard_url}"
           + (f", MLflow {state.mlflow_url} ({state.mlflow_backend})" if state.mlflow_url else "")
           + f"; state in {Path(state.dir) / local_cluster.STATE_FILE}. Export:")
@@ -489,10 +490,13 @@ def _add_cluster_parsers(sub) -> None:
     csub = c.add_subparsers(dest="cluster_command", required=True)
     up = csub.add_parser("up", help="start a head and worker nodes on this machine, and an mlflow server")
     up.add_argument("--workers", type=int, default=1, help="worker nodes besides the head (default: 1)")
-    up.add_argument("--cpus-per-node", type=float, default=1, help="logical CPUs of each node (default: 1)")
+    up.add_argument("--cpus-per-node", type=float, default=1,
+                    help="logical CPUs of each node, a whole number (default: 1)")
     up.add_argument("--mlflow-backend", default="sqlite",
                     help="postgresql+psycopg2://USER@HOST:5432/DB (multi-node), sqlite (a file in --dir) or none")
     up.add_argument("--no-auth", action="store_true", help="no token authentication (RAY_AUTH_MODE=disabled)")
+    # tests only (needs root): the last worker node sees an empty tmpfs over this folder (local_cluster.start_worker)
+    up.add_argument("--private-tmpfs", help=argparse.SUPPRESS)
     down = csub.add_parser("down", help="stop exactly what 'cluster up' started")
     for cp in (up, down):
         cp.add_argument("--dir", default=".hardseg-cluster", help="state, logs and token (default: .hardseg-cluster)")

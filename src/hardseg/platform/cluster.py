@@ -25,6 +25,7 @@ import ray
 from hardseg import timeline
 from hardseg.config import RayConfig, RunConfig
 from hardseg.errors import ConfigError
+from hardseg.platform.console import ray_runtime_env
 
 TRIAL_DRIVER_RESOURCE = "trial_driver"
 
@@ -50,7 +51,8 @@ def ensure_ray(cfg: RayConfig, *, trial_drivers: int = 0) -> dict:
         os.environ.setdefault(key, value)
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     timeline.mark("driver: ray.init")
-    common = dict(log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    # every worker process quiets its console first (hardseg.platform.console)
+    common = dict(log_to_driver=True, configure_logging=True, logging_level="WARNING", runtime_env=ray_runtime_env())
     if address:
         ray.init(address=address, **common)
     else:

@@ -20,6 +20,10 @@ off, through the environment variable Ray 2.60 reads for it:
   the driver carry no ANSI colour codes in a log file or a CI log.
 * ``MLFLOW_LOGGING_LEVEL=WARNING``: no "Creating initial MLflow database tables"
   INFO lines when a command creates the SQLite store;
+  ``MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT=true``: no "🏃 View run … at" / "🧪 View
+  experiment at" lines each time a run on an MLflow server ends
+  (``mlflow/tracking/_tracking_service/client.py``, ``_log_url``; hardseg prints the UI
+  address of its runs once);
   ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false``: no "Downloading artifacts" bar when
   ``hardseg report`` fetches the HL maps.
 * two kinds of Ray notices are dropped by a logging filter (:class:`DropNotices`,
@@ -29,7 +33,17 @@ off, through the environment variable Ray 2.60 reads for it:
   Ray reads it once, at import, and a driver joining a cluster without a token must
   keep Ray's own choice), and Tune's Ctrl-C notices, whose "Resume experiment with:
   Tuner.restore(...)" is not the command to run (hardseg prints
-  ``hardseg sweep --resume NAME``).
+  ``hardseg sweep --resume NAME``). The same filter drops Ray's job-SDK INFO line
+  "WebSocket closed for job …" at the end of ``hardseg submit``'s log stream, Ray
+  Train's "Detected that the Ray Train controller actor (…) is dead. Cleaning up
+  placement group" after each trial a scheduler stopped (the cleaning up is what
+  should happen; hardseg's summary counts the trial KILLED), and Optuna's "A new study created in
+  RDB with name: …" (hardseg names the study and its storage).
+
+Ray worker processes (trials, Train controllers, the placement-group cleaner actor)
+log in their own process: :func:`ray_runtime_env` makes every worker of a driver run
+:func:`quiet_console` first (Ray's ``worker_process_setup_hook``), on a local Ray and
+on a cluster alike, so the filters and the MLflow knobs act there too.
 
 Every knob is a default: a value already in the environment wins.
 """
@@ -45,14 +59,21 @@ from typing import TextIO
 DROPPED_NOTICES = {
     "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled for this Ray",),
     "ray.tune.tune": ("Stop signal received", "Experiment has been interrupted, but the most recent state"),
+    "ray.dashboard.modules.job.sdk": ("WebSocket closed for job",),
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner": (
+        "Detected that the Ray Train controller actor",),
+    "optuna.storages._rdb.storage": ("A new study created in RDB",),
+    "optuna.storages.journal._storage": ("A new study created in Journal",),
+    "optuna.storages._in_memory": ("A new study created in memory",),
 }
+WORKER_SETUP_HOOK = "hardseg.platform.console.quiet_console"
 
 
 def console_env(stream: TextIO | None = None) -> dict[str, str]:
     """The environment defaults that keep Ray's console quiet, for ``stream`` (default stdout)."""
     stream = stream or sys.stdout
     env = {"RAY_AIR_NEW_OUTPUT": "0", "RAY_DEDUP_LOGS": "0", "MLFLOW_LOGGING_LEVEL": "WARNING",
-           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+           "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
     if not _isatty(stream):
         env["RAY_COLOR_PREFIX"] = "0"
     return env
@@ -66,6 +87,11 @@ def quiet_console(stream: TextIO | None = None) -> None:
         logger = logging.getLogger(name)
         if not any(isinstance(f, DropNotices) for f in logger.filters):
             logger.addFilter(DropNotices(prefixes))
+
+
+def ray_runtime_env() -> dict[str, str]:
+    """``ray.init(runtime_env=...)``: every worker process of the driver runs :func:`quiet_console` first."""
+    return {"worker_process_setup_hook": WORKER_SETUP_HOOK}
 
 
 class DropNotices(logging.Filter):

@@ -17,10 +17,12 @@ from pathlib import Path
 import yaml
 
 from hardseg.data import build_dataset
+from hardseg.config import load_config
 from hardseg.data.domains import parse_domains
 from hardseg.errors import ConfigError
 from hardseg.platform.names import check_name, trial_run_name
 from hardseg.platform.prepare import resolve_paths
+from hardseg.platform.runs import warning_lines
 from hardseg.platform.tracking import check_tracking_uri
 from hardseg.trainables.loop import check_strategies_fit
 from hardseg.trainables.schedule import Schedule, length_of, unit_of
@@ -38,6 +40,8 @@ def dry_run_train(cfg) -> int:
     if per_epoch is not None or cfg.train.iters is not None:
         for line in Schedule.from_config(cfg.train, per_epoch or 1).summary(per_epoch is not None).splitlines():
             print(f"[hardseg] {line}")
+    for line in warning_lines([cfg]):
+        print(line)
     print(f"[hardseg] dry run: config valid ({'+'.join(cfg.strategies)} on {cfg.model.name}, "
           f"{length_of(cfg.train)} {unit_of(cfg.train)}s, {cfg.ray.num_workers} worker(s)); nothing started", flush=True)
     return 0
@@ -54,6 +58,20 @@ def iters_per_epoch(cfg) -> int | None:
         except Exception:  # not on this machine: the schedule is printed in iterations only
             return None
     return (n // cfg.ray.num_workers) // cfg.train.batch_size
+
+
+def sweep_warning_lines(space, config_path: str | None, overrides: list[str]) -> list[str]:
+    """The distinct warning lines (:func:`hardseg.platform.runs.warning_lines`) of the trials a sweep or
+    an ablation can have: one config per strategy option, its searched ``strategy_params`` at their
+    first boundary value (a searched λ under AdamW is set in every trial that has it)."""
+    options = space.strategy_options(load_config(config_path).model_dump(mode="json"))
+    cfgs = []
+    for option in options:
+        sampled = {"strategies": "+".join(option)} if "strategies" in space.params else {}
+        sampled |= {p.path: p.boundary_values()[0] for p in space.params.values()
+                    if p.path.startswith("strategy_params.") and set(p.when) <= set(option)}
+        cfgs.append(space.run_config(sampled, config_path, overrides))
+    return warning_lines(cfgs)
 
 
 def dry_run_sweep(space, config_path: str | None, overrides: list[str], grid: dict[str, list] | None = None,
@@ -77,6 +95,8 @@ def dry_run_sweep(space, config_path: str | None, overrides: list[str], grid: di
             check_strategies_fit(resolve_paths(space.run_config({"strategies": choice}, config_path, overrides)))
     print("# base run config of every trial")
     print(yaml.safe_dump(base.model_dump(mode="json"), sort_keys=False).rstrip())
+    for line in sweep_warning_lines(space, config_path, overrides):
+        print(line)
     if grid is not None:
         cells = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
         print(f"# {len(cells)} trials (the grid {' × '.join(grid)}), as their MLflow runs will be named:")

@@ -26,8 +26,9 @@ from ray.job_submission import JobSubmissionClient
 
 from hardseg.errors import HardsegError
 
-#: not uploaded with the working directory (besides what .gitignore lists)
-EXCLUDES = [".git", ".venv", "venv", "__pycache__", "mlruns", "hardseg-runs"]
+#: not uploaded with the working directory (besides what .gitignore lists); .hardseg-cluster: the
+#: state, logs, MLflow artifacts and token of 'hardseg cluster up'
+EXCLUDES = [".git", ".venv", "venv", "__pycache__", "mlruns", "hardseg-runs", ".hardseg-cluster"]
 #: forwarded to the job when set here and not given with --env
 FORWARDED_ENV = ("MLFLOW_TRACKING_URI",)
 TOKEN_HELP = ("set RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN, in a file named by "

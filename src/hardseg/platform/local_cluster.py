@@ -5,7 +5,10 @@ own ``--temp-dir`` and its own ports (several nodes and other people's Ray
 share the machine), ``--num-cpus`` and the ``trial_driver`` custom resource the
 sweeps need; token authentication with a token file of the cluster's own; and
 an ``mlflow server`` on 127.0.0.1 (PostgreSQL backend for the real multi-node
-setup, or SQLite). Its state file (``cluster.json`` in ``--dir``) records the
+setup, or SQLite). Before anything starts, ``up`` checks the arguments: whole
+logical CPUs per node (``ray start --num-cpus`` takes an integer), and a
+PostgreSQL backend that answers and has its database (created when the role may
+create databases, else one line naming the command that does). Its state file (``cluster.json`` in ``--dir``) records the
 addresses, the temporary dirs, the MLflow server's pid and the environment a
 client exports.
 
@@ -31,8 +34,10 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import sqlalchemy
+from sqlalchemy.engine import URL, make_url
+
 from hardseg.errors import HardsegError
-from hardseg.platform.cluster import TRIAL_DRIVER_RESOURCE
 
 STATE_FILE = "cluster.json"
 DEFAULT_DIR = ".hardseg-cluster"
@@ -105,13 +110,91 @@ def _run(cmd: list[str], env: dict[str, str], log: Path) -> None:
         raise ClusterError(f"'{' '.join(cmd[:3])} ...' failed (exit {done.returncode}); see {log}: {tail}")
 
 
-def start_head(temp_dir: Path, cpus: float, env: dict[str, str], log: Path) -> tuple[str, str]:
+def whole_cpus(cpus: float) -> int:
+    """``cpus`` as an int ≥ 1 (``--cpus-per-node``): Ray gives a node whole logical CPUs.
+
+    Raises:
+        ClusterError: a fractional or non-positive count (one line; nothing started).
+    """
+    if cpus != int(cpus) or cpus < 1:
+        raise ClusterError(f"--cpus-per-node {cpus:g}: a Ray node has a whole number of logical CPUs "
+                           f"('ray start --num-cpus' takes an integer); give 1, 2, ...")
+    return int(cpus)
+
+
+def postgres_url(backend: str | None) -> URL | None:
+    """The SQLAlchemy URL of a ``postgresql[+driver]://`` backend, else None."""
+    if not backend or not backend.startswith("postgresql"):
+        return None
+    return make_url(backend)
+
+
+def ensure_postgres_database(backend: str | None, timeout: float = 5) -> str | None:
+    """Check a PostgreSQL ``backend`` before anything starts; create its database when missing.
+
+    Returns a note when the database was created, else None (not PostgreSQL, or the database exists).
+
+    Raises:
+        ClusterError: one line: PostgreSQL does not answer, or the database is missing and this role
+            may not create it (with the command that creates it).
+    """
+    url = postgres_url(backend)
+    if url is None:
+        return None
+    where = f"{url.host or 'localhost'}:{url.port or 5432}"
+    try:
+        engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": int(timeout)},
+                                          poolclass=sqlalchemy.pool.NullPool)
+    except ImportError as err:
+        raise ClusterError(f"--mlflow-backend {url.render_as_string()}: the driver is not installed ({err}); "
+                           f"pip install psycopg2-binary") from None
+    try:
+        with engine.connect():
+            return None
+    except sqlalchemy.exc.OperationalError as err:
+        reason = _pg_reason(err)
+        if f'database "{url.database}" does not exist' not in reason:
+            raise ClusterError(f"cannot connect to PostgreSQL at {where} (--mlflow-backend {url.render_as_string()}): "
+                               f"{reason}; start it or fix the URL") from None
+    finally:
+        engine.dispose()
+    admin = sqlalchemy.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT",
+                                     connect_args={"connect_timeout": int(timeout)}, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with admin.connect() as conn:
+            conn.execute(sqlalchemy.text(f'CREATE DATABASE "{url.database}"'))
+    except sqlalchemy.exc.DBAPIError as err:
+        owner = f" -O {url.username}" if url.username else ""
+        raise ClusterError(f"PostgreSQL database '{url.database}' does not exist at {where} and role "
+                           f"'{url.username or 'default'}' cannot create it ({_pg_reason(err)}); create it as a role "
+                           f"that may (e.g. -U postgres): createdb -h {url.host or 'localhost'} -p {url.port or 5432}"
+                           f"{owner} {url.database}") from None
+    finally:
+        admin.dispose()
+    return f"created PostgreSQL database '{url.database}' at {where} for the MLflow server (it did not exist)"
+
+
+def _pg_reason(err: Exception) -> str:
+    """The first line of the driver's message, without libpq's 'connection to server ... failed:' prefix."""
+    text = str(getattr(err, "orig", err)).strip().splitlines()[0]
+    return text.split("failed: ", 1)[-1].replace("FATAL:  ", "").strip()
+
+
+def node_resources(cpus: int) -> str:
+    """``ray start --resources``: the trial-driver slots of a node (one per CPU) as JSON."""
+    # local: hardseg.platform.cluster imports Ray and torch (6 s); the argument checks answer before that
+    from hardseg.platform.cluster import TRIAL_DRIVER_RESOURCE
+
+    return json.dumps({TRIAL_DRIVER_RESOURCE: max(1, cpus)})
+
+
+def start_head(temp_dir: Path, cpus: int, env: dict[str, str], log: Path) -> tuple[str, str]:
     """``ray start --head`` with its own ports; returns (GCS address, dashboard URL) once the dashboard answers."""
     port, dash = free_port(), free_port()
     cmd = [ray_bin(), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--include-dashboard", "true",
            "--ray-client-server-port", str(free_port()), "--num-cpus", str(cpus),
-           "--resources", json.dumps({TRIAL_DRIVER_RESOURCE: max(1, int(cpus))}), "--temp-dir", str(temp_dir),
+           "--resources", node_resources(cpus), "--temp-dir", str(temp_dir),
            "--object-store-memory", str(OBJECT_STORE_BYTES), "--disable-usage-stats", *node_ports()]
     _run(cmd, env, log)
     url = f"http://127.0.0.1:{dash}"
@@ -119,7 +202,7 @@ def start_head(temp_dir: Path, cpus: float, env: dict[str, str], log: Path) -> t
     return f"127.0.0.1:{port}", url
 
 
-def start_worker(gcs_address: str, temp_dir: Path, cpus: float, env: dict[str, str], log: Path,
+def start_worker(gcs_address: str, temp_dir: Path, cpus: int, env: dict[str, str], log: Path,
                  private_tmpfs: Path | None = None) -> None:
     """``ray start --address`` with its own temp dir and ports.
 
@@ -128,7 +211,7 @@ def start_worker(gcs_address: str, temp_dir: Path, cpus: float, env: dict[str, s
     write there (a node-local path, for the multi-node refusal tests; needs root).
     """
     cmd = [ray_bin(), "start", "--address", gcs_address, "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus),
-           "--resources", json.dumps({TRIAL_DRIVER_RESOURCE: max(1, int(cpus))}), "--temp-dir", str(temp_dir),
+           "--resources", node_resources(cpus), "--temp-dir", str(temp_dir),
            "--object-store-memory", str(OBJECT_STORE_BYTES), "--disable-usage-stats", *node_ports()]
     if private_tmpfs is not None:
         script = f"mount -t tmpfs tmpfs {private_tmpfs} && exec \"$@\""
@@ -177,14 +260,22 @@ def up(folder: str | Path = DEFAULT_DIR, *, workers: int = 1, cpus_per_node: flo
     """Start a head, ``workers`` worker nodes and an MLflow server; save and return the state.
 
     Args:
+        cpus_per_node: whole logical CPUs (:func:`whole_cpus`).
         mlflow_backend: ``postgresql+psycopg2://...`` (multi-node; SQLAlchemy's plain ``postgresql://``
             wants psycopg 3), ``sqlite`` (a file in ``folder``) or None (no server).
         auth: token authentication with a token file of this cluster's own.
         private_tmpfs: see :func:`start_worker` (applied to the last worker node).
+
+    Raises:
+        ClusterError: bad arguments or an unusable backend (checked before anything starts), or a node
+            or the server that failed to start (what did start is stopped again).
     """
     root = Path(folder).resolve()
     if (root / STATE_FILE).is_file():
         raise ClusterError(f"a local cluster is already recorded in {root}; 'hardseg cluster down --dir {folder}' first")
+    cpus = whole_cpus(cpus_per_node)
+    if note := ensure_postgres_database(mlflow_backend):
+        print(f"[hardseg] {note}", flush=True)
     root.mkdir(parents=True, exist_ok=True)
     auth_env: dict[str, str] = {"RAY_AUTH_MODE": "disabled"}
     if auth:
@@ -198,10 +289,10 @@ def up(folder: str | Path = DEFAULT_DIR, *, workers: int = 1, cpus_per_node: flo
     state = ClusterState(str(root), "", "", [str(t) for t in temp_dirs], {})
     state.save()  # from here on, 'down' finds whatever started
     try:
-        state.gcs_address, state.dashboard_url = start_head(temp_dirs[0], cpus_per_node, env, root / "ray.log")
+        state.gcs_address, state.dashboard_url = start_head(temp_dirs[0], cpus, env, root / "ray.log")
         state.save()
         for i, t in enumerate(temp_dirs[1:], 1):
-            start_worker(state.gcs_address, t, cpus_per_node, env, root / "ray.log",
+            start_worker(state.gcs_address, t, cpus, env, root / "ray.log",
                          private_tmpfs if i == workers else None)
         if mlflow_backend:
             state.mlflow_backend = mlflow_backend

@@ -88,13 +88,19 @@ def train_pixels_per_image(cfg: RunConfig) -> int | None:
 
 
 def strategy_warning_tags(cfg: RunConfig) -> dict[str, str]:
-    """``hardseg.warning.<strategy>`` tags for settings that run but defeat their strategy
-    (OHEM's min_kept ≥ the pixels of an image); empty when the image size is unknown here."""
-    pixels = train_pixels_per_image(cfg)
-    if pixels is None:
-        return {}
-    warnings = strategy_warnings(cfg.strategies, cfg.strategy_params, pixels)
+    """``hardseg.warning.<strategy>`` tags for settings that run but cannot act or defeat their
+    strategy under the rest of ``cfg`` (OHEM's min_kept ≥ the pixels of an image, when the size is
+    known here; HL's λ under AdamW): ``Strategy.config_warning``."""
+    warnings = strategy_warnings(cfg.strategies, cfg.strategy_params, train_pixels_per_image(cfg),
+                                 cfg.train.optimizer)
     return {f"{keys.WARNING_PREFIX}{name}": msg for name, msg in warnings.items()}
+
+
+def warning_lines(cfgs: list[RunConfig]) -> list[str]:
+    """The distinct ``[hardseg] warning: ...`` lines of :func:`strategy_warning_tags` over ``cfgs``
+    (a run, or the trial configs a sweep can have), in first-seen order."""
+    seen = dict.fromkeys(msg for cfg in cfgs for msg in strategy_warning_tags(cfg).values())
+    return [f"[hardseg] warning: {msg}" for msg in seen]
 
 
 def training_tags(cfg: RunConfig) -> dict[str, str]:

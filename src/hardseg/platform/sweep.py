@@ -47,6 +47,7 @@ from hardseg.config import RayConfig
 from hardseg.errors import ConfigError
 from hardseg.platform import tracking
 from hardseg.platform.cluster import TRIAL_DRIVER_RESOURCE, concurrency, connect_ray, trial_resources
+from hardseg.platform.dryrun import sweep_warning_lines
 from hardseg.platform.multinode import check_multinode
 from hardseg.platform.names import check_name, default_sweep_name
 from hardseg.platform.prepare import prepare_data, resolve_paths
@@ -262,6 +263,8 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
                                                workdir))
     for label, sets in (configs or {}).items():
         check_strategies_fit(resolve_paths(space.run_config({}, config_path, [*overrides, *sets]), workdir))
+    for line in sweep_warning_lines(space, config_path, overrides):  # a setting that cannot act: once
+        print(line, flush=True)
     resources = trial_resources(base_cfg, in_process)
     connect_ray(base_cfg)
     num_trials = space.sweep.num_samples if grid is None else _grid_size(grid)

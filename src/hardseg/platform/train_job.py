@@ -58,8 +58,8 @@ def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str,
         ensure_ray(cfg.ray)
         exp_id = experiment.result()
     config_yaml = runs.config_text(cfg)
-    for msg in runs.strategy_warning_tags(cfg).values():
-        print(f"[hardseg] warning: {msg}", flush=True)
+    for line in runs.warning_lines([cfg]):
+        print(line, flush=True)
     run_id = runs.open_run(
         client, exp_id, cfg.name, keys.TRAIN,
         tags={**runs.training_tags(cfg), **runs.model_tags(cfg, prepared.weight_reports),

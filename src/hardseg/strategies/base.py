@@ -82,6 +82,14 @@ class StrategyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+@dataclass(frozen=True)
+class Setting:
+    """What :meth:`Strategy.config_warning` may look at besides the strategy's own settings."""
+
+    pixels_per_image: int | None  # label pixels of one training image; None: unknown before the data loads
+    optimizer: str = "adamw"  # train.optimizer
+
+
 @dataclass
 class StrategyContext:
     """What a strategy may know about the task (no Ray, no MLflow here).
@@ -168,9 +176,10 @@ class Strategy:
         return None
 
     @classmethod
-    def config_warning(cls, cfg: StrategyConfig, pixels_per_image: int) -> str | None:
-        """A one-line warning for a setting that runs but defeats the strategy on images of
-        ``pixels_per_image`` label pixels (OHEM: min_kept ≥ pixels), or None."""
+    def config_warning(cls, cfg: StrategyConfig, setting: Setting) -> str | None:
+        """A one-line warning for a setting that runs but cannot act, or defeats the strategy, under
+        the rest of the run's config (OHEM: min_kept ≥ the pixels of an image; HL: λ set under AdamW),
+        or None. ``cfg.model_fields_set`` tells what the user set explicitly."""
         return None
 
     @property

@@ -41,7 +41,7 @@ from pydantic import Field
 from torch import Tensor
 
 from hardseg.models import SegModel, SegOutput
-from hardseg.strategies.base import Phase, PixelLoss, Strategy, StrategyConfig
+from hardseg.strategies.base import Phase, PixelLoss, Setting, Strategy, StrategyConfig
 from hardseg.strategies.functional import hl_losses, hl_weights
 from hardseg.strategies.registry import register_strategy
 from hardseg.strategies.visuals import palette_for, prediction_panel, scalar_to_rgb
@@ -86,6 +86,15 @@ class HardnessLevel(Strategy):
     @property
     def lr_mult(self) -> float:
         return self.cfg.lr_mult
+
+    @classmethod
+    def config_warning(cls, cfg: HLConfig, setting: Setting) -> str | None:
+        """λ set explicitly under Adam/AdamW, which cancel it (module docstring), else None."""
+        if "lam" not in cfg.model_fields_set or setting.optimizer == "sgd":
+            return None
+        return (f"'strategy_params.hl.lam' has no effect under train.optimizer={setting.optimizer} "
+                f"(its per-parameter step normalisation cancels λ, docs/strategies.md §1): set "
+                f"train.optimizer=sgd, or 'strategy_params.hl.lr_mult' to change the branch's step")
 
     @classmethod
     def normalisation(cls, cfg: HLConfig) -> str | None:

@@ -66,7 +66,7 @@ from torch import Tensor
 
 from hardseg.errors import ConfigError
 from hardseg.models import SegModel, SegOutput
-from hardseg.strategies.base import PixelLoss, Strategy, StrategyConfig, StrategyContext, contract_violation
+from hardseg.strategies.base import PixelLoss, Setting, Strategy, StrategyConfig, StrategyContext, contract_violation
 from hardseg.strategies.functional import average_pixels, mean_ce, pixel_ce
 from hardseg.strategies.registry import get_strategy
 
@@ -122,11 +122,14 @@ def check_composition(pairs: list[tuple[type[Strategy], StrategyConfig]], source
                           f"({da}; {db}); change one or drop one")
 
 
-def strategy_warnings(names: list[str], params: dict[str, dict[str, Any]], pixels_per_image: int) -> dict[str, str]:
-    """Strategy name → one-line warning for valid settings that defeat the strategy on images of
-    ``pixels_per_image`` label pixels (``Strategy.config_warning``); empty when there is none."""
+def strategy_warnings(names: list[str], params: dict[str, dict[str, Any]], pixels_per_image: int | None,
+                      optimizer: str = "adamw") -> dict[str, str]:
+    """Strategy name → one-line warning for valid settings that cannot act or defeat the strategy
+    under the rest of the config: images of ``pixels_per_image`` label pixels (None: unknown),
+    ``train.optimizer`` ``optimizer`` (``Strategy.config_warning``); empty when there is none."""
     configs = parse_strategy_params(names, params)
-    return {n: msg for n in names if (msg := get_strategy(n).config_warning(configs[n], pixels_per_image))}
+    setting = Setting(pixels_per_image, optimizer)
+    return {n: msg for n in names if (msg := get_strategy(n).config_warning(configs[n], setting))}
 
 
 def validate_strategies(names: list[str], params: dict[str, dict[str, Any]], source: str = "config") -> None:

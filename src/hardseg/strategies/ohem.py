@@ -34,7 +34,7 @@ from pydantic import Field
 from torch import Tensor
 
 from hardseg.models import SegOutput
-from hardseg.strategies.base import Phase, PixelLoss, Strategy, StrategyConfig
+from hardseg.strategies.base import Phase, PixelLoss, Setting, Strategy, StrategyConfig
 from hardseg.strategies.functional import average_pixels, ohem_keep_mask, valid_mean
 from hardseg.strategies.registry import register_strategy
 
@@ -74,8 +74,8 @@ class OHEM(Strategy):
     _warned = False  # per process: the degenerate case is logged once
 
     @classmethod
-    def config_warning(cls, cfg: OHEMConfig, pixels_per_image: int) -> str | None:
-        return degenerate_warning(cfg, pixels_per_image)
+    def config_warning(cls, cfg: OHEMConfig, setting: Setting) -> str | None:
+        return None if setting.pixels_per_image is None else degenerate_warning(cfg, setting.pixels_per_image)
 
     @classmethod
     def normalisation(cls, cfg: OHEMConfig) -> str | None:
