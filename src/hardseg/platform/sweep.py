@@ -44,7 +44,8 @@ from hardseg import keys
 from hardseg.config import RayConfig
 from hardseg.errors import ConfigError
 from hardseg.platform import tracking
-from hardseg.platform.cluster import TRIAL_DRIVER_RESOURCE, concurrency, connect_ray, trial_resources
+from hardseg.platform.cluster import (TRIAL_DRIVER_RESOURCE, check_resources, concurrency, connect_ray, precheck_local,
+                                      trial_need, trial_resources, wait_for_resources)
 from hardseg.platform.multinode import check_multinode
 from hardseg.platform.names import check_name, default_sweep_name
 from hardseg.platform.prepare import prepare_data, resolve_paths
@@ -189,6 +190,7 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
     if storage_exists(storage_join(sweep_root, name)):
         raise ConfigError(f"sweep '{name}' already exists in {sweep_root}; resume it with "
                           f"'hardseg sweep --resume {name}' or choose another --name")
+    precheck_local(trial_need(base_cfg, trial_resources(base_cfg, in_process)), base_cfg.ray)
     lineage = prepare_data(base_cfg).lineage
     if "strategies" in space.params:  # every strategy list a trial can have must fit the model
         for choice in space.params["strategies"].choices:
@@ -198,6 +200,8 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
         check_strategies_fit(resolve_paths(space.run_config({}, config_path, [*overrides, *sets]), workdir))
     resources = trial_resources(base_cfg, in_process)
     connect_ray(base_cfg)
+    need = trial_need(base_cfg, resources)
+    missing = check_resources(need)  # a trial the cluster can never place: one line, no run
     num_trials = space.sweep.num_samples if grid is None else _grid_size(grid)
     max_conc = concurrency(base_cfg, resources, space.sweep.max_concurrent, num_trials)
     storage_url = optuna_storage_url(base_cfg, uri) if grid is None else None
@@ -220,7 +224,8 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
     state.save(storage_join(sweep_root, name))
     _announce(name, parent, uri, storage_url, max_conc, num_trials, resources, exp_id)
     tuner = _make_tuner(state, sweep_root, space)
-    return _fit_and_close(tuner, state, space, client, start=time.perf_counter())
+    return _fit_and_close(tuner, state, space, client, start=time.perf_counter(),
+                          wait=lambda: wait_for_resources(need, missing, base_cfg.ray.resource_timeout_s))
 
 
 def resume_sweep(name: str, *, storage_path: str | None = None, workdir: Path | None = None) -> SweepOutcome:
@@ -235,6 +240,8 @@ def resume_sweep(name: str, *, storage_path: str | None = None, workdir: Path | 
     space = SearchSpace.from_dict(spec.space, source=f"sweep {name}")
     base_cfg = resolve_paths(space.run_config({}, spec.config_path, spec.overrides), workdir)
     connect_ray(base_cfg)
+    need = trial_need(base_cfg, state.resources)
+    missing = check_resources(need)
     check_multinode(spec.tracking_uri, state.optuna_storage, base)
     client = tracking.MlflowClient(spec.tracking_uri)
     reopen_run(client, spec.parent_run_id)
@@ -242,7 +249,8 @@ def resume_sweep(name: str, *, storage_path: str | None = None, workdir: Path | 
               state.num_samples, state.resources, spec.experiment_id)
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), state.resources)
     tuner = tune.Tuner.restore(folder, trainable=trainable, resume_unfinished=True, resume_errored=False)
-    return _fit_and_close(tuner, state, space, client, start=time.perf_counter())
+    return _fit_and_close(tuner, state, space, client, start=time.perf_counter(),
+                          wait=lambda: wait_for_resources(need, missing, base_cfg.ray.resource_timeout_s))
 
 
 def _grid_size(grid: dict[str, list]) -> int:
@@ -290,10 +298,13 @@ def _announce(name, parent, uri, storage_url, max_conc, num_trials, resources, e
               flush=True)
 
 
-def _fit_and_close(tuner, state: SweepState, space: SearchSpace, client, start: float) -> SweepOutcome:
+def _fit_and_close(tuner, state: SweepState, space: SearchSpace, client, start: float,
+                   wait=None) -> SweepOutcome:
     spec = TrialSpec(**state.spec)
     resume_hint = f"resume with: hardseg sweep --resume {spec.sweep_name}"
     with RunCloser(client, spec.parent_run_id, resume_hint=resume_hint, wrap_errors=False) as parent:
+        if wait is not None:  # an autoscaling cluster's bounded wait for one trial's resources
+            wait()
         results = tuner.fit()
         trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
         interrupted = any(t.status not in ("TERMINATED", "ERROR") for t in trials) or len(trials) < state.num_samples

@@ -16,7 +16,7 @@ from typing import Any
 from hardseg import keys
 from hardseg.config import RunConfig
 from hardseg.platform import runs, tracking
-from hardseg.platform.cluster import ensure_ray
+from hardseg.platform.cluster import check_resources, ensure_ray, precheck_local, run_need, wait_for_resources
 from hardseg.platform.prepare import prepare_data, resolve_paths
 from hardseg.platform.trainer import log_result, make_trainer
 
@@ -44,9 +44,12 @@ def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str,
             (after the MLflow run was closed as FAILED with the reason).
     """
     init_uri = cfg.model.init_from
+    precheck_local(run_need(cfg), cfg.ray)  # no GPU here for ray.use_gpu: one line before anything starts
     cfg = resolve_paths(cfg, workdir)
     prepared = prepare_data(cfg)
     ensure_ray(cfg.ray)
+    need = run_need(cfg)
+    missing = check_resources(need)  # a request the cluster can never satisfy: one line, no run
     config_yaml = runs.config_text(cfg)
     for msg in runs.strategy_warning_tags(cfg).values():
         print(f"[hardseg] warning: {msg}", flush=True)
@@ -62,6 +65,7 @@ def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str,
 
     start = time.perf_counter()
     with runs.RunCloser(client, run_id):
+        wait_for_resources(need, missing, cfg.ray.resource_timeout_s)  # an autoscaling cluster's bounded wait
         result = make_trainer(cfg, run_id, uri, train_loop=train_loop).fit()
         # result.metrics belong to the last checkpoint; an error report carries no
         # checkpoint, so the MLflow callback's error tag is the source of truth.
