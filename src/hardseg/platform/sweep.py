@@ -96,6 +96,8 @@ class RecordingOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot = self._ot_trials.get(trial_id)
+        if ot is not None and trial_id in self._completed_trials and not error and result:
+            return self._record_retry(ot, trial_id, result)
         if ot is None or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         ot.set_user_attr("tune_trial_id", trial_id)
@@ -108,6 +110,21 @@ class RecordingOptunaSearch(OptunaSearch):
             return None
         ot.set_user_attr("ended", "stopped early" if epochs < self.max_epochs else "finished")
         return super().on_trial_complete(trial_id, result, error)
+
+    def _record_retry(self, ot, trial_id: str, result: dict) -> None:
+        """A trial rerun by ``--retry-failed`` finished: Optuna cannot change its FAIL trial, so the
+        study gets a COMPLETE copy with the same parameters (user attr ``retry_of``)."""
+        frozen = self._ot_study._storage.get_trial(ot._trial_id)
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        if frozen.state != TrialState.FAIL or any(m not in result for m in metrics):
+            return None
+        epochs = int(result.get("epoch", 0))
+        copy = optuna.trial.create_trial(
+            params=frozen.params, distributions=frozen.distributions, values=[result[m] for m in metrics],
+            user_attrs={**frozen.user_attrs, "retry_of": frozen.number, "tune_trial_id": trial_id, "epochs": epochs,
+                        "ended": "stopped early" if epochs < self.max_epochs else "finished"})
+        self._ot_study.add_trial(copy)
+        return None
 
 
 def make_searcher(space: SearchSpace, storage_url: str, study_name: str, max_epochs: int):
@@ -143,6 +160,7 @@ class SweepState:
     num_samples: int
     max_concurrent: int
     resources: dict[str, float]
+    max_failures: int = 0  # Tune's retries of a trial whose worker or node died (ray.max_failures)
 
     def save(self, folder: str) -> None:
         fs, path = storage_fs(folder)
@@ -220,7 +238,8 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
                      tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent, metrics=space.sweep.metrics,
                      kind=kind, in_process=in_process, configs=dict(configs or {}),
                      environment=environment)
-    state = SweepState(asdict(spec), grid, storage_url, base_cfg.train.epochs, num_trials, max_conc, resources)
+    state = SweepState(asdict(spec), grid, storage_url, base_cfg.train.epochs, num_trials, max_conc, resources,
+                       base_cfg.ray.max_failures)
     state.save(storage_join(sweep_root, name))
     _announce(name, parent, uri, storage_url, max_conc, num_trials, resources, exp_id)
     tuner = _make_tuner(state, sweep_root, space)
@@ -228,8 +247,12 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
                           wait=lambda: wait_for_resources(need, missing, base_cfg.ray.resource_timeout_s))
 
 
-def resume_sweep(name: str, *, storage_path: str | None = None, workdir: Path | None = None) -> SweepOutcome:
-    """Finish an interrupted sweep: ``Tuner.restore`` with the saved state, same MLflow parent run."""
+def resume_sweep(name: str, *, storage_path: str | None = None, workdir: Path | None = None,
+                 retry_failed: bool = False) -> SweepOutcome:
+    """Finish an interrupted sweep: ``Tuner.restore`` with the saved state, same MLflow parent run.
+
+    ``retry_failed`` (``--retry-failed``): also rerun the trials that ended in error, each from its last
+    checkpoint in its own child run (reopened; the failed attempt's reason kept in ``hardseg.previous_error``)."""
     base = absolute_location(storage_path or RayConfig().storage_path, (workdir or Path.cwd()).resolve())
     folder = storage_join(base, SWEEPS_DIR, check_name(name))
     if not storage_exists(storage_join(folder, STATE_FILE)):
@@ -237,6 +260,9 @@ def resume_sweep(name: str, *, storage_path: str | None = None, workdir: Path | 
                           f"was run (the config's ray.storage_path)")
     state = SweepState.load(folder)
     spec = TrialSpec(**state.spec)
+    if retry_failed:
+        spec.retry_session = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+        state.spec = asdict(spec)  # _fit_and_close reads the spec from the state
     space = SearchSpace.from_dict(spec.space, source=f"sweep {name}")
     base_cfg = resolve_paths(space.run_config({}, spec.config_path, spec.overrides), workdir)
     connect_ray(base_cfg)
@@ -248,7 +274,7 @@ def resume_sweep(name: str, *, storage_path: str | None = None, workdir: Path | 
     _announce(name, spec.parent_run_id, spec.tracking_uri, state.optuna_storage, state.max_concurrent,
               state.num_samples, state.resources, spec.experiment_id)
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), state.resources)
-    tuner = tune.Tuner.restore(folder, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    tuner = tune.Tuner.restore(folder, trainable=trainable, resume_unfinished=True, resume_errored=retry_failed)
     return _fit_and_close(tuner, state, space, client, start=time.perf_counter(),
                           wait=lambda: wait_for_resources(need, missing, base_cfg.ray.resource_timeout_s))
 
@@ -283,7 +309,9 @@ def _make_tuner(state: SweepState, sweep_root: str, space: SearchSpace):
     run_config = tune.RunConfig(
         name=spec.sweep_name, storage_path=sweep_root, verbose=0,
         callbacks=[ProgressTable(s.metrics[0])],
-        failure_config=tune.FailureConfig(max_failures=0),
+        # a trial whose worker or node dies goes on from its last checkpoint, in the same MLflow run
+        # (one that failed in its own code is not trained again: hardseg.platform.trial)
+        failure_config=tune.FailureConfig(max_failures=state.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
     )
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
