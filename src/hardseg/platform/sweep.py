@@ -96,8 +96,6 @@ class RecordingOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         ot = self._ot_trials.get(trial_id)
-        if ot is not None and trial_id in self._completed_trials and not error and result:
-            return self._record_retry(ot, trial_id, result)
         if ot is None or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         ot.set_user_attr("tune_trial_id", trial_id)
@@ -111,20 +109,27 @@ class RecordingOptunaSearch(OptunaSearch):
         ot.set_user_attr("ended", "stopped early" if epochs < self.max_epochs else "finished")
         return super().on_trial_complete(trial_id, result, error)
 
-    def _record_retry(self, ot, trial_id: str, result: dict) -> None:
-        """A trial rerun by ``--retry-failed`` finished: Optuna cannot change its FAIL trial, so the
-        study gets a COMPLETE copy with the same parameters (user attr ``retry_of``)."""
-        frozen = self._ot_study._storage.get_trial(ot._trial_id)
-        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
-        if frozen.state != TrialState.FAIL or any(m not in result for m in metrics):
-            return None
-        epochs = int(result.get("epoch", 0))
-        copy = optuna.trial.create_trial(
-            params=frozen.params, distributions=frozen.distributions, values=[result[m] for m in metrics],
-            user_attrs={**frozen.user_attrs, "retry_of": frozen.number, "tune_trial_id": trial_id, "epochs": epochs,
-                        "ended": "stopped early" if epochs < self.max_epochs else "finished"})
-        self._ot_study.add_trial(copy)
-        return None
+
+def record_retries(study_name: str, storage_url: str | None, runs: list, retry_session: str | None,
+                   metrics: list[str]) -> int:
+    """Trials that ``--retry-failed`` reran to the end: Optuna cannot change their FAIL trials, so the
+    study gets a COMPLETE copy of each (same parameters, the run's final metrics, user attr ``retry_of``).
+    Returns how many were added."""
+    if retry_session is None or storage_url is None:
+        return 0
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    failed = {t.user_attrs.get("tune_trial_id"): t for t in study.trials if t.state == TrialState.FAIL}
+    added = 0
+    for run in runs:
+        trial = failed.get(run.data.tags.get(keys.TRIAL_ID))
+        if (trial is None or run.info.status != "FINISHED" or run.data.tags.get(keys.RETRY_SESSION) != retry_session
+                or any(m not in run.data.metrics for m in metrics)):
+            continue
+        study.add_trial(optuna.trial.create_trial(
+            params=trial.params, distributions=trial.distributions, values=[run.data.metrics[m] for m in metrics],
+            user_attrs={**trial.user_attrs, "retry_of": trial.number, "ended": "finished"}))
+        added += 1
+    return added
 
 
 def make_searcher(space: SearchSpace, storage_url: str, study_name: str, max_epochs: int):
@@ -338,6 +343,8 @@ def _fit_and_close(tuner, state: SweepState, space: SearchSpace, client, start: 
         interrupted = any(t.status not in ("TERMINATED", "ERROR") for t in trials) or len(trials) < state.num_samples
         close_open_runs(client, spec.experiment_id, spec.parent_run_id, trials, state.max_epochs, interrupted,
                         resume_hint)
+        record_retries(spec.sweep_name, state.optuna_storage, child_runs(client, spec.experiment_id,
+                       spec.parent_run_id), spec.retry_session, space.sweep.metrics)
         info = log_summary(client, spec.experiment_id, spec.parent_run_id, space, state.max_epochs,
                            final=not interrupted)
         wall = time.perf_counter() - start
