@@ -328,3 +328,111 @@ def test_token_errors_are_one_line(two_nodes, tmp_path):
     out = _hardseg(["jobs", "list", "--address", state.dashboard_url], {**bare, "RAY_AUTH_MODE": "token",
                                                                          "RAY_AUTH_TOKEN_PATH": str(wrong)}, tmp_path)
     assert out.returncode == 2 and "rejected the authentication token" in out.stderr, out
+
+
+# -- a node dies mid-trial (keep this test last: it leaves the cluster without its worker node) ---------------
+def _ray_script(code: str, gcs: str, env: dict) -> str:
+    """Run ``code`` in a Ray driver of the cluster (namespace ``hardseg-test``); its last stdout line."""
+    prelude = f"import json, ray; ray.init(address={gcs!r}, namespace='hardseg-test', logging_level='ERROR')\n"
+    out = subprocess.run([sys.executable, "-c", prelude + code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+
+
+def _node_of(temp_dir: str, gcs: str, env: dict) -> str:
+    """The Ray node id of the node started with ``temp_dir`` (its sockets live under it)."""
+    code = ("print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive'] and "
+            f"n['ObjectStoreSocketName'].startswith({temp_dir + '/'!r})]))")
+    (node,) = json.loads(_ray_script(code, gcs, env))
+    return node
+
+
+HOLD = """
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+@ray.remote(num_cpus=1)
+class Hold:
+    def ping(self):
+        return 1
+h = Hold.options(name='hold', lifetime='detached',
+                 scheduling_strategy=NodeAffinitySchedulingStrategy(%r, soft=False)).remote()
+print(ray.get(h.ping.remote()))
+"""
+
+
+@pytest.mark.cluster
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_trial_whose_node_dies_finishes_on_the_other_node(two_nodes, data_root, tmp_path):
+    """The trial runs on the worker node (a detached actor holds the head's one CPU); once it has
+    checkpointed, the head's CPU is freed and the worker node's raylet SIGKILLed. Tune retries the
+    trial (``ray.max_failures=1``) on the head from its last checkpoint, in the same MLflow run."""
+    import time
+
+    from hardseg.platform import local_cluster
+
+    state = two_nodes["state"]
+    gcs, head_dir, worker_dir = state.gcs_address, state.temp_dirs[0], state.temp_dirs[-1]
+    env = {**two_nodes["env"], "RAY_ADDRESS": gcs}  # a driver on the head
+    head, worker = _node_of(head_dir, gcs, env), _node_of(worker_dir, gcs, env)
+    assert _ray_script(HOLD % head, gcs, env) == "1"
+    _write_space(tmp_path, num_samples=1)
+    epochs = 10
+    args = _sweep_args(data_root, tmp_path / "shared-runs", state.mlflow_url, "node-kill",
+                       **{"tracking.optuna_storage": two_nodes["optuna"], "train.epochs": epochs,
+                          "ray.max_failures": 1})
+    log = tmp_path / "sweep.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([HARDSEG, *args], env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    client = MlflowClient(state.mlflow_url)
+
+    def trial_run(at_least: int):
+        """The trial's run once it has logged ``at_least`` epochs, and how many it has logged."""
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            exp = client.get_experiment_by_name("hardseg")
+            found = client.search_runs([exp.experiment_id], filter_string="tags.`hardseg.sweep` = 'node-kill' and "
+                                       "tags.`hardseg.trial_id` != ''") if exp else []
+            if found:
+                done = max((m.step for m in client.get_metric_history(found[0].info.run_id, "train/loss")), default=0)
+                if done >= at_least:
+                    return found[0], done
+            time.sleep(0.3)
+        raise AssertionError(log.read_text()[-3000:])
+
+    try:
+        run, _ = trial_run(1)
+        assert run.data.tags["hardseg.node_id"] == worker  # where the trial runs first
+        _ray_script("ray.kill(ray.get_actor('hold')); print('freed')", gcs, env)  # room on the head for the retry
+        trial_run(2)  # the checkpoint of epoch 1 at least is stored
+        raylet = [p for p in local_cluster.node_pids(worker_dir)
+                  if b"raylet" in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0]]
+        assert len(raylet) == 1, raylet
+        os.kill(raylet[0], 9)
+        killed_at = time.time()
+        rc = proc.wait(400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        local_cluster.stop_node(worker_dir, grace=2)  # what the dead node left behind
+    text = log.read_text()
+    assert rc == 0, text[-4000:]
+    exp = client.get_experiment_by_name("hardseg")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.`hardseg.sweep` = 'node-kill'")
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 1, [(c.info.status, c.data.tags.get("hardseg.error")) for c in children]
+    child = children[0]
+    resumed = int(child.data.tags["hardseg.resumed_from_epoch"])
+    history = client.get_metric_history(child.info.run_id, "train/loss")
+    steps = sorted({m.step for m in history})
+    # epochs the first attempt logged: before the kill (+2 s for one in flight; the retry needs the node's
+    # death to be noticed and a new process first)
+    logged = max(m.step for m in history if m.timestamp / 1000 < killed_at + 2)
+    print(f"\nnode {worker[:12]}'s raylet killed after epoch {logged} was logged; trial retried on node "
+          f"{child.data.tags['hardseg.node_id'][:12]} from epoch {resumed}, run {child.info.run_id} "
+          f"{child.info.status} (restarts {child.data.tags['hardseg.restarts']}), "
+          f"{time.time() - killed_at:.0f} s after the kill; one child run, epochs logged {steps}")
+    print("\n".join(line for line in text.splitlines() if "resuming after epoch" in line or "sweep 'node-kill'" in line))
+    assert child.info.status == "FINISHED" and child.data.tags["hardseg.node_id"] == head
+    assert child.data.tags["hardseg.restarts"] == "1" and 1 <= resumed <= logged
+    assert steps == list(range(1, epochs + 1))
+    assert f"resuming after epoch {resumed}" in text

@@ -363,7 +363,7 @@ def test_bad_checkpoints_on_the_command_line(capsys, sqlite_uri, data_root, tmp_
     assert _no_runs(sqlite_uri)
 
 
-def test_open_mmlab_imagenet_resnet_loads_into_the_backbone(tmp_path):
+def test_open_mmlab_imagenet_resnet_loads_into_the_backbone(tmp_path, monkeypatch):
     """open-mmlab's resnet50_v1c file (mmcv layout: stem.*, layer*.*, fc.*) as model.pretrained."""
     with torch.device("meta"):
         backbone = build_model("pspnet_r50_d8", 19).backbone
@@ -375,6 +375,9 @@ def test_open_mmlab_imagenet_resnet_loads_into_the_backbone(tmp_path):
         info = dataset_info(cfg.data)
         (report,) = build_training_model(cfg, info, np.ones(info.num_classes), meta=True)[0].weight_reports
         assert (report.loaded, report.missing, report.unexpected) == (len(sd) - 2, [], ["fc.weight", "fc.bias"])
+    # imagenet: open-mmlab's file, from the cache or downloaded on a miss; offline and not cached, one line naming it
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
     with pytest.raises(ConfigError, match="resnet50_v1c-2cccc1ad.pth"):
         build_training_model(cityscapes_cfg(**{"model.pretrained": "imagenet"}), info, np.ones(19), meta=True)
 

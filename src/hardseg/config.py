@@ -39,8 +39,11 @@ class ModelConfig(Strict):
                                              "(a no-op on CPU/gloo and with one worker)")
     encoder: str | None = Field(None, description="encoder of smp:* models: resnet18, resnet50, mobilenet_v2, mit_b0, "
                                 "tu-<timm name>, ...; None = resnet50 (Segformer: mit_b0)")
-    pretrained: str = Field("none", description="encoder weights: none, imagenet (from the local TORCH_HOME/HF_HOME "
-                            "caches, never downloaded) or a .pth/.pt/.safetensors file")
+    pretrained: str = Field("none", description="encoder weights: none, imagenet (the TORCH_HOME/HF_HOME caches, "
+                            "downloaded on a miss) or a .pth/.pt/.safetensors file")
+    weights_mirror: str | None = Field(None, description="base URL of an internal mirror of the weight files "
+                                       "(torchvision's paths and the Hugging Face Hub's); env HARDSEG_WEIGHTS_MIRROR")
+    weights_timeout_s: float = Field(30, gt=0, description="seconds to wait for the weights server to answer")
     init_from: str | None = Field(None, description="whole-model warm start: a hardseg model_export.pt, "
                                   "runs:/RUN_ID/model/model_export.pt, or an mmsegmentation checkpoint (mmseg "
                                   "networks)")
@@ -188,8 +191,11 @@ class RayConfig(Strict):
     use_gpu: bool = False
     gpus_per_worker: float = Field(1.0, gt=0, description="GPUs per training worker when ray.use_gpu; a fraction "
                                                          "(e.g. 0.5) lets trials share a GPU, above 1 it must be whole")
-    max_failures: int = Field(2, ge=0)
+    max_failures: int = Field(2, ge=0, description="retries of a run's workers (Ray Train) and of a sweep trial "
+                              "(Ray Tune) from the last checkpoint when a worker or its node dies")
     storage_path: str = Field("hardseg-runs", description="checkpoints and results; a local path or a URI")
+    resource_timeout_s: float = Field(300, gt=0, description="on an autoscaling cluster, how long a run or sweep "
+                                      "waits for the workers' CPUs/GPUs to appear before it fails")
 
     @field_validator("gpus_per_worker")
     @classmethod

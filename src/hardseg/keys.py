@@ -28,6 +28,9 @@ ERROR = "hardseg.error"  # FAILED (or an interrupted parent): why, on one line
 STOP_REASON = "hardseg.stop_reason"  # KILLED: who stopped it and how to resume
 RESUMED = "hardseg.resumed"  # a resumed sweep or study: when
 RESTARTS = "hardseg.restarts"  # a trial reopened by a restored sweep: how often
+RESUMED_FROM = "hardseg.resumed_from_epoch"  # a retried trial: the checkpoint's epoch it went on from
+PREVIOUS_ERROR = "hardseg.previous_error"  # a trial rerun by sweep --retry-failed: why its last attempt failed
+RETRY_SESSION = "hardseg.retry_session"  # the sweep --retry-failed that reran a trial (one rerun per session)
 MODEL_LOG_ERROR = "hardseg.model_log_error"  # the MLflow model could not be logged (the run stands)
 WARNING_PREFIX = "hardseg.warning."  # hardseg.warning.<strategy>: a setting that defeats the strategy
 

@@ -2,8 +2,8 @@
 
 ``model.name: smp:<Architecture>`` with ``model.encoder: <encoder>`` builds
 ``segmentation_models_pytorch.create_model(<Architecture>, encoder_name=<encoder>,
-encoder_weights=None)``: nothing is downloaded (pretrained weights come from
-local files, :mod:`hardseg.models.pretrained`). Encoders are smp's own
+encoder_weights=None)``: smp downloads nothing (pretrained weights are loaded
+afterwards, from the caches or fetched by :mod:`hardseg.models.pretrained`). Encoders are smp's own
 (``resnet18``, ``resnet50``, ``mobilenet_v2``, ``mit_b0`` …) or any timm model
 as ``tu-<timm name>``.
 

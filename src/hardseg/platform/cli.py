@@ -137,8 +137,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.resume and args.dry_run:
         raise HardsegError("--dry-run shows a new sweep's trials; it does not apply to --resume")
+    if args.retry_failed and not args.resume:
+        raise HardsegError("--retry-failed reruns the failed trials of a sweep: give --resume NAME")
     if args.resume:
-        out = resume_sweep(args.resume, storage_path=args.storage_path)
+        out = resume_sweep(args.resume, storage_path=args.storage_path, retry_failed=args.retry_failed)
     else:
         if not args.space:
             raise HardsegError("hardseg sweep needs a SPACE (a preset such as 'quickstart' or a YAML file) "
@@ -339,6 +341,19 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     out = run_nightly(suite, overrides=overrides, out_dir=Path(args.out) if args.out else None,
                       in_process=not args.always_trainer)
     return out.exit_code
+
+
+def cmd_weights_fetch(args: argparse.Namespace) -> int:
+    """Stage a model's ImageNet weights in a folder laid out as TORCH_HOME and HF_HOME (shared storage)."""
+    # local: this command's modules only, so --help and bad input answer at once (module docstring)
+    from hardseg.models.pretrained import fetch_weights, mirror_of
+
+    mirror = mirror_of(argparse.Namespace(weights_mirror=args.mirror))
+    path = fetch_weights(args.model, args.encoder, Path(args.to), mirror, args.timeout)
+    to = Path(args.to).resolve()
+    print(f"[hardseg] {path.name} ({path.stat().st_size} bytes) in {path.parent}; on every node set "
+          f"TORCH_HOME={to} HF_HOME={to} (or copy {to}/hub into their caches)")
+    return 0
 
 
 def _check_tracking_uri(args: argparse.Namespace) -> None:
@@ -553,6 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--max-concurrent", type=int, help="at most this many trials at once (default: what fits)")
     sw.add_argument("--resume", metavar="NAME", help="finish an interrupted sweep")
     sw.add_argument("--storage-path", help="with --resume: the ray.storage_path the sweep ran with")
+    sw.add_argument("--retry-failed", action="store_true", help="with --resume: also rerun the trials that "
+                    "failed, each from its last checkpoint in its own MLflow child run")
     sw.add_argument("--always-trainer", action="store_true",
                     help="fit a TorchTrainer even for one-worker trials (default: train in the trial's process)")
     sw.add_argument("--register", metavar="NAME",
@@ -677,6 +694,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--tracking-uri")
     demo.set_defaults(func=cmd_demo)
     _add_cluster_parsers(sub)
+
+    w = sub.add_parser("weights", help="pretrained weight files")
+    wsub = w.add_subparsers(dest="weights_command", required=True)
+    wf = wsub.add_parser("fetch", help="download a model's ImageNet weights into DIR (TORCH_HOME/HF_HOME layout), "
+                                       "to stage them on shared storage for a cluster without internet")
+    wf.add_argument("--model", required=True, help="model.name, e.g. deeplabv3_resnet50 or smp:Unet")
+    wf.add_argument("--encoder", help="model.encoder of smp:* models (default: the model's default encoder)")
+    wf.add_argument("--to", required=True, metavar="DIR", help="folder to fill; point TORCH_HOME and HF_HOME at it")
+    wf.add_argument("--mirror", help="base URL of an internal mirror (default: HARDSEG_WEIGHTS_MIRROR, else the "
+                                     "providers' servers)")
+    wf.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the server (default: 30)")
+    wf.set_defaults(func=cmd_weights_fetch)
     return p
 
 

@@ -12,6 +12,13 @@ they never compete with workers for CPUs.
 What a training worker reserves (:func:`worker_resources`) is decided here, once, for Train's
 ``ScalingConfig``, a Tune trial's resources and a sweep's concurrency.
 
+Requests the cluster can never satisfy (:func:`check_resources`) are refused before any MLflow
+run: what a run (or one sweep trial) needs, ``ray.num_workers`` workers of :func:`worker_resources`
+plus the trial's own slot, is compared with what the cluster has, or, on an autoscaling cluster,
+with what its node groups can grow to (the cluster config the autoscaler publishes in the GCS).
+A shortfall the autoscaler may still fill is waited for, at most ``ray.resource_timeout_s``
+(:func:`wait_for_resources`, inside the run, which then ends FAILED with the same line).
+
 The dashboard stays on: Ray Train's placement-group cleaner queries the State
 API through it and logs an error every few seconds without it.
 """
@@ -19,6 +26,8 @@ API through it and logs an error every few seconds without it.
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass, field
 
 import ray
 
@@ -60,12 +69,16 @@ def ensure_ray(cfg: RayConfig, *, trial_drivers: int = 0) -> dict:
         # daemon preempts the training workers; run them at normal priority (as
         # Ray's own job manager does for job drivers).
         os.environ.setdefault("RAY_worker_niceness", "0")
-        need = cfg.num_workers * cfg.cpus_per_worker
-        cpus = max(os.cpu_count() or 1, int(need + 0.999))
+        cpus = local_cpus(cfg)
         resources = {TRIAL_DRIVER_RESOURCE: trial_drivers} if trial_drivers else None
         ray.init(num_cpus=cpus, resources=resources, **common)
     timeline.mark("driver: ray.init done")
     return ray.cluster_resources()
+
+
+def local_cpus(cfg: RayConfig) -> int:
+    """Logical CPUs of a local runtime: the machine's cores, or what the workers need when that is more."""
+    return max(os.cpu_count() or 1, int(cfg.num_workers * cfg.cpus_per_worker + 0.999))
 
 
 def worker_resources(cfg: RunConfig) -> dict[str, float]:
@@ -111,3 +124,160 @@ def connect_ray(base_cfg: RunConfig) -> dict:
     """Join the cluster, or start a local Ray with one ``trial_driver`` slot per trial the cores fit."""
     per_trial = max(1, int(base_cfg.ray.num_workers * base_cfg.ray.cpus_per_worker))
     return ensure_ray(base_cfg.ray, trial_drivers=max(1, (os.cpu_count() or 1) // per_trial))
+
+
+# -- requests the cluster can never satisfy -----------------------------------------------------------------
+HINTS = {"GPU": "set ray.use_gpu=false, lower ray.num_workers or ray.gpus_per_worker, or join a cluster with "
+                "GPUs (ray.address)",
+         "CPU": "lower ray.num_workers or ray.cpus_per_worker, or join a larger cluster (ray.address)",
+         TRIAL_DRIVER_RESOURCE: f"start the cluster's nodes with --resources='{{\"{TRIAL_DRIVER_RESOURCE}\": 4}}'"}
+
+
+@dataclass
+class ResourceNeed:
+    """What a run (or one sweep trial) reserves: ``workers`` bundles of ``per_worker``, plus ``own``
+    (a trial's slot: its driver, or nothing when it trains in its own process)."""
+
+    what: str  # "hardseg train", "each sweep trial"
+    workers: int
+    per_worker: dict[str, float]
+    own: dict[str, float] = field(default_factory=dict)
+
+    def total(self) -> dict[str, float]:
+        out = {k: self.workers * v for k, v in self.per_worker.items()}
+        for k, v in self.own.items():
+            out[k] = out.get(k, 0) + v
+        return out
+
+    def explain(self, key: str) -> str:
+        """``2 GPUs (2 workers × 1 GPU, ray.gpus_per_worker)``: where the number comes from."""
+        setting = {"GPU": "ray.use_gpu=true, ray.gpus_per_worker", "CPU": "ray.cpus_per_worker"}.get(key, key)
+        n = self.total()[key]
+        if key not in self.per_worker:
+            return f"{_amount(n, key)} (the trial's own slot)"
+        own = f" + {_amount(self.own[key], key)} for the trial" if key in self.own else ""
+        return (f"{_amount(n, key)} ({self.workers} worker{'s' if self.workers > 1 else ''} × "
+                f"{_amount(self.per_worker[key], key)}, {setting}{own})")
+
+
+def _amount(n: float, key: str) -> str:
+    value = f"{n:g}"
+    return f"{value} {key}{'s' if n != 1 and key in ('CPU', 'GPU') else ''}"
+
+
+def run_need(cfg: RunConfig) -> ResourceNeed:
+    """``hardseg train``: ``ray.num_workers`` workers (Train's controller takes nothing)."""
+    return ResourceNeed("hardseg train", cfg.ray.num_workers, worker_resources(cfg))
+
+
+def trial_need(cfg: RunConfig, resources: dict[str, float]) -> ResourceNeed:
+    """One sweep trial with ``resources`` (:func:`trial_resources`): itself, or its driver plus its workers."""
+    if TRIAL_DRIVER_RESOURCE not in resources:
+        return ResourceNeed("each sweep trial", 1, dict(resources))
+    return ResourceNeed("each sweep trial", cfg.ray.num_workers, worker_resources(cfg), dict(resources))
+
+
+@dataclass
+class Capacity:
+    """What the cluster has now, or can grow to (``autoscaling``), in all and on its largest node."""
+
+    total: dict[str, float]
+    largest_node: dict[str, float]
+    autoscaling: bool = False
+
+
+def capacity_now() -> Capacity:
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    keys = {k for n in nodes for k in n}
+    return Capacity(dict(ray.cluster_resources()), {k: max(n.get(k, 0) for n in nodes) for k in keys})
+
+
+def autoscaling_capacity() -> Capacity | None:
+    """The most the autoscaler's node groups can give (None: no autoscaler, a fixed cluster).
+
+    Read from the cluster config the autoscaler publishes in the GCS (Ray's internal state API,
+    the one Ray Data sizes itself with); an older or newer Ray without it counts as fixed."""
+    try:
+        config = ray._private.state.state.get_cluster_config()
+    except Exception:  # no such API in this Ray, or no GCS answer: a fixed cluster
+        return None
+    groups = [g for g in (config.node_group_configs if config is not None else []) if g.max_count != 0]
+    if not groups:
+        return None
+    total: dict[str, float] = {}
+    largest: dict[str, float] = {}
+    for g in groups:
+        count = g.max_count if g.max_count > 0 else 1_000_000  # -1: unbounded
+        for k, v in g.resources.items():
+            total[k] = total.get(k, 0) + count * v
+            largest[k] = max(largest.get(k, 0), v)
+    return Capacity(total, largest, autoscaling=True)
+
+
+def shortfall(need: ResourceNeed, cap: Capacity) -> str | None:
+    """One sentence naming the first resource ``need`` lacks on ``cap`` (None: it fits)."""
+    where = "can autoscale to" if cap.autoscaling else "has"
+    for key, n in need.total().items():
+        have = cap.total.get(key, 0)
+        if have + 1e-9 < n:
+            return (f"{need.what} needs {need.explain(key)} but the Ray cluster {where} {_amount(have, key)}; "
+                    f"{HINTS.get(key, f'add nodes with the {key} resource')}")
+    for key, n in {**need.per_worker, **need.own}.items():
+        largest = cap.largest_node.get(key, 0)
+        if largest + 1e-9 < n:
+            return (f"{need.what}: one worker needs {_amount(n, key)} on one node but the largest Ray node "
+                    f"{where} {_amount(largest, key)}; {HINTS.get(key, f'add nodes with the {key} resource')}")
+    return None
+
+
+def precheck_local(need: ResourceNeed, cfg: RayConfig) -> None:
+    """Before Ray starts: when hardseg would start a local runtime (no ``ray.address``/``RAY_ADDRESS``),
+    refuse at once what this machine cannot give (its GPUs as torch counts them, CUDA_VISIBLE_DEVICES
+    included), instead of starting Ray to find out."""
+    if ray.is_initialized() or cfg.address or os.environ.get("RAY_ADDRESS"):
+        return
+    import torch  # local: torch is heavy; the callers have imported it already
+
+    machine = {"CPU": float(local_cpus(cfg)), "GPU": float(torch.cuda.device_count()),
+               TRIAL_DRIVER_RESOURCE: float("inf")}  # connect_ray declares the trial slots
+    missing = shortfall(need, Capacity(machine, machine))
+    if missing is not None:
+        raise ConfigError(missing.replace("the Ray cluster has", "this machine (a local Ray runtime) has"))
+
+
+def check_resources(need: ResourceNeed) -> str | None:
+    """Refuse a request the cluster can never satisfy, before any run; returns the shortfall an
+    autoscaling cluster may still fill (None: everything fits now), for :func:`wait_for_resources`.
+
+    Raises:
+        ConfigError: the request exceeds a fixed cluster, or every size the autoscaler can reach.
+    """
+    now = shortfall(need, capacity_now())
+    if now is None:
+        return None
+    scaling = autoscaling_capacity()
+    if scaling is None:
+        raise ConfigError(now)
+    grown = Capacity({k: max(v, capacity_now().total.get(k, 0)) for k, v in scaling.total.items()},
+                     scaling.largest_node, autoscaling=True)
+    never = shortfall(need, grown)
+    if never is not None:
+        raise ConfigError(never)
+    return now
+
+
+def wait_for_resources(need: ResourceNeed, missing: str | None, timeout_s: float, poll_s: float = 1.0) -> None:
+    """On an autoscaling cluster, wait up to ``timeout_s`` (``ray.resource_timeout_s``) for ``need``
+    to fit, with one progress line; then raise the shortfall as a ConfigError."""
+    if missing is None:
+        return
+    print(f"[hardseg] waiting up to {timeout_s:g} s (ray.resource_timeout_s) for the autoscaler: {missing}",
+          flush=True)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        missing_now = shortfall(need, capacity_now())
+        if missing_now is None:
+            return
+        missing = missing_now
+    raise ConfigError(f"{missing} (waited {timeout_s:g} s, ray.resource_timeout_s, for the autoscaler)")

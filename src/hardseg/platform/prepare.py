@@ -4,6 +4,7 @@ generated or checked, and the strategies and weight files checked against the mo
 
 from __future__ import annotations
 
+import os
 import tempfile
 import yaml
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from hardseg.data.domains import absolute_spec, build_domain, parse_domains
 from hardseg.data.lineage import derived, lineage
 from hardseg.errors import HardsegError
 from hardseg.platform import tracking
-from hardseg.platform.storage import absolute_location
+from hardseg.models.pretrained import MIRROR_ENV
+from hardseg.platform.storage import absolute_location, storage_fs, storage_join
 from hardseg.trainables.loop import EXPORT_FILE, check_strategies_fit
 
 
@@ -36,19 +38,36 @@ def resolve_paths(cfg: RunConfig, workdir: Path | None = None) -> RunConfig:
         cfg.model.pretrained = str((base / cfg.model.pretrained).resolve())
     if cfg.model.init_from:
         cfg.model.init_from = fetch_init_from(cfg.model.init_from, cfg, base)
+    if not cfg.model.weights_mirror and os.environ.get(MIRROR_ENV):  # the workers get it with the config
+        cfg.model.weights_mirror = os.environ[MIRROR_ENV]
     return cfg
 
 
 def fetch_init_from(location: str, cfg: RunConfig, base: Path) -> str:
-    """``model.init_from`` as a local file: a path made absolute, or an MLflow ``runs:/RUN_ID/PATH``
-    (or other artifact URI) downloaded once on the driver into ``<storage_path>/init_from/``
-    (a local storage path; a temporary folder otherwise). A folder (``runs:/ID/model``) means
-    its ``model_export.pt``."""
+    """``model.init_from`` as a file every worker reads: a path made absolute, or an MLflow
+    ``runs:/RUN_ID/PATH`` (or other artifact URI) downloaded once on the driver into
+    ``<storage_path>/init_from/``; when ``ray.storage_path`` is a URI (``s3://``, ``file://``), the
+    file is downloaded into a temporary folder, uploaded there and its URI returned, so that the
+    workers of every node read it through the storage. A folder (``runs:/ID/model``) means its
+    ``model_export.pt``."""
     if "://" not in location and not location.startswith("runs:/"):
         return str((base / location).resolve())
     storage = cfg.ray.storage_path
-    root = Path(storage) / "init_from" if "://" not in storage else Path(tempfile.mkdtemp(prefix="hardseg-init-"))
-    dest = root / location.replace("://", "_").replace(":/", "_").replace("/", "_")
+    folder = location.replace("://", "_").replace(":/", "_").replace("/", "_")
+    if "://" in storage:
+        with tempfile.TemporaryDirectory(prefix="hardseg-init-") as tmp:
+            local = _download_init_from(location, cfg, Path(tmp) / folder)
+            uri = storage_join(storage, "init_from", folder, local.name)
+            fs, path = storage_fs(uri)
+            fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            with fs.open_output_stream(path) as out:
+                out.write(local.read_bytes())
+        return uri
+    return str(_download_init_from(location, cfg, Path(storage) / "init_from" / folder))
+
+
+def _download_init_from(location: str, cfg: RunConfig, dest: Path) -> Path:
+    """``location`` (an MLflow artifact URI) downloaded into ``dest``; a folder means its export file."""
     dest.mkdir(parents=True, exist_ok=True)
     try:
         local = Path(download_artifacts(artifact_uri=location, dst_path=str(dest),
@@ -62,7 +81,7 @@ def fetch_init_from(location: str, cfg: RunConfig, base: Path) -> str:
         if not found:
             raise HardsegError(f"model.init_from: {location} holds no {EXPORT_FILE}")
         local = found[0]
-    return str(local)
+    return local
 
 
 @dataclass

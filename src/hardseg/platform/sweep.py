@@ -46,7 +46,8 @@ from hardseg import keys
 from hardseg.config import RayConfig
 from hardseg.errors import ConfigError
 from hardseg.platform import tracking
-from hardseg.platform.cluster import TRIAL_DRIVER_RESOURCE, concurrency, connect_ray, trial_resources
+from hardseg.platform.cluster import (TRIAL_DRIVER_RESOURCE, check_resources, concurrency, connect_ray, precheck_local,
+                                      trial_need, trial_resources, wait_for_resources)
 from hardseg.platform.dryrun import sweep_warning_lines
 from hardseg.platform.multinode import check_multinode
 from hardseg.platform.names import check_name, default_sweep_name
@@ -148,6 +149,28 @@ class RecordingOptunaSearch(OptunaSearch):
         return super().on_trial_complete(trial_id, result, error)
 
 
+def record_retries(study_name: str, storage_url: str | None, runs: list, retry_session: str | None,
+                   metrics: list[str]) -> int:
+    """Trials that ``--retry-failed`` reran to the end: Optuna cannot change their FAIL trials, so the
+    study gets a COMPLETE copy of each (same parameters, the run's final metrics, user attr ``retry_of``).
+    Returns how many were added."""
+    if retry_session is None or storage_url is None:
+        return 0
+    study = optuna.load_study(study_name=study_name, storage=storage_url)
+    failed = {t.user_attrs.get("tune_trial_id"): t for t in study.trials if t.state == TrialState.FAIL}
+    added = 0
+    for run in runs:
+        trial = failed.get(run.data.tags.get(keys.TRIAL_ID))
+        if (trial is None or run.info.status != "FINISHED" or run.data.tags.get(keys.RETRY_SESSION) != retry_session
+                or any(m not in run.data.metrics for m in metrics)):
+            continue
+        study.add_trial(optuna.trial.create_trial(
+            params=trial.params, distributions=trial.distributions, values=[run.data.metrics[m] for m in metrics],
+            user_attrs={**trial.user_attrs, "retry_of": trial.number, "ended": "finished"}))
+        added += 1
+    return added
+
+
 def make_searcher(space: SearchSpace, storage_url: str, study_name: str, max_epochs: int, unit: str = EPOCH):
     """OptunaSearch over the space's define-by-run function, with a persistent, seeded study."""
     s = space.sweep
@@ -209,6 +232,7 @@ class SweepState:
     max_concurrent: int
     resources: dict[str, float]
     unit: str = EPOCH  # epoch or iteration (train.iters): Tune's time attribute
+    max_failures: int = 0  # Tune's retries of a trial whose worker or node died (ray.max_failures)
 
     def save(self, folder: str) -> None:
         fs, path = storage_fs(folder)
@@ -256,6 +280,7 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
     if storage_exists(storage_join(sweep_root, name)):
         raise ConfigError(f"sweep '{name}' already exists in {sweep_root}; resume it with "
                           f"'hardseg sweep --resume {name}' or choose another --name")
+    precheck_local(trial_need(base_cfg, trial_resources(base_cfg, in_process)), base_cfg.ray)
     lineage = prepare_data(base_cfg).lineage
     if "strategies" in space.params:  # every strategy list a trial can have must fit the model
         for choice in space.params["strategies"].choices:
@@ -267,6 +292,8 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
         print(line, flush=True)
     resources = trial_resources(base_cfg, in_process)
     connect_ray(base_cfg)
+    need = trial_need(base_cfg, resources)
+    missing = check_resources(need)  # a trial the cluster can never place: one line, no run
     num_trials = space.sweep.num_samples if grid is None else _grid_size(grid)
     max_conc = concurrency(base_cfg, resources, space.sweep.max_concurrent, num_trials)
     storage_url = optuna_storage_url(base_cfg, uri) if grid is None else None
@@ -288,15 +315,20 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
                      kind=kind, in_process=in_process, configs=dict(configs or {}),
                      environment=environment)
     state = SweepState(asdict(spec), grid, storage_url, length_of(base_cfg.train), num_trials, max_conc, resources,
-                       unit)
+                       unit, base_cfg.ray.max_failures)
     state.save(storage_join(sweep_root, name))
     _announce(name, parent, uri, storage_url, max_conc, num_trials, resources, exp_id)
     tuner = _make_tuner(state, sweep_root, space)
-    return _fit_and_close(tuner, state, space, client, start=time.perf_counter())
+    return _fit_and_close(tuner, state, space, client, start=time.perf_counter(),
+                          wait=lambda: wait_for_resources(need, missing, base_cfg.ray.resource_timeout_s))
 
 
-def resume_sweep(name: str, *, storage_path: str | None = None, workdir: Path | None = None) -> SweepOutcome:
-    """Finish an interrupted sweep: ``Tuner.restore`` with the saved state, same MLflow parent run."""
+def resume_sweep(name: str, *, storage_path: str | None = None, workdir: Path | None = None,
+                 retry_failed: bool = False) -> SweepOutcome:
+    """Finish an interrupted sweep: ``Tuner.restore`` with the saved state, same MLflow parent run.
+
+    ``retry_failed`` (``--retry-failed``): also rerun the trials that ended in error, each from its last
+    checkpoint in its own child run (reopened; the failed attempt's reason kept in ``hardseg.previous_error``)."""
     base = absolute_location(storage_path or RayConfig().storage_path, (workdir or Path.cwd()).resolve())
     folder = storage_join(base, SWEEPS_DIR, check_name(name))
     if not storage_exists(storage_join(folder, STATE_FILE)):
@@ -304,17 +336,23 @@ def resume_sweep(name: str, *, storage_path: str | None = None, workdir: Path | 
                           f"was run (the config's ray.storage_path)")
     state = SweepState.load(folder)
     spec = TrialSpec(**state.spec)
+    if retry_failed:
+        spec.retry_session = time.strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
+        state.spec = asdict(spec)  # _fit_and_close reads the spec from the state
     space = SearchSpace.from_dict(spec.space, source=f"sweep {name}")
     base_cfg = resolve_paths(space.run_config({}, spec.config_path, spec.overrides), workdir)
     connect_ray(base_cfg)
+    need = trial_need(base_cfg, state.resources)
+    missing = check_resources(need)
     check_multinode(spec.tracking_uri, state.optuna_storage, base)
     client = tracking.MlflowClient(spec.tracking_uri)
     reopen_run(client, spec.parent_run_id)
     _announce(name, spec.parent_run_id, spec.tracking_uri, state.optuna_storage, state.max_concurrent,
               state.num_samples, state.resources, spec.experiment_id)
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), state.resources)
-    tuner = tune.Tuner.restore(folder, trainable=trainable, resume_unfinished=True, resume_errored=False)
-    return _fit_and_close(tuner, state, space, client, start=time.perf_counter())
+    tuner = tune.Tuner.restore(folder, trainable=trainable, resume_unfinished=True, resume_errored=retry_failed)
+    return _fit_and_close(tuner, state, space, client, start=time.perf_counter(),
+                          wait=lambda: wait_for_resources(need, missing, base_cfg.ray.resource_timeout_s))
 
 
 def _grid_size(grid: dict[str, list]) -> int:
@@ -347,7 +385,9 @@ def _make_tuner(state: SweepState, sweep_root: str, space: SearchSpace):
     run_config = tune.RunConfig(
         name=spec.sweep_name, storage_path=sweep_root, verbose=0,
         callbacks=[ProgressTable(s.metrics[0])],
-        failure_config=tune.FailureConfig(max_failures=0),
+        # a trial whose worker or node dies goes on from its last checkpoint, in the same MLflow run
+        # (one that failed in its own code is not trained again: hardseg.platform.trial)
+        failure_config=tune.FailureConfig(max_failures=state.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
     )
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
@@ -362,15 +402,20 @@ def _announce(name, parent, uri, storage_url, max_conc, num_trials, resources, e
               flush=True)
 
 
-def _fit_and_close(tuner, state: SweepState, space: SearchSpace, client, start: float) -> SweepOutcome:
+def _fit_and_close(tuner, state: SweepState, space: SearchSpace, client, start: float,
+                   wait=None) -> SweepOutcome:
     spec = TrialSpec(**state.spec)
     resume_hint = f"resume with: hardseg sweep --resume {spec.sweep_name}"
     with RunCloser(client, spec.parent_run_id, resume_hint=resume_hint, wrap_errors=False) as parent:
+        if wait is not None:  # an autoscaling cluster's bounded wait for one trial's resources
+            wait()
         results = tuner.fit()
         trials = getattr(getattr(results, "_experiment_analysis", None), "trials", None) or []
         interrupted = any(t.status not in ("TERMINATED", "ERROR") for t in trials) or len(trials) < state.num_samples
         close_open_runs(client, spec.experiment_id, spec.parent_run_id, trials, state.max_epochs, interrupted,
                         resume_hint, state.unit)
+        record_retries(spec.sweep_name, state.optuna_storage, child_runs(client, spec.experiment_id,
+                       spec.parent_run_id), spec.retry_session, space.sweep.metrics)
         info = log_summary(client, spec.experiment_id, spec.parent_run_id, space, state.max_epochs,
                            final=not interrupted)
         wall = time.perf_counter() - start

@@ -17,7 +17,7 @@ from typing import Any
 from hardseg import keys, timeline
 from hardseg.config import RunConfig
 from hardseg.platform import runs, tracking
-from hardseg.platform.cluster import ensure_ray
+from hardseg.platform.cluster import check_resources, ensure_ray, precheck_local, run_need, wait_for_resources
 from hardseg.platform.prepare import prepare_data, resolve_paths, resume_config
 from hardseg.platform.trainer import log_result, make_trainer
 
@@ -45,6 +45,7 @@ def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str,
             (after the MLflow run was closed as FAILED with the reason).
     """
     init_uri = cfg.model.init_from
+    precheck_local(run_need(cfg), cfg.ray)  # no GPU here for ray.use_gpu: one line before anything starts
     cfg = resolve_paths(cfg, workdir)
     prepared = prepare_data(cfg)
     timeline.mark("driver: data prepared")
@@ -57,6 +58,8 @@ def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str,
         experiment = pool.submit(tracking.get_or_create_experiment, client, cfg.tracking.experiment, uri)
         ensure_ray(cfg.ray)
         exp_id = experiment.result()
+    need = run_need(cfg)
+    missing = check_resources(need)  # a request the cluster can never satisfy: one line, no run
     config_yaml = runs.config_text(cfg)
     for line in runs.warning_lines([cfg]):
         print(line, flush=True)
@@ -67,7 +70,7 @@ def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str,
         params=cfg.flat(), texts={"config.yaml": config_yaml}, lineage=prepared.lineage)
     timeline.mark("driver: MLflow run opened")
     print(f"[hardseg] MLflow run {run_id} in experiment '{cfg.tracking.experiment}' at {uri}", flush=True)
-    return _train(cfg, client, run_id, exp_id, uri, config_yaml, train_loop)
+    return _train(cfg, client, run_id, exp_id, uri, config_yaml, train_loop, need=need, missing=missing)
 
 
 def resume_training(run_id: str, *, config_path: str | None = None, overrides: list[str] | None = None,
@@ -85,21 +88,25 @@ def resume_training(run_id: str, *, config_path: str | None = None, overrides: l
     cfg = resume_config(client, run_id, config_path, list(overrides or []), workdir)
     prepare_data(cfg)
     ensure_ray(cfg.ray)
+    need = run_need(cfg)
+    missing = check_resources(need)  # before the run is reopened
     config_yaml = runs.config_text(cfg)
     exp_id = client.get_run(run_id).info.experiment_id
     logged = tracking.last_steps(client, run_id)
     runs.reopen_run(client, run_id)
     print(f"[hardseg] resuming MLflow run {run_id} after step {logged['report']} (its unit) at {uri}", flush=True)
-    return _train(cfg, client, run_id, exp_id, uri, config_yaml, train_loop, logged)
+    return _train(cfg, client, run_id, exp_id, uri, config_yaml, train_loop, logged, need=need, missing=missing)
 
 
 def _train(cfg: RunConfig, client, run_id: str, exp_id: str, uri: str, config_yaml: str, train_loop,
-           logged: dict[str, int] | None = None) -> TrainOutcome:
-    """Fit the run's TorchTrainer inside the MLflow run, which ends FINISHED or FAILED with the reason."""
+           logged: dict[str, int] | None = None, *, need, missing: str | None) -> TrainOutcome:
+    """Fit the run's TorchTrainer inside the MLflow run, which ends FINISHED or FAILED with the reason;
+    on an autoscaling cluster first wait for ``need`` (``missing``: :func:`~hardseg.platform.cluster.check_resources`)."""
     start = time.perf_counter()
     monitor = tracking.system_metrics_monitor(uri, run_id) if cfg.tracking.system_metrics else None
     try:
         with runs.RunCloser(client, run_id):
+            wait_for_resources(need, missing, cfg.ray.resource_timeout_s)  # an autoscaling cluster's bounded wait
             timeline.mark("driver: fit")
             result = make_trainer(cfg, run_id, uri, train_loop=train_loop, logged=logged).fit()
             timeline.mark("driver: fit returned")

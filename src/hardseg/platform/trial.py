@@ -15,6 +15,14 @@ A failing trial (exception, NaN/inf loss) closes its run FAILED with the
 reason in ``hardseg.error`` and raises, so Tune marks it ERROR and Optuna
 FAIL; the sweep goes on. A trial stopped by the scheduler dies without
 running any code, so the sweep driver closes its run (``sweep.close_open_runs``).
+
+Failures Tune retries (``FailureConfig(max_failures=ray.max_failures)``): a trial whose worker
+process or node died left its run RUNNING; Tune starts it again from its last checkpoint (on
+any node) and the trial reopens the same run (``hardseg.restarts``, ``hardseg.resumed_from_epoch``).
+A trial that closed its run FAILED itself met an error of its own code or data, which a retry
+would meet again: the retry raises the recorded reason at once, without training. Only
+``hardseg sweep --resume NAME --retry-failed`` reruns such a trial, once per such session, in
+the same run (the failed attempt's reason kept in ``hardseg.previous_error``).
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import ray
 from ray import tune
 
 from hardseg import keys, timeline
-from hardseg.errors import NonFiniteLoss
+from hardseg.errors import HardsegError, NonFiniteLoss
 from hardseg.platform import runs, tracking
 from hardseg.platform.names import trial_run_name
 from hardseg.platform.runs import RunCloser, TrialStopped
@@ -64,6 +72,9 @@ class TrialSpec:
     configs: dict[str, list[str]] = field(default_factory=dict)
     # The driver's command line, git commit and versions (runs.environment_tags), for every trial's run.
     environment: dict[str, str] = field(default_factory=dict)
+    # Set by ``sweep --resume --retry-failed``: an id of that session; a trial whose run FAILED is rerun
+    # once in it (tag hardseg.retry_session), a FAILED run of any other session re-raises its reason.
+    retry_session: str | None = None
 
 
 def find_trial_run(client: tracking.MlflowClient, spec: TrialSpec, trial_id: str) -> str | None:
@@ -88,13 +99,27 @@ def node_tags() -> dict[str, str]:
     return {keys.NODE_ID: ray.get_runtime_context().get_node_id(), keys.HOSTNAME: socket.gethostname()}
 
 
+class RecordedFailure(HardsegError):
+    """A Tune retry of a trial whose own code failed: the recorded reason, raised again without training."""
+
+
 def open_trial_run(client: tracking.MlflowClient, spec: TrialSpec, cfg, sampled: dict[str, Any],
                    trial_id: str, config_yaml: str) -> str:
-    """The trial's child run: reopened if a restored sweep restarts the trial, else opened."""
+    """The trial's child run: reopened if Tune restarts the trial (a restored sweep, a retry after its
+    worker or node died, ``--retry-failed``), else opened (see the module docstring for FAILED runs)."""
     run_id = find_trial_run(client, spec, trial_id)
     if run_id is not None:
-        restarts = int(client.get_run(run_id).data.tags.get(keys.RESTARTS, "0")) + 1
-        runs.reopen_run(client, run_id, {keys.RESTARTS: str(restarts), **node_tags()})
+        run = client.get_run(run_id)
+        tags = run.data.tags
+        restarts = int(tags.get(keys.RESTARTS, "0")) + 1
+        again = {keys.RESTARTS: str(restarts), **node_tags()}
+        if run.info.status == "FAILED":
+            if spec.retry_session is None or tags.get(keys.RETRY_SESSION) == spec.retry_session:
+                raise RecordedFailure(tags.get(keys.ERROR, "the trial failed before"))
+            again.update({keys.RETRY_SESSION: spec.retry_session, keys.PREVIOUS_ERROR: tags.get(keys.ERROR, "")})
+            if keys.ERROR in tags:
+                client.delete_tag(run_id, keys.ERROR)
+        runs.reopen_run(client, run_id, again)
         return run_id
     tags = {**runs.training_tags(cfg), **spec.extra_tags, **node_tags(), keys.SWEEP: spec.sweep_name,
             keys.TRIAL_ID: trial_id, **{f"{keys.SAMPLED_PREFIX}{k}": v for k, v in sampled.items()}}
@@ -134,7 +159,12 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
     if done is not None:  # restored after its run FINISHED (Ctrl-C before Tune saw the final report)
         tune.report({**done, unit_of(cfg.train): length_of(cfg.train)})
         return
-    run_id = open_trial_run(client, spec, cfg, sampled, trial_id, config_yaml)
+    try:
+        run_id = open_trial_run(client, spec, cfg, sampled, trial_id, config_yaml)
+    except RecordedFailure as err:
+        print(f"[hardseg] trial {trial_id} failed before ({err}); not retried (rerun it with "
+              f"'hardseg sweep --resume {spec.sweep_name} --retry-failed')", flush=True)
+        raise
     timeline.mark("trial: MLflow run opened")
     epochs, unit = length_of(cfg.train), unit_of(cfg.train)
     start = time.perf_counter()

@@ -19,7 +19,8 @@ from typing import Any, Callable
 import torch
 from ray import tune
 
-from hardseg.platform.tracking import MLflowEpochLogger
+from hardseg import keys
+from hardseg.platform.tracking import MLflowEpochLogger, set_tags
 from hardseg.platform.runs import TrialStopped
 from hardseg.trainables.local import LocalSession
 from hardseg.trainables.loop import CHECKPOINT_FILE, BestStore
@@ -49,7 +50,11 @@ class TuneSession(LocalSession):
         if ckpt is None:
             return None
         with ckpt.as_directory() as d:
-            return torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+            state = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+        epoch = int(state.get("epoch", -1)) + 1  # the checkpoint's last completed epoch (1-based)
+        set_tags(self.logger.client, self.logger.run_id, {keys.RESUMED_FROM: str(epoch)})
+        print(f"[hardseg] trial run {self.logger.run_id}: resuming after epoch {epoch} from {ckpt.path}", flush=True)
+        return state
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         self.logger.log(metrics, checkpoint_dir)
