@@ -20,7 +20,7 @@ import yaml
 
 from hardseg.platform.cli import main as cli
 
-from documented import documented_argv, documented_commands
+from documented import documented_argv, documented_commands, run_documented
 
 TESTS = Path(__file__).resolve().parent
 
@@ -35,6 +35,10 @@ NOT_RUN_HERE = {
     "hardseg train --set data.dataset=cityscapes --set data.root=/data/cityscapes --set model.name=deeplabv3_resnet50":
         "needs the Cityscapes dataset (not distributable, not on this machine) and a GPU for deeplabv3_resnet50; "
         "its --dry-run runs below",
+    "hardseg sweep --resume my-sweep --retry-failed":
+        "needs a sweep whose trials ran out of retries (a trial process SIGKILLed with ray.max_failures=0); "
+        "test_trial_failures.py::test_retry_failed_reruns_a_trial_that_ran_out_of_retries makes one and reruns it "
+        "through the same resume_sweep(retry_failed=True) the CLI calls",
     "hardseg study quick":
         "the shipped study runs 4 strategies x 3 seeds, an 8-trial search and a confirmation on 3 fresh seeds "
         "(11 min 25 s measured, benchmarks/README.md); test_study.py runs 'hardseg study FILE' on a small study file",
@@ -150,3 +154,29 @@ def test_data_generate_as_documented(capsys, tmp_path, monkeypatch):
                            *small, replace={"[": "", "]": "", "DIR": str(tmp_path / "synthetic")})
     assert cli(argv) == 0
     assert list((tmp_path / "synthetic").glob("synthetic-s32-n8-4-2-seed1/train_images.npy")), "no seed-1 set"
+
+
+def test_documented_40k_iteration_dry_run_prints_the_schedule(capsys, tmp_path):
+    """docs/usage.md "Long runs": the paper's 40k-iteration schedule on the user's Cityscapes config. Replaced:
+    ``my_cityscapes.yaml`` by a config of a fixture Cityscapes tree in the real layout (tests/fixture_trees.py)."""
+    from fixture_trees import cityscapes
+
+    root = cityscapes(tmp_path / "cityscapes", n=8)
+    config = tmp_path / "my_cityscapes.yaml"
+    config.write_text(yaml.safe_dump({"data": {"dataset": "cityscapes", "root": str(root), "eval_domains": []}}))
+    command = ("hardseg train my_cityscapes.yaml --set train.iters=40000 --set train.epochs=null "
+               "--set train.optimizer=sgd --set train.lr=0.01 --set train.min_lr=1e-4 --set train.weight_decay=5e-4 "
+               "--set train.eval_interval=4000 --set train.batch_size=2 --set ray.num_workers=4 --dry-run")
+    assert cli(documented_argv(command, replace={"my_cityscapes.yaml": str(config)})) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "[hardseg] schedule: 40000 iterations" in out and "40000: 0.0001" in out, out[-2000:]
+    assert "evaluate after iteration " + ", ".join(str(4000 * k) for k in range(1, 11)) in out, out[-2000:]
+
+
+def test_documented_plan_prints_the_seeds_and_gpu_hours(tmp_path):
+    """docs/usage.md: ``hardseg plan`` from a given σ (the issue's numbers), through the installed script."""
+    command = ("hardseg plan --sigma 0.5 --delta 0.9 --strategies 4 --metric-count 3 --iterations 40000 "
+               "--seconds-per-iter 0.5 --gpus 4 --simulate 20000")
+    done = run_documented(command, cwd=tmp_path, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "13" in done.stdout and "1,444" in done.stdout.replace("1444", "1,444"), done.stdout[-2000:]
