@@ -180,3 +180,12 @@ def test_documented_plan_prints_the_seeds_and_gpu_hours(tmp_path):
     done = run_documented(command, cwd=tmp_path, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "13" in done.stdout and "1,444" in done.stdout.replace("1444", "1,444"), done.stdout[-2000:]
+
+
+def test_documented_recipe_dry_run(capsys):
+    """docs/usage.md "Recipes". Added: ``model.pretrained=none`` (the recipe's ImageNet ResNetV1c is not
+    cached here and nothing is downloaded in tests)."""
+    command = "hardseg train recipe:pspnet_r50_d8_769x769_40k_cityscapes --set strategies=[hl] --dry-run"
+    assert cli(documented_argv(command, "--set", "model.pretrained=none")) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "[hardseg] expects 4 GPU(s)" in out and "lr at iteration 0: 0.01" in out, out[-2000:]

@@ -25,7 +25,8 @@ from hardseg.strict import Strict
 __all__ = [
     "AugmentConfig", "DataConfig", "EvalConfig", "LossConfig", "ModelConfig", "RayConfig", "RunConfig",
     "Strict", "SyntheticConfig", "TTAConfig", "TrackingConfig", "TrainConfig", "apply_overrides", "check_eval",
-    "check_registered_names", "check_schedule", "default_config_path", "flatten", "load_config", "validate_config",
+    "check_registered_names", "check_schedule", "default_config_path", "flatten", "load_config", "recipe_names",
+    "resolve_recipe", "validate_config",
 ]
 
 
@@ -282,6 +283,30 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return tree
 
 
+RECIPE_PREFIX = "recipe:"
+
+
+def recipe_names() -> list[str]:
+    """The shipped recipes (``hardseg/recipes/*.yaml``): configs that mirror a row of the HL paper, each
+    naming its source config (docs/usage.md "Recipes")."""
+    return sorted(p.name[:-5] for p in (resources.files("hardseg") / "recipes").iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_recipe(config: str | None) -> str | None:
+    """``recipe:NAME`` → the shipped recipe's file; anything else unchanged.
+
+    Raises:
+        ConfigError: no shipped recipe has that name (the line lists them).
+    """
+    if config is None or not str(config).startswith(RECIPE_PREFIX):
+        return config
+    name = str(config)[len(RECIPE_PREFIX):]
+    if name not in recipe_names():
+        raise ConfigError(f"unknown recipe '{name}'; shipped recipes: {', '.join(recipe_names())} "
+                          f"(e.g. hardseg train recipe:{recipe_names()[0]})")
+    return str(resources.files("hardseg") / "recipes" / f"{name}.yaml")
+
+
 def default_config_path() -> Path:
     """The embedded default: train the small model on the synthetic benchmark."""
     return Path(str(resources.files("hardseg") / "configs" / "default.yaml"))
@@ -291,13 +316,14 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     """Load and validate a run configuration.
 
     Args:
-        path: a YAML file; None loads the embedded default.
+        path: a YAML file or ``recipe:NAME`` (:func:`resolve_recipe`); None loads the embedded default.
         overrides: ``KEY=VALUE`` strings applied on top (``train.epochs=3``).
 
     Raises:
         ConfigError: one line naming the key to fix.
     """
     source = str(path) if path is not None else "default config"
+    path = resolve_recipe(path)
     file = Path(path) if path is not None else default_config_path()
     if not file.is_file():
         raise ConfigError(f"config file not found: {file} (pass an existing YAML file)")

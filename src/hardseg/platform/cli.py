@@ -24,7 +24,8 @@ from hardseg.errors import HardsegError
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", nargs="?", help="run config YAML (default: the embedded default)")
+    p.add_argument("config", nargs="?", help="run config YAML, or recipe:NAME for a shipped recipe (e.g. "
+                   "recipe:pspnet_r50_d8_769x769_40k_cityscapes; default: the embedded default)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=3 (repeatable)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)")
@@ -559,7 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", help="search strategy weights: Ray Tune + Optuna (+ ASHA), one MLflow parent run")
     sw.add_argument("space", nargs="?", help="search space: a preset (quickstart, hl, ohem, ...) or a YAML file")
-    sw.add_argument("--config", help="run config YAML the space starts from (default: the embedded default)")
+    sw.add_argument("--config", help="run config YAML the space starts from, or recipe:NAME (default: the embedded "
+                    "default)")
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a config key for every trial (repeatable)")
     sw.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlruns/mlflow.db)")
@@ -711,6 +713,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     # local: this command's modules only, so --help and bad input answer at once (module docstring)
+    from hardseg.config import resolve_recipe
     from hardseg.platform.console import quiet_console
 
     timeline.mark("command: started", t=timeline.process_start())
@@ -719,6 +722,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet_console()  # before any command imports Ray
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "config", None):  # recipe:NAME -> the shipped file, for every command that takes one
+            args.config = resolve_recipe(args.config)
         _check_tracking_uri(args)
         rc = args.func(args)
         if timeline.enabled():  # what follows is Python's exit: Ray's atexit shutdown, registered earlier

@@ -40,6 +40,10 @@ def dry_run_train(cfg) -> int:
     if per_epoch is not None or cfg.train.iters is not None:
         for line in Schedule.from_config(cfg.train, per_epoch or 1).summary(per_epoch is not None).splitlines():
             print(f"[hardseg] {line}")
+    if cfg.ray.use_gpu:
+        print(f"[hardseg] expects {cfg.ray.num_workers * cfg.ray.gpus_per_worker:g} GPU(s): ray.num_workers="
+              f"{cfg.ray.num_workers} x ray.gpus_per_worker={cfg.ray.gpus_per_worker:g}, "
+              f"{cfg.ray.num_workers * cfg.train.batch_size} images per iteration")
     for line in warning_lines([cfg]):
         print(line)
     print(f"[hardseg] dry run: config valid ({'+'.join(cfg.strategies)} on {cfg.model.name}, "

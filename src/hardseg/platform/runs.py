@@ -82,8 +82,9 @@ def model_tags(cfg: RunConfig, reports: list | None = None) -> dict[str, str]:
 
 def train_pixels_per_image(cfg: RunConfig) -> int | None:
     """Label pixels of one training image as the config knows them (crop, or the synthetic size), else None."""
-    if cfg.data.augment.enabled and cfg.data.augment.crop:
-        return cfg.data.augment.crop ** 2
+    crop = cfg.data.augment.crop
+    if cfg.data.augment.enabled and crop:
+        return crop[0] * crop[1] if isinstance(crop, (tuple, list)) else crop ** 2  # (height, width) or a square
     return cfg.data.synthetic.size ** 2 if cfg.data.dataset == "synthetic" else None
 
 

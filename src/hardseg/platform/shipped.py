@@ -15,7 +15,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ValidationError
 
-from hardseg.config import _format_validation_error
+from hardseg.config import _format_validation_error, resolve_recipe
 from hardseg.errors import ConfigError
 from hardseg.search_spaces.loader import read_yaml_mapping
 
@@ -71,6 +71,9 @@ def load_shipped(name_or_path: str | os.PathLike, folder: str, model: type[M], *
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, f"{label} {path}")) from None
     config = getattr(obj, "config", None)
+    if config and config.startswith("recipe:"):  # a shipped recipe as a study's or suite's base config
+        config = resolve_recipe(config)
+        setattr(obj, "config", config)
     if config and not Path(config).is_absolute():
         config = str((path.parent / config).resolve())
         setattr(obj, "config", config)
