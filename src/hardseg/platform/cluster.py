@@ -217,7 +217,7 @@ def autoscaling_capacity() -> Capacity | None:
 def shortfall(need: ResourceNeed, cap: Capacity) -> str | None:
     """One sentence naming the first resource ``need`` lacks on ``cap`` (None: it fits)."""
     where = "can autoscale to" if cap.autoscaling else "has"
-    for key, n in need.total().items():
+    for key, n in sorted(need.total().items(), key=lambda kv: kv[0] != "GPU"):  # a missing GPU first
         have = cap.total.get(key, 0)
         if have + 1e-9 < n:
             return (f"{need.what} needs {need.explain(key)} but the Ray cluster {where} {_amount(have, key)}; "

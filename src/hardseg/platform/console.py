@@ -63,6 +63,8 @@ DROPPED_NOTICES = {
     "ray.train.v2._internal.execution.controller.placement_group_cleaner": (
         "Detected that the Ray Train controller actor",),
     "optuna.storages._rdb.storage": ("A new study created in RDB",),
+    # a new SQLite store's set-up, where MLflow was imported before MLFLOW_LOGGING_LEVEL (an in-process CLI)
+    "mlflow.store.db.utils": ("Creating initial MLflow database tables", "Updating database tables"),
     "optuna.storages.journal._storage": ("A new study created in Journal",),
     "optuna.storages._in_memory": ("A new study created in memory",),
 }
