@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from hardseg.data.config import AugmentConfig, DataConfig, SyntheticConfig
+from hardseg.data.config import AugmentConfig, DataConfig, ImgScale, SyntheticConfig
 from hardseg.data.registry import get_dataset
 from hardseg.errors import ConfigError, DataError
 from hardseg.strict import Strict
@@ -139,17 +139,10 @@ class TTAConfig(Strict):
     scales: list[float] = Field(default_factory=lambda: [1.0], min_length=1, description="resize ratios of each "
                                 "input, e.g. [0.5, 0.75, 1.0, 1.25, 1.5, 1.75] (mmseg's img_ratios)")
     flip: bool = Field(False, description="also each flipped input, its probabilities flipped back")
-    img_scale: tuple[int, int] | None = Field(
+    img_scale: ImgScale = Field(
         None, description="the (width, height) the scales multiply, keeping each image's aspect ratio (mmseg's "
         "test img_scale: [2049, 1025] in its 769x769 Cityscapes configs, [1024, 512] for GTA -> Cityscapes); None "
         "= each image's own size")
-
-    @field_validator("img_scale")
-    @classmethod
-    def _img_scale_positive(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
-        if v is not None and min(v) < 1:
-            raise ValueError("img_scale must be a positive (width, height), e.g. [2048, 1024]")
-        return v
 
     @field_validator("scales")
     @classmethod

@@ -8,9 +8,9 @@ settings without importing :mod:`hardseg.config` (which assembles them into a
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from hardseg.strict import Strict
 
@@ -23,6 +23,16 @@ class SyntheticConfig(Strict):
     n_val: int = Field(200, ge=2)
     n_shift: int = Field(200, ge=2, description="images per shifted evaluation set")
     seed: int = 0
+
+
+def _positive_img_scale(v: tuple[int, int] | None) -> tuple[int, int] | None:
+    if v is not None and min(v) < 1:
+        raise ValueError("img_scale must be a positive (width, height), e.g. [2048, 1024]")
+    return v
+
+
+# mmseg's img_scale, (width, height): the training Resize's and the test's (hardseg.config.TTAConfig)
+ImgScale = Annotated[tuple[int, int] | None, AfterValidator(_positive_img_scale)]
 
 
 class AugmentConfig(Strict):
@@ -40,7 +50,7 @@ class AugmentConfig(Strict):
         "torchvision", description="torchvision (hardseg's own) or mmseg (the reference's, mmsegmentation 0.22.1)")
     scale: tuple[float, float] = Field(
         (0.75, 1.25), description="random scale range (mmseg: ratio_range, a factor of img_scale)")
-    img_scale: tuple[int, int] | None = Field(
+    img_scale: ImgScale = Field(
         None, description="pipeline mmseg: the (width, height) that the ratio multiplies, keeping each image's "
         "aspect ratio, e.g. [2048, 1024] on Cityscapes; None = each image's own size")
     crop: int | tuple[int, int] | None = Field(
@@ -65,13 +75,6 @@ class AugmentConfig(Strict):
     def _crop_positive(cls, v: int | tuple[int, int] | None) -> int | tuple[int, int] | None:
         if v is not None and min((v, v) if isinstance(v, int) else v) < 1:
             raise ValueError("crop must be a positive side or (height, width)")
-        return v
-
-    @field_validator("img_scale")
-    @classmethod
-    def _img_scale_positive(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
-        if v is not None and min(v) < 1:
-            raise ValueError("img_scale must be a positive (width, height), e.g. [2048, 1024]")
         return v
 
     @model_validator(mode="after")
