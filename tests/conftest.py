@@ -87,7 +87,7 @@ def ray_local():
     import ray
 
     os.environ.setdefault("RAY_worker_niceness", "0")
-    ray.init(num_cpus=2, resources={"trial_driver": 2}, logging_level="WARNING")
+    ray.init(num_cpus=2, resources={"trial_driver": 2}, logging_level="WARNING", include_dashboard=False)
     yield ray
     ray.shutdown()
 

@@ -103,3 +103,12 @@ def test_an_autoscaling_cluster_waits_then_fails_the_run(autoscaler_config, data
     (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "FAILED" and run.data.tags["hardseg.error"] == str(err.value)
     print(f"waited and failed in {waited:.1f} s; run {run.info.run_id} FAILED")
+
+
+def test_a_local_ray_starts_its_dashboard_only_when_asked(monkeypatch):
+    from hardseg.platform.cluster import local_dashboard
+
+    monkeypatch.delenv("HARDSEG_RAY_DASHBOARD", raising=False)
+    assert local_dashboard() is False
+    monkeypatch.setenv("HARDSEG_RAY_DASHBOARD", "1")
+    assert local_dashboard() is True

@@ -71,9 +71,17 @@ def ensure_ray(cfg: RayConfig, *, trial_drivers: int = 0) -> dict:
         os.environ.setdefault("RAY_worker_niceness", "0")
         cpus = local_cpus(cfg)
         resources = {TRIAL_DRIVER_RESOURCE: trial_drivers} if trial_drivers else None
-        ray.init(num_cpus=cpus, resources=resources, **common)
+        # Ray's dashboard is several processes that start with the runtime and cost seconds of
+        # every local command's start-up; local runs do not use it (jobs go to `cluster up`'s head,
+        # which has one). HARDSEG_RAY_DASHBOARD=1 starts it.
+        ray.init(num_cpus=cpus, resources=resources, include_dashboard=local_dashboard(), **common)
     timeline.mark("driver: ray.init done")
     return ray.cluster_resources()
+
+
+def local_dashboard() -> bool:
+    """Whether a local runtime starts Ray's dashboard: only with ``HARDSEG_RAY_DASHBOARD=1``."""
+    return os.environ.get("HARDSEG_RAY_DASHBOARD", "0") == "1"
 
 
 def local_cpus(cfg: RayConfig) -> int:
