@@ -35,6 +35,13 @@ def _add_dry_run(p: argparse.ArgumentParser, text: str) -> None:
     p.add_argument("--dry-run", action="store_true", help=text)
 
 
+def _count(flag: str, n: int) -> int:
+    """A trial count given on the command line: an integer >= 1 (sweep.num_samples' and sweep.max_concurrent's bound)."""
+    if n < 1:
+        raise HardsegError(f"{flag} must be at least 1, got {n}")
+    return n
+
+
 def _add_inference_args(p: argparse.ArgumentParser) -> None:
     """``evaluate`` and ``predict``: the run's ``eval`` settings, replaced (trainables/evaluate.py)."""
     p.add_argument("--mode", choices=["whole", "slide"], help="inference mode (default: the run's eval.mode)")
@@ -148,9 +155,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                "or --resume NAME")
         space = load_space(args.space)
         if args.num_samples:
-            space.sweep.num_samples = args.num_samples
+            space.sweep.num_samples = _count("--num-samples", args.num_samples)
         if args.max_concurrent:
-            space.sweep.max_concurrent = args.max_concurrent
+            space.sweep.max_concurrent = _count("--max-concurrent", args.max_concurrent)
         overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
         if args.dry_run:
             return dry_run_sweep(space, args.config, overrides, name=args.name)

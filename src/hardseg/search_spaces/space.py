@@ -13,19 +13,16 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from hardseg.config import RunConfig, _format_validation_error, apply_overrides, load_config, validate_config
 from hardseg.errors import ConfigError
 from hardseg.strategies import available_strategies, get_strategy
+from hardseg.strict import Strict
 
 KINDS = ("uniform", "loguniform", "int", "categorical")
 _METRIC = re.compile(r"^[\w.-]+/[\w./-]+$")
 _PRIMITIVE = (str, int, float, bool, type(None))
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 def _metric(v: str) -> str:
@@ -36,7 +33,7 @@ def _metric(v: str) -> str:
     return v
 
 
-class AshaSettings(_Strict):
+class AshaSettings(Strict):
     """ASHA early stopping (Ray Tune's ``ASHAScheduler``) on the trials' progress in their schedule's unit:
     epochs, or iterations when the base config sets ``train.iters``; ``max_t: None`` means the trial's length."""
 
@@ -50,7 +47,7 @@ class AshaSettings(_Strict):
     per_strategy: bool = False
 
 
-class SweepSettings(_Strict):
+class SweepSettings(Strict):
     """How many trials, what to optimise, the scheduler and the sampler seed."""
 
     num_samples: int = Field(8, ge=1)
@@ -100,7 +97,7 @@ class SweepSettings(_Strict):
         return [m for _, m in self.objectives] if self.objectives else [self.mode]
 
 
-class _SpaceFile(_Strict):
+class _SpaceFile(Strict):
     name: str | None = None
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)
