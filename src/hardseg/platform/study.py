@@ -86,7 +86,7 @@ class Study(Strict):
     description: str = ""
     config: str | None = None
     baseline: str = "ce"
-    metric: str = "val/miou"
+    metric: str = keys.VAL_MIOU
     mode: Literal["max", "min"] = "max"
     strategies: list[str] = Field(min_length=2)
     seeds: DistinctSeeds = Field(min_length=1)

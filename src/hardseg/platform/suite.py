@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from hardseg import keys
 from hardseg.errors import ConfigError
 from hardseg.platform.shipped import DistinctSeeds, available_shipped, load_shipped
 from hardseg.search_spaces.space import _metric
@@ -64,7 +65,7 @@ class Suite(Strict):
     datasets: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"synthetic": {}}, min_length=1)
     seeds: DistinctSeeds = Field(min_length=2)
     budget: dict[str, Any] = Field(default_factory=dict)
-    watch: list[Watch] = Field(default_factory=lambda: [Watch(metric="val/miou")], min_length=1)
+    watch: list[Watch] = Field(default_factory=lambda: [Watch(metric=keys.VAL_MIOU)], min_length=1)
     noise: NoiseRule = NoiseRule()
 
     @field_validator("models", "datasets")

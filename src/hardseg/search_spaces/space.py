@@ -15,6 +15,7 @@ from typing import Any, Literal, get_origin
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from hardseg import keys
 from hardseg.config import RunConfig, _format_validation_error, apply_overrides, load_config, validate_config
 from hardseg.errors import ConfigError
 from hardseg.strategies import available_strategies, get_strategy
@@ -28,7 +29,7 @@ _PRIMITIVE = (str, int, float, bool, type(None))
 def _metric(v: str) -> str:
     if not _METRIC.match(v):
         raise ValueError("must look like <split>/<name>, e.g. val/miou")
-    if v.startswith("test/"):
+    if v.startswith(keys.TEST_PREFIX):
         raise ValueError("sweeps optimise validation metrics; test/<name> (data.test_split) is reported, never optimised")
     return v
 
@@ -51,7 +52,7 @@ class SweepSettings(Strict):
     """How many trials, what to optimise, the scheduler and the sampler seed."""
 
     num_samples: int = Field(8, ge=1)
-    metric: str = "val/miou"
+    metric: str = keys.VAL_MIOU
     mode: Literal["max", "min"] = "max"
     objectives: list[tuple[str, Literal["max", "min"]]] | None = Field(None, min_length=2)
     scheduler: AshaSettings | None = None
