@@ -59,6 +59,14 @@ def test_bad_yaml_file_and_missing_file(capsys, tmp_path, sqlite_uri):
     assert _no_runs(sqlite_uri)
 
 
+def test_sweep_counts_below_one(capsys, sqlite_uri):
+    """The space's settings validate assignments (strict.Strict): a count the CLI sets is checked too."""
+    for flag in ("--num-samples", "--max-concurrent"):
+        _check(capsys, ["sweep", "quickstart", flag, "-1", "--dry-run", "--tracking-uri", sqlite_uri],
+               f"{flag} must be at least 1, got -1")
+    assert _no_runs(sqlite_uri)
+
+
 def test_missing_dataset(capsys, tmp_path, sqlite_uri):
     _check(capsys, ["train", "--set", "data.dataset=folder", "--set", f"data.root={tmp_path / 'absent'}",
                     "--tracking-uri", sqlite_uri], str(tmp_path / "absent"))

@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hardseg import keys
-from hardseg.errors import ConfigError, TrainingError
+from hardseg.errors import ConfigError, TrainingError, one_line
 from hardseg.platform import runs, tracking
 
 
@@ -95,3 +95,16 @@ def test_reopen_marks_running_with_a_resumed_tag(store):
     runs.reopen_run(client, run_id)
     run = client.get_run(run_id)
     assert run.info.status == "RUNNING" and run.data.tags[keys.RESUMED]
+
+
+def test_one_line_is_how_any_exception_is_told():
+    """errors.one_line, the one helper for plugin import failures, read errors and a failed run's reason."""
+    assert one_line(ImportError("missing dependency\nsecond line")) == "ImportError: missing dependency"
+    assert one_line(OSError("  \n  disk gone  \nmore"), typed=False) == "disk gone  "
+    assert one_line(KeyError()) == "KeyError" and one_line(ValueError(""), typed=False) == "ValueError"
+    worker = RuntimeError("ray::train() (pid=1)\n  File \"x.py\", line 1\nValueError: boom\n\n")
+    assert one_line(RuntimeError("outer"), innermost=True) == "RuntimeError: outer"
+    wrapped = RuntimeError("outer")
+    wrapped.__cause__ = worker
+    assert one_line(wrapped, innermost=True) == "RuntimeError: ValueError: boom"  # the traceback's last line
+    assert len(one_line(ValueError("x" * 900), innermost=True)) == 500

@@ -15,7 +15,8 @@ from hardseg.strategies import (Objective, Phase, PixelLoss, Strategy, StrategyC
                                 get_strategy, register_strategy, validate_strategies)
 from hardseg.strategies import functional as Fn
 from hardseg.strategies import registry
-from hardseg.strategies.base import KIND_PHASES, contract_violation
+from hardseg.strategies.base import MAIN_LOSS_HOOKS, TERMS_HOOKS
+from hardseg.strategies.registry import contract_violation
 
 IGN = 255
 C = 5
@@ -42,9 +43,10 @@ def batch():
 
 def test_builtins_are_registered():
     assert set(BUILTINS) <= set(available_strategies())
-    kinds = {n: get_strategy(n).kind for n in BUILTINS}
-    assert kinds == {"ce": "baseline", "cb_ce": "weighting", "focal": "weighting", "ohem": "weighting",
-                     "hl": "weighting", "self_regulation": "structural", "coarse_to_fine": "structural"}
+    hooks = {n: get_strategy(n).phase.hooks for n in BUILTINS}  # the phase alone decides the loss hooks called
+    assert hooks == {"ce": MAIN_LOSS_HOOKS, "cb_ce": MAIN_LOSS_HOOKS, "focal": MAIN_LOSS_HOOKS, "ohem": MAIN_LOSS_HOOKS,
+                     "hl": MAIN_LOSS_HOOKS, "self_regulation": TERMS_HOOKS, "coarse_to_fine": TERMS_HOOKS}
+    assert MAIN_LOSS_HOOKS == ("base_loss", "shape", "reduce") and TERMS_HOOKS == ("terms",)
 
 
 # -- composition rule --------------------------------------------------------------------
@@ -213,7 +215,6 @@ class ScaledCEConfig(StrategyConfig):
 
 
 class ScaledCE(Strategy):
-    kind = "weighting"
     phase = Phase.CLASS_WEIGHTS
     Config = ScaledCEConfig
 
@@ -256,48 +257,52 @@ def test_broken_plugin_is_one_line_config_error(tmp_path, monkeypatch, request):
 
 
 
-# -- the composition contract in code: phases, and hooks the kind calls -------------------------------
+# -- the composition contract in code: a phase, and only the loss hooks it calls -----------------------
 class _Scale(Strategy):
     """A weighting that halves ℓ (stands in for a third-party strategy)."""
 
-    kind = "weighting"
     phase = Phase.CLASS_WEIGHTS
 
     def shape(self, px: PixelLoss) -> None:
         px.loss = 0.5 * px.loss
 
 
-class _StructuralShapes(Strategy):
-    kind = "structural"
+class _HalfCE(Strategy):
+    """Defines ℓ itself, as focal does: BASE_LOSS calls base_loss."""
+
+    phase = Phase.BASE_LOSS
+
+    def base_loss(self, logits, target):
+        return 0.5 * Fn.pixel_ce(logits, target)
+
+
+class _ExtraShapes(Strategy):
     phase = Phase.EXTRA_TERMS
 
-    def shape(self, px: PixelLoss) -> None:  # never called for a structural strategy
+    def shape(self, px: PixelLoss) -> None:  # never called in EXTRA_TERMS
         px.loss = 0 * px.loss
 
 
 class _WeightingTerms(Strategy):
-    kind = "weighting"
     phase = Phase.CLASS_WEIGHTS
 
-    def terms(self, out, target, progress):  # never called for a weighting strategy
+    def terms(self, out, target, progress):  # never called in CLASS_WEIGHTS
         return {"mine": out.logits.sum()}
 
 
-class _BaselineLoss(Strategy):
-    phase = Phase.BASE_LOSS
+class _ReplaceReduces(Strategy):
+    phase = Phase.REPLACE_PREDICTION
 
-    def base_loss(self, logits, target):
+    def reduce(self, px, out, main_key):  # never called in REPLACE_PREDICTION
         return None
 
 
-class _WeightingExtraTerms(Strategy):
-    kind = "weighting"
+class _NoPhase(Strategy):
+    pass
+
+
+class _NotAStrategy:
     phase = Phase.EXTRA_TERMS
-
-
-class _LegacyOrder(Strategy):
-    kind = "weighting"
-    order = 25
 
 
 @pytest.fixture
@@ -312,8 +317,8 @@ def test_builtin_phases_give_the_documented_order(ctx):
     assert get_strategy("ce").phase is Phase.BASE_LOSS
     for name in BUILTINS:
         cls = get_strategy(name)
-        assert contract_violation(cls) is None and cls.phase in KIND_PHASES[cls.kind], name
-        assert not hasattr(cls, "order"), name
+        assert contract_violation(cls) is None and isinstance(cls.phase, Phase), name
+        assert not hasattr(cls, "order") and not hasattr(cls, "kind"), name  # one axis: the phase
     listed = ["self_regulation", "hl", "ohem", "cb_ce", "focal", "coarse_to_fine"]
     objective = Objective(listed, {}, ctx)
     assert [s.name for s in objective.strategies] == listed[::-1]
@@ -326,27 +331,36 @@ def test_phase_ties_keep_the_list_order(scratch_registry, ctx):
     assert [s.name for s in Objective(["hl", "cb_ce", "scale"], {}, ctx).strategies] == ["cb_ce", "scale", "hl"]
 
 
+def test_the_phase_decides_the_hooks_called(scratch_registry, ctx, batch):
+    """A BASE_LOSS strategy's base_loss defines ℓ (before: only if it also declared kind 'weighting')."""
+    register_strategy("half_ce")(_HalfCE)
+    out, target = batch
+    terms = Objective(["half_ce", "ohem"], {"ohem": {"thresh": None, "min_kept": 10}}, ctx).losses(out, target, 0.5)
+    ell = 0.5 * Fn.pixel_ce(out.logits, target)
+    keep = Fn.ohem_keep_mask(out.logits, target, None, 10, IGN, pixel_loss=ell)
+    torch.testing.assert_close(terms["seg"], (ell * keep).sum() / (target != IGN).sum())
+
+
 @pytest.mark.parametrize("cls, match", [
-    (_StructuralShapes, r"'bad' \(.*_StructuralShapes\) overrides shape\(\), which the objective calls only for kind "
-                        r"'weighting', but its kind is 'structural'; declare kind = 'weighting'.* or move it into terms\(\)"),
-    (_WeightingTerms, r"overrides terms\(\), which the objective calls only for kind 'structural', but its kind is "
-                      r"'weighting'; .* or move it into base_loss\(\)/shape\(\)/reduce\(\)"),
-    (_BaselineLoss, r"overrides base_loss\(\).*its kind is 'baseline'; declare kind = 'weighting'"),
-    (_WeightingExtraTerms, r"has kind 'weighting' but phase EXTRA_TERMS; a weighting strategy declares phase = "
-                           r"Phase.BASE_LOSS or .*Phase.WEIGHT_AND_REDUCE"),
-    (_LegacyOrder, r"declares no phase \('order' integers were replaced by phases\); a weighting strategy declares"),
+    (_ExtraShapes, r"'bad' \(.*_ExtraShapes\) overrides shape\(\), which the objective calls only in phase "
+                   r"Phase.BASE_LOSS or .*Phase.WEIGHT_AND_REDUCE, but its phase is EXTRA_TERMS; declare one of those "
+                   r"phases or move it into terms\(\)"),
+    (_WeightingTerms, r"overrides terms\(\), which the objective calls only in phase Phase.REPLACE_PREDICTION or "
+                      r"Phase.EXTRA_TERMS, but its phase is CLASS_WEIGHTS; .* or move it into base_loss\(\)/shape\(\)/reduce\(\)"),
+    (_ReplaceReduces, r"overrides reduce\(\).*but its phase is REPLACE_PREDICTION; .* or move it into terms\(\)"),
+    (_NoPhase, r"'bad' \(.*_NoPhase\) declares no phase; declare phase = Phase.<step>, one of REPLACE_PREDICTION, "
+               r"BASE_LOSS, .*, EXTRA_TERMS"),
+    (_NotAStrategy, r"'bad' \(.*_NotAStrategy\) is not a hardseg Strategy subclass"),
 ])
-def test_contract_is_checked_at_registration_and_by_the_objective(scratch_registry, ctx, cls, match):
+def test_contract_is_checked_at_registration_and_for_plugins(scratch_registry, cls, match):
     with pytest.raises(ConfigError, match=match) as err:
         register_strategy("bad")(cls)
     assert "\n" not in str(err.value) and "bad" not in available_strategies()
-    registry.STRATEGIES.items["bad"] = cls  # bypassing registration: the objective still refuses it
-    cls.name = "bad"
+    # the same check, when the entry-point loader hands the registry a plugin's class (test below: a real one)
+    registry.STRATEGIES._add_plugin("bad", cls)
     with pytest.raises(ConfigError, match=match) as err:
-        Objective(["bad"], {}, ctx, source="run.yaml")
-    assert str(err.value).startswith("run.yaml: strategy 'bad' (")
-    with pytest.raises(ConfigError, match=match):
-        validate_strategies(["bad"], {})
+        validate_strategies(["bad"], {}, source="run.yaml")
+    assert str(err.value).startswith("run.yaml: strategy plugin 'bad' (") and "\n" not in str(err.value)
 
 
 BAD_PLUGIN = '''
@@ -354,7 +368,6 @@ from hardseg.strategies import Phase, Strategy
 
 
 class SneakyTerms(Strategy):
-    kind = "weighting"
     phase = Phase.SELECT_PIXELS
 
     def terms(self, out, target, progress):
@@ -368,6 +381,7 @@ def test_plugin_that_breaks_the_contract_is_one_line_config_error(tmp_path, monk
     monkeypatch.setattr(registry.STRATEGIES, "broken", {})
     assert get_strategy("hl").name == "hl" and "sneaky" not in available_strategies()  # built-ins unaffected
     with pytest.raises(ConfigError, match=r"^run.yaml: strategy plugin 'sneaky' \(hardseg_plugin_sneaky.SneakyTerms\) "
-                                          r"overrides terms\(\).*declare kind = 'structural'") as err:
+                                          r"overrides terms\(\).*but its phase is SELECT_PIXELS; declare one of "
+                                          r"those phases") as err:
         validate_strategies(["sneaky"], {}, source="run.yaml")
     assert "\n" not in str(err.value)

@@ -19,7 +19,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from hardseg.data.config import AugmentConfig, DataConfig, ImgScale, SyntheticConfig
 from hardseg.data.registry import get_dataset
-from hardseg.errors import ConfigError, DataError
+from hardseg.errors import ConfigError, DataError, one_line
 from hardseg.strict import Strict
 
 __all__ = [
@@ -323,7 +323,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     try:
         tree = yaml.safe_load(file.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{source}: not valid YAML ({one_line(exc, typed=False)})") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
     tree = apply_overrides(tree, list(overrides or []))

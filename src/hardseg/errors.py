@@ -3,6 +3,7 @@
 Every error a user can fix by changing their input derives from
 :class:`HardsegError`. The CLI prints ``str(err)`` as one line and exits with
 status 2; nothing is written to MLflow before the input has been validated.
+:func:`one_line` is how any other exception is put on one line.
 """
 
 from hardseg.keys import FAILURE
@@ -45,3 +46,25 @@ class NonFiniteLoss(TrainingError, FloatingPointError):
     def as_report(self) -> dict[str, object]:
         """The per-epoch report that carries this failure from a worker to the platform (:data:`hardseg.keys.FAILURE`)."""
         return {"epoch": self.epoch, FAILURE: str(self)}
+
+
+def one_line(exc: BaseException, *, typed: bool = True, innermost: bool = False) -> str:
+    """``exc`` on one line, for a message or an MLflow tag: ``Type: first line of its message``, or the
+    type's name alone when the message is empty.
+
+    Args:
+        typed: False drops the ``Type: `` prefix (a message that already says what failed:
+            ``cannot read {path}: {reason}``).
+        innermost: a failed run's reason (``hardseg.error``): the innermost ``raise ... from`` cause
+            instead, the *last* line of its message (a Ray worker's error is its traceback, which ends
+            with the exception), at most 500 characters.
+    """
+    if innermost:
+        while exc.__cause__ is not None:
+            exc = exc.__cause__
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    line = lines[-1] if innermost else lines[0]
+    text = f"{type(exc).__name__}: {line}" if typed else line
+    return text[:500] if innermost else text

@@ -82,4 +82,7 @@ NOT_DOMAIN_PREFIXES = (VAL_PREFIX, BEST_PREFIX, TRAIN_PREFIX, ROBUSTNESS_PREFIX,
 
 # -- metric names after a prefix: "<prefix><name>" (trainables/metrics.py writes them, reports read them) --
 MIOU, MACC, AACC = "miou", "macc", "pixel_acc"  # mmsegmentation's mIoU, mAcc (mean class recall) and aAcc
+BAND_IOU, SMALL_IOU, THIN_IOU = "band_iou", "small_iou", "thin_iou"  # hard pixels: boundary band, small, thin classes
+SUMMARY_METRICS = (MIOU, BAND_IOU, SMALL_IOU, THIN_IOU)  # what a run's summary line and a report's table lead with
+VAL_MIOU = VAL_PREFIX + MIOU  # the default metric: the best epoch's, and that of sweeps, studies, suites and reports
 IOU_PREFIX, ACC_PREFIX = "iou/", "acc/"  # per class: iou/<class>, acc/<class> (mmseg's per-class IoU and Acc)

@@ -19,13 +19,9 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 from typing import Callable, Container, Generic, TypeVar
 
+from hardseg.errors import one_line
+
 T = TypeVar("T")
-
-
-def describe_exception(exc: BaseException) -> str:
-    """``Type: first line of the message`` (the type alone for an empty message)."""
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def load_entry_points(group: str, kind: str, *, known: Container[str], accept: Callable[[object], bool],
@@ -47,7 +43,7 @@ def load_entry_points(group: str, kind: str, *, known: Container[str], accept: C
         try:
             obj = ep.load()
         except Exception as exc:  # a broken plugin must not break the built-ins
-            broken[ep.name] = f"{kind} plugin '{ep.name}' ({ep.value}) failed to import: {describe_exception(exc)}"
+            broken[ep.name] = f"{kind} plugin '{ep.name}' ({ep.value}) failed to import: {one_line(exc)}"
             continue
         if not accept(obj):
             broken[ep.name] = f"{kind} plugin '{ep.name}' ({ep.value}) is not {expected}"

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
-from hardseg.keys import CORRUPT_PREFIX, ROBUSTNESS_PREFIX, VAL_PREFIX
+from hardseg.keys import CORRUPT_PREFIX, MIOU, ROBUSTNESS_PREFIX, VAL_PREFIX
 
 # ImageNet-C's corruptions by family (Hendrycks & Dietterich 2019, with its four extra ones);
 # hardseg.data.corruptions implements each name.
@@ -61,7 +61,7 @@ def shift_family(domain: str) -> tuple[str, int] | None:
     return (family, int(severity)) if family and severity.isdigit() else None
 
 
-def robustness(metrics: Mapping[str, float], metric: str = "miou", clean: float | None = None) -> dict[str, float]:
+def robustness(metrics: Mapping[str, float], metric: str = MIOU, clean: float | None = None) -> dict[str, float]:
     """``{"robustness/<family>/<metric>": score}`` per shift family found in ``metrics``.
 
     ``metrics`` holds ``<domain>/<metric>`` keys; ``clean`` defaults to ``metrics["val/<metric>"]``.

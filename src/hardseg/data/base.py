@@ -16,7 +16,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from hardseg.data.info import DatasetInfo
-from hardseg.errors import DataError
+from hardseg.errors import DataError, one_line
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
 
@@ -147,8 +147,7 @@ def check_sizes(image: np.ndarray, mask: np.ndarray, image_path: Path, mask_path
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text.replace(" '" + str(getattr(exc, "filename", "")) + "'", "")
+    return one_line(exc, typed=False).replace(" '" + str(getattr(exc, "filename", "")) + "'", "")
 
 
 def list_split_dirs(parent: Path) -> list[str]:

@@ -46,7 +46,7 @@ from hardseg.data.cityscapes import (
     TRAIN_ID_TEXT,
     UNKNOWN_ID_TEXT,
 )
-from hardseg.errors import DataError
+from hardseg.errors import DataError, one_line
 
 # ---------------------------------------------------------------- GTA5
 
@@ -62,7 +62,7 @@ def gta5_split_ids(root: Path) -> dict[str, set[int]] | None:
     try:
         mat = loadmat(path)
     except Exception as exc:  # scipy raises ValueError/TypeError/OSError on a broken file
-        raise DataError(f"cannot read GTA5 split file {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        raise DataError(f"cannot read GTA5 split file {path}: {one_line(exc, typed=False)}") from None
     out = {}
     for split, key in (("train", "trainIds"), ("val", "valIds"), ("test", "testIds")):
         if key in mat:

@@ -56,7 +56,7 @@ from hardseg.data.base import (
     read_split_list,
 )
 from hardseg.data.info import DatasetInfo
-from hardseg.errors import DataError
+from hardseg.errors import DataError, one_line
 
 LAYOUT_HELP = (
     "expected <root>/classes.yaml, <root>/images/<split>/<stem>.png|jpg and <root>/masks/<split>/<stem>.png"
@@ -74,7 +74,7 @@ def load_classes(root: Path | str) -> DatasetInfo:
     try:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
-        raise DataError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise DataError(f"{path}: not valid YAML ({one_line(exc, typed=False)})") from None
     if isinstance(doc, list):
         doc = {"classes": doc}
     if not isinstance(doc, dict) or "classes" not in doc:

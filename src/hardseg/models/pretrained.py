@@ -55,7 +55,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from hardseg import keys
-from hardseg.errors import ConfigError
+from hardseg.errors import ConfigError, one_line
 from hardseg.models.mmseg import MODEL_NAMES as MMSEG_MODELS
 from hardseg.models.mmseg_checkpoint import check_skip, is_mmseg_layout, is_skipped, load_mmseg
 from hardseg.models.smp import default_encoder
@@ -127,7 +127,7 @@ def read_state_dict(path: str | os.PathLike, key: str) -> dict[str, Tensor]:
         else:
             state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = one_line(exc, typed=False)
         raise ConfigError(f"{key}: cannot read weights file {p}: {msg}") from None
     return _tensors(state, key, str(p))
 
@@ -151,7 +151,7 @@ def _read_uri(uri: str, key: str) -> dict[str, Tensor]:
         with fs.open_input_stream(path) as f:
             data = f.read()
     except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = one_line(exc, typed=False)
         raise ConfigError(f"{key}: cannot read {uri}: {msg}") from None
     try:
         if uri.endswith(".safetensors"):
@@ -161,7 +161,7 @@ def _read_uri(uri: str, key: str) -> dict[str, Tensor]:
         else:
             state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = one_line(exc, typed=False)
         raise ConfigError(f"{key}: cannot read weights file {uri}: {msg}") from None
     return _tensors(state, key, uri)
 
@@ -297,7 +297,7 @@ def _hf_file(repo_id: str, filenames: tuple[str, ...], revision: str | None, mod
                                         endpoint=endpoint, etag_timeout=timeout))
         except Exception as exc:  # not on the server under this name (timm: safetensors or bin), or refused
             last = exc
-    msg = str(last).strip().splitlines()[0] if last is not None and str(last).strip() else type(last).__name__
+    msg = one_line(last, typed=False)
     raise ConfigError(f"model.pretrained=imagenet: cannot download {filenames[0]} of {repo_id} from {endpoint}: "
                       f"{msg}; stage it into {cache} with `{how}`, or set model.pretrained=PATH")
 
@@ -326,7 +326,7 @@ def torch_hub_file(url: str, mirror: str | None = None, timeout: float = DEFAULT
             torch.hub.download_url_to_file(source, str(path), hash_prefix=match.group(1) if match and check_hash else None,
                                            progress=True)
     except Exception as exc:  # HTTP error, a stalled transfer, or a file whose hash does not match its name
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = one_line(exc, typed=False)
         raise ConfigError(f"model.pretrained=imagenet: cannot download {name} from {source}: {msg}") from None
     return path
 

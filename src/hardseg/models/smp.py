@@ -43,7 +43,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from hardseg.errors import ConfigError
+from hardseg.errors import ConfigError, one_line
 from hardseg.models.base import SegModel
 from hardseg.models.output import SegOutput
 
@@ -173,7 +173,7 @@ def build_smp(arch: str, num_classes: int, aux: bool = False, encoder: str | Non
         net = smp.create_model(arch, **kwargs)
     except (ValueError, KeyError) as err:
         raise ConfigError(f"'model.name: smp:{arch}' does not take 'model.encoder: {encoder}': "
-                          f"{str(err).splitlines()[0]}") from None
+                          f"{one_line(err, typed=False)}") from None
     except RuntimeError as err:
         if "meta" not in str(err):
             raise

@@ -17,7 +17,7 @@ def ablation_space(strategies: list[str], seeds: list[int], name: str = "ablatio
     return SearchSpace.from_dict({
         "name": name, "description": f"ablation {strategies} x seeds {seeds}",
         "params": {"strategies": {"categorical": list(strategies)}, "seed": {"categorical": list(seeds)}},
-        "sweep": {"num_samples": len(strategies) * len(seeds), "metric": "val/miou", "mode": "max",
+        "sweep": {"num_samples": len(strategies) * len(seeds), "metric": keys.VAL_MIOU, "mode": "max",
                   "max_concurrent": max_concurrent},
     }, source=name)
 

@@ -35,6 +35,13 @@ def _add_dry_run(p: argparse.ArgumentParser, text: str) -> None:
     p.add_argument("--dry-run", action="store_true", help=text)
 
 
+def _count(flag: str, n: int) -> int:
+    """A trial count given on the command line: >= 1, as sweep.num_samples and sweep.max_concurrent must be."""
+    if n < 1:
+        raise HardsegError(f"{flag} must be at least 1, got {n}")
+    return n
+
+
 def _add_inference_args(p: argparse.ArgumentParser) -> None:
     """``evaluate`` and ``predict``: the run's ``eval`` settings, replaced (trainables/evaluate.py)."""
     p.add_argument("--mode", choices=["whole", "slide"], help="inference mode (default: the run's eval.mode)")
@@ -85,11 +92,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         os.environ.setdefault(BAR_ENV, "1")  # before Ray starts: its workers inherit it
     out = run_training(cfg)
     m = out.metrics
-    summary = " | ".join(f"{k} {m[k]:.4f}" for k in ("val/miou", "val/band_iou", "val/small_iou", "val/thin_iou")
+    summary = " | ".join(f"{k} {m[k]:.4f}" for k in (keys.VAL_PREFIX + n for n in keys.SUMMARY_METRICS)
                          if isinstance(m.get(k), float))
     for domain in (d.name for d in parse_domains(cfg.data.eval_domains)):
-        if isinstance(m.get(f"{domain}/miou"), float):
-            summary += f" | {domain}/miou {m[f'{domain}/miou']:.4f}"
+        if isinstance(m.get(key := f"{domain}/{keys.MIOU}"), float):
+            summary += f" | {key} {m[key]:.4f}"
     print(f"[hardseg] done in {out.wall_s:.0f}s: {summary}")
     print(f"[hardseg] MLflow run {out.run_id}; UI: {ui_hint(out.tracking_uri, out.experiment_id)}")
     _register(args, out.run_id, out.tracking_uri)
@@ -107,7 +114,8 @@ def _resume_train(args: argparse.Namespace) -> int:
     uri = args.tracking_uri or next((o.split("=", 1)[1] for o in args.overrides if o.startswith("tracking.uri=")), None)
     out = resume_training(args.resume, config_path=args.config, overrides=list(args.overrides), tracking_uri=uri)
     m = out.metrics
-    summary = " | ".join(f"{k} {m[k]:.4f}" for k in ("val/miou", "val/band_iou") if isinstance(m.get(k), float))
+    summary = " | ".join(f"{k} {m[k]:.4f}" for k in (keys.VAL_MIOU, keys.VAL_PREFIX + keys.BAND_IOU)
+                         if isinstance(m.get(k), float))
     print(f"[hardseg] done in {out.wall_s:.0f}s: {summary}")
     print(f"[hardseg] MLflow run {out.run_id}; UI: {ui_hint(out.tracking_uri, out.experiment_id)}")
     _register(args, out.run_id, out.tracking_uri)
@@ -148,9 +156,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                                "or --resume NAME")
         space = load_space(args.space)
         if args.num_samples:
-            space.sweep.num_samples = args.num_samples
+            space.sweep.num_samples = _count("--num-samples", args.num_samples)
         if args.max_concurrent:
-            space.sweep.max_concurrent = args.max_concurrent
+            space.sweep.max_concurrent = _count("--max-concurrent", args.max_concurrent)
         overrides = list(args.overrides) + ([f"tracking.uri={args.tracking_uri}"] if args.tracking_uri else [])
         if args.dry_run:
             return dry_run_sweep(space, args.config, overrides, name=args.name)
@@ -218,7 +226,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     metrics.update(robustness(metrics))
     print(f"{'domain':<28} {'mIoU':>7} {'mAcc':>7} {'aAcc':>7} {'band':>7} {'small':>7} {'thin':>7}")
     for d in (d.name for d in parse_domains(domains)):
-        row = [metrics.get(f"{d}/{k}") for k in (keys.MIOU, keys.MACC, keys.AACC, "band_iou", "small_iou", "thin_iou")]
+        row = [metrics.get(f"{d}/{k}")
+               for k in (keys.MIOU, keys.MACC, keys.AACC, keys.BAND_IOU, keys.SMALL_IOU, keys.THIN_IOU)]
         print(f"{d:<28} " + " ".join(f"{v:7.4f}" if isinstance(v, float) else f"{'-':>7}" for v in row))
     notes = {"mPC": "mean over corruptions and severities of mIoU", "rPC": "mPC / clean mIoU"}
     for key, value in metrics.items():

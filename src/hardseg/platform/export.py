@@ -36,7 +36,7 @@ from mlflow.types import Schema, TensorSpec
 from hardseg.config import RunConfig
 from hardseg.data import dataset_info
 from hardseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from hardseg.errors import ConfigError
+from hardseg.errors import ConfigError, one_line
 from hardseg.models.export import ExportedModel, export_metadata
 from hardseg.platform.tracking import resolve_tracking_uri
 from hardseg.models.mmseg_checkpoint import hl_head, to_mmseg_checkpoint
@@ -104,7 +104,7 @@ def load_logged_model(uri: str, tracking_uri: str) -> tuple[torch.nn.Module, Any
         local = download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri)
         meta = Model.load(local).metadata or {}
     except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = one_line(exc, typed=False)
         raise ConfigError(f"cannot load the MLflow model {uri} from {tracking_uri}: {msg}") from None
     if "config" not in meta:
         raise ConfigError(f"{uri} is not a hardseg model (its MLmodel has no hardseg metadata)")
@@ -131,7 +131,7 @@ def run_export_file(run: str, tracking_uri: str | None) -> tuple[Path, str | Non
         local = download_artifacts(artifact_uri=f"runs:/{run_id}/{ARTIFACT}/{EXPORT_FILE}",
                                    dst_path=tempfile.mkdtemp(prefix="hardseg-export-"), tracking_uri=tracking_uri)
     except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = one_line(exc, typed=False)
         raise ConfigError(f"export: cannot fetch {ARTIFACT}/{EXPORT_FILE} of run '{run_id}' from {tracking_uri}: "
                           f"{msg} (give a finished run's id or a model_export.pt file)") from None
     return Path(local), run_id

@@ -24,7 +24,7 @@ from pathlib import Path
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobSubmissionClient
 
-from hardseg.errors import HardsegError
+from hardseg.errors import HardsegError, one_line
 
 #: not uploaded with the working directory (besides what .gitignore lists); .hardseg-cluster: the
 #: state, logs, MLflow artifacts and token of 'hardseg cluster up'
@@ -63,7 +63,7 @@ def _translate(err: Exception, address: str) -> JobsError:
                          f"dashboard address (default port 8265)?")
     if "does not exist" in text:
         return JobsError(f"{text.splitlines()[-1].strip()} on {address} ('hardseg jobs list' shows the jobs)")
-    return JobsError(f"Ray Jobs API at {address}: {text.splitlines()[0] if text else type(err).__name__}")
+    return JobsError(f"Ray Jobs API at {address}: {one_line(err, typed=False)}")
 
 
 class Jobs:

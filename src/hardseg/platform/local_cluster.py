@@ -37,7 +37,7 @@ from pathlib import Path
 import sqlalchemy
 from sqlalchemy.engine import URL, make_url
 
-from hardseg.errors import HardsegError
+from hardseg.errors import HardsegError, one_line
 
 STATE_FILE = "cluster.json"
 DEFAULT_DIR = ".hardseg-cluster"
@@ -176,7 +176,7 @@ def ensure_postgres_database(backend: str | None, timeout: float = 5) -> str | N
 
 def _pg_reason(err: Exception) -> str:
     """The first line of the driver's message, without libpq's 'connection to server ... failed:' prefix."""
-    text = str(getattr(err, "orig", err)).strip().splitlines()[0]
+    text = one_line(getattr(err, "orig", err), typed=False)
     return text.split("failed: ", 1)[-1].replace("FATAL:  ", "").strip()
 
 

@@ -18,7 +18,7 @@ from hardseg.data import available_splits, build_dataset, resolve_root
 from hardseg.data.corruption_cache import check_caches
 from hardseg.data.domains import absolute_spec, build_domain, parse_domains
 from hardseg.data.lineage import derived, lineage
-from hardseg.errors import HardsegError
+from hardseg.errors import HardsegError, one_line
 from hardseg.platform import tracking
 from hardseg.models.pretrained import MIRROR_ENV
 from hardseg.platform.storage import absolute_location, storage_fs, storage_join
@@ -73,7 +73,7 @@ def _download_init_from(location: str, cfg: RunConfig, dest: Path) -> Path:
         local = Path(download_artifacts(artifact_uri=location, dst_path=str(dest),
                                         tracking_uri=tracking.resolve_tracking_uri(cfg.tracking.uri)))
     except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = one_line(exc, typed=False)
         raise HardsegError(f"model.init_from: cannot fetch {location}: {msg} (give runs:/RUN_ID/model/"
                            f"{EXPORT_FILE} of an existing run, or a local file)") from None
     if local.is_dir():

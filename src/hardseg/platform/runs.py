@@ -31,7 +31,7 @@ import yaml
 from hardseg import keys
 from hardseg.config import RunConfig
 from hardseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from hardseg.errors import HardsegError, NonFiniteLoss, TrainingError
+from hardseg.errors import HardsegError, NonFiniteLoss, TrainingError, one_line
 from hardseg.platform import tracking
 from hardseg.platform.export import log_mlflow_model
 from hardseg.strategies import strategy_warnings
@@ -213,7 +213,7 @@ class RunCloser:
         if isinstance(exc, TrialStopped):
             close_run(self.client, self.run_id, "KILLED", str(exc))
             raise SystemExit(0) from None  # let Tune finish stopping the trial
-        reason = str(exc) if isinstance(exc, HardsegError) else one_line(exc)
+        reason = str(exc) if isinstance(exc, HardsegError) else one_line(exc, innermost=True)
         close_run(self.client, self.run_id, "FAILED", self._with_hint(reason))
         if self.wrap_errors and not isinstance(exc, HardsegError):
             raise TrainingError(f"run {self.run_id} failed: {reason}") from exc
@@ -239,17 +239,8 @@ def log_checkpoint_artifacts(client: tracking.MlflowClient, run_id: str, checkpo
             try:
                 log_mlflow_model(client, run_id, export)
             except Exception as exc:  # the run's results stand; say why its MLflow model is missing
-                why = one_line(exc)
+                why = one_line(exc, innermost=True)
                 tracking.set_tags(client, run_id, {keys.MODEL_LOG_ERROR: why})
                 print(f"[hardseg] warning: the MLflow model of run {run_id} was not logged: {why}", flush=True)
     client.log_text(run_id, config_yaml, f"{EXPORT_ARTIFACT_DIR}/config.yaml")
     tracking.log_metrics(client, run_id, {keys.WALL_TIME: wall_s})
-
-
-def one_line(err: BaseException) -> str:
-    """The innermost cause's message, on one line."""
-    while err.__cause__ is not None:
-        err = err.__cause__
-    text = str(err).strip().splitlines()
-    last = [line for line in text if line.strip()][-1] if text else type(err).__name__
-    return f"{type(err).__name__}: {last}"[:500]

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from hardseg import keys
 from hardseg.config import RayConfig
@@ -52,6 +52,7 @@ from hardseg.platform.sweep import SWEEPS_DIR, resume_sweep, run_sweep
 from hardseg.platform.sweep_runs import child_runs
 from hardseg.reports.study import write_study_report
 from hardseg.search_spaces import SearchSpace
+from hardseg.strict import Strict
 from hardseg.trainables.loop import check_strategies_fit
 
 STATE_FILE = "hardseg_study.json"
@@ -61,11 +62,7 @@ STAGES = ("defaults", "search", "confirm")
 MIN_CONFIRM_SEEDS = 3  # = hardseg.reports.stats.MIN_PAIRED_SEEDS: fewer cannot give a verdict
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SearchStage(_Strict):
+class SearchStage(Strict):
     """Stage 2: a :class:`hardseg.search_spaces.SearchSpace`'s ``params`` and its sweep settings."""
 
     params: dict[str, dict[str, Any]] = Field(min_length=1)
@@ -79,17 +76,17 @@ class SearchStage(_Strict):
     max_concurrent: int | None = Field(None, ge=1)
 
 
-class ConfirmStage(_Strict):
+class ConfirmStage(Strict):
     top_k: int = Field(2, ge=1)
     seeds: DistinctSeeds = Field(min_length=MIN_CONFIRM_SEEDS)
 
 
-class Study(_Strict):
+class Study(Strict):
     name: str = Field("study", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,40}$")
     description: str = ""
     config: str | None = None
     baseline: str = "ce"
-    metric: str = "val/miou"
+    metric: str = keys.VAL_MIOU
     mode: Literal["max", "min"] = "max"
     strategies: list[str] = Field(min_length=2)
     seeds: DistinctSeeds = Field(min_length=1)

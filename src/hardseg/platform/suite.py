@@ -31,34 +31,32 @@ import os
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from hardseg import keys
 from hardseg.errors import ConfigError
 from hardseg.platform.shipped import DistinctSeeds, available_shipped, load_shipped
 from hardseg.search_spaces.space import _metric
+from hardseg.strict import Strict
 
 SUITES_DIR = "suites"  # hardseg/platform/suites/*.yaml
 LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,29}$"  # part of sweep names (sweep.check_name)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class Watch(_Strict):
+class Watch(Strict):
     metric: str
     mode: Literal["max", "min"] = "max"
 
     _check_metric = field_validator("metric")(_metric)
 
 
-class NoiseRule(_Strict):
+class NoiseRule(Strict):
     alpha: float = Field(0.05, gt=0, lt=1, description="false-alarm rate (per nightly with holm)")
     # the reports' corrections (hardseg.reports.stats.adjust_p); "bonferroni", the old default, reads as holm
     correction: Literal["holm", "bh", "none", "bonferroni"] = "holm"
 
 
-class Suite(_Strict):
+class Suite(Strict):
     name: str = Field(pattern=LABEL)
     description: str = ""
     config: str | None = None
@@ -67,7 +65,7 @@ class Suite(_Strict):
     datasets: dict[str, dict[str, Any]] = Field(default_factory=lambda: {"synthetic": {}}, min_length=1)
     seeds: DistinctSeeds = Field(min_length=2)
     budget: dict[str, Any] = Field(default_factory=dict)
-    watch: list[Watch] = Field(default_factory=lambda: [Watch(metric="val/miou")], min_length=1)
+    watch: list[Watch] = Field(default_factory=lambda: [Watch(metric=keys.VAL_MIOU)], min_length=1)
     noise: NoiseRule = NoiseRule()
 
     @field_validator("models", "datasets")

@@ -28,7 +28,7 @@ def key_metrics(table: pd.DataFrame) -> list[str]:
 
 def shift_metrics(table: pd.DataFrame) -> list[str]:
     """``<domain>/miou`` columns of the table (the evaluation domains)."""
-    return [m for m in table.attrs["metrics"] if m.endswith("/miou") and not m.startswith(SKIP_SHIFT)]
+    return [m for m in table.attrs["metrics"] if m.endswith(f"/{keys.MIOU}") and not m.startswith(SKIP_SHIFT)]
 
 
 def verdict(c: dict[str, Any], metric: str, baseline: str, correction: str) -> str:

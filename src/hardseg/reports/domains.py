@@ -31,7 +31,7 @@ from hardseg.robustness import robustness, shift_family
 CLEAN = "clean"
 
 
-def domain_columns(df: pd.DataFrame, metric: str = "miou") -> list[str]:
+def domain_columns(df: pd.DataFrame, metric: str = keys.MIOU) -> list[str]:
     """``<domain>/<metric>`` columns of the runs, by family then severity (``fog-1`` < ``fog-3`` < ``night-1``)."""
     cols = [c for c in metric_columns(df) if c.endswith(f"/{metric}") and c.count("/") == 1
             and not c.startswith(keys.NOT_DOMAIN_PREFIXES)]
@@ -43,7 +43,7 @@ def domain_columns(df: pd.DataFrame, metric: str = "miou") -> list[str]:
     return sorted(cols, key=order)
 
 
-def with_robustness(df: pd.DataFrame, metric: str = "miou") -> tuple[pd.DataFrame, list[str]]:
+def with_robustness(df: pd.DataFrame, metric: str = keys.MIOU) -> tuple[pd.DataFrame, list[str]]:
     """``df`` plus a ``clean`` column and ``robustness/<family>/<metric>`` per run; the robustness column names."""
     best, val = f"{keys.BEST_PREFIX}{keys.VAL_PREFIX}{metric}", f"{keys.VAL_PREFIX}{metric}"
     clean = df[best] if best in df.columns else pd.Series(math.nan, index=df.index)
@@ -58,7 +58,7 @@ def with_robustness(df: pd.DataFrame, metric: str = "miou") -> tuple[pd.DataFram
     return pd.concat([df.drop(columns=[c for c in added.columns if c in df.columns]), added], axis=1).copy(), names
 
 
-def cross_domain_section(df: pd.DataFrame, baseline: str = "ce", alpha: float = 0.05, metric: str = "miou",
+def cross_domain_section(df: pd.DataFrame, baseline: str = "ce", alpha: float = 0.05, metric: str = keys.MIOU,
                          correction: str = "holm") -> str:
     """The ``## Cross-domain`` Markdown section; empty when no run logged an evaluation domain."""
     domains = domain_columns(df, metric)

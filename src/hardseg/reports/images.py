@@ -21,6 +21,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from mlflow.tracking import MlflowClient
 
+from hardseg import keys
 from hardseg.reports.tables import label
 
 HL_PANEL_KEY = "hl_panel"
@@ -54,7 +55,7 @@ def latest_image(client: MlflowClient, run_id: str, key: str, dest: Path | str) 
     return Path(dest), step
 
 
-def best_hl_run(df: pd.DataFrame, metric: str = "val/miou", mode: str = "max") -> pd.Series | None:
+def best_hl_run(df: pd.DataFrame, metric: str = keys.VAL_MIOU, mode: str = "max") -> pd.Series | None:
     """The FINISHED run with HL among its strategies that is best by ``metric``, or None."""
     if metric not in df.columns:
         return None

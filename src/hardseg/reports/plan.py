@@ -342,7 +342,7 @@ def plan_from_pilot(client: MlflowClient, name: str, *, delta: float | None = No
                  metric_count)
     parent = find_pilot(client, name, experiment)
     df = runs_frame(client, parent)
-    metrics = list(metrics or [keys.VAL_PREFIX + "miou"])
+    metrics = list(metrics or [keys.VAL_MIOU])
     comps = pilot_comparisons(df, baseline, metrics, delta, name)
     measured = pilot_seconds_per_iter(df)
     source = "--seconds-per-iter" if seconds_per_iter is not None else "the pilot's median train/step_time_s"

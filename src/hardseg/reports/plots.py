@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from hardseg import keys
 from hardseg.reports import stats
 from hardseg.reports.collect import metric_columns
 from hardseg.reports.domains import domain_columns
@@ -84,8 +85,8 @@ def metric_bars(table: pd.DataFrame, metrics: list[str], path: Path | str) -> Pa
     return _bars(list(metrics), bars, Path(path), f"mean ± {conf} CI half-width over seeds", "value")
 
 
-def per_class_bars(df: pd.DataFrame, path: Path | str, prefix: str = "val/iou/", alpha: float = 0.05,
-                   baseline: str | None = "ce") -> Path | None:
+def per_class_bars(df: pd.DataFrame, path: Path | str, prefix: str = keys.VAL_PREFIX + keys.IOU_PREFIX,
+                   alpha: float = 0.05, baseline: str | None = "ce") -> Path | None:
     """Per-class IoU (columns ``<prefix><class>`` of a :func:`runs_frame`) per strategy: mean over
     FINISHED seeds ± CI half-width of :func:`stats.mean_ci`. None (nothing written) without such columns."""
     metrics = [c for c in metric_columns(df) if c.startswith(prefix)]
@@ -107,7 +108,7 @@ def domain_matrix(df: pd.DataFrame, path: Path | str, alpha: float = 0.05,
     if not domains:
         return None
     # clean = the model the domains were evaluated with: the best epoch's (older runs: the last epoch's)
-    clean = next((c for c in ("best/val/miou", "val/miou") if c in df.columns), None)
+    clean = next((c for c in (keys.BEST_PREFIX + keys.VAL_MIOU, keys.VAL_MIOU) if c in df.columns), None)
     columns = ([clean] if clean else []) + domains
     cis = _mean_ci(df, columns, alpha, baseline)
     strategies = list(cis)

@@ -52,7 +52,7 @@ def write_report(client: MlflowClient, parent_run: Run, out_dir: Path | str, met
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     params, tags = parent_run.data.params, parent_run.data.tags
-    metric, mode = params.get("sweep.metric") or "val/miou", params.get("sweep.mode") or "max"
+    metric, mode = params.get("sweep.metric") or keys.VAL_MIOU, params.get("sweep.mode") or "max"
     figures = {
         "forest_png": plots.forest_plot(table, out / "forest.png"),
         "metrics_png": plots.metric_bars(table, list(table.attrs["metrics"]), out / "metrics.png"),

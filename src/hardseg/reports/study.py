@@ -86,7 +86,7 @@ def study_markdown(client: MlflowClient, study_run: Run, alpha: float = 0.05,
                    correction: str = "holm") -> tuple[str, Run]:
     """``(the study's Markdown lead: answer, selection vs confirmation, stage 1, search; the confirm stage's run)``."""
     params = study_run.data.params
-    metric, mode, baseline = params.get("study.metric", "val/miou"), params.get("study.mode", "max"), \
+    metric, mode, baseline = params.get("study.metric", keys.VAL_MIOU), params.get("study.mode", "max"), \
         params.get("study.baseline", "ce")
     better = max if mode == "max" else min
     stages = stage_runs(client, study_run)
@@ -96,7 +96,7 @@ def study_markdown(client: MlflowClient, study_run: Run, alpha: float = 0.05,
     configs = {c["label"]: c for c in (json.loads(v) for k, v in params.items() if k.startswith("study.confirm."))}
     df3 = runs_frame(client, stages["confirm"])
     df1 = runs_frame(client, stages["defaults"]) if "defaults" in stages else df3.iloc[0:0]
-    frame, robust = with_robustness(df3, "miou")
+    frame, robust = with_robustness(df3, keys.MIOU)
     labels = [s for s in dict.fromkeys(df3["strategies"].map(label)) if _values(df3, s, metric)]
     confirmed = {s: _mean(_values(df3, s, metric)) for s in labels}
     name = study_run.data.tags.get(keys.SWEEP, study_run.info.run_name)

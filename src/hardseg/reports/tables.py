@@ -31,7 +31,7 @@ from hardseg.reports.collect import (BEST_BY_VAL, FROM_HISTORY, NEVER_EVALUATED,
 POWER = 0.8
 FIELDS = ["mean", "ci_low", "ci_high", "half_width", "n", "delta", "delta_ci_low", "delta_ci_high", "p_value",
           "tested", "p_adj", "significant", "n_pairs", "sd_diff", "mde", "seeds_needed"]
-DEFAULT_METRICS = ["val/miou", "val/band_iou", "val/small_iou", "val/thin_iou"]
+DEFAULT_METRICS = [keys.VAL_PREFIX + m for m in keys.SUMMARY_METRICS]
 NO_CI = "n/a (1 seed)"
 SPLIT_NOTES = {
     "val": "Split: val, each run's best-by-val checkpoint (the model every table of this report reads; the "
@@ -399,9 +399,9 @@ def accuracy_section(df: pd.DataFrame, alpha: float = 0.05, split: str = "val") 
 def default_metrics(df: pd.DataFrame) -> list[str]:
     """:data:`DEFAULT_METRICS` and ``<domain>/miou`` of every eval domain, those the runs have."""
     have = metric_columns(df)
-    domains = [c for c in have if c.endswith("/miou")
+    domains = [c for c in have if c.endswith(f"/{keys.MIOU}")
                and not c.startswith(keys.NOT_DOMAIN_PREFIXES)]
-    test = [m.replace("val/", "test/", 1) for m in DEFAULT_METRICS]
+    test = [m.replace(keys.VAL_PREFIX, keys.TEST_PREFIX, 1) for m in DEFAULT_METRICS]
     return [m for m in DEFAULT_METRICS + test if m in have] + sorted(domains)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from hardseg.errors import ConfigError
+from hardseg.errors import ConfigError, one_line
 from hardseg.search_spaces.space import SearchSpace
 
 
@@ -52,7 +52,7 @@ def read_yaml_mapping(path: Path, keys: str) -> dict:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(f"{path}: not valid YAML ({one_line(exc, typed=False)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with keys {keys}")
     return data

@@ -13,30 +13,28 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from hardseg import keys
 from hardseg.config import RunConfig, _format_validation_error, apply_overrides, load_config, validate_config
 from hardseg.errors import ConfigError
 from hardseg.strategies import available_strategies, get_strategy
+from hardseg.strict import Strict
 
 KINDS = ("uniform", "loguniform", "int", "categorical")
 _METRIC = re.compile(r"^[\w.-]+/[\w./-]+$")
 _PRIMITIVE = (str, int, float, bool, type(None))
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 def _metric(v: str) -> str:
     if not _METRIC.match(v):
         raise ValueError("must look like <split>/<name>, e.g. val/miou")
-    if v.startswith("test/"):
+    if v.startswith(keys.TEST_PREFIX):
         raise ValueError("sweeps optimise validation metrics; test/<name> (data.test_split) is reported, never optimised")
     return v
 
 
-class AshaSettings(_Strict):
+class AshaSettings(Strict):
     """ASHA early stopping (Ray Tune's ``ASHAScheduler``) on the trials' progress in their schedule's unit:
     epochs, or iterations when the base config sets ``train.iters``; ``max_t: None`` means the trial's length."""
 
@@ -50,11 +48,11 @@ class AshaSettings(_Strict):
     per_strategy: bool = False
 
 
-class SweepSettings(_Strict):
+class SweepSettings(Strict):
     """How many trials, what to optimise, the scheduler and the sampler seed."""
 
     num_samples: int = Field(8, ge=1)
-    metric: str = "val/miou"
+    metric: str = keys.VAL_MIOU
     mode: Literal["max", "min"] = "max"
     objectives: list[tuple[str, Literal["max", "min"]]] | None = Field(None, min_length=2)
     scheduler: AshaSettings | None = None
@@ -100,7 +98,7 @@ class SweepSettings(_Strict):
         return [m for _, m in self.objectives] if self.objectives else [self.mode]
 
 
-class _SpaceFile(_Strict):
+class _SpaceFile(Strict):
     name: str | None = None
     description: str = ""
     base: dict[str, Any] = Field(default_factory=dict)

@@ -5,41 +5,38 @@ A strategy is one class in one module, registered with
 paper's defaults (so search spaces can reach every hyperparameter), may add
 training-only modules to the model, and contributes named loss terms.
 
-Three kinds (``Strategy.kind``), composed by :mod:`hardseg.strategies.objective`;
-the kind decides which loss hooks the objective calls:
+Each strategy declares its :class:`Phase`, the step of the composition it acts
+in (:mod:`hardseg.strategies.objective`); the phase alone decides which loss
+hooks the objective calls (:attr:`Phase.hooks`):
 
-* ``baseline`` (``ce``): the main head's plain cross-entropy; no loss hook.
-* ``weighting`` (``cb_ce``, ``focal``, ``ohem``, ``hl``): shape the main
-  head's per-pixel loss through :meth:`Strategy.base_loss`,
-  :meth:`Strategy.shape` and :meth:`Strategy.reduce`.
-* ``structural`` (``self_regulation``, ``coarse_to_fine``): add modules
-  (exits, stages) and loss terms through :meth:`Strategy.terms`.
+* steps 2a–d (``BASE_LOSS`` … ``WEIGHT_AND_REDUCE``: ``ce``, ``focal``,
+  ``cb_ce``, ``ohem``, ``hl``) shape the main head's per-pixel loss through
+  :meth:`Strategy.base_loss`, :meth:`Strategy.shape` and :meth:`Strategy.reduce`
+  (``ce`` overrides none of them: ℓ is the per-pixel CE);
+* steps 1 and 4 (``REPLACE_PREDICTION``, ``EXTRA_TERMS``: ``coarse_to_fine``,
+  ``self_regulation``) add modules and their own loss terms through
+  :meth:`Strategy.terms`.
 
-Each strategy also declares its :class:`Phase`, the step of the composition it
-acts in; the objective runs strategies in phase order (ties keep the order of
-the run's list). :func:`contract_violation` is the contract in code: a kind
-that the phase does not allow, or a loss hook the kind never calls, is
-rejected at registration and again when an Objective is built
-(docs/strategies.md, "Composition").
+The objective runs strategies in phase order (ties keep the order of the run's
+list). Registration refuses a class that declares no phase or overrides a loss
+hook its phase never calls (``registry.contract_violation``; docs/strategies.md,
+"Composition").
 
 See ``docs/strategies.md`` for the equations each strategy implements.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum, auto
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch.nn as nn
-from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
 from hardseg.models import SegModel, SegOutput
-
-
-Kind = Literal["baseline", "weighting", "structural"]
+from hardseg.strict import Strict
 
 
 class Phase(IntEnum):
@@ -47,7 +44,7 @@ class Phase(IntEnum):
 
     The steps are those of :mod:`hardseg.strategies.objective` (1, 2a–d, 4); step 3,
     the aux head's CE, belongs to no strategy. Modules run and hooks are called in
-    phase order; every structural strategy's ``terms`` are added in step 4 (C2F's,
+    phase order; the ``terms`` of phases 1 and 4 are all added in step 4 (C2F's,
     in REPLACE_PREDICTION, before SR's).
     """
 
@@ -58,28 +55,25 @@ class Phase(IntEnum):
     WEIGHT_AND_REDUCE = auto()  # step 2d: weight the kept pixels and reduce them to named terms (HL)
     EXTRA_TERMS = auto()  # step 4: add loss terms on the strategy's own outputs (SR exits)
 
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        """The loss hooks the objective calls for a strategy in this phase: the main head's per-pixel
+        loss in steps 2a–d, the strategy's own terms in steps 1 and 4. The other hooks (modules, export,
+        visuals, normalisation, config_warning, lr_mult) are called in every phase."""
+        return MAIN_LOSS_HOOKS if self.on_main_loss else TERMS_HOOKS
 
-KIND_PHASES: dict[str, tuple[Phase, ...]] = {
-    "baseline": (Phase.BASE_LOSS,),
-    "weighting": (Phase.BASE_LOSS, Phase.CLASS_WEIGHTS, Phase.SELECT_PIXELS, Phase.WEIGHT_AND_REDUCE),
-    "structural": (Phase.REPLACE_PREDICTION, Phase.EXTRA_TERMS),
-}
-"""The phases each kind may act in: weightings shape the main loss (step 2), structural
-strategies replace the prediction before it (step 1) or add terms after it (step 4)."""
-
-KIND_HOOKS: dict[str, tuple[str, ...]] = {
-    "baseline": (),
-    "weighting": ("base_loss", "shape", "reduce"),
-    "structural": ("terms",),
-}
-"""The loss hooks the objective calls for each kind; the other hooks (modules, export,
-visuals, normalisation, config_warning, lr_mult) are called for every kind."""
+    @property
+    def on_main_loss(self) -> bool:
+        """Steps 2a–d: the phase shapes the main head's per-pixel loss."""
+        return Phase.BASE_LOSS <= self <= Phase.WEIGHT_AND_REDUCE
 
 
-class StrategyConfig(BaseModel):
+MAIN_LOSS_HOOKS = ("base_loss", "shape", "reduce")
+TERMS_HOOKS = ("terms",)
+
+
+class StrategyConfig(Strict):
     """Base of every strategy's hyperparameters (unknown keys are errors)."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass(frozen=True)
@@ -118,12 +112,11 @@ class StrategyContext:
     aux_weight: float = 0.4
     palette: tuple[tuple[int, int, int], ...] = ()
     average: Literal["valid", "all"] = "valid"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class PixelLoss:
-    """The main head's per-pixel loss on its way through the weighting strategies.
+    """The main head's per-pixel loss on its way through steps 2a–d (phases BASE_LOSS … WEIGHT_AND_REDUCE).
 
     Attributes:
         logits: main logits (N, C, H, W) at label size.
@@ -145,20 +138,17 @@ class Strategy:
 
     Class attributes:
         name: registry name (set by ``@register_strategy``).
-        kind: ``"baseline"``, ``"weighting"`` or ``"structural"``: which loss
-            hooks the objective calls (:data:`KIND_HOOKS`).
-        phase: the :class:`Phase` it acts in, one its kind allows
-            (:data:`KIND_PHASES`): C2F REPLACE_PREDICTION, ce and focal
-            BASE_LOSS, cb_ce CLASS_WEIGHTS, OHEM SELECT_PIXELS, HL
+        phase: the :class:`Phase` it acts in, which decides the loss hooks the
+            objective calls (:attr:`Phase.hooks`): C2F REPLACE_PREDICTION, ce
+            and focal BASE_LOSS, cb_ce CLASS_WEIGHTS, OHEM SELECT_PIXELS, HL
             WEIGHT_AND_REDUCE, SR EXTRA_TERMS. Every strategy declares one.
         Config: the pydantic hyperparameter model.
 
-    A subclass overrides only the hooks its kind's objective calls
-    (:func:`contract_violation`).
+    A subclass overrides only the loss hooks its phase calls (checked at
+    registration, ``registry.contract_violation``).
     """
 
     name: ClassVar[str] = ""
-    kind: ClassVar[Kind] = "baseline"
     phase: ClassVar[Phase | None] = None
     Config: ClassVar[type[StrategyConfig]] = StrategyConfig
 
@@ -199,11 +189,11 @@ class Strategy:
         """The inference model if this strategy's modules are part of it, else None (stripped)."""
         return None
 
-    # -- the main head's per-pixel loss (weighting strategies) ---------------
+    # -- the main head's per-pixel loss (phases BASE_LOSS … WEIGHT_AND_REDUCE) --
     def base_loss(self, logits: Tensor, target: Tensor) -> Tensor | None:
         """Replace the per-pixel CE ℓ by another per-pixel loss (N, H, W), or None.
 
-        The first weighting strategy (in phase order) that returns one defines ℓ.
+        The first strategy (in phase order) that returns one defines ℓ.
         """
         return None
 
@@ -214,11 +204,11 @@ class Strategy:
         """Reduce the per-pixel loss to named terms, or None for the default mean over valid pixels.
 
         ``main_key`` is the name the objective gives the main head's term. The last
-        weighting strategy (in phase order) that returns terms wins.
+        strategy (in phase order) that returns terms wins.
         """
         return None
 
-    # -- extra terms, images -------------------------------------------------
+    # -- extra terms (phases REPLACE_PREDICTION, EXTRA_TERMS), images ---------
     def terms(self, out: SegOutput, target: Tensor, progress: float) -> dict[str, Tensor]:
         """Loss terms beyond the main head's (SR exits, C2F levels); ``progress`` ∈ [0, 1]."""
         return {}
@@ -227,33 +217,3 @@ class Strategy:
         """Named uint8 RGB images (H, W, 3) to log; empty when the strategy has none."""
         return {}
 
-
-def contract_violation(cls: type, name: str | None = None, label: str = "strategy") -> str | None:
-    """Why ``cls`` breaks the composition contract (one line, naming what to fix), or None.
-
-    Checked: ``cls`` is a :class:`Strategy`, its ``kind`` is known, its ``phase`` is a
-    :class:`Phase` its kind allows (:data:`KIND_PHASES`), and it overrides no loss hook
-    that its kind's objective never calls (:data:`KIND_HOOKS`): such a hook would be
-    silently skipped. ``label`` starts the message (``strategy``, ``strategy plugin``).
-    """
-    who = f"{label} '{name or getattr(cls, 'name', '') or cls.__name__}' ({cls.__module__}.{cls.__qualname__})"
-    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
-        return f"{who} is not a hardseg Strategy subclass"
-    kind = cls.kind
-    if kind not in KIND_HOOKS:
-        return f"{who} has kind {kind!r}; declare kind = 'baseline', 'weighting' or 'structural'"
-    allowed = " or ".join(f"Phase.{p.name}" for p in KIND_PHASES[kind])
-    if not isinstance(cls.phase, Phase):
-        gone = " ('order' integers were replaced by phases)" if hasattr(cls, "order") else ""
-        return f"{who} declares no phase{gone}; a {kind} strategy declares phase = {allowed}"
-    if cls.phase not in KIND_PHASES[kind]:
-        return (f"{who} has kind '{kind}' but phase {cls.phase.name}; a {kind} strategy declares "
-                f"phase = {allowed}, or change its kind")
-    for owner, hooks in KIND_HOOKS.items():
-        for hook in hooks:
-            if owner != kind and getattr(cls, hook) is not getattr(Strategy, hook):
-                mine = "/".join(f"{h}()" for h in KIND_HOOKS[kind])
-                move = f" or move it into {mine}" if mine else ""
-                return (f"{who} overrides {hook}(), which the objective calls only for kind '{owner}', "
-                        f"but its kind is '{kind}'; declare kind = '{owner}' (and a phase of that kind){move}")
-    return None

@@ -48,7 +48,6 @@ class CBCEConfig(StrategyConfig):
 
 @register_strategy("cb_ce")
 class ClassBalancedCE(Strategy):
-    kind = "weighting"
     phase = Phase.CLASS_WEIGHTS
     Config = CBCEConfig
 

@@ -5,9 +5,10 @@ non-ignored pixels, or over all pixels with ``loss.average: all`` (the HL
 paper's mmsegmentation 0.22.1), logged as ``ce``; the auxiliary head, if the
 model has one, adds ``StrategyContext.aux_weight`` (0.4) · CE(aux), averaged
 the same way, as ``aux_ce`` — the
-objective does both, for every run, so this strategy only names the baseline.
-It cannot be combined with any other strategy (a run without a weighting
-strategy already uses CE as its main loss).
+objective does both, for every run, so this strategy only names the baseline:
+it overrides no hook. It cannot be combined with any other strategy (a run
+without a weighting strategy already uses CE as its main loss, and names its
+term :data:`BASELINE`).
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ from __future__ import annotations
 from hardseg.strategies.base import Phase, Strategy, StrategyConfig
 from hardseg.strategies.registry import register_strategy
 
+BASELINE = "ce"
+
 
 class CEConfig(StrategyConfig):
     """Plain cross-entropy has no hyperparameters."""
 
 
-@register_strategy("ce")
+@register_strategy(BASELINE)
 class CrossEntropy(Strategy):
-    kind = "baseline"
     phase = Phase.BASE_LOSS  # alone in a run: ℓ is the per-pixel CE
     Config = CEConfig

@@ -150,7 +150,6 @@ class CoarseToFineNet(nn.Module):
 
 @register_strategy("coarse_to_fine")
 class CoarseToFine(Strategy):
-    kind = "structural"
     phase = Phase.REPLACE_PREDICTION  # before the other strategies look at the prediction
     Config = C2FConfig
 

@@ -49,7 +49,6 @@ class FocalConfig(StrategyConfig):
 
 @register_strategy("focal")
 class Focal(Strategy):
-    kind = "weighting"
     phase = Phase.BASE_LOSS
     Config = FocalConfig
 

@@ -78,7 +78,6 @@ class HLBranch(nn.Module):
 
 @register_strategy("hl")
 class HardnessLevel(Strategy):
-    kind = "weighting"
     phase = Phase.WEIGHT_AND_REDUCE
     Config = HLConfig
     align_corners = False

@@ -10,11 +10,11 @@ loss in these steps, whatever the order of the list:
    (``Phase.REPLACE_PREDICTION``). C2F puts its finest stage in ``out.logits``
    (the network's head predicts its coarsest level); every later step sees
    the final prediction.
-2. **The main head's per-pixel loss** goes through the weighting strategies
-   (kind ``weighting``: hooks ``base_loss``, ``shape``, ``reduce``) by phase:
+2. **The main head's per-pixel loss** goes through the strategies of these
+   phases (the weighting strategies: hooks ``base_loss``, ``shape``, ``reduce``):
 
-   a. ``Phase.BASE_LOSS``: ℓ = per-pixel CE, or the focal loss if ``focal`` is
-      on (it *replaces* ℓ, so "focal modulates ℓ before anything else");
+   a. ``Phase.BASE_LOSS``: ℓ = per-pixel CE (``ce`` alone), or the focal loss if
+      ``focal`` is on (it *replaces* ℓ, so "focal modulates ℓ before anything else");
    b. ``Phase.CLASS_WEIGHTS``: ``cb_ce`` multiplies ℓ by the ground-truth
       class's weight;
    c. ``Phase.SELECT_PIXELS``: ``ohem`` selects pixels (under no_grad; in loss
@@ -29,20 +29,19 @@ loss in these steps, whatever the order of the list:
       or over all pixels (``all``, the HL paper's mmsegmentation 0.22.1).
 
    The term is named ``ce`` (no weighting strategy), the strategy's name (one
-   weighting strategy: ``cb_ce``, ``focal``, ``ohem``), ``hl/seg``/``hl/hl``
+   weighting strategy: ``ce``, ``cb_ce``, ``focal``, ``ohem``), ``hl/seg``/``hl/hl``
    (HL on), or ``seg`` (several weightings without HL).
 3. **The auxiliary head** (if the model has one) adds
    ``StrategyContext.aux_weight`` · CE as ``aux_ce``, averaged as
    ``loss.average`` says: weightings never touch it.
-4. **Structural terms** (kind ``structural``: hook ``terms``; SR in
-   ``Phase.EXTRA_TERMS``): SR exits (``sr/*``) and C2F levels (``c2f/*``) use
+4. **Structural terms** (phases ``REPLACE_PREDICTION`` and ``EXTRA_TERMS``: hook
+   ``terms``; C2F's, then SR's): SR exits (``sr/*``) and C2F levels (``c2f/*``) use
    plain CE on their own logit maps; the weighting applies to the final
    prediction only (the network's head, or C2F's finest stage).
 
-``loss`` is the sum of all terms. Rejected, with one line naming what to fix:
-a strategy class that breaks the contract (``base.contract_violation``: a phase
-its kind does not allow, or a loss hook its kind never calls, e.g. ``terms`` on
-a weighting strategy; registration checks it first); an empty list or a
+``loss`` is the sum of all terms. Rejected, with one line naming what to fix
+(a class that declares no phase, or a loss hook its phase never calls, is
+refused when it registers: ``registry.contract_violation``): an empty list or a
 repeated name; ``ce`` with anything (it *is* the main loss
 of every run without a weighting strategy: ``[self_regulation]`` means CE +
 SR); two strategies that each impose the main loss's normalisation (``hl``
@@ -66,8 +65,9 @@ from torch import Tensor
 
 from hardseg.errors import ConfigError
 from hardseg.models import SegModel, SegOutput
-from hardseg.strategies.base import PixelLoss, Setting, Strategy, StrategyConfig, StrategyContext, contract_violation
+from hardseg.strategies.base import PixelLoss, Setting, Strategy, StrategyConfig, StrategyContext
 from hardseg.strategies.functional import average_pixels, mean_ce, pixel_ce
+from hardseg.strategies.ce import BASELINE
 from hardseg.strategies.registry import get_strategy
 
 
@@ -105,15 +105,10 @@ def parse_strategy_params(names: list[str], params: dict[str, dict[str, Any]],
 
 
 def check_composition(pairs: list[tuple[type[Strategy], StrategyConfig]], source: str = "config") -> None:
-    """Reject strategy classes that break the contract and combinations that make no sense
-    (module docstring), with one line."""
-    for cls, _ in pairs:
-        if problem := contract_violation(cls):
-            raise ConfigError(f"{source}: {problem}")
+    """Reject combinations that make no sense (module docstring), with one line."""
     names = [cls.name for cls, _ in pairs]
-    if any(cls.kind == "baseline" for cls, _ in pairs) and len(pairs) > 1:
-        base = next(cls.name for cls, _ in pairs if cls.kind == "baseline")
-        raise ConfigError(f"{source}: '{base}' in 'strategies' is the baseline and cannot be combined; drop it from "
+    if BASELINE in names and len(names) > 1:
+        raise ConfigError(f"{source}: '{BASELINE}' in 'strategies' is the baseline and cannot be combined; drop it from "
                           f"{names} (runs without a weighting strategy use CE as the main loss)")
     norms = [(cls.name, cls.normalisation(cfg)) for cls, cfg in pairs if cls.normalisation(cfg)]
     if len(norms) > 1:
@@ -150,9 +145,9 @@ class Objective:
         self.names = list(names)
         strategies = [cls(configs[n], ctx) for n, cls in zip(names, classes)]
         self.strategies: list[Strategy] = sorted(strategies, key=lambda s: s.phase)  # stable: ties keep the list's order
-        self.weighting = [s for s in self.strategies if s.kind == "weighting"]
-        self.structural = [s for s in self.strategies if s.kind == "structural"]
-        self.main_key = "ce" if not self.weighting else self.weighting[0].name if len(self.weighting) == 1 else "seg"
+        self.weighting = [s for s in self.strategies if s.phase.on_main_loss]  # steps 2a–d
+        self.structural = [s for s in self.strategies if not s.phase.on_main_loss]  # steps 1 and 4
+        self.main_key = BASELINE if not self.weighting else self.weighting[0].name if len(self.weighting) == 1 else "seg"
 
     # -- model -------------------------------------------------------------------
     def build_modules(self, model: SegModel) -> nn.ModuleDict:

@@ -68,7 +68,6 @@ def degenerate_warning(cfg: OHEMConfig, pixels_per_image: int) -> str | None:
 
 @register_strategy("ohem")
 class OHEM(Strategy):
-    kind = "weighting"
     phase = Phase.SELECT_PIXELS
     Config = OHEMConfig
     _warned = False  # per process: the degenerate case is logged once

@@ -85,7 +85,6 @@ class Exit(nn.Module):
 
 @register_strategy("self_regulation")
 class SelfRegulation(Strategy):
-    kind = "structural"
     phase = Phase.EXTRA_TERMS
     Config = SRConfig
     align_corners = False

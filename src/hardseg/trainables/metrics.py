@@ -214,16 +214,16 @@ class SegMetrics:
         recall = recall_per_class(mat)
         total = mat.sum()
         out = {
-            "miou": _nanmean(iou),
+            keys.MIOU: _nanmean(iou),
             "pixel_acc": float(mat.diag().sum().double() / total.double()) if total > 0 else float("nan"),
         }
         if self.large:
-            out["band_iou"] = _nanmean(iou_per_class(band_mat))
+            out[keys.BAND_IOU] = _nanmean(iou_per_class(band_mat))
         if self.small:
-            out["small_iou"] = _nanmean(iou[self.small])
+            out[keys.SMALL_IOU] = _nanmean(iou[self.small])
             out["small_recall"] = _nanmean(recall[self.small])
         if self.thin:
-            out["thin_iou"] = _nanmean(iou[self.thin])
+            out[keys.THIN_IOU] = _nanmean(iou[self.thin])
         for name, value in zip(self.class_names, iou.tolist()):
             out[f"{keys.IOU_PREFIX}{name}"] = value
         # mmseg's mAcc and per-class Acc: TP / ground-truth pixels (recall), NaN where a class never occurs
