@@ -141,17 +141,6 @@ class TrainBatches:
         return next(self._it)
 
 
-def eval_batch_size(cfg: RunConfig) -> int:
-    return cfg.eval.batch_size or cfg.train.batch_size
-
-
-def build_eval_loader(cfg: RunConfig, ds: Dataset, rank: int, world_size: int, device: torch.device,
-                      persistent: bool = False) -> DataLoader:
-    """``eval.batch_size`` batches of ``ds``, each rank its own shard."""
-    return DataLoader(ds, batch_size=eval_batch_size(cfg), sampler=ShardSampler(len(ds), rank, world_size),
-                      **_loader_options(cfg, device, persistent))
-
-
 class ShardSampler(Sampler[int]):
     """Every ``world_size``-th index from ``rank``: no padding, so the shards'
     confusion matrices add up to exactly the whole split's."""
@@ -164,3 +153,14 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def eval_batch_size(cfg: RunConfig) -> int:
+    return cfg.eval.batch_size or cfg.train.batch_size
+
+
+def build_eval_loader(cfg: RunConfig, ds: Dataset, rank: int, world_size: int, device: torch.device,
+                      persistent: bool = False) -> DataLoader:
+    """``eval.batch_size`` batches of ``ds``, each rank its own shard."""
+    return DataLoader(ds, batch_size=eval_batch_size(cfg), sampler=ShardSampler(len(ds), rank, world_size),
+                      **_loader_options(cfg, device, persistent))
