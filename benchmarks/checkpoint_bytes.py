@@ -30,8 +30,10 @@ import torch
 
 from hardseg.config import load_config
 from hardseg.data.cityscapes import CITYSCAPES_INFO
-from hardseg.trainables.loop import (BestModel, BestStore, ScheduledLR, TrainingState, build_optimizer,
-                                     build_training_model, rng_states)
+from hardseg.strategies.build import build_training_model
+from hardseg.trainables.best import BestModel, BestStore
+from hardseg.trainables.checkpoints import TrainingState, rng_states
+from hardseg.trainables.optim import ScheduledLR, build_optimizer
 from hardseg.trainables.schedule import Schedule
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -21,7 +21,7 @@ def evaluate(checkpoint: str, severities: list[int], device: str) -> dict:
     import torch
 
     from hardseg.data.corruptions import CORRUPTIONS, FAMILIES
-    from hardseg.trainables.evaluate import evaluate_domains, load_inference_model
+    from hardseg.trainables.evaluation import evaluate_domains, load_inference_model
     from hardseg.robustness import robustness
 
     torch.set_num_threads(2)

@@ -83,9 +83,9 @@ def main() -> int:
     from hardseg.config import load_config
     from hardseg.data import build_dataset
     from hardseg.data.synthetic import SPLITS
-    from hardseg.trainables.evaluate import load_inference_model
+    from hardseg.trainables.evaluation import evaluate, load_inference_model, metrics_for
     from hardseg.trainables.local import run_local
-    from hardseg.trainables.loop import StepSettings, _metrics_for, evaluate
+    from hardseg.trainables.settings import StepSettings
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="hardseg-evalcost-"))
@@ -107,7 +107,7 @@ def main() -> int:
         times = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            evaluate(model, DataLoader(ds, batch_size=batch), _metrics_for(ds.info), StepSettings(torch.device("cpu")))
+            evaluate(model, DataLoader(ds, batch_size=batch), metrics_for(ds.info), StepSettings(torch.device("cpu")))
             times.append(time.perf_counter() - t0)
         rows[split] = {"images": len(ds), "seconds": statistics.median(times),
                        "images_per_s": len(ds) / statistics.median(times)}
@@ -178,7 +178,7 @@ def per_image(args: argparse.Namespace) -> int:
                                                parse_corruptions, parse_severities)
     from hardseg.data.corruptions import CorruptedSource
     from hardseg.data.transforms import EvalTransform
-    from hardseg.trainables.loop import _metrics_for
+    from hardseg.trainables.evaluation import metrics_for
 
     torch.set_num_threads(args.threads)
     out_path = args.out or Path(__file__).parent / "results" / "eval_cost_image.json"
@@ -205,7 +205,7 @@ def per_image(args: argparse.Namespace) -> int:
         row = {}
         for impl, make in (("old", lambda: _OldSegMetrics(c, info.class_names, info.large_classes,
                                                           info.small_classes, info.thin_classes)),
-                           ("new", lambda: _metrics_for(info))):
+                           ("new", lambda: metrics_for(info))):
             m = make()
             row[f"{impl}_s"] = _best(lambda: m.update(target, pred), args.repeats)
             row[f"{impl}_vs_decode"] = row[f"{impl}_s"] / decode_s

@@ -2,7 +2,7 @@
 
 Each mode runs in a fresh process (``--child``), so its peak RSS (``VmHWM``) is its own; the table also
 shows the RSS before the evaluation (model built, image loaded) and the difference. Evaluation goes
-through hardseg's :func:`~hardseg.trainables.loop.evaluate` with ``eval.mode`` whole or slide
+through hardseg's :func:`~hardseg.trainables.evaluation.evaluate` with ``eval.mode`` whole or slide
 (512×1024 windows, 341×682 stride: 3×3 windows), on generated Cityscapes-format files.
 
     python benchmarks/eval_memory.py [--model deeplabv3_resnet50] [--threads 2]
@@ -35,8 +35,10 @@ def child(model: str, root: Path, mode: str, threads: int) -> dict:
     import torch
 
     from hardseg.data import build_dataset
-    from hardseg.trainables.loop import (StepSettings, _metrics_for, build_eval_loader, build_training_model, evaluate,
-                                         slide_settings)
+    from hardseg.strategies.build import build_training_model
+    from hardseg.trainables.evaluation import evaluate, metrics_for
+    from hardseg.trainables.loaders import build_eval_loader
+    from hardseg.trainables.settings import StepSettings, slide_settings
 
     torch.set_num_threads(threads)
     s = dict(crop=(512, 1024), batch=1, workers=0, threads=threads)
@@ -51,7 +53,7 @@ def child(model: str, root: Path, mode: str, threads: int) -> dict:
     ds[0]  # decode once, so the page cache and the reader are warm
     before = rss_mib("VmRSS")
     t0 = time.perf_counter()
-    evaluate(net, loader, _metrics_for(ds.info), StepSettings(torch.device("cpu"), slide=slide_settings(cfg)))
+    evaluate(net, loader, metrics_for(ds.info), StepSettings(torch.device("cpu"), slide=slide_settings(cfg)))
     return {"time_s": time.perf_counter() - t0, "rss_before_mib": before, "peak_rss_mib": rss_mib("VmHWM")}
 
 

@@ -67,9 +67,11 @@ from hardseg.keys import FAILURE  # noqa: E402
 from hardseg.models import build_model, predict_classes  # noqa: E402
 from hardseg.strategies import available_strategies  # noqa: E402
 from hardseg.trainables.local import run_local  # noqa: E402
-from hardseg.trainables.loop import (StepSettings, _logits, _metrics_for, autocast_for, build_eval_loader,  # noqa: E402
-                                     build_optimizer, build_train_loader, build_training_model,
-                                     check_strategies_fit, evaluate, poly_lambda, slide_settings)
+from hardseg.strategies.build import build_training_model, check_strategies_fit  # noqa: E402
+from hardseg.trainables.evaluation import _logits, evaluate, metrics_for  # noqa: E402
+from hardseg.trainables.loaders import build_eval_loader, build_train_loader  # noqa: E402
+from hardseg.trainables.optim import build_optimizer, poly_lambda  # noqa: E402
+from hardseg.trainables.settings import StepSettings, autocast_for, slide_settings  # noqa: E402
 
 FORBIDDEN = ("ray", "mlflow", "optuna")
 
@@ -252,11 +254,11 @@ def eval_one_image(cfg: RunConfig, device: torch.device, mode: str) -> dict:
     tm, _ = build_training_model(c, ds.info, None)
     net = tm.export().to(device).to(memory_format=torch.channels_last).eval()
     settings = StepSettings(device, amp=True, channels_last=True, slide=slide_settings(c))
-    evaluate(net, loader, _metrics_for(ds.info), settings)  # warm-up (cuDNN autotune)
+    evaluate(net, loader, metrics_for(ds.info), settings)  # warm-up (cuDNN autotune)
     with PeakMemory(device) as mem:
         sync(device)
         t0 = time.perf_counter()
-        evaluate(net, loader, _metrics_for(ds.info), settings)
+        evaluate(net, loader, metrics_for(ds.info), settings)
         sync(device)
         took = time.perf_counter() - t0
     return {"time_s": took, "peak_mib": mem.mib}
@@ -273,10 +275,10 @@ def eval_throughput(cfg: RunConfig, device: torch.device, mode: str) -> dict:
     tm, _ = build_training_model(c, ds.info, None)
     net = tm.export().to(device).to(memory_format=torch.channels_last).eval()
     settings = StepSettings(device, amp=True, channels_last=True, slide=slide_settings(c))
-    evaluate(net, loader, _metrics_for(ds.info), settings)  # warm-up (cuDNN autotune, loader workers)
+    evaluate(net, loader, metrics_for(ds.info), settings)  # warm-up (cuDNN autotune, loader workers)
     sync(device)
     t0 = time.perf_counter()
-    evaluate(net, loader, _metrics_for(ds.info), settings)
+    evaluate(net, loader, metrics_for(ds.info), settings)
     sync(device)
     eval_s = time.perf_counter() - t0
     pairs = []
@@ -284,10 +286,10 @@ def eval_throughput(cfg: RunConfig, device: torch.device, mode: str) -> dict:
         for images, target in loader:
             images = images.to(device).contiguous(memory_format=torch.channels_last)
             pairs.append((target, predict_classes(_logits(net(images)))))  # whole-image predictions for both
-    metrics = _metrics_for(ds.info)
+    metrics = metrics_for(ds.info)
     for target, pred in pairs[:1]:  # warm-up
         metrics.update(target, pred)
-    metrics = _metrics_for(ds.info)
+    metrics = metrics_for(ds.info)
     sync(device)
     t0 = time.perf_counter()
     for target, pred in pairs:

@@ -1,6 +1,6 @@
 """Images/s of the training loader alone vs the training step, on CPU, Cityscapes-format files.
 
-The loader is hardseg's own (:func:`hardseg.trainables.loop.build_train_loader`): PNG decode, Cityscapes
+The loader is hardseg's own (:func:`hardseg.trainables.loaders.build_train_loader`): PNG decode, Cityscapes
 label mapping, random scale [0.5, 2], 512×1024 crop, flip, normalisation, collation, for 0, 1 and 2
 worker processes, on generated 1024×2048 files (:mod:`cityscapes_files`). The training step is
 hardseg's ``train_one_epoch`` on batches already in memory (so it is the step alone), same crop and
@@ -27,8 +27,11 @@ import torch
 from gpu_check import REPO, loader_images_per_s, run_config  # also sets up sys.path for hardseg
 from cityscapes_files import make_cityscapes
 from hardseg.data import build_dataset
-from hardseg.trainables.loop import (StepSettings, build_optimizer, build_train_loader, build_training_model, poly_lambda,
-                                     train_one_epoch)
+from hardseg.strategies.build import build_training_model
+from hardseg.trainables.loaders import build_train_loader
+from hardseg.trainables.loop import train_one_epoch
+from hardseg.trainables.optim import build_optimizer, poly_lambda
+from hardseg.trainables.settings import StepSettings
 
 
 def train_images_per_s(cfg, steps: int) -> float:

@@ -4,7 +4,7 @@ For every registered model (torchvision, tiny_seg, each ``smp:<Architecture>``
 with its default encoder unless ``--encoder`` is given) and every built-in
 strategy with its paper defaults, the training model (network + the
 strategy's training-only modules) is built on PyTorch's meta device, as the
-driver's check does (``trainables.loop.check_strategies_fit``). The table gives
+driver's check does (``strategies.build.check_strategies_fit``). The table gives
 the parameters of the training model and of ``TrainingModel.export()``; HL and
 SR exports must equal CE's (their modules are training-only), C2F's export
 holds its stages. Writes ``benchmarks/results/model_zoo.json``.

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     from mlflow.tracking import MlflowClient
 
     from hardseg.platform.runs import log_checkpoint_artifacts
-    from hardseg.trainables.evaluate import evaluate_domains
+    from hardseg.trainables.evaluation import evaluate_domains
 
     uri = f"sqlite:///{args.work / 'mlruns' / 'mlflow.db'}"
     (args.work / "mlruns").mkdir(parents=True, exist_ok=True)

@@ -141,7 +141,7 @@ def test_sweep_checks_every_strategy_choice_against_the_model(capsys, data_root,
 @pytest.mark.parametrize("model", ["tiny_seg", "lraspp_mobilenet_v3_large", "deeplabv3_resnet50"])
 def test_every_strategy_passes_the_driver_side_check(model):
     from hardseg.config import load_config
-    from hardseg.trainables.loop import check_strategies_fit
+    from hardseg.strategies.build import check_strategies_fit
 
     for name in ["ce", "cb_ce", "focal", "ohem", "hl", "self_regulation", "coarse_to_fine"]:
         check_strategies_fit(load_config(None, [f"strategies=[{name}]", f"model.name={model}"]))

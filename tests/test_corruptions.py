@@ -118,7 +118,7 @@ def test_every_corruption_and_severity_is_deterministic_and_grows(frost_folder):
 def _digests(root: str, rank: int, world: int) -> dict[int, str]:
     from hardseg.config import DataConfig
     from hardseg.data.domains import build_domain
-    from hardseg.trainables.loop import ShardSampler
+    from hardseg.trainables.loaders import ShardSampler
 
     ds = build_domain(DataConfig(root=root, synthetic={"size": 32, "n_train": 64, "n_val": 32, "n_shift": 16}),
                       "corrupt:gaussian_noise-4")

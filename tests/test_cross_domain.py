@@ -16,9 +16,10 @@ from hardseg.data.domains import absolute_spec, parse_domain, parse_domains
 from hardseg.data.folder import describe
 from hardseg.errors import DataError
 from hardseg.platform.cli import main as cli
-from hardseg.trainables.evaluate import evaluate_domains, load_inference_model
+from hardseg.trainables.best import BestModel
+from hardseg.trainables.evaluation import evaluate_domains, load_inference_model
 from hardseg.trainables.local import LocalSession, run_local
-from hardseg.trainables.loop import BestModel, fit
+from hardseg.trainables.loop import fit
 from hardseg.robustness import relative_robustness, robustness, shift_family
 
 from conftest import small_overrides

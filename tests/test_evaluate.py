@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from hardseg.config import TTAConfig, load_config
 from hardseg.platform.cli import main as cli
-from hardseg.trainables.evaluate import evaluate_domains, load_inference_model
+from hardseg.trainables.evaluation import evaluate_domains, load_inference_model
 from hardseg.trainables.local import run_local
 from hardseg.robustness import robustness
 
@@ -121,7 +121,8 @@ def _val_batch(cfg, n=4):
 
 
 def test_tta_single_scale_no_flip_is_whole_image_inference_bitwise(trained):
-    from hardseg.trainables.loop import StepSettings, inference_scores
+    from hardseg.trainables.evaluation import inference_scores
+    from hardseg.trainables.settings import StepSettings
 
     model, cfg = load_inference_model(trained[0] / "model_export.pt")
     images = _val_batch(cfg)
@@ -134,7 +135,8 @@ def test_tta_single_scale_no_flip_is_whole_image_inference_bitwise(trained):
 def test_tta_flip_is_the_mean_of_the_two_passes_and_scales_resize_back(trained):
     import torch.nn.functional as F
 
-    from hardseg.trainables.loop import StepSettings, inference_scores
+    from hardseg.trainables.evaluation import inference_scores
+    from hardseg.trainables.settings import StepSettings
 
     model, cfg = load_inference_model(trained[0] / "model_export.pt")
     images = _val_batch(cfg)
@@ -236,7 +238,8 @@ def test_tta_sizes_are_mmsegs_multiscale_resize(h, w, scale, img_scale):
 
 
 def test_tta_img_scale_runs_at_that_size_and_answers_at_the_input_size(trained):
-    from hardseg.trainables.loop import StepSettings, inference_scores
+    from hardseg.trainables.evaluation import inference_scores
+    from hardseg.trainables.settings import StepSettings
 
     model, cfg = load_inference_model(trained[0] / "model_export.pt")
     images = _val_batch(cfg)  # 32x32

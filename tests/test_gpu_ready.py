@@ -20,9 +20,11 @@ import torch.nn as nn
 from hardseg.config import load_config
 from hardseg.data import SYNTHETIC_INFO, build_dataset
 from hardseg.errors import ConfigError
-from hardseg.trainables.loop import (StepSettings, _metrics_for, build_train_loader, build_training_model,
-                                     configure_backends, convert_sync_bn, evaluate, slide_logits, slide_settings,
-                                     slide_windows, train_one_epoch)
+from hardseg.strategies.build import build_training_model
+from hardseg.trainables.evaluation import evaluate, metrics_for, slide_logits, slide_windows
+from hardseg.trainables.loaders import build_train_loader
+from hardseg.trainables.loop import convert_sync_bn, train_one_epoch
+from hardseg.trainables.settings import StepSettings, configure_backends, slide_settings
 
 from conftest import small_overrides
 
@@ -76,12 +78,12 @@ def test_evaluate_slide_equals_whole_metrics_on_real_data(data_root, one_torch_t
     ds = build_dataset(cfg.data, "val", train=False)
     loader = torch.utils.data.DataLoader(ds, batch_size=8)
     net = _tiny_net()
-    whole = evaluate(net, loader, _metrics_for(ds.info), StepSettings(torch.device("cpu")))
-    slid = evaluate(net, loader, _metrics_for(ds.info), StepSettings(torch.device("cpu"), slide=slide_settings(cfg)))
+    whole = evaluate(net, loader, metrics_for(ds.info), StepSettings(torch.device("cpu")))
+    slid = evaluate(net, loader, metrics_for(ds.info), StepSettings(torch.device("cpu"), slide=slide_settings(cfg)))
     assert slid == whole
     # AMP (bf16 autocast on CPU) goes through the same evaluation and still gives valid metrics.
-    amp = evaluate(net, loader, _metrics_for(ds.info), StepSettings(torch.device("cpu"), amp=True,
-                                                                     slide=((16, 16), (8, 8))))
+    amp = evaluate(net, loader, metrics_for(ds.info), StepSettings(torch.device("cpu"), amp=True,
+                                                                    slide=((16, 16), (8, 8))))
     assert 0.0 <= amp["miou"] <= 1.0
 
 
@@ -113,7 +115,7 @@ def test_sync_bn_converts_every_batchnorm_for_multi_gpu_ddp_only():
 
 
 def test_loader_workers_default_to_the_worker_cpus_beyond_the_training_process():
-    from hardseg.trainables.loop import loader_workers
+    from hardseg.trainables.loaders import loader_workers
 
     assert loader_workers(load_config(None, [])) == 0  # 1 CPU per worker: the training process decodes
     assert loader_workers(load_config(None, ["ray.cpus_per_worker=8"])) == 7

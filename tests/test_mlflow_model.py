@@ -15,7 +15,7 @@ from hardseg.models.export import ExportedModel
 from hardseg.platform.cli import main as cli
 from hardseg.platform.export import load_logged_model, register
 from hardseg.platform.runs import log_checkpoint_artifacts as log_final_artifacts
-from hardseg.trainables.evaluate import evaluate_domains
+from hardseg.trainables.evaluation import evaluate_domains
 from hardseg.trainables.local import run_local
 
 from conftest import small_overrides
@@ -61,7 +61,7 @@ def test_logged_model_reproduces_best_val_miou_and_is_evaluated_by_uri(data_root
 
     # model.init_from: runs:/<id>/model is fetched on the driver (its model_export.pt) and warm-starts the model
     from hardseg.platform.prepare import resolve_paths
-    from hardseg.trainables.evaluate import load_inference_model
+    from hardseg.trainables.evaluation import load_inference_model
 
     warm = cfg.model_copy(deep=True)
     warm.model.init_from, warm.tracking.uri, warm.ray.storage_path = f"runs:/{run_id}/model", sqlite_uri, str(
@@ -69,7 +69,7 @@ def test_logged_model_reproduces_best_val_miou_and_is_evaluated_by_uri(data_root
     warm = resolve_paths(warm)
     assert warm.model.init_from.endswith("model_export.pt") and str(tmp_path / "storage") in warm.model.init_from
     from hardseg.data import dataset_info
-    from hardseg.trainables.loop import build_training_model
+    from hardseg.strategies.build import build_training_model
 
     info = dataset_info(warm.data)
     tm = build_training_model(warm, info, torch.ones(info.num_classes).numpy())[0]

@@ -14,7 +14,8 @@ from hardseg.models import SegOutput, build_model
 from hardseg.models.mmseg import MODEL_NAMES
 from hardseg.models.mmseg_checkpoint import hl_head, to_mmseg_checkpoint
 from hardseg.strategies import Objective, TrainingModel
-from hardseg.trainables.loop import StepSettings, autocast_for, build_training_model, resolve_amp
+from hardseg.strategies.build import build_training_model
+from hardseg.trainables.settings import StepSettings, autocast_for, resolve_amp
 
 from conftest import small_overrides
 from test_cli_errors import _check, _no_runs

@@ -17,8 +17,9 @@ from hardseg.data.base import read_image
 from hardseg.data.transforms import EvalTransform
 from hardseg.platform.cli import main as cli
 from hardseg.platform.predict import label_id_palette, train_id_to_label_id
-from hardseg.trainables.evaluate import load_inference_model
-from hardseg.trainables.loop import StepSettings, build_training_model, inference_scores
+from hardseg.strategies.build import build_training_model
+from hardseg.trainables.evaluation import inference_scores, load_inference_model
+from hardseg.trainables.settings import StepSettings
 
 # Cityscapes train id -> label id, from the benchmark's labels table (road 7 ... bicycle 33)
 LABEL_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]

@@ -14,7 +14,7 @@ from hardseg.data import dataset_info
 from hardseg.errors import ConfigError
 from hardseg.models import build_model
 from hardseg.models.pretrained import imagenet_file
-from hardseg.trainables.loop import build_training_model
+from hardseg.strategies.build import build_training_model
 
 from test_cli_errors import _check, _no_runs
 from conftest import small_overrides
@@ -157,7 +157,7 @@ def test_wrong_shapes_on_the_command_line(capsys, sqlite_uri, data_root, tmp_pat
 
 
 def test_evaluating_an_export_does_not_read_its_weight_files(data_root, tmp_path):
-    from hardseg.trainables.evaluate import load_inference_model
+    from hardseg.trainables.evaluation import load_inference_model
 
     cfg = load_config(None, small_overrides(data_root, **{"model.pretrained": "/gone/enc.pth"}))
     net = build_model("tiny_seg", 7)

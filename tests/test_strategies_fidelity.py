@@ -75,7 +75,7 @@ def test_loss_average_config_key():
 def _train_hl(optimizer: str, hl_params: dict, steps: int = 6) -> tuple[torch.Tensor, float]:
     """HL's weight map on a fixed batch after a few steps of tiny_seg at 32 px, and how far the
     branch's parameters moved. No weight decay: the branch moves by L_HL's gradient alone."""
-    from hardseg.trainables.loop import build_optimizer
+    from hardseg.trainables.optim import build_optimizer
 
     lr = 0.01 if optimizer == "sgd" else 1e-3
     cfg = validate_config({"strategies": ["hl"], "strategy_params": {"hl": hl_params},
@@ -96,7 +96,7 @@ def _train_hl(optimizer: str, hl_params: dict, steps: int = 6) -> tuple[torch.Te
 
 
 def test_hl_branch_is_its_own_optimiser_group_at_lr_times_lr_mult():
-    from hardseg.trainables.loop import build_optimizer
+    from hardseg.trainables.optim import build_optimizer
 
     cfg = validate_config({"strategies": ["hl"], "strategy_params": {"hl": {"lr_mult": 10.0}},
                            "train": {"optimizer": "adamw", "lr": 2e-3}})

@@ -12,7 +12,8 @@ from hardseg.data import build_dataset
 from hardseg.models import build_model
 from hardseg.platform.prepare import resolve_paths
 from hardseg.platform.train_job import run_training
-from hardseg.trainables.loop import StepSettings, _metrics_for, evaluate
+from hardseg.trainables.evaluation import evaluate, metrics_for
+from hardseg.trainables.settings import StepSettings
 
 from conftest import small_overrides
 
@@ -26,7 +27,7 @@ def untrained_miou(cfg) -> float:
     val = build_dataset(cfg.data, "val", train=False)
     torch.manual_seed(cfg.seed)
     net = build_model(cfg.model.name, val.info.num_classes, width=cfg.model.width)
-    return evaluate(net, DataLoader(val, batch_size=32), _metrics_for(val.info),
+    return evaluate(net, DataLoader(val, batch_size=32), metrics_for(val.info),
                     StepSettings(torch.device("cpu")))["miou"]
 
 

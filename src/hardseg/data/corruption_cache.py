@@ -238,7 +238,7 @@ def make_cache(cfg: DataConfig, splits: Sequence[str], corruptions: Sequence[str
 
 def _check(manifest: dict, cache: Path, dataset: str, split: str, sources: dict[str, dict], version: str) -> None:
     """DataError naming the first mismatch between a cache and the dataset split it is used for."""
-    remake = f"remake it with hardseg data corrupt (or point data.corruption_cache elsewhere)"
+    remake = "remake it with hardseg data corrupt (or point data.corruption_cache elsewhere)"
     if manifest.get("dataset") != dataset:
         raise DataError(f"corruption cache {cache} was made for dataset '{manifest.get('dataset')}', not "
                         f"'{dataset}'; {remake}")

@@ -43,7 +43,7 @@ def _count(flag: str, n: int) -> int:
 
 
 def _add_inference_args(p: argparse.ArgumentParser) -> None:
-    """``evaluate`` and ``predict``: the run's ``eval`` settings, replaced (trainables/evaluate.py)."""
+    """``evaluate`` and ``predict``: the run's ``eval`` settings, replaced (trainables/evaluation.py)."""
     p.add_argument("--mode", choices=["whole", "slide"], help="inference mode (default: the run's eval.mode)")
     p.add_argument("--crop", nargs=2, type=int, metavar=("H", "W"), help="slide window (default: the run's)")
     p.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"), help="slide stride (default: the run's)")
@@ -211,7 +211,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from hardseg.platform import tracking
     from hardseg.platform.export import is_model_uri, load_logged_model
     from hardseg.robustness import robustness
-    from hardseg.trainables.evaluate import evaluate_domains, load_inference_model, with_inference_options
+    from hardseg.trainables.evaluation import evaluate_domains, load_inference_model, with_inference_options
 
     if is_model_uri(args.checkpoint):  # an MLflow model: runs:/<id>/model, models:/<name>/<version>
         model, cfg = load_logged_model(args.checkpoint, tracking.resolve_tracking_uri(args.tracking_uri))
@@ -256,7 +256,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     # local: this command's modules only, so --help and bad input answer at once (module docstring)
     from hardseg.platform.predict import find_images, load_model, predict_images
-    from hardseg.trainables.evaluate import with_inference_options
+    from hardseg.trainables.evaluation import with_inference_options
 
     images = find_images(args.images)  # bad input first: before the model is loaded
     model, cfg = load_model(args.model, args.tracking_uri)

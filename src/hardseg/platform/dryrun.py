@@ -24,7 +24,7 @@ from hardseg.platform.names import check_name, trial_run_name
 from hardseg.platform.prepare import resolve_paths
 from hardseg.platform.runs import warning_lines
 from hardseg.platform.tracking import check_tracking_uri
-from hardseg.trainables.loop import check_strategies_fit
+from hardseg.strategies.build import check_strategies_fit
 from hardseg.trainables.schedule import Schedule, length_of, unit_of
 
 

@@ -40,8 +40,9 @@ from hardseg.errors import ConfigError, one_line
 from hardseg.models.export import ExportedModel, export_metadata
 from hardseg.platform.tracking import resolve_tracking_uri
 from hardseg.models.mmseg_checkpoint import hl_head, to_mmseg_checkpoint
-from hardseg.trainables.evaluate import load_inference_model
-from hardseg.trainables.loop import EXPORT_FILE, build_training_model
+from hardseg.strategies.build import build_training_model
+from hardseg.trainables.checkpoints import EXPORT_FILE
+from hardseg.trainables.evaluation import load_inference_model
 
 ARTIFACT = "model"
 EXAMPLE_SIDE = 32  # every built-in model takes 32×32 (smp encoders need multiples of 32)

@@ -14,8 +14,8 @@ The model is a ``model_export.pt`` / ``checkpoint.pt`` file, an MLflow model URI
 (``runs:/<id>/model``, ``models:/<name>/<version>``) or a bare MLflow run id (its
 ``model/``). Inference is the model's evaluation settings (``eval.mode``, window and
 stride, ``eval.tta``), which the command line may replace
-(:func:`hardseg.trainables.evaluate.with_inference_options`): each image alone, at its
-own size, through :func:`hardseg.trainables.loop.inference_scores`, exactly as
+(:func:`hardseg.trainables.evaluation.with_inference_options`): each image alone, at its
+own size, through :func:`hardseg.trainables.evaluation.inference_scores`, exactly as
 ``hardseg evaluate`` scores it.
 """
 
@@ -38,8 +38,8 @@ from hardseg.errors import ConfigError, DataError
 from hardseg.models import predict_classes
 from hardseg.platform import tracking
 from hardseg.platform.export import is_model_uri, load_logged_model
-from hardseg.trainables.evaluate import load_inference_model
-from hardseg.trainables.loop import StepSettings, inference_scores
+from hardseg.trainables.evaluation import inference_scores, load_inference_model
+from hardseg.trainables.settings import StepSettings
 
 FORMATS = ("cityscapes-ids", "train-ids", "color")
 RUN_ID = re.compile(r"[0-9a-f]{32}")

@@ -22,7 +22,8 @@ from hardseg.errors import HardsegError, one_line
 from hardseg.platform import tracking
 from hardseg.models.pretrained import MIRROR_ENV
 from hardseg.platform.storage import absolute_location, storage_fs, storage_join
-from hardseg.trainables.loop import EXPORT_FILE, check_strategies_fit
+from hardseg.strategies.build import check_strategies_fit
+from hardseg.trainables.checkpoints import EXPORT_FILE
 
 
 def resolve_paths(cfg: RunConfig, workdir: Path | None = None) -> RunConfig:

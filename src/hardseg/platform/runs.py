@@ -35,7 +35,7 @@ from hardseg.errors import HardsegError, NonFiniteLoss, TrainingError, one_line
 from hardseg.platform import tracking
 from hardseg.platform.export import log_mlflow_model
 from hardseg.strategies import strategy_warnings
-from hardseg.trainables.loop import EXPORT_FILE
+from hardseg.trainables.checkpoints import EXPORT_FILE
 
 EXPORT_ARTIFACT_DIR = "model"
 MAX_REASON = 5000  # characters of a reason tag (MLflow keeps up to 8,000)

@@ -52,8 +52,8 @@ from hardseg.platform.sweep import SWEEPS_DIR, resume_sweep, run_sweep
 from hardseg.platform.sweep_runs import child_runs
 from hardseg.reports.study import write_study_report
 from hardseg.search_spaces import SearchSpace
+from hardseg.strategies.build import check_strategies_fit
 from hardseg.strict import Strict
-from hardseg.trainables.loop import check_strategies_fit
 
 STATE_FILE = "hardseg_study.json"
 STUDIES_DIR = "studies"  # under ray.storage_path: each study's state

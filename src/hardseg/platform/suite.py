@@ -34,7 +34,6 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from hardseg import keys
-from hardseg.errors import ConfigError
 from hardseg.platform.shipped import DistinctSeeds, available_shipped, load_shipped
 from hardseg.search_spaces.space import _metric
 from hardseg.strict import Strict

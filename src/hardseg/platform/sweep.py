@@ -58,7 +58,7 @@ from hardseg.platform.storage import absolute_location, storage_exists, storage_
 from hardseg.platform.sweep_runs import child_runs, close_open_runs, log_summary, start_parent_run
 from hardseg.platform.trial import TrialSpec, run_trial
 from hardseg.search_spaces import SearchSpace
-from hardseg.trainables.loop import check_strategies_fit
+from hardseg.strategies.build import check_strategies_fit
 from hardseg.trainables.schedule import EPOCH, length_of, unit_of
 
 STATE_FILE = "hardseg_sweep.json"

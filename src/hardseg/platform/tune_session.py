@@ -23,7 +23,8 @@ from hardseg import keys
 from hardseg.platform.tracking import MLflowEpochLogger, set_tags
 from hardseg.platform.runs import TrialStopped
 from hardseg.trainables.local import LocalSession
-from hardseg.trainables.loop import CHECKPOINT_FILE, BestStore
+from hardseg.trainables.best import BestStore
+from hardseg.trainables.checkpoints import CHECKPOINT_FILE
 
 
 class TuneSession(LocalSession):

@@ -35,7 +35,7 @@ PARAM_PREFIX = "param:"
 BASE_COLUMNS = ["run_id", "trial_id", "strategies", "seed", "status", "reason", "epochs", "checkpoint",
                 "checkpoint_step", "checkpoint_unit"]
 PAGE = 1000
-SELECT_METRIC = keys.MIOU  # the val metric a run's checkpoint is selected on (trainables.loop.BEST_METRIC)
+SELECT_METRIC = keys.MIOU  # the val metric a run's checkpoint is selected on (trainables.best.BEST_METRIC)
 BEST_BY_VAL = "best-by-val"
 FROM_HISTORY = "best-by-val (from its val history)"
 NEVER_EVALUATED = "none (never evaluated)"

@@ -1,7 +1,7 @@
 """The report's cross-domain matrix: strategy × evaluation domain, with relative robustness.
 
 Each trial logs, at its last epoch, the best epoch's model on every evaluation
-domain (``<domain>/miou``; see :mod:`hardseg.trainables.loop`) and that model's
+domain (``<domain>/miou``; see :mod:`hardseg.trainables.evaluation`) and that model's
 clean score ``best/val/miou``, which is also the row's ``val/miou``
 (:func:`hardseg.reports.collect.selected_checkpoint`: one model per row). The
 matrix has one row per strategy and the columns

@@ -15,18 +15,14 @@ else). Runs that did not finish are listed, never dropped.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from mlflow.entities import Run
-from mlflow.tracking import MlflowClient
 
 from hardseg import keys
 from hardseg.reports import stats
-from hardseg.reports.collect import (BEST_BY_VAL, FROM_HISTORY, NEVER_EVALUATED, ReportError, metric_columns,
-                                     runs_frame)
+from hardseg.reports.collect import BEST_BY_VAL, FROM_HISTORY, NEVER_EVALUATED, ReportError, metric_columns
 
 POWER = 0.8
 FIELDS = ["mean", "ci_low", "ci_high", "half_width", "n", "delta", "delta_ci_low", "delta_ci_high", "p_value",

@@ -24,7 +24,9 @@ from tqdm import tqdm
 from hardseg.config import RunConfig, load_config
 from hardseg.errors import HardsegError, NonFiniteLoss
 from hardseg.keys import FAILURE, VISUALS
-from hardseg.trainables.loop import CHECKPOINT_FILE, BestStore, fit
+from hardseg.trainables.best import BestStore
+from hardseg.trainables.checkpoints import CHECKPOINT_FILE
+from hardseg.trainables.loop import fit
 from hardseg.trainables.progress import set_bar_factory
 
 

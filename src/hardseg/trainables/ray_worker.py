@@ -25,7 +25,9 @@ from ray.experimental.tqdm_ray import tqdm
 from hardseg import keys, timeline
 from hardseg.config import RunConfig
 from hardseg.errors import NonFiniteLoss
-from hardseg.trainables.loop import CHECKPOINT_FILE, BestStore, Session, fit
+from hardseg.trainables.best import BestStore
+from hardseg.trainables.checkpoints import CHECKPOINT_FILE
+from hardseg.trainables.loop import Session, fit
 from hardseg.trainables.progress import BAR_ENV, set_bar_factory
 
 _IMPORTED_AT = time.time()  # for the timeline: when this worker had imported the loop
