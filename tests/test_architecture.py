@@ -160,8 +160,21 @@ def test_controller_and_worker_modules_import_nothing_of_the_driver():
     need neither torch nor MLflow nor Ray Tune; a training worker imports the loop and Ray Train, not Ray
     Tune, Optuna or MLflow (issue 26; ``hardseg.platform.train_callbacks``)."""
     callbacks, worker = _fresh_modules("import hardseg.platform.train_callbacks, hardseg.platform.trial_callbacks",
-                                       "import hardseg.trainables.ray_worker")
+                                       # what train_loop_per_worker imports first
+                                       "import hardseg.trainables.ray_worker, hardseg.trainables.loop")
     assert "ray.train" in callbacks and "hardseg.trainables.loop" in worker  # the code ran
     assert not _loaded(callbacks, ("torch", "hardseg.data.base", *DRIVER_ONLY)), \
         _loaded(callbacks, ("torch", "hardseg.data.base", *DRIVER_ONLY))
     assert not _loaded(worker, DRIVER_ONLY), _loaded(worker, DRIVER_ONLY)
+
+
+def test_a_trial_that_drives_a_torchtrainer_loads_no_loop():
+    """A sweep trial's process (Tune's actor: Ray Tune loaded) imports the trial module and builds a
+    TorchTrainer without the loop, torchvision, the data pipeline or MLflow's model code, which cost it
+    seconds per trial; its workers load the loop (issue 26)."""
+    [trial] = _fresh_modules("import ray.tune, hardseg.platform.trial\n"
+                             "from hardseg.platform.trainer import make_trainer")
+    assert "hardseg.platform.trial" in trial and "ray.train.torch" in trial  # the code ran
+    heavy = ("torchvision", "hardseg.trainables.loop", "hardseg.data.transforms", "mlflow.pytorch",
+             "hardseg.platform.export")
+    assert not _loaded(trial, heavy), _loaded(trial, heavy)

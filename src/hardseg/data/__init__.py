@@ -52,8 +52,8 @@ _LAZY = {
     "ensure_synthetic": "hardseg.data.synthetic",
     "generate_command": "hardseg.data.synthetic",
     "generate_synthetic": "hardseg.data.synthetic",
-    "IMAGENET_MEAN": "hardseg.data.transforms",
-    "IMAGENET_STD": "hardseg.data.transforms",
+    "IMAGENET_MEAN": "hardseg.data.normalisation",
+    "IMAGENET_STD": "hardseg.data.normalisation",
     "build_transform": "hardseg.data.transforms",
 }
 

@@ -39,9 +39,8 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from hardseg.data.config import AugmentConfig
+from hardseg.data.normalisation import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255
 
 

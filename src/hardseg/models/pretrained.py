@@ -55,13 +55,12 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from hardseg import keys
+from hardseg.data.normalisation import IMAGENET_MEAN, IMAGENET_STD
 from hardseg.errors import ConfigError, one_line
 from hardseg.models.mmseg import MODEL_NAMES as MMSEG_MODELS
 from hardseg.models.mmseg_checkpoint import check_skip, is_mmseg_layout, is_skipped, load_mmseg
 from hardseg.models.smp import default_encoder
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the recipe of torchvision's and smp's ImageNet weights
-IMAGENET_STD = (0.229, 0.224, 0.225)
 TORCHVISION_BACKBONES = {  # model name -> (weights enum, attribute): torchvision's default weights_backbone
     "fcn_resnet50": ("ResNet50_Weights", "IMAGENET1K_V1"),
     "deeplabv3_resnet50": ("ResNet50_Weights", "IMAGENET1K_V1"),

@@ -14,12 +14,11 @@ from typing import Any, Callable
 
 import torch.nn as nn
 from torch import Tensor
-from torchvision.models import segmentation as tvseg
-from torchvision.models.segmentation.deeplabv3 import DeepLabHead
-from torchvision.models.segmentation.fcn import FCNHead
-from torchvision.models.segmentation.lraspp import LRASPPHead
 
 from hardseg.models.base import SegModel
+
+# torchvision is imported by the builders: importing it costs seconds (its model zoo), and the model
+# registry, which config validation and every strategy import, must not (issue 26).
 
 
 class TorchvisionSeg(SegModel):
@@ -73,7 +72,7 @@ class TorchvisionSeg(SegModel):
 class _LRASPPHeadAdapter(nn.Module):
     """LRASPPHead takes a dict with "low" and "high"; keep that calling convention."""
 
-    def __init__(self, head: LRASPPHead):
+    def __init__(self, head: nn.Module):
         super().__init__()
         self.head = head
 
@@ -92,10 +91,18 @@ def _resnet50(builder: Callable, head_cls: Callable, num_classes: int, aux: bool
 
 
 def fcn_resnet50(num_classes: int, aux: bool = False, **_: Any) -> TorchvisionSeg:
+    # local: torchvision's model zoo costs seconds to import (see above)
+    from torchvision.models import segmentation as tvseg
+    from torchvision.models.segmentation.fcn import FCNHead
+
     return _resnet50(tvseg.fcn_resnet50, FCNHead, num_classes, aux)
 
 
 def deeplabv3_resnet50(num_classes: int, aux: bool = False, **_: Any) -> TorchvisionSeg:
+    # local: torchvision's model zoo costs seconds to import (see above)
+    from torchvision.models import segmentation as tvseg
+    from torchvision.models.segmentation.deeplabv3 import DeepLabHead
+
     return _resnet50(tvseg.deeplabv3_resnet50, DeepLabHead, num_classes, aux)
 
 
@@ -114,6 +121,10 @@ def _mobilenet_keep(backbone: nn.Module) -> tuple[dict[str, str], dict[str, int]
 
 
 def deeplabv3_mobilenet_v3_large(num_classes: int, aux: bool = False, **_: Any) -> TorchvisionSeg:
+    # local: torchvision's model zoo costs seconds to import (see above)
+    from torchvision.models import segmentation as tvseg
+    from torchvision.models.segmentation.deeplabv3 import DeepLabHead
+
     net = tvseg.deeplabv3_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes, aux_loss=aux)
     keep, channels, strides = _mobilenet_keep(net.backbone)
     return TorchvisionSeg(net, num_classes, keep, {"out": "s16_out", "aux": "s8"},
@@ -121,6 +132,10 @@ def deeplabv3_mobilenet_v3_large(num_classes: int, aux: bool = False, **_: Any) 
 
 
 def lraspp_mobilenet_v3_large(num_classes: int, aux: bool = False, **_: Any) -> TorchvisionSeg:
+    # local: torchvision's model zoo costs seconds to import (see above)
+    from torchvision.models import segmentation as tvseg
+    from torchvision.models.segmentation.lraspp import LRASPPHead
+
     net = tvseg.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=num_classes)
     keep, channels, strides = _mobilenet_keep(net.backbone)
     model = TorchvisionSeg(net, num_classes, keep, {"low": "s8", "high": "s16_out"},

@@ -35,7 +35,7 @@ from mlflow.types import Schema, TensorSpec
 
 from hardseg.config import RunConfig
 from hardseg.data import dataset_info
-from hardseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from hardseg.data.normalisation import IMAGENET_MEAN, IMAGENET_STD
 from hardseg.errors import ConfigError, one_line
 from hardseg.models.export import ExportedModel, export_metadata
 from hardseg.platform.tracking import resolve_tracking_uri

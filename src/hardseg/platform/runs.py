@@ -30,10 +30,9 @@ import yaml
 
 from hardseg import keys
 from hardseg.config import RunConfig
-from hardseg.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from hardseg.data.normalisation import IMAGENET_MEAN, IMAGENET_STD
 from hardseg.errors import HardsegError, NonFiniteLoss, TrainingError, one_line
 from hardseg.platform import tracking
-from hardseg.platform.export import log_mlflow_model
 from hardseg.strategies import strategy_warnings
 from hardseg.trainables.checkpoints import EXPORT_FILE
 
@@ -237,6 +236,10 @@ def log_checkpoint_artifacts(client: tracking.MlflowClient, run_id: str, checkpo
         client.log_artifact(run_id, str(export), EXPORT_ARTIFACT_DIR)
         if yaml.safe_load(config_yaml).get("tracking", {}).get("log_model", True):
             try:
+                # A sweep trial that drives a TorchTrainer needs them only here, for a run that logs its model.
+                # local: the model code and mlflow.pytorch cost seconds to import (issue 26)
+                from hardseg.platform.export import log_mlflow_model
+
                 log_mlflow_model(client, run_id, export)
             except Exception as exc:  # the run's results stand; say why its MLflow model is missing
                 why = one_line(exc, innermost=True)

@@ -43,10 +43,8 @@ from hardseg.platform.names import trial_run_name
 from hardseg.platform.runs import RunCloser, TrialStopped
 from hardseg.platform.trainer import log_result, make_trainer
 from hardseg.platform.trial_callbacks import TuneForwarder, for_tune, numeric
-from hardseg.platform.tune_session import TuneSession
 from hardseg.search_spaces import SearchSpace
 from hardseg.platform.storage import storage_join
-from hardseg.trainables.loop import fit
 from hardseg.trainables.schedule import length_of, unit_of
 
 CONFIG_KEY = "config"  # a grid key naming one of TrialSpec.configs (tag sampled.config)
@@ -199,6 +197,12 @@ def _fit_in_process(cfg, spec: TrialSpec, client: tracking.MlflowClient, run_id:
     Returns the final epoch's metrics (for Tune, once the run is closed). A non-finite loss
     raises NonFiniteLoss with the same message as a TorchTrainer run's (``raise_if_run_failed``).
     """
+    # Only a trial that trains in its own process needs the loop; one that drives a TorchTrainer leaves
+    # it to its workers.
+    # local: the loop (torchvision, the data and model code) costs seconds to import (issue 26)
+    from hardseg.platform.tune_session import TuneSession
+    from hardseg.trainables.loop import fit
+
     epochs, unit = length_of(cfg.train), unit_of(cfg.train)
     logger = tracking.MLflowEpochLogger(spec.tracking_uri, run_id)
     best_dir = storage_join(cfg.ray.storage_path, f"best-{tune.get_context().get_trial_id()}")

@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray.train
 import ray.train.torch
@@ -27,10 +26,11 @@ from hardseg.config import RunConfig
 from hardseg.errors import NonFiniteLoss
 from hardseg.trainables.best import BestStore
 from hardseg.trainables.checkpoints import CHECKPOINT_FILE
-from hardseg.trainables.loop import Session, fit
 from hardseg.trainables.progress import BAR_ENV, set_bar_factory
 
-_IMPORTED_AT = time.time()  # for the timeline: when this worker had imported the loop
+if TYPE_CHECKING:
+    from hardseg.trainables.loop import Session
+
 # What a worker must not load (the driver's side): a test and the timeline check sys.modules for them.
 DRIVER_ONLY = ("ray.tune", "optuna", "mlflow")
 
@@ -96,6 +96,8 @@ def fit_worker(cfg: RunConfig, session: Session) -> None:
     (:meth:`~hardseg.errors.NonFiniteLoss.as_report`); the MLflow callback turns the report
     into the run's ``hardseg.error`` tag and the driver raises NonFiniteLoss again
     (``hardseg.platform.runs.raise_if_run_failed``)."""
+    from hardseg.trainables.loop import fit  # local: loaded by train_loop_per_worker already
+
     try:
         fit(cfg, session)
     except NonFiniteLoss as err:
@@ -104,9 +106,14 @@ def fit_worker(cfg: RunConfig, session: Session) -> None:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Entry point given to ``TorchTrainer``; ``config["run"]`` is a RunConfig dump."""
+    # A process that only builds the TorchTrainer (a sweep trial, the driver) pickles this function by
+    # reference and never loads the loop; the worker does, here.
+    # local: the loop (torchvision, the data and model code) costs seconds to import (issue 26)
+    import hardseg.trainables.loop  # noqa: F401
+
     if timeline.enabled():
         timeline.mark("worker: process started", t=timeline.process_start())
-        timeline.mark("worker: loop modules imported", t=_IMPORTED_AT)
+        timeline.mark("worker: loop modules imported")
         timeline.mark("worker: train function started",
                       driver_modules=sorted(m for m in DRIVER_ONLY if m in sys.modules))
     session = RaySession()
