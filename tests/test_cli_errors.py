@@ -21,15 +21,28 @@ def _no_runs(uri: str) -> bool:
     return all(not client.search_runs([e.experiment_id]) for e in client.search_experiments())
 
 
-def _check(capsys, argv, *needles):
+def _one_line(capsys, argv):
     rc = cli(argv)
     err = capsys.readouterr().err.strip()
     assert rc == 2, err
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
     return lines[0]
+
+
+def _check(capsys, argv, *needles):
+    line = _one_line(capsys, argv)
+    for needle in needles:
+        assert needle in line, (needle, line)
+    return line
+
+
+def _check_both(capsys, argv, *needles):
+    """:func:`_check`, and the command's ``--dry-run`` fails with the identical line, exit 2 (a dry run prepares
+    as the command does: hardseg/platform/prepare.py; tests/test_dry_run_equivalence.py)."""
+    line = _check(capsys, argv, *needles)
+    assert _one_line(capsys, [*argv, "--dry-run"]) == line, "the dry run accepts what the command refuses"
+    return line
 
 
 @pytest.mark.parametrize("override, needles", [
@@ -46,16 +59,16 @@ def _check(capsys, argv, *needles):
     ("train.batch_size=0", ["'train.batch_size'"]),
 ])
 def test_bad_config_is_one_line_exit_2_and_nothing_logged(capsys, sqlite_uri, override, needles):
-    _check(capsys, ["train", "--set", override, "--tracking-uri", sqlite_uri], *needles)
+    _check_both(capsys, ["train", "--set", override, "--tracking-uri", sqlite_uri], *needles)
     assert _no_runs(sqlite_uri)
 
 
 def test_bad_yaml_file_and_missing_file(capsys, tmp_path, sqlite_uri):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [unclosed\n")
-    _check(capsys, ["train", str(bad), "--tracking-uri", sqlite_uri], str(bad), "YAML")
-    _check(capsys, ["train", str(tmp_path / "nope.yaml"), "--tracking-uri", sqlite_uri], "nope.yaml")
-    _check(capsys, ["train", "--set", "train.epochs", "--tracking-uri", sqlite_uri], "KEY=VALUE")
+    _check_both(capsys, ["train", str(bad), "--tracking-uri", sqlite_uri], str(bad), "YAML")
+    _check_both(capsys, ["train", str(tmp_path / "nope.yaml"), "--tracking-uri", sqlite_uri], "nope.yaml")
+    _check_both(capsys, ["train", "--set", "train.epochs", "--tracking-uri", sqlite_uri], "KEY=VALUE")
     assert _no_runs(sqlite_uri)
 
 
@@ -68,8 +81,8 @@ def test_sweep_counts_below_one(capsys, sqlite_uri):
 
 
 def test_missing_dataset(capsys, tmp_path, sqlite_uri):
-    _check(capsys, ["train", "--set", "data.dataset=folder", "--set", f"data.root={tmp_path / 'absent'}",
-                    "--tracking-uri", sqlite_uri], str(tmp_path / "absent"))
+    _check_both(capsys, ["train", "--set", "data.dataset=folder", "--set", f"data.root={tmp_path / 'absent'}",
+                         "--tracking-uri", sqlite_uri], str(tmp_path / "absent"))
     assert _no_runs(sqlite_uri)
 
 
@@ -91,8 +104,8 @@ def _folder_dataset(root: Path, bad_value: int | None = None) -> None:
 
 def test_label_id_out_of_range_names_the_file(capsys, tmp_path, sqlite_uri):
     _folder_dataset(tmp_path / "ds", bad_value=7)
-    line = _check(capsys, ["train", "--set", "data.dataset=folder", "--set", f"data.root={tmp_path / 'ds'}",
-                           "--set", "data.eval_domains=[]", "--tracking-uri", sqlite_uri], "im2.png", "7")
+    line = _check_both(capsys, ["train", "--set", "data.dataset=folder", "--set", f"data.root={tmp_path / 'ds'}",
+                                "--set", "data.eval_domains=[]", "--tracking-uri", sqlite_uri], "im2.png", "7")
     assert "masks" in line
     assert _no_runs(sqlite_uri)
 
@@ -103,7 +116,7 @@ def test_unknown_eval_domain(capsys, data_root, sqlite_uri):
     args = ["train"]
     for o in small_overrides(data_root, **{"data.eval_domains": "[fog-9]"}):
         args += ["--set", o]
-    _check(capsys, args + ["--tracking-uri", sqlite_uri], "fog-9")
+    _check_both(capsys, args + ["--tracking-uri", sqlite_uri], "fog-9")
     assert _no_runs(sqlite_uri)
 
 
@@ -120,7 +133,7 @@ def test_strategy_setting_that_does_not_fit_the_model(capsys, data_root, sqlite_
     for o in small_overrides(data_root, **{"strategies": f"[{strategy}]",
                                            f"strategy_params.{strategy}.{key}": value}):
         args += ["--set", o]
-    _check(capsys, args + ["--tracking-uri", sqlite_uri], f"strategy_params.{strategy}.{key}", "layer9", "stage4")
+    _check_both(capsys, args + ["--tracking-uri", sqlite_uri], f"strategy_params.{strategy}.{key}", "layer9", "stage4")
     assert _no_runs(sqlite_uri)
 
 
@@ -134,7 +147,7 @@ def test_sweep_checks_every_strategy_choice_against_the_model(capsys, data_root,
     args = ["sweep", str(space), "--tracking-uri", sqlite_uri]
     for o in small_overrides(data_root):
         args += ["--set", o]
-    _check(capsys, args, "strategy_params.coarse_to_fine.skip", "layer9")
+    _check_both(capsys, args, "strategy_params.coarse_to_fine.skip", "layer9")
     assert _no_runs(sqlite_uri)
 
 

@@ -239,12 +239,12 @@ def test_run_config():
     cfg = s.run_config({"strategies": "ohem", "train.lr": 0.004, "strategy_params.ohem.thresh": 0.6},
                        extra_overrides=["seed=7", "tracking.experiment=sweep"])
     assert cfg.strategies == ["ohem"] and cfg.train.lr == 0.004 and cfg.train.epochs == 3
-    assert cfg.strategy_params == {"ohem": {"min_kept_fraction": 0.1, "thresh": 0.6}}
+    assert cfg.model_dump()["strategy_params"] == {"ohem": {"min_kept_fraction": 0.1, "thresh": 0.6}}
     assert cfg.seed == 7 and cfg.tracking.experiment == "sweep"
     # base strategy_params of a strategy the trial lacks are dropped
     cfg = s.run_config({"strategies": "hl", "train.lr": 0.004, "strategy_params.hl.lr_mult": 5.0},
                        extra_overrides={"ray.num_workers": 1, "data.eval_domains": ["fog-3", "night-1"]})
-    assert cfg.strategies == ["hl"] and cfg.strategy_params == {"hl": {"lr_mult": 5.0}}
+    assert cfg.strategies == ["hl"] and cfg.model_dump()["strategy_params"] == {"hl": {"lr_mult": 5.0}}
     assert cfg.ray.num_workers == 1 and cfg.data.eval_domains == ["fog-3", "night-1"]
 
 
@@ -254,7 +254,7 @@ def test_run_config_fixed_strategies_and_config_file(tmp_path):
     s.validate(str(config))
     cfg = s.run_config({"strategy_params.self_regulation.warmup": 0.3}, config_path=str(config))
     assert cfg.strategies == ["self_regulation"] and cfg.train.epochs == 4 and cfg.train.batch_size == 4
-    assert cfg.strategy_params["self_regulation"] == {"exit_channels": 16, "warmup": 0.3}
+    assert cfg.model_dump()["strategy_params"]["self_regulation"] == {"exit_channels": 16, "warmup": 0.3}
 
 
 def test_run_config_errors():

@@ -166,7 +166,7 @@ def test_run_config_validation_reaches_strategy_params():
     from hardseg.config import validate_config
 
     cfg = validate_config({"strategies": ["hl", "ohem"], "strategy_params": {"hl": {"lam": 0.1}}})
-    assert cfg.strategy_params["hl"]["lam"] == 0.1
+    assert cfg.strategy_params["hl"].lam == 0.1  # typed: the strategy's own settings model
     with pytest.raises(ConfigError, match=r"strategy_params\.hl\.lam"):
         validate_config({"strategies": ["hl"], "strategy_params": {"hl": {"lam": "x"}}}, "run.yaml")
 

@@ -15,18 +15,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import (BaseModel, Field, ValidationError, ValidationInfo, field_serializer, field_validator,
+                      model_validator)
 
 from hardseg.data.config import AugmentConfig, DataConfig, ImgScale, SyntheticConfig
 from hardseg.data.registry import get_dataset
-from hardseg.errors import ConfigError, DataError, one_line
+from hardseg.errors import ConfigError, DataError, HardsegError, one_line
 from hardseg.strict import Strict
 
 __all__ = [
     "AugmentConfig", "DataConfig", "EvalConfig", "LossConfig", "ModelConfig", "RayConfig", "RunConfig",
     "Strict", "SyntheticConfig", "TTAConfig", "TrackingConfig", "TrainConfig", "apply_overrides", "check_eval",
-    "check_registered_names", "check_schedule", "default_config_path", "flatten", "load_config", "recipe_names",
-    "resolve_recipe", "validate_config",
+    "check_registered_names", "check_schedule", "config_tree", "default_config_path", "flatten", "load_config",
+    "recipe_names", "resolve_recipe", "section", "validate_config",
 ]
 
 
@@ -221,13 +222,63 @@ class RunConfig(Strict):
     eval: EvalConfig = EvalConfig()
     loss: LossConfig = LossConfig()
     strategies: list[str] = Field(default_factory=lambda: ["ce"])
-    strategy_params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    strategy_params: dict[str, Any] = Field(
+        default_factory=dict, description="strategy name -> its hyperparameters; once validated, each entry is "
+        "that strategy's own settings model (HLConfig, ...), holding what was set")
     ray: RayConfig = RayConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _typed_strategy_params(self, info: ValidationInfo) -> RunConfig:
+        """Each ``strategy_params`` entry becomes its strategy's settings model (``HLConfig``, ...), validated here,
+        once; an entry typed already (a config changed through :func:`config_tree`) is kept as it is. The error
+        names the key (``info.context["source"]`` starts it; :func:`validate_config` sets it)."""
+        if all(isinstance(v, BaseModel) for v in self.strategy_params.values()):
+            return self
+        # local: the strategies' models need torch; the schema above answers a bad --set without it
+        from hardseg.strategies.objective import parse_strategy_params
+
+        try:
+            typed = parse_strategy_params(self.strategies, self.strategy_params,
+                                          (info.context or {}).get("source", "config"))
+        except ConfigError as err:  # a ValueError, which pydantic would wrap in its own error
+            raise StrategySettingsError(str(err)) from None
+        self.strategy_params.update(typed)
+        return self
+
+    @field_serializer("strategy_params")
+    def _as_given(self, params: dict[str, Any], info: Any) -> dict[str, Any]:
+        """The keys that were set, as set (``exclude_unset``): the YAML, ``config.yaml`` and MLflow params show the
+        user's settings, not every default."""
+        return {k: v.model_dump(mode=info.mode, exclude_unset=True) if isinstance(v, BaseModel) else v
+                for k, v in params.items()}
 
     def flat(self) -> dict[str, Any]:
         """The configuration as ``{"train.lr": 0.003, ...}`` (MLflow params)."""
         return flatten(self.model_dump(mode="json"))
+
+
+class StrategySettingsError(HardsegError):
+    """A ``strategy_params`` entry that its strategy's settings model rejects, raised through pydantic's validation
+    unwrapped (it is no ValueError); :func:`validate_config` raises it as the :class:`ConfigError` it was."""
+
+
+def config_tree(cfg: RunConfig) -> dict[str, Any]:
+    """``cfg`` as a tree to change and validate again: plain data, except each strategy's settings, which stay
+    typed, so that validating the changed tree validates only the settings a change reaches (:func:`section`)."""
+    tree = cfg.model_dump(mode="json")
+    tree["strategy_params"] = dict(cfg.strategy_params)
+    return tree
+
+
+def section(node: dict[str, Any], part: str) -> Any:
+    """``node[part]``, created as ``{}`` when absent, to set a key in: a strategy's typed settings become the
+    mapping of what was set in them (validated again with the change); anything else that is no mapping is
+    returned as it is, for the caller to refuse."""
+    child = node.setdefault(part, {})
+    if isinstance(child, BaseModel):
+        child = node[part] = child.model_dump(exclude_unset=True)
+    return child
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -268,7 +319,7 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
         path, value = _parse_override(item)
         node = tree
         for part in path[:-1]:
-            child = node.setdefault(part, {})
+            child = section(node, part)
             if not isinstance(child, dict):
                 raise ConfigError(f"--set {item!r}: '{part}' is not a section")
             node = child
@@ -333,9 +384,11 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 def validate_config(tree: dict[str, Any], source: str = "config") -> RunConfig:
     """Validate a raw tree: schema, then names against the registries."""
     try:
-        cfg = RunConfig.model_validate(tree)
+        cfg = RunConfig.model_validate(tree, context={"source": source})
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
+    except StrategySettingsError as err:
+        raise ConfigError(str(err)) from None
     check_registered_names(cfg, source)
     check_eval(cfg, source)
     if cfg.model.init_skip and not cfg.model.init_from:
@@ -369,7 +422,8 @@ def check_eval(cfg: RunConfig, source: str = "config") -> None:
 
 
 def check_registered_names(cfg: RunConfig, source: str = "config") -> None:
-    """Model, dataset and strategy names must exist; strategy parameters must validate."""
+    """Model, dataset and strategy names must exist; the strategies must compose (their settings were typed with
+    the schema, :meth:`RunConfig._typed_strategy_params`)."""
     # local: the registries' built-ins need torch; the schema above answers a bad --set without it
     from hardseg.models import check_model_name
     from hardseg.strategies import validate_strategies

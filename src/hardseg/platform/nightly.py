@@ -26,7 +26,7 @@ from hardseg.platform import tracking
 from hardseg.platform.ablation import ablation_space
 from hardseg.platform.cluster import connect_ray
 from hardseg.platform.multinode import check_multinode
-from hardseg.platform.prepare import resolve_paths
+from hardseg.platform.prepare import PreparedSweep, prepare_sweep
 from hardseg.platform.runs import RunCloser, environment_tags, open_run
 from hardseg.platform.suite import Suite
 from hardseg.platform.sweep import run_sweep
@@ -56,23 +56,25 @@ class NightlyOutcome:
         return 130 if self.interrupted else 1 if self.regressions else 0
 
 
-def validate_suite(suite: Suite, overrides: list[str]) -> None:
-    """Every cell's trials must make valid RunConfigs before anything is written to MLflow."""
+def validate_suite(suite: Suite, overrides: list[str], workdir: Path | None = None) -> list[PreparedSweep]:
+    """Every cell prepared as its ablation will be (:func:`hardseg.platform.prepare.prepare_sweep`, without
+    generating data), before anything is written to MLflow; returns them in the order of ``suite.cells()``."""
     for item in overrides:
         if item.split("=", 1)[0] in GRID_KEYS:
             raise ConfigError(f"--set {item}: the suite's 'strategies' and 'seeds' make the grid; edit the suite")
     space = ablation_space(suite.strategies, suite.seeds, name=suite.name)
-    space.validate(suite.config)
-    possible = space.possible_strategies(suite.config)
+    possible = {s for combo in space.params["strategies"].choices for s in combo.split("+")}
+    grid = {"strategies": list(space.params["strategies"].choices), "seed": list(suite.seeds)}
+    prepared = []
     for model, dataset in suite.cells():
         sets = suite.overrides(model, dataset, overrides)
-        for item in sets:
+        for item in sets:  # the suite's own budget too: named as the suite's
             parts = item.split("=", 1)[0].split(".")
             if parts[0] == "strategy_params" and len(parts) > 1 and parts[1] not in possible:
                 raise ConfigError(f"suite {suite.name}: '{item.split('=', 1)[0]}' is set but no strategy of the "
                                   f"suite uses '{parts[1]}' (strategies: {', '.join(suite.strategies)})")
-        for combo in space.params["strategies"].choices:
-            space.run_config({"strategies": combo, "seed": suite.seeds[0]}, suite.config, sets)
+        prepared.append(prepare_sweep(space, suite.config, sets, grid=grid, workdir=workdir, dry_run=True))
+    return prepared
 
 
 def previous_nightly(client, exp_id: str, suite_name: str, before_ms: int):
@@ -106,10 +108,7 @@ def run_nightly(suite: Suite, *, overrides: list[str] | None = None, out_dir: Pa
         ConfigError: an invalid suite or override, before any MLflow run starts.
     """
     overrides = list(overrides or [])
-    validate_suite(suite, overrides)
-    m0, d0 = suite.cells()[0]
-    base_cfg = resolve_paths(ablation_space(suite.strategies, suite.seeds).run_config(
-        {}, suite.config, suite.overrides(m0, d0, overrides)), workdir)
+    base_cfg = validate_suite(suite, overrides, workdir)[0].base
     uri = tracking.resolve_tracking_uri(base_cfg.tracking.uri, workdir)
     # Refuse a multi-node cluster's unshared stores before the nightly's own run exists.
     connect_ray(base_cfg)

@@ -103,11 +103,17 @@ def warning_lines(cfgs: list[RunConfig]) -> list[str]:
     return [f"[hardseg] warning: {msg}" for msg in seen]
 
 
-def training_tags(cfg: RunConfig) -> dict[str, str]:
+def warning_lines_of(tags: dict[str, str]) -> list[str]:
+    """The distinct ``[hardseg] warning: ...`` lines of warning tags (:func:`strategy_warning_tags`), in order."""
+    return [f"[hardseg] warning: {msg}" for msg in dict.fromkeys(tags.values())]
+
+
+def training_tags(cfg: RunConfig, warnings: dict[str, str] | None = None) -> dict[str, str]:
     """What a run trains: strategies, model, data, seed and which split each reported number comes
-    from (the best epoch and sweeps use val; ``test/*`` is held out)."""
+    from (the best epoch and sweeps use val; ``test/*`` is held out). ``warnings``: the run's
+    :func:`strategy_warning_tags`, computed already (else here)."""
     return {
-        **strategy_warning_tags(cfg),
+        **(strategy_warning_tags(cfg) if warnings is None else warnings),
         keys.STRATEGIES: "+".join(cfg.strategies),
         keys.MODEL: cfg.model.name,
         keys.DATASET: cfg.data.dataset,

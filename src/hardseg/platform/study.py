@@ -43,7 +43,7 @@ from hardseg.config import RayConfig
 from hardseg.errors import ConfigError
 from hardseg.platform import tracking
 from hardseg.platform.ablation import ablation_space
-from hardseg.platform.prepare import prepare_data, resolve_paths
+from hardseg.platform.prepare import prepare_data, prepare_sweep
 from hardseg.platform.runs import RunCloser, open_run, reopen_run, training_tags
 from hardseg.platform.shipped import DistinctSeeds, available_shipped, load_shipped
 from hardseg.platform.storage import absolute_location, storage_exists, storage_fs, storage_join
@@ -52,7 +52,6 @@ from hardseg.platform.sweep import SWEEPS_DIR, resume_sweep, run_sweep
 from hardseg.platform.sweep_runs import child_runs
 from hardseg.reports.study import write_study_report
 from hardseg.search_spaces import SearchSpace
-from hardseg.strategies.build import check_strategies_fit
 from hardseg.strict import Strict
 
 STATE_FILE = "hardseg_study.json"
@@ -182,21 +181,19 @@ def stage_name(name: str, stage: str) -> str:
 
 
 def _validate(study: Study, overrides: list[str], workdir: Path | None):
-    """Every stage's space and config, before any MLflow run; returns the resolved base config."""
+    """Stages 1 and 2 prepared as their sweeps will be (:func:`hardseg.platform.prepare.prepare_sweep`, without
+    generating data; the study's name guards theirs), before any MLflow run; returns the resolved base config."""
     sets = study.overrides(overrides)
-    defaults = ablation_space(study.strategies, study.seeds)
-    defaults.validate(study.config)
     search = study.search_space()
-    search.validate(study.config)
     for item in sets:
         key = item.split("=", 1)[0]
         if key in search.params or key in ("seed", "strategies"):
             raise ConfigError(f"--set {key}: the study sets '{key}' in its stages; change the study file instead")
-    base_cfg = resolve_paths(defaults.run_config({}, study.config, sets), workdir)
-    searched = list(search.params["strategies"].choices) if "strategies" in search.params else []
-    for choice in dict.fromkeys([*study.strategies, *searched]):
-        check_strategies_fit(resolve_paths(defaults.run_config({"strategies": choice}, study.config, sets), workdir))
-    return base_cfg
+    grid = {"strategies": list(study.strategies), "seed": list(study.seeds)}
+    defaults = prepare_sweep(ablation_space(study.strategies, study.seeds), study.config, sets, grid=grid,
+                             workdir=workdir, dry_run=True)
+    prepare_sweep(search, study.config, [*sets, f"seed={study.search.seed}"], workdir=workdir, dry_run=True)
+    return defaults.base
 
 
 def run_study(study: Study, *, overrides: list[str] | None = None, name: str | None = None,

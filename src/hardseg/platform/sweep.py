@@ -48,21 +48,18 @@ from hardseg.errors import ConfigError
 from hardseg.platform import tracking
 from hardseg.platform.cluster import (TRIAL_DRIVER_RESOURCE, check_resources, concurrency, connect_ray, precheck_local,
                                       trial_need, trial_resources, wait_for_resources)
-from hardseg.platform.dryrun import sweep_warning_lines
 from hardseg.platform.multinode import check_multinode
-from hardseg.platform.names import check_name, default_sweep_name
-from hardseg.platform.prepare import prepare_data, resolve_paths
+from hardseg.platform.names import check_name
+from hardseg.platform.prepare import SWEEPS_DIR, prepare_sweep, resolve_paths
 from hardseg.platform.progress import ProgressTable
 from hardseg.platform.runs import RunCloser, environment_tags, reopen_run
 from hardseg.platform.storage import absolute_location, storage_exists, storage_fs, storage_join
 from hardseg.platform.sweep_runs import child_runs, close_open_runs, log_summary, start_parent_run
 from hardseg.platform.trial import TrialSpec, run_trial
 from hardseg.search_spaces import SearchSpace
-from hardseg.strategies.build import check_strategies_fit
 from hardseg.trainables.schedule import EPOCH, length_of, unit_of
 
 STATE_FILE = "hardseg_sweep.json"
-SWEEPS_DIR = "sweeps"
 
 
 @dataclass
@@ -251,7 +248,8 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
               name: str | None = None, grid: dict[str, list] | None = None, kind: str = keys.SWEEP_KIND,
               in_process: bool = True, workdir: Path | None = None,
               parent_tags: dict[str, str] | None = None, configs: dict[str, list[str]] | None = None) -> SweepOutcome:
-    """Validate everything, then run the sweep (``grid`` set: an ablation grid without a searcher).
+    """Prepare (:func:`hardseg.platform.prepare.prepare_sweep`, as ``--dry-run`` does), then run the sweep
+    (``grid`` set: an ablation grid without a searcher).
 
     ``parent_tags`` go on the sweep's parent run (``hardseg nightly`` and ``hardseg study`` nest it
     under their own run). ``configs``: named ``--set`` lists a grid's ``config`` key picks
@@ -260,36 +258,14 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
     Raises:
         ConfigError: an invalid space or config, before any trial or MLflow run starts.
     """
-    space.validate(config_path)
-    config_path = str(Path(config_path).resolve()) if config_path else None
-    name = check_name(name or default_sweep_name(space.name))
+    prepared = prepare_sweep(space, config_path, overrides, name=name, grid=grid, configs=configs, workdir=workdir,
+                             precheck=lambda c: precheck_local(trial_need(c, trial_resources(c, in_process)), c.ray))
+    name, config_path, base_cfg = prepared.name, prepared.config_path, prepared.base
     overrides = list(overrides or [])
-    possible = space.possible_strategies(config_path)
-    for item in overrides:
-        key = item.split("=", 1)[0]
-        if key in space.params or key in (grid or {}):
-            raise ConfigError(f"--set {key}: '{key}' is a parameter of {space.label}; remove the --set "
-                              f"(or the parameter from the space)")
-        parts = key.split(".")
-        if parts[0] == "strategy_params" and len(parts) > 1 and parts[1] not in possible:
-            raise ConfigError(f"--set {key}: no trial of {space.label} uses '{parts[1]}' "
-                              f"(its strategies: {', '.join(sorted(possible))})")
-    base_cfg = resolve_paths(space.run_config({}, config_path, overrides), workdir)
+    for line in prepared.warning_lines:  # a setting that cannot act: once
+        print(line, flush=True)
     uri = tracking.resolve_tracking_uri(base_cfg.tracking.uri, workdir)
     sweep_root = storage_join(base_cfg.ray.storage_path, SWEEPS_DIR)
-    if storage_exists(storage_join(sweep_root, name)):
-        raise ConfigError(f"sweep '{name}' already exists in {sweep_root}; resume it with "
-                          f"'hardseg sweep --resume {name}' or choose another --name")
-    precheck_local(trial_need(base_cfg, trial_resources(base_cfg, in_process)), base_cfg.ray)
-    lineage = prepare_data(base_cfg).lineage
-    if "strategies" in space.params:  # every strategy list a trial can have must fit the model
-        for choice in space.params["strategies"].choices:
-            check_strategies_fit(resolve_paths(space.run_config({"strategies": choice}, config_path, overrides),
-                                               workdir))
-    for label, sets in (configs or {}).items():
-        check_strategies_fit(resolve_paths(space.run_config({}, config_path, [*overrides, *sets]), workdir))
-    for line in sweep_warning_lines(space, config_path, overrides):  # a setting that cannot act: once
-        print(line, flush=True)
     resources = trial_resources(base_cfg, in_process)
     connect_ray(base_cfg)
     need = trial_need(base_cfg, resources)
@@ -309,7 +285,8 @@ def run_sweep(space: SearchSpace, *, config_path: str | None = None, overrides: 
     if storage_url:
         extra["sweep.optuna_storage"] = storage_url
     environment = environment_tags()  # the parent's and every trial's (one git call)
-    parent = start_parent_run(client, exp_id, name, kind, space, base_cfg, extra, parent_tags, lineage, environment)
+    parent = start_parent_run(client, exp_id, name, kind, space, base_cfg, extra, parent_tags, prepared.data.lineage,
+                              environment)
     spec = TrialSpec(sweep_name=name, space=space.to_dict(), config_path=config_path, overrides=overrides + resolved,
                      tracking_uri=uri, experiment_id=exp_id, parent_run_id=parent, metrics=space.sweep.metrics,
                      kind=kind, in_process=in_process, configs=dict(configs or {}),
@@ -349,7 +326,7 @@ def resume_sweep(name: str, *, storage_path: str | None = None, workdir: Path | 
     reopen_run(client, spec.parent_run_id)
     _announce(name, spec.parent_run_id, spec.tracking_uri, state.optuna_storage, state.max_concurrent,
               state.num_samples, state.resources, spec.experiment_id)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), state.resources)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec, space=space), state.resources)
     tuner = tune.Tuner.restore(folder, trainable=trainable, resume_unfinished=True, resume_errored=retry_failed)
     return _fit_and_close(tuner, state, space, client, start=time.perf_counter(),
                           wait=lambda: wait_for_resources(need, missing, base_cfg.ray.resource_timeout_s))
@@ -364,7 +341,7 @@ def _grid_size(grid: dict[str, list]) -> int:
 
 def _make_tuner(state: SweepState, sweep_root: str, space: SearchSpace):
     spec = TrialSpec(**state.spec)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), state.resources)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec, space=space), state.resources)
     s = space.sweep
     # In-process trials reuse their actor (a new trial skips the process start and the
     # torch/hardseg imports). A trial driving a TorchTrainer cannot be reset within Tune's

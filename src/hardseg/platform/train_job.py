@@ -18,7 +18,7 @@ from hardseg import keys, timeline
 from hardseg.config import RunConfig
 from hardseg.platform import runs, tracking
 from hardseg.platform.cluster import check_resources, ensure_ray, precheck_local, run_need, wait_for_resources
-from hardseg.platform.prepare import prepare_data, resolve_paths, resume_config
+from hardseg.platform.prepare import prepare_data, prepare_run, resume_config
 from hardseg.platform.trainer import log_result, make_trainer
 
 
@@ -35,7 +35,8 @@ class TrainOutcome:
 
 def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str, str] | None = None,
                  train_loop=None) -> TrainOutcome:
-    """Validate, prepare data, then train with ``cfg.ray.num_workers`` DDP workers.
+    """Prepare (:func:`hardseg.platform.prepare.prepare_run`, as ``--dry-run`` does), then train with
+    ``cfg.ray.num_workers`` DDP workers.
 
     ``train_loop``: the function each Ray Train worker runs (default
     :func:`hardseg.trainables.ray_worker.train_loop_per_worker`; tests pass one that injects faults).
@@ -45,9 +46,9 @@ def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str,
             (after the MLflow run was closed as FAILED with the reason).
     """
     init_uri = cfg.model.init_from
-    precheck_local(run_need(cfg), cfg.ray)  # no GPU here for ray.use_gpu: one line before anything starts
-    cfg = resolve_paths(cfg, workdir)
-    prepared = prepare_data(cfg)
+    # no GPU here for ray.use_gpu: one line before anything starts
+    prepared = prepare_run(cfg, workdir, precheck=lambda c: precheck_local(run_need(c), c.ray))
+    cfg = prepared.cfg
     timeline.mark("driver: data prepared")
     uri = tracking.resolve_tracking_uri(cfg.tracking.uri)
     client = tracking.MlflowClient(uri)
@@ -61,13 +62,13 @@ def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str,
     need = run_need(cfg)
     missing = check_resources(need)  # a request the cluster can never satisfy: one line, no run
     config_yaml = runs.config_text(cfg)
-    for line in runs.warning_lines([cfg]):
+    for line in prepared.warning_lines():
         print(line, flush=True)
     run_id = runs.open_run(
         client, exp_id, cfg.name, keys.TRAIN,
-        tags={**runs.training_tags(cfg), **runs.model_tags(cfg, prepared.weight_reports),
+        tags={**runs.training_tags(cfg, prepared.warnings), **runs.model_tags(cfg, prepared.data.weight_reports),
               **({keys.INIT_FROM_URI: init_uri} if init_uri else {}), **(tags or {})},
-        params=cfg.flat(), texts={"config.yaml": config_yaml}, lineage=prepared.lineage)
+        params=cfg.flat(), texts={"config.yaml": config_yaml}, lineage=prepared.data.lineage)
     timeline.mark("driver: MLflow run opened")
     print(f"[hardseg] MLflow run {run_id} in experiment '{cfg.tracking.experiment}' at {uri}", flush=True)
     return _train(cfg, client, run_id, exp_id, uri, config_yaml, train_loop, need=need, missing=missing)

@@ -55,7 +55,7 @@ class TrialSpec:
     """What every trial of a sweep shares (passed with ``tune.with_parameters``)."""
 
     sweep_name: str
-    space: dict[str, Any]  # SearchSpace.to_dict()
+    space: dict[str, Any]  # SearchSpace.to_dict(), for --resume (the trials get the SearchSpace itself)
     config_path: str | None
     overrides: list[str]  # user --set overrides, then resolved paths and tracking
     tracking_uri: str
@@ -140,14 +140,14 @@ def stopped_by_tune(err: BaseException) -> bool:
     return False
 
 
-def run_trial(sampled: dict[str, Any], spec: TrialSpec) -> None:
-    """The Tune function trainable (``tune.with_parameters(run_trial, spec=...)``)."""
+def run_trial(sampled: dict[str, Any], spec: TrialSpec, space: SearchSpace) -> None:
+    """The Tune function trainable (``tune.with_parameters(run_trial, spec=..., space=...)``): ``sampled`` (Optuna's
+    values by dotted path, or a grid cell) applied once to the space's typed tree (:meth:`SearchSpace.run_config`)."""
     for name in ("ray.tune", "ray.train"):  # one "Checkpoint successfully created" line per epoch otherwise
         logging.getLogger(name).setLevel(logging.WARNING)
     timeline.mark("trial: process started", t=timeline.process_start())
     timeline.mark("trial: function started")
     trial_id = tune.get_context().get_trial_id()
-    space = SearchSpace.from_dict(spec.space, source=f"sweep {spec.sweep_name}")
     chosen = spec.configs[sampled[CONFIG_KEY]] if CONFIG_KEY in sampled else []
     cfg = space.run_config({k: v for k, v in sampled.items() if k != CONFIG_KEY}, spec.config_path,
                            [*spec.overrides, *chosen, f"name={spec.sweep_name}-{trial_id}"])

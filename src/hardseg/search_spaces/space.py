@@ -16,7 +16,8 @@ from typing import Any, Literal, get_origin
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from hardseg import keys
-from hardseg.config import RunConfig, _format_validation_error, apply_overrides, load_config, validate_config
+from hardseg.config import (RunConfig, _format_validation_error, apply_overrides, config_tree, load_config, section,
+                            validate_config)
 from hardseg.errors import ConfigError
 from hardseg.strategies import available_strategies, get_strategy
 from hardseg.strict import Strict
@@ -210,7 +211,7 @@ def _set(tree: dict[str, Any], dotted: str, value: Any, src: str) -> None:
     *parents, leaf = dotted.split(".")
     node = tree
     for part in parents:
-        node = node.setdefault(part, {})
+        node = section(node, part)
         if not isinstance(node, dict):
             raise ConfigError(f"{src}: cannot set '{dotted}': '{part}' is not a section")
     node[leaf] = value
@@ -279,13 +280,19 @@ class SearchSpace:
         fixed = self.base.get("strategies", cfg.get("strategies"))
         return [fixed.split("+") if isinstance(fixed, str) else list(fixed) if isinstance(fixed, list) else [str(fixed)]]
 
-    def validate(self, config_path: str | None = None) -> None:
-        """Check every path and boundary value on top of the config file (None: the default) + base.
+    def validate(self, config_path: str | None = None, *,
+                 file_config: RunConfig | None = None) -> dict[str, RunConfig]:
+        """Check every path and boundary value on top of the config file (None: the default; ``file_config``: its
+        config, loaded already) + base.
+
+        Returns the space's typed form on that file: each strategy option a trial can have (``a+b``) → its
+        validated config (file + base + that option). Each boundary value is applied once to that config's typed
+        tree (:func:`hardseg.config.config_tree`): only the strategy settings it reaches are validated again.
 
         Raises:
             ConfigError: one line naming the parameter to fix.
         """
-        cfg = load_config(config_path).model_dump(mode="json")
+        cfg = config_tree(file_config or load_config(config_path))
         options, known = self.strategy_options(cfg), available_strategies()
         if unknown := [s for combo in options for s in combo if s not in known]:
             raise ConfigError(f"{self.label}: unknown strategy '{unknown[0]}' in 'strategies'; allowed: {', '.join(known)}")
@@ -295,18 +302,26 @@ class SearchSpace:
         for key in self.base:
             if key.startswith("strategy_params.") and key.split(".")[1] not in possible:
                 raise ConfigError(f"{self.label}: base sets '{key}' but no trial can have '{key.split('.')[1]}'")
-        sampled = "strategies" in self.params
-        if not sampled:  # else every strategies choice is validated with base, first
-            validate_config(self._tree(cfg, {}), f"{self.label} (base)")
-        for p in sorted(self.params.values(), key=lambda p: p.path != "strategies"):
+        bases: dict[str, RunConfig] = {}
+        if "strategies" in self.params:  # every choice is validated with base, first
+            check_path("strategies", self.label)
+            for choice in self.params["strategies"].choices:
+                bases[choice] = validate_config(self._tree(cfg, {"strategies": choice}),
+                                                f"{self.label} (strategies={choice!r})")
+        else:
+            bases["+".join(options[0])] = validate_config(self._tree(cfg, {}), f"{self.label} (base)")
+        for p in self.params.values():
+            if p.path == "strategies":
+                continue
             check_path(p.path, self.label)
-            combos = [c for c in options if set(p.when) <= set(c)] if p.path != "strategies" else [[]]
+            combos = [c for c in options if set(p.when) <= set(c)]
             if not combos:
                 raise ConfigError(f"{self.label}: '{p.path}' has when: {'+'.join(p.when)}, which no trial's strategies "
                                   f"include; trials can have: {' | '.join('+'.join(c) for c in options)}")
             for combo, value in ((c, v) for c in combos for v in p.boundary_values()):
-                trial = ({"strategies": "+".join(combo)} if sampled and combo else {}) | {p.path: value}
-                validate_config(self._tree(cfg, trial), f"{self.label} ({p.path}={value!r})")
+                validate_config(self._tree(config_tree(bases["+".join(combo)]), {p.path: value}, base=False),
+                                f"{self.label} ({p.path}={value!r})")
+        return bases
 
     def define_by_run(self, trial: Any) -> None:
         """Define-by-run function for ``OptunaSearch(space=...)``: ``strategies`` first, then
@@ -319,10 +334,11 @@ class SearchSpace:
             if p.path != "strategies" and (chosen is None or set(p.when) <= chosen):
                 p.suggest(trial)
 
-    def _tree(self, cfg: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]:
-        """Config tree + base + sampled values; drops strategy_params of strategies not in the trial."""
+    def _tree(self, cfg: dict[str, Any], sampled: dict[str, Any], base: bool = True) -> dict[str, Any]:
+        """Config tree + base (unless ``base`` is False: ``cfg`` has it) + sampled values; drops strategy_params of
+        strategies not in the trial."""
         tree = copy.deepcopy(cfg)
-        for key, value in [*self.base.items(), *sampled.items()]:
+        for key, value in [*(self.base.items() if base else ()), *sampled.items()]:
             _set(tree, key, copy.deepcopy(value), self.label)
         if isinstance(tree.get("strategies"), str):
             tree["strategies"] = tree["strategies"].split("+")
@@ -334,14 +350,18 @@ class SearchSpace:
         return {name for option in self.strategy_options(cfg) for name in option}
 
     def run_config(self, sampled: dict[str, Any], config_path: str | None = None,
-                   extra_overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
+                   extra_overrides: list[str] | dict[str, Any] | None = None, *,
+                   file_config: RunConfig | None = None) -> RunConfig:
         """The validated RunConfig of one trial: config file (None: default) + base + sampled + extras.
 
         ``extra_overrides``: ``KEY=VALUE`` strings (as ``--set``) or a ``{dotted key: value}`` mapping.
+        ``file_config``: the file's config, loaded already (else it is loaded here). The values are applied once
+        to its typed tree (:func:`hardseg.config.config_tree`): only the strategy settings they reach are
+        validated again.
         """
         if unknown := sorted(set(sampled) - set(self.params)):
             raise ConfigError(f"{self.label}: sampled value for unknown parameter '{unknown[0]}'")
-        tree = self._tree(load_config(config_path).model_dump(mode="json"), sampled)
+        tree = self._tree(config_tree(file_config or load_config(config_path)), sampled)
         if isinstance(extra_overrides, dict):
             for key, value in extra_overrides.items():
                 _set(tree, key, copy.deepcopy(value), self.label)

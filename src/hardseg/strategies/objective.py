@@ -71,9 +71,12 @@ from hardseg.strategies.ce import BASELINE
 from hardseg.strategies.registry import get_strategy
 
 
-def parse_strategy_params(names: list[str], params: dict[str, dict[str, Any]],
+def parse_strategy_params(names: list[str], params: dict[str, Any],
                           source: str = "config") -> dict[str, StrategyConfig]:
-    """Validate ``strategy_params`` against each strategy's Config; return the configs."""
+    """Validate ``strategy_params`` against each strategy's Config: the typed settings of the strategies that
+    ``params`` names, in the order of ``names``. An entry that is its strategy's Config already is taken as it
+    is: a validated RunConfig holds them so (``RunConfig._typed_strategy_params``), and nothing validates them
+    again."""
     if not names:
         raise ConfigError(f"{source}: 'strategies' is empty; name at least one, e.g. [ce]")
     if len(set(names)) != len(names):
@@ -87,7 +90,13 @@ def parse_strategy_params(names: list[str], params: dict[str, dict[str, Any]],
             cls = get_strategy(name)
         except ConfigError as err:
             raise ConfigError(f"{source}: {err} (in 'strategies')") from None
-        raw = params.get(name) or {}
+        if name not in params:
+            continue
+        raw = params[name]
+        if isinstance(raw, cls.Config):
+            configs[name] = raw
+            continue
+        raw = raw or {}
         if not isinstance(raw, dict):
             raise ConfigError(f"{source}: 'strategy_params.{name}' must be a mapping of hyperparameters")
         try:
@@ -104,6 +113,13 @@ def parse_strategy_params(names: list[str], params: dict[str, dict[str, Any]],
     return configs
 
 
+def strategy_settings(names: list[str], params: dict[str, Any], source: str = "config") -> dict[str, StrategyConfig]:
+    """Every strategy's typed settings, in the order of ``names``: ``params[name]`` (a RunConfig's, typed already,
+    as it is; a raw mapping validated, :func:`parse_strategy_params`), else the strategy's defaults."""
+    given = parse_strategy_params(names, params, source)
+    return {n: given[n] if n in given else get_strategy(n).Config() for n in names}
+
+
 def check_composition(pairs: list[tuple[type[Strategy], StrategyConfig]], source: str = "config") -> None:
     """Reject combinations that make no sense (module docstring), with one line."""
     names = [cls.name for cls, _ in pairs]
@@ -117,28 +133,29 @@ def check_composition(pairs: list[tuple[type[Strategy], StrategyConfig]], source
                           f"({da}; {db}); change one or drop one")
 
 
-def strategy_warnings(names: list[str], params: dict[str, dict[str, Any]], pixels_per_image: int | None,
+def strategy_warnings(names: list[str], params: dict[str, Any], pixels_per_image: int | None,
                       optimizer: str = "adamw") -> dict[str, str]:
     """Strategy name → one-line warning for valid settings that cannot act or defeat the strategy
     under the rest of the config: images of ``pixels_per_image`` label pixels (None: unknown),
     ``train.optimizer`` ``optimizer`` (``Strategy.config_warning``); empty when there is none."""
-    configs = parse_strategy_params(names, params)
+    configs = strategy_settings(names, params)
     setting = Setting(pixels_per_image, optimizer)
     return {n: msg for n in names if (msg := get_strategy(n).config_warning(configs[n], setting))}
 
 
-def validate_strategies(names: list[str], params: dict[str, dict[str, Any]], source: str = "config") -> None:
-    """Names, hyperparameters and composition; raises ConfigError (one line naming the key)."""
-    configs = parse_strategy_params(names, params, source)
+def validate_strategies(names: list[str], params: dict[str, Any], source: str = "config") -> None:
+    """Names, hyperparameters (raw ones; typed ones are taken as they are) and composition; raises
+    ConfigError (one line naming the key)."""
+    configs = strategy_settings(names, params, source)
     check_composition([(get_strategy(n), configs[n]) for n in names], source)
 
 
 class Objective:
     """The strategies of one run, composed (module docstring)."""
 
-    def __init__(self, names: list[str], params: dict[str, dict[str, Any]], ctx: StrategyContext,
-                 source: str = "config"):
-        configs = parse_strategy_params(names, params, source)
+    def __init__(self, names: list[str], params: dict[str, Any], ctx: StrategyContext, source: str = "config"):
+        """``params``: a RunConfig's ``strategy_params`` (typed settings, taken as they are) or raw mappings."""
+        configs = strategy_settings(names, params, source)
         classes = [get_strategy(n) for n in names]
         check_composition(list(zip(classes, configs.values())), source)
         self.ctx = ctx
