@@ -342,23 +342,20 @@ def _ray_script(code: str, gcs: str, env: dict) -> str:
     return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
 
 
-def _node_of(temp_dir: str, gcs: str, env: dict) -> str:
-    """The Ray node id of the node started with ``temp_dir`` (its sockets live under it)."""
-    code = ("print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive'] and "
-            f"n['ObjectStoreSocketName'].startswith({temp_dir + '/'!r})]))")
-    (node,) = json.loads(_ray_script(code, gcs, env))
-    return node
-
-
 HOLD = """
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 @ray.remote(num_cpus=1)
 class Hold:
     def ping(self):
         return 1
-h = Hold.options(name='hold', lifetime='detached',
-                 scheduling_strategy=NodeAffinitySchedulingStrategy(%r, soft=False)).remote()
-print(ray.get(h.ping.remote()))
+temp_dirs = %r
+alive = [n for n in ray.nodes() if n['Alive']]
+nodes = [next(n['NodeID'] for n in alive if n['ObjectStoreSocketName'].startswith(d + '/')) for d in temp_dirs]
+holds = [Hold.options(name=f'hold-{i}', lifetime='detached',
+                      scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+         for i, node in enumerate(nodes[:-1])]
+assert ray.get([h.ping.remote() for h in holds]) == [1] * len(holds)
+print(json.dumps(nodes))
 """
 
 
@@ -366,9 +363,10 @@ print(ray.get(h.ping.remote()))
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_trial_whose_node_dies_finishes_on_the_other_node(two_nodes, data_root, tmp_path):
-    """The trial runs on the worker node (a detached actor holds the head's one CPU); once it has
-    checkpointed, the head's CPU is freed and the worker node's raylet SIGKILLed. Tune retries the
-    trial (``ray.max_failures=1``) on the head from its last checkpoint, in the same MLflow run."""
+    """The trial runs on the last worker node (detached actors hold the one CPU of the head and of every
+    other worker node); once it has checkpointed, the head's CPU is freed and the last worker node's
+    raylet SIGKILLed. Tune retries the trial (``ray.max_failures=1``) on the head from its last
+    checkpoint, in the same MLflow run."""
     import time
 
     from hardseg.platform import local_cluster
@@ -376,8 +374,10 @@ def test_a_trial_whose_node_dies_finishes_on_the_other_node(two_nodes, data_root
     state = two_nodes["state"]
     gcs, head_dir, worker_dir = state.gcs_address, state.temp_dirs[0], state.temp_dirs[-1]
     env = {**two_nodes["env"], "RAY_ADDRESS": gcs}  # a driver on the head
-    head, worker = _node_of(head_dir, gcs, env), _node_of(worker_dir, gcs, env)
-    assert _ray_script(HOLD % head, gcs, env) == "1"
+    # the node ids of the nodes started with these temp dirs (their sockets live under them); every
+    # CPU but the last worker node's held ('hold-0' the head's)
+    nodes = json.loads(_ray_script(HOLD % (list(state.temp_dirs),), gcs, env))
+    head, worker = nodes[0], nodes[-1]
     _write_space(tmp_path, num_samples=1)
     epochs = 10
     args = _sweep_args(data_root, tmp_path / "shared-runs", state.mlflow_url, "node-kill",
@@ -405,7 +405,7 @@ def test_a_trial_whose_node_dies_finishes_on_the_other_node(two_nodes, data_root
     try:
         run, _ = trial_run(1)
         assert run.data.tags["hardseg.node_id"] == worker  # where the trial runs first
-        _ray_script("ray.kill(ray.get_actor('hold')); print('freed')", gcs, env)  # room on the head for the retry
+        _ray_script("ray.kill(ray.get_actor('hold-0')); print('freed')", gcs, env)  # room on the head for the retry
         trial_run(2)  # the checkpoint of epoch 1 at least is stored
         raylet = [p for p in local_cluster.node_pids(worker_dir)
                   if b"raylet" in Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0]]
