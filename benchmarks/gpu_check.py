@@ -60,7 +60,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from cityscapes_files import make_cityscapes  # noqa: E402
-from hardseg.config import RunConfig, load_config  # noqa: E402
+from hardseg.config import HardsegConfig, load_config  # noqa: E402
 from hardseg.data import build_dataset  # noqa: E402
 from hardseg.errors import ConfigError  # noqa: E402
 from hardseg.keys import FAILURE  # noqa: E402
@@ -87,7 +87,7 @@ def settings(args: argparse.Namespace) -> dict:
                 threads=cpus, loader_batches=args.steps, eval_images=args.eval_images)
 
 
-def run_config(model: str, root: Path, s: dict, strategies: list[str], epochs: int) -> RunConfig:
+def run_config(model: str, root: Path, s: dict, strategies: list[str], epochs: int) -> HardsegConfig:
     h, w = s["crop"]
     return load_config(None, [
         "data.dataset=cityscapes", f"data.root={root}", f"data.augment.crop=[{h},{w}]", "data.augment.scale=[0.5,2.0]",
@@ -136,7 +136,7 @@ class PeakMemory:
 
 
 # -- the measurements ----------------------------------------------------------------
-def hardseg_loop(cfg: RunConfig, device: torch.device) -> dict:
+def hardseg_loop(cfg: HardsegConfig, device: torch.device) -> dict:
     """hardseg's loop through its plain entry point; the last epoch's median step time and throughput."""
     with PeakMemory(device) as mem:
         hist = run_local(cfg, device=str(device))
@@ -160,7 +160,7 @@ def bare_step(net, images: torch.Tensor, target: torch.Tensor, opt, sched, scale
     sched.step()
 
 
-def bare_loop(cfg: RunConfig, device: torch.device) -> dict:
+def bare_loop(cfg: HardsegConfig, device: torch.device) -> dict:
     """The reference: forward, CE, scaled backward, optimiser and poly schedule under autocast, channels_last,
     on the same model, loader (workers, pinned memory) and optimiser as hardseg's run; nothing else."""
     torch.set_num_threads(cfg.train.num_threads or 1)
@@ -190,7 +190,7 @@ def bare_loop(cfg: RunConfig, device: torch.device) -> dict:
             "epoch_time_s": elapsed, "peak_mib": mem.mib}
 
 
-def step_only(cfg: RunConfig, device: torch.device, repeat: int) -> dict:
+def step_only(cfg: HardsegConfig, device: torch.device, repeat: int) -> dict:
     """The training step alone: hardseg's ``train_one_epoch`` vs the bare step on the same batches held in
     memory (no loader), alternating ``repeat`` times; each side's fastest median step time."""
     from hardseg.trainables.loop import train_one_epoch
@@ -224,7 +224,7 @@ def step_only(cfg: RunConfig, device: torch.device, repeat: int) -> dict:
     return {"hardseg_step_time_s": ours, "bare_step_time_s": bare, "step_time_ratio": min(ours) / min(bare)}
 
 
-def loader_images_per_s(cfg: RunConfig, device: torch.device, batches: int) -> float:
+def loader_images_per_s(cfg: HardsegConfig, device: torch.device, batches: int) -> float:
     """The training loader alone (decode, augment, collate, pin): images/s after its first batch."""
     ds = build_dataset(cfg.data, "train", train=True)
     loader, sampler = build_train_loader(cfg, ds, 0, 1, device)
@@ -243,7 +243,7 @@ def loader_images_per_s(cfg: RunConfig, device: torch.device, batches: int) -> f
     return n / (time.perf_counter() - start)
 
 
-def eval_one_image(cfg: RunConfig, device: torch.device, mode: str) -> dict:
+def eval_one_image(cfg: HardsegConfig, device: torch.device, mode: str) -> dict:
     """One full-size val image, ``mode`` whole or slide, autocast and channels_last as in training."""
     c = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"mode": mode})})
     ds = build_dataset(c.data, "val", train=False)
@@ -264,7 +264,7 @@ def eval_one_image(cfg: RunConfig, device: torch.device, mode: str) -> dict:
     return {"time_s": took, "peak_mib": mem.mib}
 
 
-def eval_throughput(cfg: RunConfig, device: torch.device, mode: str) -> dict:
+def eval_throughput(cfg: HardsegConfig, device: torch.device, mode: str) -> dict:
     """Images/s of the loop's ``evaluate`` over the val split (``mode`` whole or slide, autocast and
     channels_last), and the metrics' share: ``SegMetrics.update`` alone on the same targets and
     predictions, on the device, over the evaluation's time."""
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[gpu_check] {n_train} Cityscapes-format files at {s['size']} in {time.perf_counter() - t0:.1f}s; "
           f"device {device}", flush=True)
 
-    def cfg_for(strategies: list[str], epochs: int) -> RunConfig:
+    def cfg_for(strategies: list[str], epochs: int) -> HardsegConfig:
         return run_config(args.model, root, s, strategies, epochs)
 
     res: dict = {"model": args.model, "settings": {**s, "size": list(s["size"]), "crop": list(s["crop"])},

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hardseg.config import RunConfig
+from hardseg.config import HardsegConfig
 from hardseg.trainables.ray_worker import RaySession, fit_worker
 
 KILL_RANK, KILL_AT_EPOCH = 1, 3
@@ -46,7 +46,7 @@ class KillingSession(RaySession):
 
 def kill_rank_1_at_epoch_3(config: dict[str, Any]) -> None:
     """A ``train_loop_per_worker`` like the production one, with a :class:`KillingSession`."""
-    fit_worker(RunConfig.model_validate(config["run"]), KillingSession(KILL_RANK, KILL_AT_EPOCH))
+    fit_worker(HardsegConfig.model_validate(config["run"]), KillingSession(KILL_RANK, KILL_AT_EPOCH))
 
 
 class DriverKillingSession(RaySession):
@@ -70,4 +70,4 @@ class DriverKillingSession(RaySession):
 
 def kill_driver_at(config: dict[str, Any], pid: int, at: int) -> None:
     """A ``train_loop_per_worker`` whose rank 0 kills the driver ``pid`` at iteration ``at``."""
-    fit_worker(RunConfig.model_validate(config["run"]), DriverKillingSession(pid, at))
+    fit_worker(HardsegConfig.model_validate(config["run"]), DriverKillingSession(pid, at))

@@ -1,4 +1,4 @@
-"""Search spaces: presets, one-line errors for invalid spaces, Optuna sampling, RunConfigs."""
+"""Search spaces: presets, one-line errors for invalid spaces, Optuna sampling, HardsegConfigs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import optuna
 import pytest
 import yaml
 
-from hardseg.config import RunConfig
+from hardseg.config import HardsegConfig
 from hardseg.errors import ConfigError
 from hardseg.search_spaces import SearchSpace, available_presets, load_space, preset_path
 
@@ -216,7 +216,7 @@ def test_define_by_run_conditional_params():
             assert 1e-3 <= t["strategy_params.hl.lam"] <= 1e-1
         if "focal" in names:
             assert 0.5 <= t["strategy_params.focal.gamma"] <= 3.0
-        assert isinstance(s.run_config(t), RunConfig)  # every sampled combination is a valid run
+        assert isinstance(s.run_config(t), HardsegConfig)  # every sampled combination is a valid run
     assert sample(s, 12) == trials[:12]  # same seed, same sequence
 
 

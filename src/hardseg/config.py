@@ -24,7 +24,7 @@ from hardseg.errors import ConfigError, DataError, HardsegError, one_line
 from hardseg.strict import Strict
 
 __all__ = [
-    "AugmentConfig", "DataConfig", "EvalConfig", "LossConfig", "ModelConfig", "RayConfig", "RunConfig",
+    "AugmentConfig", "DataConfig", "EvalConfig", "LossConfig", "ModelConfig", "RayConfig", "HardsegConfig",
     "Strict", "SyntheticConfig", "TTAConfig", "TrackingConfig", "TrainConfig", "apply_overrides", "check_eval",
     "check_registered_names", "check_schedule", "config_tree", "default_config_path", "flatten", "load_config",
     "recipe_names", "resolve_recipe", "section", "validate_config",
@@ -211,8 +211,9 @@ class TrackingConfig(Strict):
                                        "SQLite MLflow store (use PostgreSQL on a multi-node cluster)")
 
 
-class RunConfig(Strict):
-    """One training run: everything ``hardseg train`` needs."""
+class HardsegConfig(Strict):
+    """One training run: everything ``hardseg train`` needs. It is not named RunConfig because Ray Train and Tune
+    have a RunConfig of their own."""
 
     name: str = "train"
     seed: int = 0
@@ -229,7 +230,7 @@ class RunConfig(Strict):
     tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
-    def _typed_strategy_params(self, info: ValidationInfo) -> RunConfig:
+    def _typed_strategy_params(self, info: ValidationInfo) -> HardsegConfig:
         """Each ``strategy_params`` entry becomes its strategy's settings model (``HLConfig``, ...), validated here,
         once; an entry typed already (a config changed through :func:`config_tree`) is kept as it is. The error
         names the key (``info.context["source"]`` starts it; :func:`validate_config` sets it)."""
@@ -263,7 +264,7 @@ class StrategySettingsError(HardsegError):
     unwrapped (it is no ValueError); :func:`validate_config` raises it as the :class:`ConfigError` it was."""
 
 
-def config_tree(cfg: RunConfig) -> dict[str, Any]:
+def config_tree(cfg: HardsegConfig) -> dict[str, Any]:
     """``cfg`` as a tree to change and validate again: plain data, except each strategy's settings, which stay
     typed, so that validating the changed tree validates only the settings a change reaches (:func:`section`)."""
     tree = cfg.model_dump(mode="json")
@@ -356,7 +357,7 @@ def default_config_path() -> Path:
     return Path(str(resources.files("hardseg") / "configs" / "default.yaml"))
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> RunConfig:
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> HardsegConfig:
     """Load and validate a run configuration.
 
     Args:
@@ -381,10 +382,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
     return validate_config(tree, source)
 
 
-def validate_config(tree: dict[str, Any], source: str = "config") -> RunConfig:
+def validate_config(tree: dict[str, Any], source: str = "config") -> HardsegConfig:
     """Validate a raw tree: schema, then names against the registries."""
     try:
-        cfg = RunConfig.model_validate(tree, context={"source": source})
+        cfg = HardsegConfig.model_validate(tree, context={"source": source})
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
     except StrategySettingsError as err:
@@ -398,7 +399,7 @@ def validate_config(tree: dict[str, Any], source: str = "config") -> RunConfig:
     return cfg
 
 
-def check_schedule(cfg: RunConfig, source: str = "config") -> None:
+def check_schedule(cfg: HardsegConfig, source: str = "config") -> None:
     """Exactly one of ``train.epochs`` and ``train.iters``; intervals and warm-up no longer than the run."""
     t = cfg.train
     if t.epochs is not None and t.iters is not None:
@@ -414,16 +415,16 @@ def check_schedule(cfg: RunConfig, source: str = "config") -> None:
         raise ConfigError(f"{source}: train.warmup_iters={t.warmup_iters} must be shorter than train.iters={t.iters}")
 
 
-def check_eval(cfg: RunConfig, source: str = "config") -> None:
+def check_eval(cfg: HardsegConfig, source: str = "config") -> None:
     """Sliding-window evaluation needs a window: ``eval.crop`` or, by default, ``data.augment.crop``."""
     if cfg.eval.mode == "slide" and cfg.eval.crop is None and cfg.data.augment.crop is None:
         raise ConfigError(f"{source}: eval.mode=slide needs a window; set eval.crop (or data.augment.crop), "
                           f"e.g. eval.crop=[512,1024]")
 
 
-def check_registered_names(cfg: RunConfig, source: str = "config") -> None:
+def check_registered_names(cfg: HardsegConfig, source: str = "config") -> None:
     """Model, dataset and strategy names must exist; the strategies must compose (their settings were typed with
-    the schema, :meth:`RunConfig._typed_strategy_params`)."""
+    the schema, :meth:`HardsegConfig._typed_strategy_params`)."""
     # local: the registries' built-ins need torch; the schema above answers a bad --set without it
     from hardseg.models import check_model_name
     from hardseg.strategies import validate_strategies

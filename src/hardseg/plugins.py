@@ -24,13 +24,13 @@ from hardseg.errors import one_line
 T = TypeVar("T")
 
 
-def load_entry_points(group: str, kind: str, *, known: Container[str], accept: Callable[[object], bool],
+def load_entry_points(group: str, noun: str, *, known: Container[str], accept: Callable[[object], bool],
                       expected: str, register: Callable[[str, object], None], broken: dict[str, str]) -> None:
     """Register every entry point of ``group`` whose name is not ``known`` yet.
 
     Args:
         group: the entry-point group, e.g. ``hardseg.models``.
-        kind: the word used in messages (``model``, ``strategy``, ``dataset``).
+        noun: the word used in messages (``model``, ``strategy``, ``dataset``).
         known: names already registered (the built-ins win).
         accept: whether a loaded object is usable; otherwise it is recorded as broken.
         expected: what an acceptable object is, for the message (``a SegModel class or builder``).
@@ -43,10 +43,10 @@ def load_entry_points(group: str, kind: str, *, known: Container[str], accept: C
         try:
             obj = ep.load()
         except Exception as exc:  # a broken plugin must not break the built-ins
-            broken[ep.name] = f"{kind} plugin '{ep.name}' ({ep.value}) failed to import: {one_line(exc)}"
+            broken[ep.name] = f"{noun} plugin '{ep.name}' ({ep.value}) failed to import: {one_line(exc)}"
             continue
         if not accept(obj):
-            broken[ep.name] = f"{kind} plugin '{ep.name}' ({ep.value}) is not {expected}"
+            broken[ep.name] = f"{noun} plugin '{ep.name}' ({ep.value}) is not {expected}"
             continue
         register(ep.name, obj)
 
@@ -56,7 +56,7 @@ class Registry(Generic[T]):
 
     Args:
         group: the entry-point group, e.g. ``hardseg.models``.
-        kind: the word used in messages (``model``, ``strategy``, ``dataset``).
+        noun: the word used in messages (``model``, ``strategy``, ``dataset``).
         error: the exception type of a failed lookup (ConfigError, DataError).
         accept: whether a plugin's loaded object is usable.
         expected: what a usable object is, for the message.
@@ -66,10 +66,10 @@ class Registry(Generic[T]):
             (lets a registry whose built-ins need heavy modules import them on the first lookup).
     """
 
-    def __init__(self, group: str, kind: str, *, error: type[Exception], accept: Callable[[object], bool],
+    def __init__(self, group: str, noun: str, *, error: type[Exception], accept: Callable[[object], bool],
                  expected: str, plugin: Callable[[str, object], "T | str"] | None = None,
                  builtins: Callable[[], object] | None = None):
-        self.group, self.kind, self.error = group, kind, error
+        self.group, self.noun, self.error = group, noun, error
         self.builtins = builtins
         self.accept, self.expected, self.plugin = accept, expected, plugin
         self.items: dict[str, T] = {}
@@ -80,7 +80,7 @@ class Registry(Generic[T]):
         """Register ``obj`` under ``name``; a second, different object of that name is an error."""
         if name in self.items and self.items[name] is not obj:
             owner = getattr(self.items[name], "__module__", None)
-            raise ValueError(f"{self.kind} '{name}' is already registered" + (f" by {owner}" if owner else ""))
+            raise ValueError(f"{self.noun} '{name}' is already registered" + (f" by {owner}" if owner else ""))
         self.items[name] = obj
         return obj
 
@@ -91,7 +91,7 @@ class Registry(Generic[T]):
         self.loaded = True
         if self.builtins is not None:
             self.builtins()
-        load_entry_points(self.group, self.kind, known=self.items, accept=self.accept, expected=self.expected,
+        load_entry_points(self.group, self.noun, known=self.items, accept=self.accept, expected=self.expected,
                           register=self._add_plugin, broken=self.broken)
 
     def _add_plugin(self, name: str, obj: object) -> None:
@@ -112,7 +112,7 @@ class Registry(Generic[T]):
             return None
         if name in self.broken:
             return self.broken[name].splitlines()[0]
-        return f"unknown {self.kind} '{name}'; allowed: {', '.join(self.names())}"
+        return f"unknown {self.noun} '{name}'; allowed: {', '.join(self.names())}"
 
     def get(self, name: str) -> T:
         """The object called ``name``; ``error`` (one line saying why) otherwise."""

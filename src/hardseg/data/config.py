@@ -2,7 +2,7 @@
 
 They live here, inside :mod:`hardseg.data`, so the data modules read their own
 settings without importing :mod:`hardseg.config` (which assembles them into a
-:class:`~hardseg.config.RunConfig` and re-exports them, so
+:class:`~hardseg.config.HardsegConfig` and re-exports them, so
 ``from hardseg.config import DataConfig`` keeps working). Layouts: docs/datasets.md.
 """
 

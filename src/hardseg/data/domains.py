@@ -63,13 +63,13 @@ class Domain:
     corruption: tuple[str, int] | None = None  # (name, severity) applied to every image
 
 
-def _path_domain(spec: str, name: str, kind: str, tail: str) -> Domain:
-    fmt = get_dataset(kind)
+def _path_domain(spec: str, name: str, dataset: str, tail: str) -> Domain:
+    fmt = get_dataset(dataset)
     if not fmt.path_domain:
-        raise DataError(f"evaluation domain '{spec}': dataset '{kind}' has no path form; name its splits directly")
+        raise DataError(f"evaluation domain '{spec}': dataset '{dataset}' has no path form; name its splits directly")
     root, *args = tail.split(":")
     if not root:
-        raise DataError(f"evaluation domain '{spec}': give a path, e.g. {kind}:/data/{kind}[:val]")
+        raise DataError(f"evaluation domain '{spec}': give a path, e.g. {dataset}:/data/{dataset}[:val]")
     variant = None
     if fmt.variants and args:
         key = f"{fmt.variant_key}=" if fmt.variant_key else ""
@@ -80,9 +80,9 @@ def _path_domain(spec: str, name: str, kind: str, tail: str) -> Domain:
                                 f"of {', '.join(fmt.variants)}")
     if fmt.variant_required and variant is None:
         raise DataError(f"evaluation domain '{spec}': name one of {', '.join(fmt.variants)}, e.g. "
-                        f"{kind}:{root}:{fmt.variants[0]}[:val]")
+                        f"{dataset}:{root}:{fmt.variants[0]}[:val]")
     if len(args) > 1:
-        raise DataError(f"evaluation domain '{spec}': too many ':' parts (write {kind}:PATH[:SPLIT])")
+        raise DataError(f"evaluation domain '{spec}': too many ':' parts (write {dataset}:PATH[:SPLIT])")
     split = args[0] if args else "val"
     root_path = Path(root).expanduser()
     if name:
@@ -92,7 +92,7 @@ def _path_domain(spec: str, name: str, kind: str, tail: str) -> Domain:
         name = fmt.domain_name(root_path, variant, split)
     else:
         name = folder_name(root_path, variant, split)
-    return Domain(spec, name, kind, str(root_path), split, variant)
+    return Domain(spec, name, dataset, str(root_path), split, variant)
 
 
 def _corrupt_domain(spec: str, name: str, tail: str) -> Domain:

@@ -39,7 +39,7 @@ class ExportedModel(nn.Module):
 
 def export_metadata(cfg: Any, info: Any, mean: tuple[float, ...], std: tuple[float, ...],
                     best_epoch: int | None = None) -> dict[str, Any]:
-    """JSON-ready description of a run's model (``cfg``: the RunConfig, ``info``: its DatasetInfo)."""
+    """JSON-ready description of a run's model (``cfg``: the HardsegConfig, ``info``: its DatasetInfo)."""
     name = cfg.model.name
     encoder = cfg.model.encoder or (default_encoder(name[4:]) if name.startswith("smp:") else None)
     return {

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import ray
 
 from hardseg import timeline
-from hardseg.config import RayConfig, RunConfig
+from hardseg.config import RayConfig, HardsegConfig
 from hardseg.errors import ConfigError
 from hardseg.platform.console import ray_runtime_env
 
@@ -89,7 +89,7 @@ def local_cpus(cfg: RayConfig) -> int:
     return max(os.cpu_count() or 1, int(cfg.num_workers * cfg.cpus_per_worker + 0.999))
 
 
-def worker_resources(cfg: RunConfig) -> dict[str, float]:
+def worker_resources(cfg: HardsegConfig) -> dict[str, float]:
     """What one training worker reserves: ``ray.cpus_per_worker`` CPUs and, with ``ray.use_gpu``,
     ``ray.gpus_per_worker`` GPUs (a fraction lets trials share a GPU). The one place for both the
     Tune trial resources, Train's ``ScalingConfig`` and the sweep's concurrency."""
@@ -99,14 +99,14 @@ def worker_resources(cfg: RunConfig) -> dict[str, float]:
     return res
 
 
-def trial_resources(cfg: RunConfig, in_process: bool) -> dict[str, float]:
+def trial_resources(cfg: HardsegConfig, in_process: bool) -> dict[str, float]:
     """One-worker trials train in the trial's process; others only drive a TorchTrainer."""
     if in_process and cfg.ray.num_workers == 1:
         return worker_resources(cfg)
     return {TRIAL_DRIVER_RESOURCE: 1}
 
 
-def concurrency(cfg: RunConfig, resources: dict[str, float], limit: int | None, num_trials: int) -> int:
+def concurrency(cfg: HardsegConfig, resources: dict[str, float], limit: int | None, num_trials: int) -> int:
     """Trials at once: what the cluster's CPUs (and GPUs, ``ray.gpus_per_worker`` each, fractions
     included) fit, capped by the space and the trial count."""
     total = ray.cluster_resources()
@@ -128,7 +128,7 @@ def _fits(available: float, per_trial: float) -> int:
     return int(available / per_trial + 1e-9)
 
 
-def connect_ray(base_cfg: RunConfig) -> dict:
+def connect_ray(base_cfg: HardsegConfig) -> dict:
     """Join the cluster, or start a local Ray with one ``trial_driver`` slot per trial the cores fit."""
     per_trial = max(1, int(base_cfg.ray.num_workers * base_cfg.ray.cpus_per_worker))
     return ensure_ray(base_cfg.ray, trial_drivers=max(1, (os.cpu_count() or 1) // per_trial))
@@ -173,12 +173,12 @@ def _amount(n: float, key: str) -> str:
     return f"{value} {key}{'s' if n != 1 and key in ('CPU', 'GPU') else ''}"
 
 
-def run_need(cfg: RunConfig) -> ResourceNeed:
+def run_need(cfg: HardsegConfig) -> ResourceNeed:
     """``hardseg train``: ``ray.num_workers`` workers (Train's controller takes nothing)."""
     return ResourceNeed("hardseg train", cfg.ray.num_workers, worker_resources(cfg))
 
 
-def trial_need(cfg: RunConfig, resources: dict[str, float]) -> ResourceNeed:
+def trial_need(cfg: HardsegConfig, resources: dict[str, float]) -> ResourceNeed:
     """One sweep trial with ``resources`` (:func:`trial_resources`): itself, or its driver plus its workers."""
     if TRIAL_DRIVER_RESOURCE not in resources:
         return ResourceNeed("each sweep trial", 1, dict(resources))

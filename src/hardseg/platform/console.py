@@ -1,7 +1,7 @@
 """What hardseg's commands print: Ray's console knobs, set in one place.
 
 hardseg prints its own lines (``[hardseg] ...``: the per-epoch line, the live
-trial table of :mod:`hardseg.platform.progress`, where the runs and the report
+trial table of :mod:`hardseg.platform.trial_table`, where the runs and the report
 went). Ray would add its own around them; each knob below turns one of those
 off, through the environment variable Ray 2.60 reads for it:
 

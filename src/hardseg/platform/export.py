@@ -33,7 +33,7 @@ from mlflow.artifacts import download_artifacts
 from mlflow.models import Model, ModelSignature
 from mlflow.types import Schema, TensorSpec
 
-from hardseg.config import RunConfig
+from hardseg.config import HardsegConfig
 from hardseg.data import dataset_info
 from hardseg.data.normalisation import IMAGENET_MEAN, IMAGENET_STD
 from hardseg.errors import ConfigError, one_line
@@ -99,7 +99,7 @@ def is_model_uri(location: str) -> bool:
 
 
 def load_logged_model(uri: str, tracking_uri: str) -> tuple[torch.nn.Module, Any]:
-    """(model, RunConfig) of a logged hardseg model (``runs:/<id>/model``, ``models:/<name>/<version>``);
+    """(model, HardsegConfig) of a logged hardseg model (``runs:/<id>/model``, ``models:/<name>/<version>``);
     needs nothing of the dataset (class names, palette and normalisation are in its metadata)."""
     try:
         local = download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri)
@@ -110,7 +110,7 @@ def load_logged_model(uri: str, tracking_uri: str) -> tuple[torch.nn.Module, Any
     if "config" not in meta:
         raise ConfigError(f"{uri} is not a hardseg model (its MLmodel has no hardseg metadata)")
     model = mlflow.pytorch.load_model(local, map_location="cpu")
-    return model.eval(), RunConfig.model_validate(meta["config"])
+    return model.eval(), HardsegConfig.model_validate(meta["config"])
 
 
 def register(run_id: str, name: str, tracking_uri: str) -> str:
@@ -139,8 +139,8 @@ def run_export_file(run: str, tracking_uri: str | None) -> tuple[Path, str | Non
 
 
 def training_checkpoint_model(state: dict[str, Any]):
-    """(network, HL branch or None, RunConfig) of a training checkpoint (``checkpoint.pt``)."""
-    cfg = RunConfig.model_validate(state["config"])
+    """(network, HL branch or None, HardsegConfig) of a training checkpoint (``checkpoint.pt``)."""
+    cfg = HardsegConfig.model_validate(state["config"])
     build_cfg = cfg.model_copy(deep=True)
     build_cfg.model.pretrained, build_cfg.model.init_from, build_cfg.model.init_skip = "none", None, []
     info = dataset_info(cfg.data)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hardseg.config import RunConfig
+from hardseg.config import HardsegConfig
 from hardseg.data import dataset_info
 from hardseg.data.base import IMAGE_EXTENSIONS, read_image
 from hardseg.data.cityscapes import CITYSCAPES_INFO, LABELS
@@ -87,7 +87,7 @@ def find_images(paths: Sequence[str]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
-def load_model(model: str, tracking_uri: str | None) -> tuple[torch.nn.Module, RunConfig]:
+def load_model(model: str, tracking_uri: str | None) -> tuple[torch.nn.Module, HardsegConfig]:
     """The inference model and run config of a file, an MLflow model URI or an MLflow run id."""
     if RUN_ID.fullmatch(model) and not Path(model).exists():
         model = f"runs:/{model}/model"
@@ -112,7 +112,7 @@ def encode(pred: np.ndarray, fmt: str, palette: Sequence[Sequence[int]]) -> Imag
 
 
 @torch.no_grad()
-def predict_images(model: torch.nn.Module, cfg: RunConfig, images: Sequence[Path], out_dir: Path, fmt: str,
+def predict_images(model: torch.nn.Module, cfg: HardsegConfig, images: Sequence[Path], out_dir: Path, fmt: str,
                    device: str = "cpu") -> list[Path]:
     """Write one PNG per image into ``out_dir``; returns the files written."""
     if fmt not in FORMATS:

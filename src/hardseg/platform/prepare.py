@@ -24,7 +24,7 @@ from typing import Callable
 from mlflow.artifacts import download_artifacts
 
 from hardseg import keys
-from hardseg.config import RunConfig, apply_overrides, load_config, validate_config
+from hardseg.config import HardsegConfig, apply_overrides, load_config, validate_config
 from hardseg.data import available_splits, build_dataset, resolve_root
 from hardseg.data.corruption_cache import check_caches
 from hardseg.data.domains import absolute_spec, build_domain, parse_domains
@@ -41,7 +41,7 @@ from hardseg.trainables.checkpoints import EXPORT_FILE
 SWEEPS_DIR = "sweeps"  # under ray.storage_path: each sweep's Tune experiment and state
 
 
-def resolve_paths(cfg: RunConfig, workdir: Path | None = None) -> RunConfig:
+def resolve_paths(cfg: HardsegConfig, workdir: Path | None = None) -> HardsegConfig:
     """Make relative data, storage and evaluation-domain paths absolute (Ray changes the working directory)."""
     base = (workdir or Path.cwd()).resolve()
     cfg = cfg.model_copy(deep=True)
@@ -59,7 +59,7 @@ def resolve_paths(cfg: RunConfig, workdir: Path | None = None) -> RunConfig:
     return cfg
 
 
-def fetch_init_from(location: str, cfg: RunConfig, base: Path) -> str:
+def fetch_init_from(location: str, cfg: HardsegConfig, base: Path) -> str:
     """``model.init_from`` as a file every worker reads: a path made absolute, or an MLflow
     ``runs:/RUN_ID/PATH`` (or other artifact URI) downloaded once on the driver into
     ``<storage_path>/init_from/``; when ``ray.storage_path`` is a URI (``s3://``, ``file://``), the
@@ -82,7 +82,7 @@ def fetch_init_from(location: str, cfg: RunConfig, base: Path) -> str:
     return str(_download_init_from(location, cfg, Path(storage) / "init_from" / folder))
 
 
-def _download_init_from(location: str, cfg: RunConfig, dest: Path) -> Path:
+def _download_init_from(location: str, cfg: HardsegConfig, dest: Path) -> Path:
     """``location`` (an MLflow artifact URI) downloaded into ``dest``; a folder means its export file."""
     dest.mkdir(parents=True, exist_ok=True)
     try:
@@ -108,7 +108,7 @@ class PreparedData:
     weight_reports: list = field(default_factory=list)  # hardseg.models.pretrained.LoadReport
 
 
-def prepare_data(cfg: RunConfig, generate: bool = True) -> PreparedData:
+def prepare_data(cfg: HardsegConfig, generate: bool = True) -> PreparedData:
     """Generate the synthetic set once on the driver, or check a real dataset,
     so that workers neither race to generate it nor fail on a bad file later;
     then check the strategies' settings and the weight files (``model.pretrained``,
@@ -138,7 +138,7 @@ def prepare_data(cfg: RunConfig, generate: bool = True) -> PreparedData:
     return PreparedData(records, reports)
 
 
-def _check_split_names(cfg: RunConfig, domains: list) -> list[str]:
+def _check_split_names(cfg: HardsegConfig, domains: list) -> list[str]:
     """Every split the run reads exists (the synthetic set's without generating it); returns the test split's
     name, or none."""
     splits = available_splits(cfg.data)
@@ -153,7 +153,7 @@ def _check_split_names(cfg: RunConfig, domains: list) -> list[str]:
     return test
 
 
-def _read_splits(cfg: RunConfig, domains: list, test: list[str], real: bool, root: Path, generate: bool) -> list:
+def _read_splits(cfg: HardsegConfig, domains: list, test: list[str], real: bool, root: Path, generate: bool) -> list:
     """The splits and evaluation domains of :func:`prepare_data` read (and the synthetic set generated), with
     their lineage records; a path domain whose root is not here is read only by a run (``generate``)."""
     own: dict[str, object] = {}  # split of the training set -> its lineage
@@ -187,7 +187,7 @@ def _read_splits(cfg: RunConfig, domains: list, test: list[str], real: bool, roo
 class PreparedRun:
     """A run, prepared (:func:`prepare_run`)."""
 
-    cfg: RunConfig  # paths absolute, model.init_from fetched
+    cfg: HardsegConfig  # paths absolute, model.init_from fetched
     data: PreparedData
     warnings: dict[str, str]  # hardseg.warning.<strategy> tags (runs.strategy_warning_tags), computed once
 
@@ -195,8 +195,8 @@ class PreparedRun:
         return runs.warning_lines_of(self.warnings)
 
 
-def prepare_run(cfg: RunConfig, workdir: Path | None = None, *, dry_run: bool = False,
-                precheck: Callable[[RunConfig], None] | None = None) -> PreparedRun:
+def prepare_run(cfg: HardsegConfig, workdir: Path | None = None, *, dry_run: bool = False,
+                precheck: Callable[[HardsegConfig], None] | None = None) -> PreparedRun:
     """Everything ``hardseg train`` checks and resolves before Ray starts; its ``--dry-run`` the same
     (module docstring). ``precheck``: what this machine must give a real run (its CPUs/GPUs), called first.
 
@@ -219,8 +219,8 @@ class PreparedSweep:
 
     name: str
     config_path: str | None  # absolute
-    base: RunConfig  # every trial's config before its values (paths absolute)
-    options: dict[str, RunConfig]  # strategy option ('a+b') -> its trials' config before their other values
+    base: HardsegConfig  # every trial's config before its values (paths absolute)
+    options: dict[str, HardsegConfig]  # strategy option ('a+b') -> its trials' config before their other values
     data: PreparedData
     warning_lines: list[str]  # the distinct warnings a trial can meet, [hardseg] warning: ...
 
@@ -242,7 +242,7 @@ def check_overrides(space: SearchSpace, overrides: list[str], grid: dict[str, li
 def prepare_sweep(space: SearchSpace, config_path: str | None = None, overrides: list[str] | None = None, *,
                   name: str | None = None, grid: dict[str, list] | None = None,
                   configs: dict[str, list[str]] | None = None, workdir: Path | None = None, dry_run: bool = False,
-                  precheck: Callable[[RunConfig], None] | None = None) -> PreparedSweep:
+                  precheck: Callable[[HardsegConfig], None] | None = None) -> PreparedSweep:
     """Everything a sweep (``grid`` set: an ablation grid) checks and resolves before Ray starts; its
     ``--dry-run`` the same (module docstring). ``configs``: the named ``--set`` lists a grid's ``config`` key
     picks (``hardseg study``'s stage 3), each checked. ``precheck``: what this machine must give a real
@@ -282,8 +282,8 @@ def prepare_sweep(space: SearchSpace, config_path: str | None = None, overrides:
                          sweep_warning_lines(space, trials, config_path, overrides, file_config))
 
 
-def sweep_warning_lines(space: SearchSpace, options: dict[str, RunConfig], config_path: str | None,
-                        overrides: list[str], file_config: RunConfig) -> list[str]:
+def sweep_warning_lines(space: SearchSpace, options: dict[str, HardsegConfig], config_path: str | None,
+                        overrides: list[str], file_config: HardsegConfig) -> list[str]:
     """The distinct warning lines (:func:`hardseg.platform.runs.warning_lines`) of the trials a sweep or an
     ablation can have: one config per strategy option, its searched ``strategy_params`` at their first
     boundary value (a searched λ under AdamW is set in every trial that has it)."""
@@ -307,7 +307,7 @@ ARCHITECTURE = ("model.", "strategies", "strategy_params.", "data.dataset")
 
 
 def resume_config(client: tracking.MlflowClient, run_id: str, config_path: str | None, overrides: list[str],
-                  workdir: Path | None = None) -> RunConfig:
+                  workdir: Path | None = None) -> HardsegConfig:
     """The config to continue MLflow run ``run_id`` with: the run's own ``config.yaml`` with ``overrides``
     (or ``config_path`` with them, compared with the run's), before anything is reopened.
 

@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from hardseg import keys
-from hardseg.config import RunConfig
+from hardseg.config import HardsegConfig
 from hardseg.data.normalisation import IMAGENET_MEAN, IMAGENET_STD
 from hardseg.errors import HardsegError, NonFiniteLoss, TrainingError, one_line
 from hardseg.platform import tracking
@@ -69,7 +69,7 @@ def environment_tags() -> dict[str, str]:
             "python_version": _platform.python_version()}
 
 
-def model_tags(cfg: RunConfig, reports: list | None = None) -> dict[str, str]:
+def model_tags(cfg: HardsegConfig, reports: list | None = None) -> dict[str, str]:
     """The model's encoder, weights and the input normalisation of the run (data/transforms.py,
     the weights' recipe: models/pretrained.py), plus what each weight file gave."""
     tags = {keys.ENCODER: cfg.model.encoder or "", keys.PRETRAINED: cfg.model.pretrained,
@@ -79,7 +79,7 @@ def model_tags(cfg: RunConfig, reports: list | None = None) -> dict[str, str]:
     return tags
 
 
-def train_pixels_per_image(cfg: RunConfig) -> int | None:
+def train_pixels_per_image(cfg: HardsegConfig) -> int | None:
     """Label pixels of one training image as the config knows them (crop, or the synthetic size), else None."""
     crop = cfg.data.augment.crop
     if cfg.data.augment.enabled and crop:
@@ -87,7 +87,7 @@ def train_pixels_per_image(cfg: RunConfig) -> int | None:
     return cfg.data.synthetic.size ** 2 if cfg.data.dataset == "synthetic" else None
 
 
-def strategy_warning_tags(cfg: RunConfig) -> dict[str, str]:
+def strategy_warning_tags(cfg: HardsegConfig) -> dict[str, str]:
     """``hardseg.warning.<strategy>`` tags for settings that run but cannot act or defeat their
     strategy under the rest of ``cfg`` (OHEM's min_kept ≥ the pixels of an image, when the size is
     known here; HL's λ under AdamW): ``Strategy.config_warning``."""
@@ -96,7 +96,7 @@ def strategy_warning_tags(cfg: RunConfig) -> dict[str, str]:
     return {f"{keys.WARNING_PREFIX}{name}": msg for name, msg in warnings.items()}
 
 
-def warning_lines(cfgs: list[RunConfig]) -> list[str]:
+def warning_lines(cfgs: list[HardsegConfig]) -> list[str]:
     """The distinct ``[hardseg] warning: ...`` lines of :func:`strategy_warning_tags` over ``cfgs``
     (a run, or the trial configs a sweep can have), in first-seen order."""
     seen = dict.fromkeys(msg for cfg in cfgs for msg in strategy_warning_tags(cfg).values())
@@ -108,7 +108,7 @@ def warning_lines_of(tags: dict[str, str]) -> list[str]:
     return [f"[hardseg] warning: {msg}" for msg in dict.fromkeys(tags.values())]
 
 
-def training_tags(cfg: RunConfig, warnings: dict[str, str] | None = None) -> dict[str, str]:
+def training_tags(cfg: HardsegConfig, warnings: dict[str, str] | None = None) -> dict[str, str]:
     """What a run trains: strategies, model, data, seed and which split each reported number comes
     from (the best epoch and sweeps use val; ``test/*`` is held out). ``warnings``: the run's
     :func:`strategy_warning_tags`, computed already (else here)."""
@@ -124,7 +124,7 @@ def training_tags(cfg: RunConfig, warnings: dict[str, str] | None = None) -> dic
     }
 
 
-def config_text(cfg: RunConfig) -> str:
+def config_text(cfg: HardsegConfig) -> str:
     """The resolved config as the YAML logged with every training run (``config.yaml``)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
 

@@ -51,11 +51,11 @@ from hardseg.platform.cluster import (TRIAL_DRIVER_RESOURCE, check_resources, co
 from hardseg.platform.multinode import check_multinode
 from hardseg.platform.names import check_name
 from hardseg.platform.prepare import SWEEPS_DIR, prepare_sweep, resolve_paths
-from hardseg.platform.progress import ProgressTable
 from hardseg.platform.runs import RunCloser, environment_tags, reopen_run
 from hardseg.platform.storage import absolute_location, storage_exists, storage_fs, storage_join
 from hardseg.platform.sweep_runs import child_runs, close_open_runs, log_summary, start_parent_run
 from hardseg.platform.trial import TrialSpec, run_trial
+from hardseg.platform.trial_table import TrialTable
 from hardseg.search_spaces import SearchSpace
 from hardseg.trainables.schedule import EPOCH, length_of, unit_of
 
@@ -361,7 +361,7 @@ def _make_tuner(state: SweepState, sweep_root: str, space: SearchSpace):
         param_space = {}
     run_config = tune.RunConfig(
         name=spec.sweep_name, storage_path=sweep_root, verbose=0,
-        callbacks=[ProgressTable(s.metrics[0])],
+        callbacks=[TrialTable(s.metrics[0])],
         # a trial whose worker or node dies goes on from its last checkpoint, in the same MLflow run
         # (one that failed in its own code is not trained again: hardseg.platform.trial)
         failure_config=tune.FailureConfig(max_failures=state.max_failures),

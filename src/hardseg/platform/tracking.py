@@ -145,17 +145,17 @@ def last_steps(client: MlflowClient, run_id: str) -> dict[str, int]:
     interval; ``log``: ``iter/loss``, every ``train.log_interval`` iterations); -1 for none. A resumed run's
     logger starts after them (:class:`MLflowEpochLogger`)."""
     out = {}
-    for kind, key in (("report", f"{keys.TRAIN_PREFIX}loss"), ("log", f"{keys.ITER_PREFIX}loss")):
-        out[kind] = max((m.step for m in client.get_metric_history(run_id, key)), default=-1)
+    for entry, key in (("report", f"{keys.TRAIN_PREFIX}loss"), ("log", f"{keys.ITER_PREFIX}loss")):
+        out[entry] = max((m.step for m in client.get_metric_history(run_id, key)), default=-1)
     return out
 
 
 def report_step(metrics: dict[str, Any]) -> tuple[str, int]:
     """What a report or log is (``report`` or ``log``) and its MLflow step: the epoch of an epoch
     schedule's report, else the iteration."""
-    kind = "log" if keys.VISUALS in metrics or any(k.startswith(keys.ITER_PREFIX) for k in metrics) else "report"
+    entry = "log" if keys.VISUALS in metrics or any(k.startswith(keys.ITER_PREFIX) for k in metrics) else "report"
     unit = EPOCH if EPOCH in metrics else ITERATION
-    return kind, int(metrics.get(unit, 0))
+    return entry, int(metrics.get(unit, 0))
 
 
 class MLflowEpochLogger:
@@ -184,16 +184,16 @@ class MLflowEpochLogger:
     def log(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
         if keys.FAILURE in metrics:  # a worker's NonFiniteLoss (trainables.ray_worker.fit_worker)
             set_tags(self.client, self.run_id, {keys.ERROR: metrics[keys.FAILURE]})
-        kind, step = report_step(metrics)
+        entry, step = report_step(metrics)
         if keys.VISUALS in metrics:
             if step > self.logged["report"]:
                 for name, data in sorted(metrics[keys.VISUALS].items()):
                     with Image.open(io.BytesIO(data)) as img:
                         self.client.log_image(self.run_id, img.copy(), key=name, step=step)
             return
-        if step <= self.logged[kind] and keys.FAILURE not in metrics:
+        if step <= self.logged[entry] and keys.FAILURE not in metrics:
             return
-        self.logged[kind] = max(self.logged[kind], step)
+        self.logged[entry] = max(self.logged[entry], step)
         log_metrics(self.client, self.run_id, {k: v for k, v in metrics.items() if k not in (EPOCH, ITERATION)
                                                or (k == ITERATION and EPOCH in metrics)}, step)
         if checkpoint_dir is not None and (Path(checkpoint_dir) / "visuals").is_dir():

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from hardseg import keys, timeline
-from hardseg.config import RunConfig
+from hardseg.config import HardsegConfig
 from hardseg.platform import runs, tracking
 from hardseg.platform.cluster import check_resources, ensure_ray, precheck_local, run_need, wait_for_resources
 from hardseg.platform.prepare import prepare_data, prepare_run, resume_config
@@ -33,7 +33,7 @@ class TrainOutcome:
     wall_s: float = 0.0
 
 
-def run_training(cfg: RunConfig, *, workdir: Path | None = None, tags: dict[str, str] | None = None,
+def run_training(cfg: HardsegConfig, *, workdir: Path | None = None, tags: dict[str, str] | None = None,
                  train_loop=None) -> TrainOutcome:
     """Prepare (:func:`hardseg.platform.prepare.prepare_run`, as ``--dry-run`` does), then train with
     ``cfg.ray.num_workers`` DDP workers.
@@ -99,7 +99,7 @@ def resume_training(run_id: str, *, config_path: str | None = None, overrides: l
     return _train(cfg, client, run_id, exp_id, uri, config_yaml, train_loop, logged, need=need, missing=missing)
 
 
-def _train(cfg: RunConfig, client, run_id: str, exp_id: str, uri: str, config_yaml: str, train_loop,
+def _train(cfg: HardsegConfig, client, run_id: str, exp_id: str, uri: str, config_yaml: str, train_loop,
            logged: dict[str, int] | None = None, *, need, missing: str | None) -> TrainOutcome:
     """Fit the run's TorchTrainer inside the MLflow run, which ends FINISHED or FAILED with the reason;
     on an autoscaling cluster first wait for ``need`` (``missing``: :func:`~hardseg.platform.cluster.check_resources`)."""

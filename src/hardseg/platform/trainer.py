@@ -12,7 +12,7 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingCon
 from ray.train import RunConfig as TrainRunConfig
 from ray.train.torch import TorchTrainer
 
-from hardseg.config import RunConfig
+from hardseg.config import HardsegConfig
 from hardseg.platform import runs, tracking
 from hardseg.platform.cluster import CONTROLLER_ENV, worker_resources
 from hardseg.platform.train_callbacks import MLflowCallback, controller_callbacks
@@ -21,13 +21,13 @@ from hardseg.trainables.ray_worker import train_loop_per_worker
 __all__ = ["CONTROLLER_ENV", "MLflowCallback", "log_result", "make_trainer", "scaling_config"]
 
 
-def scaling_config(cfg: RunConfig) -> ScalingConfig:
+def scaling_config(cfg: HardsegConfig) -> ScalingConfig:
     """Ray Train's ``ScalingConfig``: ``ray.num_workers`` workers of :func:`worker_resources` each."""
     return ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                          resources_per_worker=worker_resources(cfg))
 
 
-def make_trainer(cfg: RunConfig, run_id: str, uri: str, *, name: str | None = None,
+def make_trainer(cfg: HardsegConfig, run_id: str, uri: str, *, name: str | None = None,
                  callbacks: list | None = None, train_loop: Callable[[dict], None] | None = None,
                  logged: dict[str, int] | None = None) -> TorchTrainer:
     """The ``TorchTrainer`` of one run: DDP workers, ``train.keep_checkpoints`` checkpoints under

@@ -1,4 +1,4 @@
-"""One sweep trial: a Ray Tune function trainable that trains one RunConfig.
+"""One sweep trial: a Ray Tune function trainable that trains one HardsegConfig.
 
 Each trial is one MLflow child run of the sweep's parent run (tag
 ``mlflow.parentRunId``), found again by its Tune trial id when a resumed

@@ -4,10 +4,10 @@ One file is one space::
 
     name: quickstart                  # optional; defaults to the file stem
     description: one line shown in listings
-    base:                             # RunConfig overrides for every trial, dotted keys (as --set);
+    base:                             # HardsegConfig overrides for every trial, dotted keys (as --set);
       train.epochs: 4                 # values may be scalars, lists or mappings
       strategies: [hl]                # fixes the trial's strategies when 'strategies' is not a param
-    params:                           # dotted RunConfig path -> distribution
+    params:                           # dotted HardsegConfig path -> distribution
       strategies: {categorical: [ce, hl, "hl+ohem", [focal, coarse_to_fine]]}
       train.lr: {loguniform: [1.0e-3, 1.0e-2]}
       train.batch_size: {int: [8, 16], step: 8}        # inclusive; optional step or log: true
@@ -29,7 +29,7 @@ Distributions: exactly one of ``uniform: [lo, hi]``, ``loguniform: [lo, hi]``
 in the trial's strategies for the parameter to be sampled; ``strategy_params.<s>.<key>``
 gets ``when: [<s>]`` implicitly. ``strategies`` choices are a name, an
 ``a+b`` string or a list, normalised to ``a+b`` strings (Optuna choices are
-primitives) and turned back into lists in the RunConfig; ``strategy_params``
+primitives) and turned back into lists in the HardsegConfig; ``strategy_params``
 of strategies a trial does not have (from the config file or base) are dropped.
 Optuna parameter names are the dotted paths. :meth:`SearchSpace.validate`
 checks every path and boundary value before any trial starts.

@@ -1,8 +1,8 @@
-"""The search space model: parameters, sweep settings, validation, sampling, RunConfigs.
+"""The search space model: parameters, sweep settings, validation, sampling, HardsegConfigs.
 
 See the package docstring for the YAML format. Parsing (:meth:`SearchSpace.from_dict`)
 checks the file's shape; :meth:`SearchSpace.validate` checks every parameter and
-boundary value against :class:`~hardseg.config.RunConfig` and the strategy registry,
+boundary value against :class:`~hardseg.config.HardsegConfig` and the strategy registry,
 so a bad space fails before any trial starts.
 """
 
@@ -16,13 +16,13 @@ from typing import Any, Literal, get_origin
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from hardseg import keys
-from hardseg.config import (RunConfig, _format_validation_error, apply_overrides, config_tree, load_config, section,
-                            validate_config)
+from hardseg.config import (HardsegConfig, _format_validation_error, apply_overrides, config_tree, load_config,
+                            section, validate_config)
 from hardseg.errors import ConfigError
 from hardseg.strategies import available_strategies, get_strategy
 from hardseg.strict import Strict
 
-KINDS = ("uniform", "loguniform", "int", "categorical")
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "categorical")
 _METRIC = re.compile(r"^[\w.-]+/[\w./-]+$")
 _PRIMITIVE = (str, int, float, bool, type(None))
 
@@ -109,10 +109,10 @@ class _SpaceFile(Strict):
 
 @dataclass(frozen=True)
 class Param:
-    """One sampled RunConfig value; ``when``: sampled only if ALL these strategies are in the trial's."""
+    """One sampled HardsegConfig value; ``when``: sampled only if ALL these strategies are in the trial's."""
 
     path: str
-    kind: Literal["uniform", "loguniform", "int", "categorical"]
+    distribution: Literal["uniform", "loguniform", "int", "categorical"]
     low: float | int | None = None
     high: float | int | None = None
     step: float | int | None = None
@@ -122,19 +122,21 @@ class Param:
 
     def boundary_values(self) -> list[Any]:
         """The values :meth:`SearchSpace.validate` checks: low and high, or every choice."""
-        return list(self.choices) if self.kind == "categorical" else [self.low, self.high]
+        return list(self.choices) if self.distribution == "categorical" else [self.low, self.high]
 
     def suggest(self, trial: Any) -> Any:
         """Ask an ``optuna.trial.Trial`` for this parameter's value (named by its dotted path)."""
-        if self.kind == "categorical":
+        if self.distribution == "categorical":
             return trial.suggest_categorical(self.path, list(self.choices))
-        if self.kind == "int":
+        if self.distribution == "int":
             return trial.suggest_int(self.path, self.low, self.high, step=self.step or 1, log=self.log)
-        return trial.suggest_float(self.path, self.low, self.high, step=self.step, log=self.kind == "loguniform")
+        return trial.suggest_float(self.path, self.low, self.high, step=self.step,
+                                   log=self.distribution == "loguniform")
 
     def to_dict(self) -> dict[str, Any]:
         """The parameter in the YAML format (with ``when`` made explicit)."""
-        out: dict[str, Any] = {self.kind: list(self.choices) if self.kind == "categorical" else [self.low, self.high]}
+        values = list(self.choices) if self.distribution == "categorical" else [self.low, self.high]
+        out: dict[str, Any] = {self.distribution: values}
         out.update({k: v for k, v in (("step", self.step), ("log", self.log)) if v})
         return out | ({"when": list(self.when)} if self.when else {})
 
@@ -160,13 +162,13 @@ def _combo(choice: Any, where: str) -> str:
 def parse_param(path: str, raw: dict[str, Any], src: str) -> Param:
     """Check one ``params`` entry's shape (not yet its path or values) and build the Param."""
     where = f"{src}: '{path}'"
-    kinds = [k for k in KINDS if k in raw]
-    if len(kinds) != 1:
-        raise ConfigError(f"{where} needs exactly one of {', '.join(KINDS)}, got keys {sorted(raw)}")
-    kind = kinds[0]
-    allowed = {kind, "when"} | ({"step"} if kind in ("uniform", "int") else set()) | ({"log"} if kind == "int" else set())
+    dists = [k for k in DISTRIBUTIONS if k in raw]
+    if len(dists) != 1:
+        raise ConfigError(f"{where} needs exactly one of {', '.join(DISTRIBUTIONS)}, got keys {sorted(raw)}")
+    dist = dists[0]
+    allowed = {dist, "when"} | ({"step"} if dist in ("uniform", "int") else set()) | ({"log"} if dist == "int" else set())
     if extra := sorted(set(raw) - allowed):
-        raise ConfigError(f"{where}: unknown key '{extra[0]}' for a {kind} parameter; allowed: {', '.join(sorted(allowed))}")
+        raise ConfigError(f"{where}: unknown key '{extra[0]}' for a {dist} parameter; allowed: {', '.join(sorted(allowed))}")
     when = raw.get("when")
     when = [when] if isinstance(when, str) else when
     if when is not None and (path == "strategies" or not isinstance(when, list) or not when
@@ -175,22 +177,22 @@ def parse_param(path: str, raw: dict[str, Any], src: str) -> Param:
     if when is None and path.startswith("strategy_params."):
         when = [path.split(".")[1]]
     when = tuple(when or ())
-    if kind == "categorical":
-        choices = raw[kind]
+    if dist == "categorical":
+        choices = raw[dist]
         if not isinstance(choices, list) or not choices:
             raise ConfigError(f"{where}: categorical needs at least one choice, e.g. {{categorical: [a, b]}}")
         if path == "strategies":
             choices = [_combo(c, where) for c in choices]
         elif not all(isinstance(c, _PRIMITIVE) for c in choices):
             raise ConfigError(f"{where}: categorical choices must be strings, numbers, booleans or null")
-        return Param(path, kind, choices=tuple(choices), when=when)
+        return Param(path, dist, choices=tuple(choices), when=when)
     if path == "strategies":
         raise ConfigError(f"{where} must be categorical, e.g. {{categorical: [ce, hl, 'hl+ohem']}}")
-    integer = kind == "int"
-    rng = [_number(x, integer) for x in raw[kind]] if isinstance(raw[kind], list) else raw[kind]
+    integer = dist == "int"
+    rng = [_number(x, integer) for x in raw[dist]] if isinstance(raw[dist], list) else raw[dist]
     ok = (int,) if integer else (int, float)
     if not (isinstance(rng, list) and len(rng) == 2 and all(isinstance(x, ok) and not isinstance(x, bool) for x in rng)):
-        raise ConfigError(f"{where}: {kind} needs [low, high] with two {'integers' if integer else 'numbers'}, got {raw[kind]!r}")
+        raise ConfigError(f"{where}: {dist} needs [low, high] with two {'integers' if integer else 'numbers'}, got {raw[dist]!r}")
     low, high = rng if integer else map(float, rng)
     if low > high:
         raise ConfigError(f"{where} has low > high: [{low}, {high}]")
@@ -199,11 +201,11 @@ def parse_param(path: str, raw: dict[str, Any], src: str) -> Param:
     log, step = raw.get("log", False), raw.get("step")
     if not isinstance(log, bool):
         raise ConfigError(f"{where}: 'log' must be true or false")
-    if (kind == "loguniform" or log) and low <= 0:
-        raise ConfigError(f"{where}: a {kind if kind == 'loguniform' else 'log'} range must be > 0, got [{low}, {high}]")
+    if (dist == "loguniform" or log) and low <= 0:
+        raise ConfigError(f"{where}: a {dist if dist == 'loguniform' else 'log'} range must be > 0, got [{low}, {high}]")
     if step is not None and (not isinstance(step, ok) or isinstance(step, bool) or step <= 0 or log):
         raise ConfigError(f"{where}: 'step' must be a positive {'integer' if integer else 'number'} (and not combined with log)")
-    return Param(path, kind, low, high, step, log, when=when)
+    return Param(path, dist, low, high, step, log, when=when)
 
 
 def _set(tree: dict[str, Any], dotted: str, value: Any, src: str) -> None:
@@ -222,7 +224,7 @@ def _is_model(x: Any) -> bool:
 
 
 def check_path(path: str, src: str) -> None:
-    """A parameter path must name one value of RunConfig (or of a strategy's Config)."""
+    """A parameter path must name one value of HardsegConfig (or of a strategy's Config)."""
     parts = path.split(".")
     if parts[0] == "strategy_params":
         known = available_strategies()
@@ -234,7 +236,7 @@ def check_path(path: str, src: str) -> None:
             raise ConfigError(f"{src}: unknown parameter '{path}' (keys allowed under "
                               f"'strategy_params.{parts[1]}': {', '.join(fields) or 'none'})")
         return
-    model: Any = RunConfig
+    model: Any = HardsegConfig
     for i, part in enumerate(parts):
         if not _is_model(model) or part not in model.model_fields:
             where = f"the keys allowed under '{'.'.join(parts[:i])}'" if i else "the top-level keys"
@@ -281,7 +283,7 @@ class SearchSpace:
         return [fixed.split("+") if isinstance(fixed, str) else list(fixed) if isinstance(fixed, list) else [str(fixed)]]
 
     def validate(self, config_path: str | None = None, *,
-                 file_config: RunConfig | None = None) -> dict[str, RunConfig]:
+                 file_config: HardsegConfig | None = None) -> dict[str, HardsegConfig]:
         """Check every path and boundary value on top of the config file (None: the default; ``file_config``: its
         config, loaded already) + base.
 
@@ -302,7 +304,7 @@ class SearchSpace:
         for key in self.base:
             if key.startswith("strategy_params.") and key.split(".")[1] not in possible:
                 raise ConfigError(f"{self.label}: base sets '{key}' but no trial can have '{key.split('.')[1]}'")
-        bases: dict[str, RunConfig] = {}
+        bases: dict[str, HardsegConfig] = {}
         if "strategies" in self.params:  # every choice is validated with base, first
             check_path("strategies", self.label)
             for choice in self.params["strategies"].choices:
@@ -351,8 +353,8 @@ class SearchSpace:
 
     def run_config(self, sampled: dict[str, Any], config_path: str | None = None,
                    extra_overrides: list[str] | dict[str, Any] | None = None, *,
-                   file_config: RunConfig | None = None) -> RunConfig:
-        """The validated RunConfig of one trial: config file (None: default) + base + sampled + extras.
+                   file_config: HardsegConfig | None = None) -> HardsegConfig:
+        """The validated HardsegConfig of one trial: config file (None: default) + base + sampled + extras.
 
         ``extra_overrides``: ``KEY=VALUE`` strings (as ``--set``) or a ``{dotted key: value}`` mapping.
         ``file_config``: the file's config, loaded already (else it is loaded here). The values are applied once

@@ -20,10 +20,10 @@ from hardseg.strategies.base import StrategyContext
 from hardseg.strategies.objective import Objective, TrainingModel
 
 if TYPE_CHECKING:  # the run config sits above the strategies (docs/architecture.md); only its type is named
-    from hardseg.config import RunConfig
+    from hardseg.config import HardsegConfig
 
 
-def build_training_model(cfg: RunConfig, info, class_frequencies: np.ndarray | None, meta: bool = False
+def build_training_model(cfg: HardsegConfig, info, class_frequencies: np.ndarray | None, meta: bool = False
                          ) -> tuple[TrainingModel, Objective]:
     """The network of ``cfg.model`` with the strategies' modules, for a dataset described by ``info``.
 
@@ -50,7 +50,7 @@ def build_training_model(cfg: RunConfig, info, class_frequencies: np.ndarray | N
     return tm, objective
 
 
-def check_strategies_fit(cfg: RunConfig) -> list:
+def check_strategies_fit(cfg: HardsegConfig) -> list:
     """Build the training model on the meta device so that model- and dataset-dependent strategy
     settings and weight files fail on the driver, before anything is logged; ConfigError names the key.
     Returns the weight files' load reports (:class:`hardseg.models.pretrained.LoadReport`)."""

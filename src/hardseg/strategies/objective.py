@@ -75,7 +75,7 @@ def parse_strategy_params(names: list[str], params: dict[str, Any],
                           source: str = "config") -> dict[str, StrategyConfig]:
     """Validate ``strategy_params`` against each strategy's Config: the typed settings of the strategies that
     ``params`` names, in the order of ``names``. An entry that is its strategy's Config already is taken as it
-    is: a validated RunConfig holds them so (``RunConfig._typed_strategy_params``), and nothing validates them
+    is: a validated HardsegConfig holds them so (``HardsegConfig._typed_strategy_params``), and nothing validates them
     again."""
     if not names:
         raise ConfigError(f"{source}: 'strategies' is empty; name at least one, e.g. [ce]")
@@ -114,7 +114,7 @@ def parse_strategy_params(names: list[str], params: dict[str, Any],
 
 
 def strategy_settings(names: list[str], params: dict[str, Any], source: str = "config") -> dict[str, StrategyConfig]:
-    """Every strategy's typed settings, in the order of ``names``: ``params[name]`` (a RunConfig's, typed already,
+    """Every strategy's typed settings, in the order of ``names``: ``params[name]`` (a HardsegConfig's, typed already,
     as it is; a raw mapping validated, :func:`parse_strategy_params`), else the strategy's defaults."""
     given = parse_strategy_params(names, params, source)
     return {n: given[n] if n in given else get_strategy(n).Config() for n in names}
@@ -154,7 +154,7 @@ class Objective:
     """The strategies of one run, composed (module docstring)."""
 
     def __init__(self, names: list[str], params: dict[str, Any], ctx: StrategyContext, source: str = "config"):
-        """``params``: a RunConfig's ``strategy_params`` (typed settings, taken as they are) or raw mappings."""
+        """``params``: a HardsegConfig's ``strategy_params`` (typed settings, taken as they are) or raw mappings."""
         configs = strategy_settings(names, params, source)
         classes = [get_strategy(n) for n in names]
         check_composition(list(zip(classes, configs.values())), source)

@@ -19,7 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from hardseg.config import RunConfig
+from hardseg.config import HardsegConfig
 from hardseg.strategies import TrainingModel
 from hardseg.trainables.best import BestModel, BestStore
 from hardseg.trainables.schedule import Schedule
@@ -68,7 +68,7 @@ class TrainingState:
     kept: list[str] = field(default_factory=list)  # best files of the checkpoints on disk, oldest first
     done: int = 0  # iterations done
 
-    def state_dict(self, done: int, cfg: RunConfig, rng: list[dict[str, Any]], schedule: Schedule) -> dict[str, Any]:
+    def state_dict(self, done: int, cfg: HardsegConfig, rng: list[dict[str, Any]], schedule: Schedule) -> dict[str, Any]:
         """The state after ``done`` iterations, with the run's config."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
@@ -93,7 +93,7 @@ class TrainingState:
         return self.done
 
 
-def save_checkpoint(cfg: RunConfig, done: int, state: TrainingState, export: nn.Module,
+def save_checkpoint(cfg: HardsegConfig, done: int, state: TrainingState, export: nn.Module,
                     rng: list[dict[str, Any]], schedule: Schedule, final: bool) -> Path:
     """A new folder with ``checkpoint.pt`` (the training state after ``done`` iterations, to resume).
 

@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from hardseg import keys
-from hardseg.config import RunConfig, TTAConfig, validate_config
+from hardseg.config import HardsegConfig, TTAConfig, validate_config
 from hardseg.data import build_dataset, dataset_info
 from hardseg.data.domains import build_domain, parse_domains
 from hardseg.errors import ConfigError
@@ -124,7 +124,7 @@ def metrics_for(info) -> SegMetrics:
                       info.thin_classes, ignore_index=info.ignore_index)
 
 
-def _domain_metrics(model: nn.Module, cfg: RunConfig, specs: list[str],
+def _domain_metrics(model: nn.Module, cfg: HardsegConfig, specs: list[str],
                     loader_for: Callable[[Dataset], DataLoader], settings: StepSettings) -> dict[str, float]:
     """``{"<domain name>/<metric>": value}`` for every domain spec (:mod:`hardseg.data.domains`; bad specs or
     data raise DataError); ``loader_for`` batches a domain's dataset."""
@@ -136,7 +136,7 @@ def _domain_metrics(model: nn.Module, cfg: RunConfig, specs: list[str],
     return out
 
 
-def evaluate_best_model(cfg: RunConfig, best: BestModel, inference: nn.Module, settings: StepSettings,
+def evaluate_best_model(cfg: HardsegConfig, best: BestModel, inference: nn.Module, settings: StepSettings,
                         rank: int, world_size: int) -> dict[str, float]:
     """What the last report adds: the best model (``best``'s weights in a copy of ``inference``) on this
     rank's shard of every ``data.eval_domains`` entry and of ``data.test_split``, summed over ranks:
@@ -167,7 +167,7 @@ def evaluate_best_model(cfg: RunConfig, best: BestModel, inference: nn.Module, s
 
 
 # -- after training: a checkpoint file on evaluation domains ------------------------------------------
-def load_inference_model(path: str | Path) -> tuple[nn.Module, RunConfig]:
+def load_inference_model(path: str | Path) -> tuple[nn.Module, HardsegConfig]:
     """The inference model stored at ``path`` and the config it was trained with."""
     path = Path(path)
     if not path.is_file():
@@ -175,7 +175,7 @@ def load_inference_model(path: str | Path) -> tuple[nn.Module, RunConfig]:
     state = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ConfigError(f"{path} is not a hardseg checkpoint (no 'model' and 'config' entries)")
-    cfg = RunConfig.model_validate(state["config"])
+    cfg = HardsegConfig.model_validate(state["config"])
     # Class frequencies only shape cb_ce's training loss; inference does not use them. The stored
     # weights replace the initial ones: model.pretrained / init_from files are not needed (nor read).
     info = dataset_info(cfg.data)
@@ -191,7 +191,7 @@ def load_inference_model(path: str | Path) -> tuple[nn.Module, RunConfig]:
 
 
 @torch.no_grad()
-def evaluate_domains(model: nn.Module, cfg: RunConfig, domains: list[str], device: str = "cpu",
+def evaluate_domains(model: nn.Module, cfg: HardsegConfig, domains: list[str], device: str = "cpu",
                      batch_size: int | None = None) -> dict[str, float]:
     """``{"<domain name>/<metric>": value}`` for every domain spec (bad specs or data raise DataError), in
     this process (no sharding).
@@ -206,9 +206,9 @@ def evaluate_domains(model: nn.Module, cfg: RunConfig, domains: list[str], devic
                            StepSettings.resolve(cfg, dev, world_size=1))
 
 
-def with_inference_options(cfg: RunConfig, mode: str | None = None, crop: Sequence[int] | None = None,
+def with_inference_options(cfg: HardsegConfig, mode: str | None = None, crop: Sequence[int] | None = None,
                            stride: Sequence[int] | None = None, tta_scales: Sequence[float] | None = None,
-                           tta_flip: bool | None = None, tta_img_scale: Sequence[int] | None = None) -> RunConfig:
+                           tta_flip: bool | None = None, tta_img_scale: Sequence[int] | None = None) -> HardsegConfig:
     """``cfg`` with a command line's inference options (``hardseg evaluate`` / ``predict``: ``--mode``,
     ``--crop``, ``--stride``, ``--tta-scales``, ``--tta-flip``, ``--tta-img-scale``) in place of the run's
     ``eval`` settings, validated as a config (a scale <= 0 or a slide mode without a window raise ConfigError)."""

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, SequentialSampler
 
-from hardseg.config import RunConfig
+from hardseg.config import HardsegConfig
 from hardseg.trainables.progress import epoch_bar
 
 
@@ -28,7 +28,7 @@ def seed_for(*parts: int) -> int:
     return h
 
 
-def loader_workers(cfg: RunConfig) -> int:
+def loader_workers(cfg: HardsegConfig) -> int:
     """``data.loader_workers``, by default one per CPU of the training worker beyond its own."""
     if cfg.data.loader_workers is not None:
         return cfg.data.loader_workers
@@ -77,7 +77,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return len(self.sampler)  # type: ignore[arg-type]
 
 
-def _loader_options(cfg: RunConfig, device: torch.device, persistent: bool) -> dict[str, Any]:
+def _loader_options(cfg: HardsegConfig, device: torch.device, persistent: bool) -> dict[str, Any]:
     workers = loader_workers(cfg)
     opts: dict[str, Any] = {"num_workers": workers, "pin_memory": device.type == "cuda"}
     if workers:
@@ -85,7 +85,7 @@ def _loader_options(cfg: RunConfig, device: torch.device, persistent: bool) -> d
     return opts
 
 
-def build_train_loader(cfg: RunConfig, train_set: Dataset, rank: int, world_size: int,
+def build_train_loader(cfg: HardsegConfig, train_set: Dataset, rank: int, world_size: int,
                        device: torch.device) -> tuple[DataLoader, EpochSampler]:
     """The training batches of this rank and the sampler whose ``set_epoch`` starts each epoch."""
     if cfg.train.shuffle:
@@ -155,11 +155,11 @@ class ShardSampler(Sampler[int]):
         return len(self.indices)
 
 
-def eval_batch_size(cfg: RunConfig) -> int:
+def eval_batch_size(cfg: HardsegConfig) -> int:
     return cfg.eval.batch_size or cfg.train.batch_size
 
 
-def build_eval_loader(cfg: RunConfig, ds: Dataset, rank: int, world_size: int, device: torch.device,
+def build_eval_loader(cfg: HardsegConfig, ds: Dataset, rank: int, world_size: int, device: torch.device,
                       persistent: bool = False) -> DataLoader:
     """``eval.batch_size`` batches of ``ds``, each rank its own shard."""
     return DataLoader(ds, batch_size=eval_batch_size(cfg), sampler=ShardSampler(len(ds), rank, world_size),

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from hardseg.config import RunConfig, load_config
+from hardseg.config import HardsegConfig, load_config
 from hardseg.errors import HardsegError, NonFiniteLoss
 from hardseg.keys import FAILURE, VISUALS
 from hardseg.trainables.best import BestStore
@@ -72,7 +72,7 @@ class LocalSession:
             tmp.rename(dest)
 
 
-def run_local(cfg: RunConfig, out_dir: Path | None = None, device: str | None = None) -> list[dict[str, Any]]:
+def run_local(cfg: HardsegConfig, out_dir: Path | None = None, device: str | None = None) -> list[dict[str, Any]]:
     """Train in this process; returns the per-epoch metrics. A non-finite loss ends the history
     with its failure report (``{"epoch": n, "error": "non-finite loss: ..."}``) instead of raising."""
     session = LocalSession(out_dir, device)

@@ -29,7 +29,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from hardseg import keys
-from hardseg.config import RunConfig
+from hardseg.config import HardsegConfig
 from hardseg.data import build_dataset, class_pixel_frequencies
 from hardseg.errors import NonFiniteLoss
 from hardseg.models import SegOutput
@@ -258,7 +258,7 @@ def _mean_over_ranks(values: dict[str, Tensor], world_size: int, device: torch.d
     return dict(zip(keys, t.tolist()))
 
 
-def fit(cfg: RunConfig, session: Session) -> dict[str, Any]:
+def fit(cfg: HardsegConfig, session: Session) -> dict[str, Any]:
     """Train ``cfg`` on this worker; returns the last reported metrics.
 
     Raises :class:`~hardseg.errors.NonFiniteLoss` on every rank when the loss or the

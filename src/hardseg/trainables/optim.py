@@ -8,12 +8,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from hardseg.config import RunConfig
+from hardseg.config import HardsegConfig
 from hardseg.strategies import TrainingModel
 from hardseg.trainables.schedule import Schedule
 
 
-def build_optimizer(cfg: RunConfig, model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
+def build_optimizer(cfg: HardsegConfig, model: nn.Module, fused: bool = False) -> torch.optim.Optimizer:
     """SGD or AdamW over a :class:`TrainingModel`'s ``param_groups()``: the network, then each strategy's
     modules as their own group at ``train.lr`` × the group's ``lr_mult`` (``strategy_params.hl.lr_mult``);
     any other module is one group. ``fused`` (CUDA) also lets GradScaler skip its per-step host sync."""

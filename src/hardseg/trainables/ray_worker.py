@@ -22,7 +22,7 @@ import torch.nn as nn
 from ray.experimental.tqdm_ray import tqdm
 
 from hardseg import keys, timeline
-from hardseg.config import RunConfig
+from hardseg.config import HardsegConfig
 from hardseg.errors import NonFiniteLoss
 from hardseg.trainables.best import BestStore
 from hardseg.trainables.checkpoints import CHECKPOINT_FILE
@@ -90,7 +90,7 @@ class RaySession:
         ray.train.report(metrics)
 
 
-def fit_worker(cfg: RunConfig, session: Session) -> None:
+def fit_worker(cfg: HardsegConfig, session: Session) -> None:
     """:func:`~hardseg.trainables.loop.fit` on a Ray Train worker. Every rank meets a
     :class:`~hardseg.errors.NonFiniteLoss` at the same step and reports it
     (:meth:`~hardseg.errors.NonFiniteLoss.as_report`); the MLflow callback turns the report
@@ -105,7 +105,7 @@ def fit_worker(cfg: RunConfig, session: Session) -> None:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Entry point given to ``TorchTrainer``; ``config["run"]`` is a RunConfig dump."""
+    """Entry point given to ``TorchTrainer``; ``config["run"]`` is a HardsegConfig dump."""
     # A process that only builds the TorchTrainer (a sweep trial, the driver) pickles this function by
     # reference and never loads the loop; the worker does, here.
     # local: the loop (torchvision, the data and model code) costs seconds to import (issue 26)
@@ -119,5 +119,5 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     session = RaySession()
     if session.rank == 0 and os.environ.get(BAR_ENV) == "1":
         set_bar_factory(tqdm)  # drawn by Ray on the driver's terminal
-    fit_worker(RunConfig.model_validate(config["run"]), session)
+    fit_worker(HardsegConfig.model_validate(config["run"]), session)
     timeline.mark("worker: train function done", rank=session.rank)

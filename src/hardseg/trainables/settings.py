@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hardseg.config import RunConfig
+from hardseg.config import HardsegConfig
 from hardseg.errors import ConfigError
 
 FINITE_CHECK_EVERY = 32  # CUDA steps between reads of the device-side non-finite flag
@@ -46,7 +46,7 @@ class StepSettings:
     check_every: int | None = None
 
     @classmethod
-    def resolve(cls, cfg: RunConfig, device: torch.device, world_size: int) -> "StepSettings":
+    def resolve(cls, cfg: HardsegConfig, device: torch.device, world_size: int) -> "StepSettings":
         """``train.amp``, ``train.channels_last`` (``auto``: on for CUDA), ``eval.mode`` and ``train.epochs``."""
         dtype = resolve_amp(cfg.train.amp, device)
         return cls(device, amp=dtype is not None, amp_dtype=dtype,
@@ -83,7 +83,7 @@ def autocast_for(device: torch.device, enabled: bool, dtype: torch.dtype | None 
     return torch.autocast(device.type, dtype=dtype or (torch.float16 if device.type == "cuda" else torch.bfloat16))
 
 
-def slide_settings(cfg: RunConfig) -> tuple[tuple[int, int], tuple[int, int]] | None:
+def slide_settings(cfg: HardsegConfig) -> tuple[tuple[int, int], tuple[int, int]] | None:
     """``(crop, stride)`` for ``eval.mode: slide`` (None: whole-image inference).
 
     The window defaults to ``data.augment.crop`` (what the model was trained on),
@@ -102,7 +102,7 @@ def slide_settings(cfg: RunConfig) -> tuple[tuple[int, int], tuple[int, int]] | 
     return tuple(crop), tuple(stride)  # type: ignore[return-value]
 
 
-def configure_backends(cfg: RunConfig) -> None:
+def configure_backends(cfg: HardsegConfig) -> None:
     """``train.cudnn_benchmark`` and ``train.deterministic`` (process-wide PyTorch switches).
 
     Deterministic mode warns instead of failing where an op has no deterministic

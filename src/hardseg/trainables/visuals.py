@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from hardseg.config import RunConfig
+from hardseg.config import HardsegConfig
 from hardseg.models import SegOutput
 from hardseg.strategies import Objective, TrainingModel
 from hardseg.trainables.schedule import EPOCH, Schedule
 from hardseg.trainables.settings import StepSettings
 
 
-def wants_visuals(cfg: RunConfig, schedule: Schedule, done: int, evaluated: int) -> bool:
+def wants_visuals(cfg: HardsegConfig, schedule: Schedule, done: int, evaluated: int) -> bool:
     """``train.log_images_every``: every n-th epoch (epoch schedules) or n-th evaluation, and at the end."""
     every = cfg.train.log_images_every
     if not every:

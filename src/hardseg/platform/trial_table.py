@@ -8,7 +8,7 @@ from typing import Any
 from ray.tune import Callback
 
 
-class ProgressTable(Callback):
+class TrialTable(Callback):
     """A live table of trials (trial, strategy, params, epoch, metric, status) as a Tune callback: at most
     one print per ``every_s`` while trials report, one when a trial ends, and one at the end of the sweep
     if anything changed since the last print."""
