@@ -60,11 +60,11 @@ def test_check_a_broken_tree(capsys, tmp_path, case):
         assert "UNKNOWN: 34" in out and "40" in out  # the table names the unknown ids
 
 
-def test_train_on_a_broken_tree_writes_nothing_to_mlflow(capsys, tmp_path, sqlite_uri):
+def test_train_on_a_broken_tree_writes_nothing_to_mlflow(capsys, tmp_path, unopened_sqlite_uri):
     root = ft.voc(tmp_path / "VOC2012")
     bad = root / "SegmentationClass" / "2007_000001.png"
     ft.png(bad, ft.stripes([0, 99]), palette=ft.voc_palette())
     code, _, err = _run(capsys, ["train", "--set", "data.dataset=voc", "--set", f"data.root={root}",
-                                 "--set", "data.eval_domains=[]", "--tracking-uri", sqlite_uri])
+                                 "--set", "data.eval_domains=[]", "--tracking-uri", unopened_sqlite_uri])
     assert code == 2 and f"mask {bad}: label id 99" in _one_error(err)
-    assert not Path(sqlite_uri[len("sqlite:///"):]).exists()  # the store was not even opened
+    assert not Path(unopened_sqlite_uri[len("sqlite:///"):]).exists()  # the store was not even opened

@@ -167,13 +167,13 @@ def test_evaluate_with_tta_and_slide(trained):
 
 
 @pytest.mark.parametrize("scales", ["[0]", "[1.0,-0.5]"])
-def test_tta_scales_not_positive_is_one_line_exit_2(capsys, sqlite_uri, scales):
+def test_tta_scales_not_positive_is_one_line_exit_2(capsys, unopened_sqlite_uri, scales):
     from pathlib import Path
 
-    rc = cli(["train", "--set", f"eval.tta.scales={scales}", "--tracking-uri", sqlite_uri])
+    rc = cli(["train", "--set", f"eval.tta.scales={scales}", "--tracking-uri", unopened_sqlite_uri])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and "eval.tta.scales" in err[0], err
-    assert not Path(sqlite_uri[len("sqlite:///"):]).exists()  # no MLflow store, so no run
+    assert not Path(unopened_sqlite_uri[len("sqlite:///"):]).exists()  # no MLflow store, so no run
 
 
 def test_report_accuracy_section_lists_aacc_miou_macc_and_per_class():
