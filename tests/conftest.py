@@ -96,7 +96,8 @@ def ray_local():
 @pytest.fixture(scope="session")
 def _mlflow_schema(tmp_path_factory) -> Path:
     """An MLflow SQLite store with MLflow's tables and nothing else, made once per session: creating
-    them (MLflow's migrations) takes 1.5-2.5 s a store here, which a test copying this file skips."""
+    them (MLflow's migrations) takes 1.5-2.5 s a store here, which a test copying this file skips. Made in a
+    subprocess, so MLflow's "Creating initial MLflow database tables" lines reach no test's captured output."""
     db = tmp_path_factory.mktemp("mlflow-schema") / "mlflow.db"
     out = subprocess.run([sys.executable, "-c", "import sys; from mlflow.tracking import MlflowClient; "
                           "MlflowClient(sys.argv[1]).search_experiments()", f"sqlite:///{db}"],
@@ -106,20 +107,18 @@ def _mlflow_schema(tmp_path_factory) -> Path:
 
 
 @pytest.fixture()
-def sqlite_uri(tmp_path, _mlflow_schema) -> str:
-    """A new, empty MLflow SQLite store of the test's own (a copy of the session's schema-only store)."""
-    db = tmp_path / "mlruns" / "mlflow.db"
-    db.parent.mkdir(parents=True)
-    shutil.copyfile(_mlflow_schema, db)
-    return f"sqlite:///{db}"
-
-
-@pytest.fixture()
 def unopened_sqlite_uri(tmp_path) -> str:
     """An MLflow SQLite URI whose file does not exist yet: for a test that checks the store is never opened."""
     db = tmp_path / "mlruns" / "mlflow.db"
     db.parent.mkdir(parents=True)
     return f"sqlite:///{db}"
+
+
+@pytest.fixture()
+def sqlite_uri(unopened_sqlite_uri, _mlflow_schema) -> str:
+    """A new, empty MLflow SQLite store of the test's own (a copy of the session's schema-only store)."""
+    shutil.copyfile(_mlflow_schema, unopened_sqlite_uri[len("sqlite:///"):])
+    return unopened_sqlite_uri
 
 
 def free_port() -> int:

@@ -367,8 +367,8 @@ print(json.dumps(nodes))
 def test_a_trial_whose_node_dies_finishes_on_the_other_node(two_nodes, data_root, tmp_path):
     """The trial runs on the last worker node (detached actors hold the one CPU of the head and of every
     other worker node); once it has checkpointed, the head's CPU is freed and the last worker node's
-    processes (raylet and all) SIGKILLed. Tune retries the trial (``ray.max_failures=1``) on the head from its last
-    checkpoint, in the same MLflow run."""
+    processes (raylet and all) SIGKILLed. Tune retries the trial (``ray.max_failures=1``) on the head
+    from its last checkpoint, in the same MLflow run."""
     import time
 
     from hardseg.platform import local_cluster
@@ -409,9 +409,9 @@ def test_a_trial_whose_node_dies_finishes_on_the_other_node(two_nodes, data_root
         assert run.data.tags["hardseg.node_id"] == worker  # where the trial runs first
         _ray_script("ray.kill(ray.get_actor('hold-0')); print('freed')", gcs, env)  # room on the head for the retry
         trial_run(2)  # the checkpoint of epoch 1 at least is stored
-        # the node dies: its raylet and every process on it at once (a raylet killed alone leaves the
-        # trial's process training for a while, and a short trial may finish before it notices)
-        # (its workers, the trial's among them, are the raylet's children, renamed 'ray::…')
+        # the node dies: its raylet and every process on it at once, its workers (the raylet's children,
+        # renamed 'ray::…', the trial's among them) too; a raylet killed alone leaves the trial training
+        # for a while, and a short trial may finish before it notices
         procs = [psutil.Process(p) for p in local_cluster.node_pids(worker_dir)]
         assert any("raylet" in p.cmdline()[0] for p in procs), procs
         procs += [c for p in procs for c in p.children(recursive=True)]

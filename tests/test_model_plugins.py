@@ -82,7 +82,8 @@ def plugin_registry(tmp_path, monkeypatch):
     return plugins
 
 
-def test_broken_plugin_is_one_line_exit_2_and_nothing_logged(plugin_registry, data_root, unopened_sqlite_uri, capsys):
+def test_broken_plugin_is_one_line_exit_2_and_nothing_logged(plugin_registry, data_root, unopened_sqlite_uri,
+                                                              capsys):
     from hardseg.platform.cli import main as cli
 
     rc = cli(["train", *sum((["--set", o] for o in small_overrides(data_root)), []),

@@ -24,7 +24,7 @@ from hardseg.errors import ConfigError, DataError, HardsegError, one_line
 from hardseg.strict import Strict
 
 __all__ = [
-    "AugmentConfig", "DataConfig", "EvalConfig", "LossConfig", "ModelConfig", "RayConfig", "HardsegConfig",
+    "AugmentConfig", "DataConfig", "EvalConfig", "HardsegConfig", "LossConfig", "ModelConfig", "RayConfig",
     "Strict", "SyntheticConfig", "TTAConfig", "TrackingConfig", "TrainConfig", "apply_overrides", "check_eval",
     "check_registered_names", "check_schedule", "config_tree", "default_config_path", "flatten", "load_config",
     "recipe_names", "resolve_recipe", "section", "validate_config",

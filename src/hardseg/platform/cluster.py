@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import ray
 
 from hardseg import timeline
-from hardseg.config import RayConfig, HardsegConfig
+from hardseg.config import HardsegConfig, RayConfig
 from hardseg.errors import ConfigError
 from hardseg.platform.console import ray_runtime_env
 
