@@ -90,6 +90,9 @@ def ray_local():
     os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(num_cpus=2, resources={"trial_driver": 2}, logging_level="WARNING", include_dashboard=False)
     yield ray
+    from hardseg.platform.worker_groups import Reaper
+
+    Reaper.stop_current()  # the in-process drivers' reaper thread, before Ray goes
     ray.shutdown()
 
 

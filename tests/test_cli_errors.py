@@ -159,3 +159,21 @@ def test_every_strategy_passes_the_driver_side_check(model):
     for name in ["ce", "cb_ce", "focal", "ohem", "hl", "self_regulation", "coarse_to_fine"]:
         check_strategies_fit(load_config(None, [f"strategies=[{name}]", f"model.name={model}"]))
     check_strategies_fit(load_config(None, ["strategies=[focal,cb_ce,ohem,hl,self_regulation,coarse_to_fine]"]))
+
+
+@pytest.mark.parametrize("argv, status, out, err", [
+    (["--help"], 0, "usage: hardseg", ""),
+    (["no-such-command"], 2, "", "invalid choice: 'no-such-command'"),
+    (["train", "--set", "train.epochs=abc"], 2, "", "error: default config: invalid value 'abc' for 'train.epochs'"),
+])
+def test_the_script_exits_with_the_commands_status_and_all_its_output(argv, status, out, err, tmp_path):
+    """The installed ``hardseg`` (``cli.entry_point``, which ends the process with ``os._exit``): the
+    status of ``main`` or of argparse, stdout and stderr flushed in full to a pipe."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([str(Path(sys.executable).parent / "hardseg"), *argv], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == status, done
+    assert out in done.stdout and err in done.stderr, done
+    assert all(text.endswith("\n") for text in (done.stdout, done.stderr) if text), done  # nothing cut off

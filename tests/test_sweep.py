@@ -222,6 +222,7 @@ def test_sigint_then_resume_finishes_exactly_the_remaining_trials(data_root, sql
     exe = str(Path(sys.executable).parent / "hardseg")
     env = {**os.environ, "RAY_ADDRESS": ""}
     env.pop("RAY_ADDRESS")
+    before = _ray_daemons()
     log = open(tmp_path / "sweep.log", "w")
     proc = subprocess.Popen([exe, "sweep", str(space), "--name", "res", *sets], cwd=tmp_path, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
@@ -254,6 +255,16 @@ def test_sigint_then_resume_finishes_exactly_the_remaining_trials(data_root, sql
     assert done_before <= set(trial_ids)
     study = optuna.load_study(study_name="res", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
     assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+    # the script's quick exit (cli.entry_point) stopped the Ray runtime each command started
+    assert _ray_daemons() <= before, _ray_daemons() - before
+
+
+def _ray_daemons() -> set[int]:
+    """The pids of the raylets and GCS servers on this machine (the session's Ray has one of each)."""
+    import psutil
+
+    return {p.pid for p in psutil.process_iter(["cmdline"])
+            if any(part.endswith(("/raylet", "/gcs_server")) for part in (p.info["cmdline"] or [])[:1])}
 
 
 def test_iteration_sweep_counts_iterations_and_evaluates_at_its_interval(ray_local, data_root, sqlite_uri, tmp_path):

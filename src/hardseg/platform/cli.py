@@ -17,6 +17,7 @@ import argparse
 import atexit
 import os
 import sys
+import threading
 from pathlib import Path
 
 from hardseg import keys, timeline
@@ -734,10 +735,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "config", None):  # recipe:NAME -> the shipped file, for every command that takes one
             args.config = resolve_recipe(args.config)
         _check_tracking_uri(args)
-        rc = args.func(args)
-        if timeline.enabled():  # what follows is Python's exit: Ray's atexit shutdown, registered earlier
-            atexit.register(timeline.mark, "command: exit started (Ray's shutdown follows)")
-        return rc
+        return args.func(args)
     except HardsegError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -746,5 +744,34 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry_point() -> None:
+    """The ``hardseg`` script: :func:`main`, then Ray left (:func:`hardseg.platform.cluster.stop_ray`),
+    the ``atexit`` handlers run (MLflow's, logging's, temporary folders') and the process ended.
+
+    Python's own exit after a command that used Ray, torch and MLflow spends 2-2.5 s tearing the
+    interpreter down after those handlers (measured here, benchmarks/README.md "Exit"), for nothing
+    a finished command needs; it is skipped with ``os._exit``. An uncaught exception, or a thread
+    still running, takes Python's ordinary exit.
+    """
+    try:
+        rc = main()
+    except SystemExit as done:  # argparse's --help and usage errors
+        if isinstance(done.code, str):
+            print(done.code, file=sys.stderr)
+        rc = done.code if isinstance(done.code, int) else int(done.code is not None)
+    timeline.mark("command: exit started")
+    if "ray" in sys.modules:
+        # local: only a command that used Ray needs it, and the module imports Ray
+        from hardseg.platform.cluster import stop_ray
+
+        stop_ray()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if any(not t.daemon and t is not threading.main_thread() for t in threading.enumerate()):
+        sys.exit(rc)  # Python's exit waits for such a thread
+    os._exit(rc)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry_point()

@@ -35,6 +35,7 @@ from hardseg import timeline
 from hardseg.config import HardsegConfig, RayConfig
 from hardseg.errors import ConfigError
 from hardseg.platform.console import ray_runtime_env
+from hardseg.platform.worker_groups import Reaper
 
 TRIAL_DRIVER_RESOURCE = "trial_driver"
 
@@ -55,6 +56,7 @@ def ensure_ray(cfg: RayConfig, *, trial_drivers: int = 0) -> dict:
         trial_drivers: custom ``trial_driver`` slots for a local runtime (sweeps).
     """
     if ray.is_initialized():
+        Reaper.start_once()
         return ray.cluster_resources()
     for key, value in CONTROLLER_ENV.items():
         os.environ.setdefault(key, value)
@@ -76,7 +78,26 @@ def ensure_ray(cfg: RayConfig, *, trial_drivers: int = 0) -> dict:
         # which has one). HARDSEG_RAY_DASHBOARD=1 starts it.
         ray.init(num_cpus=cpus, resources=resources, include_dashboard=local_dashboard(), **common)
     timeline.mark("driver: ray.init done")
+    Reaper.start_once()  # the placement groups of Train controllers that die (hardseg.platform.worker_groups)
     return ray.cluster_resources()
+
+
+def stop_ray() -> None:
+    """Leave Ray at the end of a command: :func:`ray.shutdown`, less a wait it always makes.
+
+    For a runtime this process started, ``ray.shutdown`` stops Ray's processes one after another,
+    each with a 1 s SIGTERM grace; the autoscaler monitor never exits within it (it is SIGKILLed after
+    it every time, 1.0 s of a 1.4 s shutdown here), so it is SIGKILLed first. Joined clusters are
+    only disconnected from, as by ``ray.shutdown``.
+    """
+    Reaper.stop_current()
+    if not ray.is_initialized():
+        return
+    node = getattr(ray._private.worker, "_global_node", None)  # None when joined to a cluster
+    for info in (node.all_processes.get("monitor", []) if node is not None else []):
+        if info.process.poll() is None:
+            info.process.kill()
+    ray.shutdown()
 
 
 def local_dashboard() -> bool:

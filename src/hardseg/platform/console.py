@@ -36,8 +36,8 @@ off, through the environment variable Ray 2.60 reads for it:
   ``hardseg sweep --resume NAME``). The same filter drops Ray's job-SDK INFO line
   "WebSocket closed for job …" at the end of ``hardseg submit``'s log stream, Ray
   Train's "Detected that the Ray Train controller actor (…) is dead. Cleaning up
-  placement group" after each trial a scheduler stopped (the cleaning up is what
-  should happen; hardseg's summary counts the trial KILLED), and Optuna's "A new study created in
+  placement group" (from the cleaner of a ``TorchTrainer`` other than hardseg's, whose
+  runs have :mod:`hardseg.platform.worker_groups` instead), and Optuna's "A new study created in
   RDB with name: …" (hardseg names the study and its storage).
 
 Ray worker processes (trials, Train controllers, the placement-group cleaner actor)

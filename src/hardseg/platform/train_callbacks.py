@@ -1,5 +1,5 @@
 """Callbacks on Ray Train's controller: each report to MLflow, MLflow's import off the critical path,
-and the run's timeline.
+the worker group's placement group for the driver's reaper, and the run's timeline.
 
 Ray unpickles these callbacks twice per run, each time in fresh processes: in the controller actor,
 before it starts the worker group, and in *every training worker* (the run's ``RunConfig``, callbacks
@@ -21,9 +21,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray.train import UserCallback
 
 from hardseg import timeline
+from hardseg.platform import worker_groups
 
 try:  # Ray Train's internal callback API (controller and worker-group hooks); another Ray may not have it
     from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
@@ -72,9 +74,11 @@ class MLflowCallback(UserCallback):
 if ControllerCallback is not None:
 
     class ControllerHooks(ControllerCallback, WorkerGroupCallback):
-        """Starts MLflow's import once the controller runs; marks the controller's stages on a timeline."""
+        """Starts MLflow's import once the controller runs; records the worker group's placement group
+        while the group is up (:mod:`hardseg.platform.worker_groups`); marks the controller's stages on a timeline."""
 
         def after_controller_start(self, train_run_context) -> None:
+            self._controller_id = ray.get_runtime_context().get_actor_id()
             if not _TRACKING_READY.is_set():
                 threading.Thread(target=_import_tracking, name="hardseg-mlflow-import", daemon=True).start()
             timeline.mark("controller: started", process_start=timeline.process_start(),
@@ -85,6 +89,9 @@ if ControllerCallback is not None:
 
         def after_worker_group_start(self, worker_group) -> None:
             timeline.mark("controller: worker group started (process group up)")
+            # for the driver's reaper, should this controller die with the group up (hardseg.platform.worker_groups)
+            worker_groups.record(self._controller_id,
+                                 worker_group.get_worker_group_state().placement_group_handle.placement_group)
 
         def after_worker_group_training_start(self, worker_group) -> None:
             timeline.mark("controller: train function launched")
@@ -94,6 +101,7 @@ if ControllerCallback is not None:
 
         def after_worker_group_shutdown(self, worker_group_context) -> None:
             timeline.mark("controller: worker group shut down")
+            worker_groups.forget(self._controller_id)
 
         def after_controller_finish(self, result) -> None:
             timeline.mark("controller: finished")

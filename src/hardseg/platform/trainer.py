@@ -18,7 +18,29 @@ from hardseg.platform.cluster import CONTROLLER_ENV, worker_resources
 from hardseg.platform.train_callbacks import MLflowCallback, controller_callbacks
 from hardseg.trainables.ray_worker import train_loop_per_worker
 
-__all__ = ["CONTROLLER_ENV", "MLflowCallback", "log_result", "make_trainer", "scaling_config"]
+try:  # callbacks Ray Train 2.60 adds to every run; HardsegTorchTrainer leaves these two out
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+except ImportError:  # pragma: no cover - another Ray: nothing is left out
+    DatasetsCallback = PlacementGroupCleanerCallback = None
+
+__all__ = ["CONTROLLER_ENV", "HardsegTorchTrainer", "MLflowCallback", "log_result", "make_trainer",
+           "scaling_config"]
+
+
+class HardsegTorchTrainer(TorchTrainer):
+    """Ray Train's ``TorchTrainer`` less two actors of its own per run, each a process to start on the
+    way to the first step:
+
+    * the ``PlacementGroupCleaner``, which needs Ray's State API (the dashboard) to see a controller die;
+      :mod:`hardseg.platform.worker_groups` does its work through the GCS, from the driver;
+    * the Ray Data ``DatasetManager`` (and the autoscaling coordinator it starts), made even for a run
+      without Ray Datasets, as every hardseg run is: its workers read their own data loaders.
+    """
+
+    def _create_default_callbacks(self) -> list:
+        left_out = tuple(c for c in (PlacementGroupCleanerCallback, None if self.datasets else DatasetsCallback) if c)
+        return [c for c in super()._create_default_callbacks() if not isinstance(c, left_out)]
 
 
 def scaling_config(cfg: HardsegConfig) -> ScalingConfig:
@@ -29,7 +51,7 @@ def scaling_config(cfg: HardsegConfig) -> ScalingConfig:
 
 def make_trainer(cfg: HardsegConfig, run_id: str, uri: str, *, name: str | None = None,
                  callbacks: list | None = None, train_loop: Callable[[dict], None] | None = None,
-                 logged: dict[str, int] | None = None) -> TorchTrainer:
+                 logged: dict[str, int] | None = None) -> HardsegTorchTrainer:
     """The ``TorchTrainer`` of one run: DDP workers, ``train.keep_checkpoints`` checkpoints under
     ``cfg.ray.storage_path``, each report logged to MLflow run ``run_id`` by a callback on the Train controller.
 
@@ -42,7 +64,7 @@ def make_trainer(cfg: HardsegConfig, run_id: str, uri: str, *, name: str | None 
     # process's environment at fit()); set here too for a trainer made without ensure_ray.
     for key, value in CONTROLLER_ENV.items():
         os.environ.setdefault(key, value)
-    return TorchTrainer(
+    return HardsegTorchTrainer(
         train_loop or train_loop_per_worker,
         train_loop_config={"run": cfg.model_dump(mode="json")},
         scaling_config=scaling_config(cfg),
