@@ -261,13 +261,11 @@ def test_sigint_then_resume_finishes_exactly_the_remaining_trials(data_root, sql
     assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
 
 
-def _ray_session_processes(pid: int) -> list[str]:
+def _ray_session_processes(pid: int) -> list[int]:
     """The processes of the Ray session process ``pid`` started (Ray names its session folder after that pid)."""
-    import psutil
+    from hardseg.platform.local_cluster import node_pids
 
-    tag = f"_{pid}/"
-    return [" ".join(c)[:200] for p in psutil.process_iter(["cmdline"])
-            if (c := p.info["cmdline"]) and any(tag in part for part in c)]
+    return [p for d in Path(tempfile.gettempdir(), "ray").glob(f"session_*_{pid}") for p in node_pids(str(d))]
 
 
 def test_iteration_sweep_counts_iterations_and_evaluates_at_its_interval(ray_local, data_root, sqlite_uri, tmp_path):

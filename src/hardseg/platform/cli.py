@@ -760,6 +760,8 @@ def entry_point() -> None:
             print(done.code, file=sys.stderr)
         rc = done.code if isinstance(done.code, int) else int(done.code is not None)
     timeline.mark("command: exit started")
+    if any(not t.daemon and t is not threading.main_thread() for t in threading.enumerate()):
+        sys.exit(rc)  # Python's exit waits for such a thread before its atexit handlers (Ray's shutdown among them)
     if "ray" in sys.modules:
         # local: only a command that used Ray needs it, and the module imports Ray
         from hardseg.platform.cluster import stop_ray
@@ -768,8 +770,6 @@ def entry_point() -> None:
     atexit._run_exitfuncs()
     sys.stdout.flush()
     sys.stderr.flush()
-    if any(not t.daemon and t is not threading.main_thread() for t in threading.enumerate()):
-        sys.exit(rc)  # Python's exit waits for such a thread
     os._exit(rc)
 
 

@@ -55,9 +55,14 @@ def ensure_ray(cfg: RayConfig, *, trial_drivers: int = 0) -> dict:
         cfg: the run's Ray settings; ``address`` (or ``RAY_ADDRESS``) joins a cluster.
         trial_drivers: custom ``trial_driver`` slots for a local runtime (sweeps).
     """
-    if ray.is_initialized():
-        Reaper.start_once()
-        return ray.cluster_resources()
+    if not ray.is_initialized():
+        _start_or_join(cfg, trial_drivers)
+    Reaper.start_once()  # the placement groups of Train controllers that die (hardseg.platform.worker_groups)
+    return ray.cluster_resources()
+
+
+def _start_or_join(cfg: RayConfig, trial_drivers: int) -> None:
+    """``ray.init`` for :func:`ensure_ray`: join ``cfg.address`` (or ``RAY_ADDRESS``), else start a local runtime."""
     for key, value in CONTROLLER_ENV.items():
         os.environ.setdefault(key, value)
     address = cfg.address or os.environ.get("RAY_ADDRESS")
@@ -78,8 +83,6 @@ def ensure_ray(cfg: RayConfig, *, trial_drivers: int = 0) -> dict:
         # which has one). HARDSEG_RAY_DASHBOARD=1 starts it.
         ray.init(num_cpus=cpus, resources=resources, include_dashboard=local_dashboard(), **common)
     timeline.mark("driver: ray.init done")
-    Reaper.start_once()  # the placement groups of Train controllers that die (hardseg.platform.worker_groups)
-    return ray.cluster_resources()
 
 
 def stop_ray() -> None:

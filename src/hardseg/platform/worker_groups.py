@@ -22,33 +22,25 @@ from __future__ import annotations
 import threading
 
 import ray
+from ray.experimental import internal_kv as kv
+from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
 NAMESPACE = "hardseg-worker-groups"  # Ray internal KV namespace: controller actor id -> placement group id
 
 
-def _kv():
-    # local: Ray's key-value store client, importable only once Ray is loaded (as here) and used in Ray processes
-    from ray.experimental import internal_kv
-
-    return internal_kv
-
-
 def record(controller_id: str, placement_group) -> None:
     """Called by a controller once its worker group is up: ``placement_group`` holds its workers."""
-    _kv()._internal_kv_put(controller_id, placement_group.id.hex(), namespace=NAMESPACE)
+    kv._internal_kv_put(controller_id, placement_group.id.hex(), namespace=NAMESPACE)
 
 
 def forget(controller_id: str) -> None:
     """Called by a controller that shut its worker group down (Ray Train removed the group)."""
-    _kv()._internal_kv_del(controller_id, namespace=NAMESPACE)
+    kv._internal_kv_del(controller_id, namespace=NAMESPACE)
 
 
 def reap() -> int:
     """Remove the placement groups recorded by controllers that are dead; returns how many were removed."""
-    # local: ray.util.placement_group imports Ray's placement-group API, needed only by the driver
-    from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
-
-    kv, removed = _kv(), 0
+    removed = 0
     for key in kv._internal_kv_list("", namespace=NAMESPACE):
         controller = key.decode()
         # the GCS's actor table (Ray's State API needs the dashboard, which a local runtime lacks)
