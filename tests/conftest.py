@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from hardseg.platform.local_cluster import server_env
+
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -132,14 +134,15 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    """A real ``mlflow server`` on 127.0.0.1 with a SQLite backend and local artifacts."""
+    """A real ``mlflow server`` on 127.0.0.1 with a SQLite backend and local artifacts, started as ``hardseg cluster
+    up`` starts its own (:func:`hardseg.platform.local_cluster.server_env`)."""
     root = tmp_path_factory.mktemp("mlflow-server")
     port = free_port()
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
            "--backend-store-uri", f"sqlite:///{root / 'server.db'}",
            "--artifacts-destination", str(root / "artifacts"), "--workers", "1"]
     log = open(root / "server.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=server_env())
     url = f"http://127.0.0.1:{port}"
     import urllib.request
 

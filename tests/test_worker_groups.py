@@ -82,12 +82,12 @@ def test_trainers_leave_out_the_state_api_cleaner_and_the_dataset_manager(tmp_pa
 
 @pytest.mark.slow
 def test_a_ddp_sweep_goes_on_after_its_scheduler_stops_a_trial(ray_local, data_root, sqlite_uri, tmp_path, capfd):
-    """Four 2-worker trials, one at a time on the session's 2 CPUs: ASHA stops the third (learning rate
-    1e-12: the untrained model) after epoch 1, and the fourth still gets its CPUs. Before
+    """Three 2-worker trials, one at a time on the session's 2 CPUs: ASHA stops the second (learning rate
+    1e-12: the untrained model) after epoch 1, and the third still gets its CPUs. Before
     hardseg.platform.worker_groups the stopped trial's worker placement group kept both CPUs and the
     sweep waited forever; Ray's cleaner printed "Failed to query Ray Train Controller actor state"."""
-    space = SearchSpace.from_dict({"name": "stop", "params": {"train.lr": {"categorical": [0.01, 1e-12]}},
-                                   "sweep": {"num_samples": 4, "metric": "val/miou", "mode": "max", "seed": 0,
+    space = SearchSpace.from_dict({"name": "stop", "params": {"train.lr": {"categorical": [1e-12, 0.01]}},
+                                   "sweep": {"num_samples": 3, "metric": "val/miou", "mode": "max", "seed": 0,
                                              "max_concurrent": 1,
                                              "scheduler": {"type": "asha", "grace_period": 1,
                                                            "reduction_factor": 2}}}, source="stop")
@@ -97,11 +97,11 @@ def test_a_ddp_sweep_goes_on_after_its_scheduler_stops_a_trial(ray_local, data_r
     client = MlflowClient(sqlite_uri)
     runs = client.search_runs([client.get_experiment_by_name("hardseg").experiment_id], order_by=["start_time"])
     trials = [(r.data.params["train.lr"], r.info.status) for r in runs if "mlflow.parentRunId" in r.data.tags]
-    # TPE's seeded start-up samples: 1e-12, 0.01, then 1e-12 again, which ASHA stops after epoch 1
-    # (0.046 against 0.153), then a fourth trial, which needs the CPUs the stopped one held
-    assert trials[:3] == [("1e-12", "FINISHED"), ("0.01", "FINISHED"), ("1e-12", "KILLED")], trials
-    assert len(trials) == 4 and trials[3][1] in {"FINISHED", "KILLED"}, trials
-    assert out.statuses.get("FINISHED", 0) + out.statuses.get("KILLED", 0) == 4
+    # TPE's seeded start-up samples (choice indices 1, 0, 1): 0.01, then 1e-12, which ASHA stops after epoch 1
+    # against the first trial's epoch 1, then a third trial, which needs the CPUs the stopped one held
+    assert trials[:2] == [("0.01", "FINISHED"), ("1e-12", "KILLED")], trials
+    assert len(trials) == 3 and trials[2][1] in {"FINISHED", "KILLED"}, trials
+    assert out.statuses.get("FINISHED", 0) + out.statuses.get("KILLED", 0) == 3
     deadline = time.time() + 10  # the reaper's next round for a group of a trial stopped last
     while _recorded() and time.time() < deadline:
         time.sleep(0.2)
