@@ -21,7 +21,9 @@ import platform as _platform
 import shlex
 import subprocess
 import sys
+import threading
 import time
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -231,6 +233,21 @@ def raise_if_run_failed(client: tracking.MlflowClient, run_id: str) -> None:
     error = client.get_run(run_id).data.tags.get(keys.ERROR)
     if error:
         raise NonFiniteLoss.of_run(run_id, error)
+
+
+def import_export_meanwhile(cfg: HardsegConfig) -> None:
+    """With ``tracking.log_model``, import what :func:`log_checkpoint_artifacts` needs for MLflow's model format
+    (:mod:`hardseg.platform.export`: the model code and mlflow.pytorch, 1.6 s here) in a daemon thread, for a
+    process that only waits meanwhile (a sweep trial while its TorchTrainer fits); the export then finds the
+    modules imported, or waits for their import to end. A failed import is left to the export to report."""
+    def load() -> None:
+        try:
+            import_module("hardseg.platform.export")
+        except Exception:  # noqa: BLE001 - log_checkpoint_artifacts imports it again and says why
+            pass
+
+    if cfg.tracking.log_model:
+        threading.Thread(target=load, name="hardseg-import-export", daemon=True).start()
 
 
 def log_checkpoint_artifacts(client: tracking.MlflowClient, run_id: str, checkpoint_dir: Path | None,

@@ -173,6 +173,7 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec, space: SearchSpace) -> N
             trainer = make_trainer(cfg, run_id, spec.tracking_uri, name=f"train-{trial_id}",
                                    callbacks=[TuneForwarder(spec.metrics, epochs, unit)])
             timeline.mark("trial: fit")
+            runs.import_export_meanwhile(cfg)  # this process waits for the fit: the export's imports overlap it
             try:
                 result = trainer.fit()
             except Exception as err:
