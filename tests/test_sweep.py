@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import re
 import subprocess
 import sys
 import tempfile
@@ -44,7 +45,7 @@ def _overrides(data_root: Path, tmp_path: Path, uri: str, **extra) -> list[str]:
                                          "data.eval_domains": "[]", **extra})
 
 
-def test_optuna_asha_sweep_records_parent_children_and_study(ray_local, data_root, sqlite_uri, tmp_path):
+def test_optuna_asha_sweep_records_parent_children_and_study(ray_local, data_root, sqlite_uri, tmp_path, capfd):
     space = _space({"strategies": {"categorical": ["ce", "hl", "focal"]},
                     "train.lr": {"loguniform": [1e-3, 1e-2]},
                     "strategy_params.hl.lam": {"loguniform": [1e-3, 1e-1]}},
@@ -74,6 +75,11 @@ def test_optuna_asha_sweep_records_parent_children_and_study(ray_local, data_roo
         else:
             assert len(epochs) == 3
     assert sum(c.info.status == "FINISHED" for c in children) >= 1
+    # The live table's last print: a finished trial DONE, one ASHA stopped STOPPED
+    table = capfd.readouterr().out.rsplit("trial        strategy", 1)[1]
+    for c in children:
+        status = "DONE" if c.info.status == "FINISHED" else "STOPPED"
+        assert re.search(rf"^{c.data.tags['hardseg.trial_id']} .* {status} ", table, re.M), (status, table)
     # The Optuna study holds the same trials, with their values and how they ended.
     # Pruned is pruned: a trial ASHA stopped is PRUNED, a finished one COMPLETE, and every epoch's
     # val/miou is an intermediate value at that epoch (also the one the scheduler stopped it on).

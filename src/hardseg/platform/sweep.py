@@ -55,7 +55,7 @@ from hardseg.platform.runs import RunCloser, environment_tags, reopen_run
 from hardseg.platform.storage import absolute_location, storage_exists, storage_fs, storage_join
 from hardseg.platform.sweep_runs import child_runs, close_open_runs, log_summary, start_parent_run
 from hardseg.platform.trial import TrialSpec, run_trial
-from hardseg.platform.trial_table import TrialTable
+from hardseg.platform.trial_table import TrialTable, stopped_early
 from hardseg.search_spaces import SearchSpace
 from hardseg.trainables.schedule import EPOCH, length_of, unit_of
 
@@ -137,7 +137,7 @@ class RecordingOptunaSearch(OptunaSearch):
             return None
         if result:
             self._report(trial_id, result)  # the result the scheduler stopped it on (or its last one)
-        if result and epochs < self.max_epochs:
+        if result and stopped_early(epochs, self.max_epochs):
             ot.set_user_attr("ended", "stopped early")
             self._ot_study.tell(ot, state=TrialState.PRUNED)
             self._completed_trials.add(trial_id)
@@ -361,7 +361,7 @@ def _make_tuner(state: SweepState, sweep_root: str, space: SearchSpace):
         param_space = {}
     run_config = tune.RunConfig(
         name=spec.sweep_name, storage_path=sweep_root, verbose=0,
-        callbacks=[TrialTable(s.metrics[0])],
+        callbacks=[TrialTable(s.metrics[0], state.max_epochs)],
         # a trial whose worker or node dies goes on from its last checkpoint, in the same MLflow run
         # (one that failed in its own code is not trained again: hardseg.platform.trial)
         failure_config=tune.FailureConfig(max_failures=state.max_failures),

@@ -8,13 +8,20 @@ from typing import Any
 from ray.tune import Callback
 
 
+def stopped_early(reached: int, length: int) -> bool:
+    """Whether a trial that ended without an error after ``reached`` of the sweep's ``length`` epochs (or
+    iterations) was stopped by the scheduler: it ends before the length only then."""
+    return reached < length
+
+
 class TrialTable(Callback):
     """A live table of trials (trial, strategy, params, epoch, metric, status) as a Tune callback: at most
     one print per ``every_s`` while trials report, one when a trial ends, and one at the end of the sweep
-    if anything changed since the last print."""
+    if anything changed since the last print. A trial ends DONE, STOPPED (by the scheduler, before
+    ``length``, the trials' epochs or iterations) or FAILED."""
 
-    def __init__(self, metric: str, every_s: float = 10.0) -> None:
-        self.metric, self.every_s = metric, every_s
+    def __init__(self, metric: str, length: int, every_s: float = 10.0) -> None:
+        self.metric, self.length, self.every_s = metric, length, every_s
         self.rows: dict[str, dict[str, Any]] = {}
         self.last_print = 0.0
         self.changed = False
@@ -33,7 +40,8 @@ class TrialTable(Callback):
         self._print()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._row(trial, status="DONE")
+        reached = self.rows.get(trial.trial_id, {}).get("epoch", 0)
+        self._row(trial, status="STOPPED" if stopped_early(reached, self.length) else "DONE")
         self._print(force=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
