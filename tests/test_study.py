@@ -19,6 +19,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from hardseg.platform.cli import main as cli
+from hardseg.platform.prepare import prepare_sweep
+from hardseg.platform.study import available_studies, load_study
 
 from conftest import small_overrides
 from documented import run_documented
@@ -203,3 +205,13 @@ def test_per_strategy_asha_prunes_a_trial_only_against_its_own_strategies():
     stop, go = TrialScheduler.STOP, TrialScheduler.CONTINUE
     assert first_rung(ASHAScheduler) == {"f1": go, "f2": go, "h1": stop, "h2": stop}
     assert first_rung(StrategyASHAScheduler) == {"f1": go, "f2": go, "h1": go, "h2": stop}
+
+
+@pytest.mark.parametrize("name", available_studies())
+def test_shipped_study_searches_only_settings_that_act(name, tmp_path):
+    """Each shipped study's search stage, prepared as the study prepares it: no strategy warning (e.g. HL's λ,
+    which the default AdamW cancels; the quick study searches the branch's lr_mult)."""
+    study = load_study(name)
+    sets = [*study.overrides([]), f"seed={study.search.seed}"]
+    prepared = prepare_sweep(study.search_space(), study.config, sets, workdir=tmp_path, dry_run=True)
+    assert prepared.warning_lines == [], prepared.warning_lines
