@@ -115,7 +115,8 @@ CLUSTER_UP = ("hardseg cluster up --workers 2 --cpus-per-node 1 "
               "--mlflow-backend postgresql+psycopg2://postgres@127.0.0.1:5432/mlflow")
 CLUSTER_DOWN = "hardseg cluster down"
 CONSOLE_NOISE = ("View run", "View experiment", "WebSocket closed", "PlacementGroupCleaner",
-                 "Detected that the Ray Train controller actor", "A new study created")
+                 "Detected that the Ray Train controller actor", "A new study created", "Uploading package",
+                 "Creating a file package", "already exists, skipping upload", "Runtime env is setting up")
 
 
 def _timed(what: str, log: list[str], fn, *args, **kwargs) -> subprocess.CompletedProcess:
@@ -260,7 +261,7 @@ def test_documented_cluster_sequence_runs_as_written_with_a_quiet_console(two_no
         {"FINISHED": "COMPLETE", "KILLED": "PRUNED"}[c.info.status] for c in trials), \
         [(t.number, t.state.name) for t in study.trials]
     # A quiet console: hardseg's lines (the live table, the stopped trials, the summary), no one else's.
-    for out in (sweep, follow):
+    for out in (sweep, ablate, follow):
         text = out.stdout + out.stderr
         assert not [n for n in CONSOLE_NOISE if n in text], [ln for ln in text.splitlines()
                                                              if any(n in ln for n in CONSOLE_NOISE)]

@@ -34,7 +34,9 @@ off, through the environment variable Ray 2.60 reads for it:
   keep Ray's own choice), and Tune's Ctrl-C notices, whose "Resume experiment with:
   Tuner.restore(...)" is not the command to run (hardseg prints
   ``hardseg sweep --resume NAME``). The same filter drops Ray's job-SDK INFO line
-  "WebSocket closed for job …" at the end of ``hardseg submit``'s log stream, Ray
+  "WebSocket closed for job …" at the end of ``hardseg submit``'s log stream and its "Uploading package …"
+  lines (hardseg prints the job it submitted; ``hardseg.platform.jobs`` also leaves the job manager's
+  "Runtime env is setting up." out of the job logs it prints), Ray
   Train's "Detected that the Ray Train controller actor (…) is dead. Cleaning up
   placement group" (from the cleaner of a ``TorchTrainer`` other than hardseg's, whose
   runs have :mod:`hardseg.platform.worker_groups` instead), and Optuna's "A new study created in
@@ -60,6 +62,11 @@ DROPPED_NOTICES = {
     "ray._private.authentication.authentication_token_setup": ("Token authentication is enabled for this Ray",),
     "ray.tune.tune": ("Stop signal received", "Experiment has been interrupted, but the most recent state"),
     "ray.dashboard.modules.job.sdk": ("WebSocket closed for job",),
+    # hardseg submit's upload of the working directory (the packaging helpers log through the SDK's logger)
+    "ray.dashboard.modules.dashboard_sdk": ("Uploading package", "Package ", "Creating a file package",
+                                            "Pushing file package", "Successfully pushed file package"),
+    "ray._private.runtime_env.packaging": ("Creating a file package", "Pushing file package",
+                                           "Successfully pushed file package"),
     "ray.train.v2._internal.execution.controller.placement_group_cleaner": (
         "Detected that the Ray Train controller actor",),
     "optuna.storages._rdb.storage": ("A new study created in RDB",),

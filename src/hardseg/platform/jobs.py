@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -37,6 +38,15 @@ TOKEN_HELP = ("set RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN
 
 class JobsError(HardsegError):
     """The cluster cannot be reached, refuses us, or does not know the job."""
+
+
+# Ray's job manager writes this INFO line first into every job's log; hardseg's own lines follow it
+JOB_LOG_NOTICE = re.compile(r"^[^\n]*\tINFO job_manager\.py:\d+ -- Runtime env is setting up\.\n?", re.M)
+
+
+def without_notices(logs: str) -> str:
+    """A job's log as hardseg prints it: without Ray's job-manager notice (:data:`JOB_LOG_NOTICE`)."""
+    return JOB_LOG_NOTICE.sub("", logs)
 
 
 def resolve_address(address: str | None) -> str:
@@ -86,7 +96,7 @@ class Jobs:
         """Print the job's logs as they come until it ends."""
         async def tail() -> None:
             async for chunk in self.client.tail_job_logs(job_id):
-                print(chunk, end="", flush=True)
+                print(without_notices(chunk), end="", flush=True)
 
         try:
             asyncio.run(tail())
@@ -151,7 +161,7 @@ def logs(address: str | None, job_id: str, follow: bool = False) -> int:
     if follow:
         jobs.follow(job_id)
         return jobs.final_status(job_id)
-    print(jobs.call("get_job_logs", job_id), end="", flush=True)
+    print(without_notices(jobs.call("get_job_logs", job_id)), end="", flush=True)
     return 0
 
 
