@@ -8,7 +8,7 @@ Imports neither Ray nor MLflow nor the training loop, so a driver can check a co
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -19,11 +19,19 @@ from hardseg.models.pretrained import load_weights
 from hardseg.strategies.base import StrategyContext
 from hardseg.strategies.objective import Objective, TrainingModel
 
-if TYPE_CHECKING:  # the run config sits above the strategies (docs/architecture.md); only its type is named
-    from hardseg.config import HardsegConfig
+
+class RunSettings(Protocol):
+    """What the build reads of a run's config: a :class:`hardseg.config.HardsegConfig`, which sits above the
+    strategies (docs/architecture.md) and is not imported here."""
+
+    model: Any
+    loss: Any
+    data: Any
+    strategies: list[str]
+    strategy_params: dict[str, Any]
 
 
-def build_training_model(cfg: HardsegConfig, info, class_frequencies: np.ndarray | None, meta: bool = False
+def build_training_model(cfg: RunSettings, info, class_frequencies: np.ndarray | None, meta: bool = False
                          ) -> tuple[TrainingModel, Objective]:
     """The network of ``cfg.model`` with the strategies' modules, for a dataset described by ``info``.
 
@@ -50,7 +58,7 @@ def build_training_model(cfg: HardsegConfig, info, class_frequencies: np.ndarray
     return tm, objective
 
 
-def check_strategies_fit(cfg: HardsegConfig) -> list:
+def check_strategies_fit(cfg: RunSettings) -> list:
     """Build the training model on the meta device so that model- and dataset-dependent strategy
     settings and weight files fail on the driver, before anything is logged; ConfigError names the key.
     Returns the weight files' load reports (:class:`hardseg.models.pretrained.LoadReport`)."""
