@@ -124,9 +124,11 @@ def main() -> None:
     print(f"hardseg sweep hl --num-samples 1 (src {args.src}):")
     print("| process | count | settings validated from given values | settings objects built (validations + defaults) |")
     print("|---|---:|---|---|")
+    def fmt(counter: collections.Counter) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(counter.items())) or "0"
+
     for r in ("driver", "trial", "worker", "other"):
         if r in table:
-            fmt = lambda d: ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "0"  # noqa: E731
             per = f" (each {sum(counts[r]['validate'].values()) // len(processes[r])})" if len(processes[r]) > 1 else ""
             print(f"| {r} | {len(processes[r])} | {fmt(counts[r]['validate'])}{per} | {fmt(counts[r]['build'])} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,7 @@ DROPPED_NOTICES = {
     "ray.tune.tune": ("Stop signal received", "Experiment has been interrupted, but the most recent state"),
     "ray.dashboard.modules.job.sdk": ("WebSocket closed for job",),
     # hardseg submit's upload of the working directory (the packaging helpers log through the SDK's logger)
-    "ray.dashboard.modules.dashboard_sdk": ("Uploading package", "Package ", "Creating a file package",
+    "ray.dashboard.modules.dashboard_sdk": ("Uploading package", "Package gcs://", "Creating a file package",
                                             "Pushing file package", "Successfully pushed file package"),
     "ray._private.runtime_env.packaging": ("Creating a file package", "Pushing file package",
                                            "Successfully pushed file package"),

@@ -333,14 +333,18 @@ def node_pids(temp_dir: str) -> list[int]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        text = [a.decode(errors="replace") for a in args]
-        if any(a == temp_dir or a.endswith(f"={temp_dir}") or f"{temp_dir}/" in a for a in text):
+        if any(a == temp_dir or a.endswith(f"={temp_dir}") or f"{temp_dir}/" in a for a in _args(int(entry.name))):
             pids.append(int(entry.name))
     return pids
+
+
+def _args(pid: int) -> list[str]:
+    """The command line of process ``pid`` (empty once it is gone or a zombie)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [a.decode(errors="replace") for a in raw.split(b"\0")]
 
 
 def _kill_group(pid: int) -> None:
@@ -372,7 +376,7 @@ def stop_node(temp_dir: str, grace: float = 10) -> int:
     """
     pids = node_pids(temp_dir)
     deadline = time.time() + grace
-    roles = {pid: _cmdline(pid) for pid in pids}
+    roles = {pid: " ".join(_args(pid)) for pid in pids}
     gcs = [pid for pid, cmd in roles.items() if "gcs_server" in cmd]
     _signal([pid for pid, cmd in roles.items() if "autoscaler/_private/monitor.py" in cmd], signal.SIGKILL)
     _signal([pid for pid in pids if pid not in gcs], signal.SIGTERM)
@@ -381,13 +385,6 @@ def stop_node(temp_dir: str, grace: float = 10) -> int:
     _wait_gone(temp_dir, set(pids), deadline)
     _signal(node_pids(temp_dir), signal.SIGKILL)
     return len(pids)
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def down(folder: str | Path = DEFAULT_DIR) -> int:
