@@ -62,6 +62,22 @@ def small_overrides(data_root: Path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
+def trial_actors() -> list:
+    """The live Tune trial actors of this session's Ray runtime: processes titled ``ray::ImplicitFunc``
+    (Ray sets the title) that descend from this process, whose ``ray.init`` started the raylet. Found
+    from the process table, as the state API needs the dashboard the suite's runtime goes without."""
+    import psutil
+
+    actors = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::ImplicitFunc"):
+                actors.append(p)
+        except psutil.Error:  # gone meanwhile
+            pass
+    return actors
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Small tensors: one thread is fastest and immune to a busy machine's oversubscription."""

@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 
 import optuna
-import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
 from hardseg.platform.sweep import resume_sweep, run_sweep
 from hardseg.search_spaces import SearchSpace
 
-from conftest import small_overrides
+from conftest import small_overrides, trial_actors
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 EPOCHS = 5
@@ -42,15 +41,6 @@ def _epochs_logged(client: MlflowClient, run_id: str) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, "train/loss"))
 
 
-def _trial_actors() -> list[psutil.Process]:
-    """The live Tune trial actors of this session's Ray runtime: processes titled ``ray::ImplicitFunc``
-    (Ray sets the title) that descend from this process, whose ``ray.init`` started the raylet. Found
-    from the process table, as the state API needs the dashboard the suite's runtime goes without."""
-    me = psutil.Process()
-    return [p for p in me.children(recursive=True)
-            if p.is_running() and " ".join(p.cmdline()[:1]).startswith("ray::ImplicitFunc")]
-
-
 def kill_trial_after_epoch(uri: str, epoch: int, timeout: float = 300) -> tuple[int, int]:
     """Wait until the sweep's one trial logged ``epoch`` (so the checkpoint of the epoch before is stored),
     then SIGKILL the trial's Ray actor process; returns (pid, epochs logged by then)."""
@@ -58,7 +48,7 @@ def kill_trial_after_epoch(uri: str, epoch: int, timeout: float = 300) -> tuple[
     while time.time() < deadline:
         client, children = _child(uri)
         if children and max(_epochs_logged(client, children[0].info.run_id), default=0) >= epoch:
-            actors = _trial_actors()
+            actors = trial_actors()
             assert len(actors) == 1, [a.cmdline()[:1] for a in actors]
             logged = max(_epochs_logged(client, children[0].info.run_id))
             os.kill(actors[0].pid, signal.SIGKILL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -14,7 +15,7 @@ from hardseg.platform import worker_groups
 from hardseg.platform.sweep import run_sweep
 from hardseg.search_spaces import SearchSpace
 
-from conftest import small_overrides
+from conftest import small_overrides, trial_actors
 
 pytestmark = [pytest.mark.ray]
 
@@ -82,8 +83,8 @@ def test_trainers_leave_out_the_state_api_cleaner_and_the_dataset_manager(tmp_pa
 
 @pytest.mark.slow
 def test_a_ddp_sweep_goes_on_after_its_scheduler_stops_a_trial(ray_local, data_root, sqlite_uri, tmp_path, capfd):
-    """Three 2-worker trials, one at a time on the session's 2 CPUs: ASHA stops the second (learning rate
-    1e-12: the untrained model) after epoch 1, and the third still gets its CPUs. Before
+    """Three 2-worker trials, one at a time on the session's 2 CPUs, in one reused trial process: ASHA stops
+    the second (learning rate 1e-12: the untrained model) after epoch 1, and the third still gets its CPUs. Before
     hardseg.platform.worker_groups the stopped trial's worker placement group kept both CPUs and the
     sweep waited forever; Ray's cleaner printed "Failed to query Ray Train Controller actor state"."""
     space = SearchSpace.from_dict({"name": "stop", "params": {"train.lr": {"categorical": [1e-12, 0.01]}},
@@ -93,7 +94,22 @@ def test_a_ddp_sweep_goes_on_after_its_scheduler_stops_a_trial(ray_local, data_r
                                                            "reduction_factor": 2}}}, source="stop")
     overrides = small_overrides(data_root, **{"ray.storage_path": str(tmp_path / "runs"), "tracking.uri": sqlite_uri,
                                               "data.eval_domains": "[]", "ray.num_workers": 2})
-    out = run_sweep(space, overrides=overrides, name="stop", workdir=tmp_path)
+    seen, done = set(), threading.Event()
+
+    def watch_trial_processes():
+        while not done.wait(0.1):
+            seen.update(p.pid for p in trial_actors())
+
+    watcher = threading.Thread(target=watch_trial_processes, daemon=True)
+    watcher.start()
+    try:
+        out = run_sweep(space, overrides=overrides, name="stop", workdir=tmp_path)
+    finally:
+        done.set()
+        watcher.join()
+    # One trial process for all three trials: Tune reset it for trial 3 although the stopped trial 2 was in
+    # TorchTrainer.fit, which trial.FitStopper ended (a failed reset fails trial 3: "requires reset_config()")
+    assert len(seen) == 1, seen
     client = MlflowClient(sqlite_uri)
     runs = client.search_runs([client.get_experiment_by_name("hardseg").experiment_id], order_by=["start_time"])
     trials = [(r.data.params["train.lr"], r.info.status) for r in runs if "mlflow.parentRunId" in r.data.tags]

@@ -46,8 +46,8 @@ from hardseg import keys
 from hardseg.config import RayConfig
 from hardseg.errors import ConfigError
 from hardseg.platform import tracking
-from hardseg.platform.cluster import (TRIAL_DRIVER_RESOURCE, check_resources, concurrency, connect_ray, precheck_local,
-                                      trial_need, trial_resources, wait_for_resources)
+from hardseg.platform.cluster import (check_resources, concurrency, connect_ray, precheck_local, trial_need,
+                                      trial_resources, wait_for_resources)
 from hardseg.platform.multinode import check_multinode
 from hardseg.platform.names import check_name
 from hardseg.platform.prepare import SWEEPS_DIR, prepare_sweep, resolve_paths
@@ -343,10 +343,10 @@ def _make_tuner(state: SweepState, sweep_root: str, space: SearchSpace):
     spec = TrialSpec(**state.spec)
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec, space=space), state.resources)
     s = space.sweep
-    # In-process trials reuse their actor (a new trial skips the process start and the
-    # torch/hardseg imports). A trial driving a TorchTrainer cannot be reset within Tune's
-    # 2 s (its thread waits in fit()), so its actor is stopped, which ends the Train run.
-    reuse = TRIAL_DRIVER_RESOURCE not in state.resources
+    # Every trial reuses its actor for the next one: a new trial skips the process start and the
+    # torch/MLflow/hardseg imports (4 s a trial on a 2-core box). A stopped trial that drives a
+    # TorchTrainer ends its Train run itself when Tune resets the actor (trial.FitStopper).
+    reuse = True
     if state.grid is not None:
         tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=state.max_concurrent,
                                       metric=s.metric, mode=s.mode, reuse_actors=reuse)

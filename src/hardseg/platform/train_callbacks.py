@@ -74,11 +74,14 @@ class MLflowCallback(UserCallback):
 if ControllerCallback is not None:
 
     class ControllerHooks(ControllerCallback, WorkerGroupCallback):
-        """Starts MLflow's import once the controller runs; records the worker group's placement group
-        while the group is up (:mod:`hardseg.platform.worker_groups`); marks the controller's stages on a timeline."""
+        """Starts MLflow's import once the controller runs; records a handle of the controller while it
+        runs and the worker group's placement group while the group is up
+        (:mod:`hardseg.platform.worker_groups`); marks the controller's stages on a timeline."""
 
         def after_controller_start(self, train_run_context) -> None:
             self._controller_id = ray.get_runtime_context().get_actor_id()
+            self._run_name = train_run_context.get_run_config().name
+            worker_groups.record_controller(self._run_name)  # for a sweep trial that Tune stops
             if not _TRACKING_READY.is_set():
                 threading.Thread(target=_import_tracking, name="hardseg-mlflow-import", daemon=True).start()
             timeline.mark("controller: started", process_start=timeline.process_start(),
@@ -104,6 +107,7 @@ if ControllerCallback is not None:
             worker_groups.forget(self._controller_id)
 
         def after_controller_finish(self, result) -> None:
+            worker_groups.forget_controller(self._run_name)
             timeline.mark("controller: finished")
 
 

@@ -13,8 +13,10 @@ sweep restarts the trial, so a trial never gets two runs. Training runs
 
 A failing trial (exception, NaN/inf loss) closes its run FAILED with the
 reason in ``hardseg.error`` and raises, so Tune marks it ERROR and Optuna
-FAIL; the sweep goes on. A trial stopped by the scheduler dies without
-running any code, so the sweep driver closes its run (``sweep.close_open_runs``).
+FAIL; the sweep goes on. A trial stopped by the scheduler closes its run KILLED when
+Tune resets its actor for the next trial (:class:`FitStopper` ends a TorchTrainer's run);
+one whose actor Tune kills instead runs no more code, and the sweep driver closes its run
+(``sweep.close_open_runs``).
 
 Failures Tune retries (``FailureConfig(max_failures=ray.max_failures)``): a trial whose worker
 process or node died left its run RUNNING; Tune starts it again from its last checkpoint (on
@@ -28,7 +30,9 @@ the same run (the failed attempt's reason kept in ``hardseg.previous_error``).
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +42,7 @@ from ray import tune
 
 from hardseg import keys, timeline
 from hardseg.errors import HardsegError, NonFiniteLoss
-from hardseg.platform import runs, tracking
+from hardseg.platform import runs, tracking, worker_groups
 from hardseg.platform.names import trial_run_name
 from hardseg.platform.runs import RunCloser, TrialStopped
 from hardseg.platform.trainer import log_result, make_trainer
@@ -140,11 +144,50 @@ def stopped_by_tune(err: BaseException) -> bool:
     return False
 
 
+class FitStopper(threading.Thread):
+    """Stops the trial's Train run when Tune stops the trial (``with FitStopper(run_name) as stopper``).
+
+    The sweep reuses a trial's actor for the next trial (:func:`hardseg.platform.sweep._make_tuner`): a trial its
+    scheduler stopped is not killed but reset for the next one, and the reset waits for this trial's function to
+    return, which waits in ``TorchTrainer.fit``. This thread sees Tune's stop request (the trial session's stop
+    event) and kills the run's controller (:func:`hardseg.platform.worker_groups.kill_controller`; its workers die
+    with it), so ``fit`` raises and the trial closes its run KILLED. ``stopped`` is set once it did.
+    """
+
+    def __init__(self, run_name: str) -> None:
+        super().__init__(name="hardseg-fit-stopper", daemon=True)
+        # local: Ray Tune's function-trainable session (loaded with Tune already): its stop event is set by reset/stop
+        from ray.train._internal.session import get_session
+
+        self.run_name, self.tune_stop = run_name, get_session().stop_event
+        self.fit_done, self.stopped = threading.Event(), threading.Event()
+
+    def run(self) -> None:
+        while not self.fit_done.is_set():
+            if not self.tune_stop.wait(0.2):
+                continue
+            # the controller records itself as it starts: until then, and until the fit ends, try again
+            if not self.fit_done.is_set() and worker_groups.kill_controller(self.run_name):
+                self.stopped.set()
+                return
+
+    def __enter__(self) -> "FitStopper":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.fit_done.set()
+        self.join()
+
+
 def run_trial(sampled: dict[str, Any], spec: TrialSpec, space: SearchSpace) -> None:
     """The Tune function trainable (``tune.with_parameters(run_trial, spec=..., space=...)``): ``sampled`` (Optuna's
     values by dotted path, or a grid cell) applied once to the space's typed tree (:meth:`SearchSpace.run_config`)."""
     for name in ("ray.tune", "ray.train"):  # one "Checkpoint successfully created" line per epoch otherwise
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Tune's reset of this (reused) actor waits this long for a stopped trial's function to return; a trial
+    # driving a TorchTrainer needs more than Tune's 2 s to kill its controller and close its run (FitStopper)
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     timeline.mark("trial: process started", t=timeline.process_start())
     timeline.mark("trial: function started")
     trial_id = tune.get_context().get_trial_id()
@@ -175,9 +218,10 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec, space: SearchSpace) -> N
             timeline.mark("trial: fit")
             runs.import_export_meanwhile(cfg)  # this process waits for the fit: the export's imports overlap it
             try:
-                result = trainer.fit()
+                with FitStopper(f"train-{trial_id}") as stopper:
+                    result = trainer.fit()
             except Exception as err:
-                if stopped_by_tune(err):
+                if stopper.stopped.is_set() or stopped_by_tune(err):
                     raise TrialStopped(f"stopped by the scheduler after {unit} {last_epoch(client, run_id)} "
                                        f"of {epochs}") from None
                 raise

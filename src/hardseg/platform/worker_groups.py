@@ -14,11 +14,19 @@ controller records its worker group's placement group under its own actor id in 
 store (:func:`record`, from :class:`hardseg.platform.train_callbacks.ControllerHooks`) and forgets it
 when it shuts the group down; the driver's :class:`Reaper` thread (started by
 :func:`hardseg.platform.cluster.ensure_ray`) removes the group of each recorded controller the GCS
-reports dead. This module imports Ray only: controllers and workers load it.
+reports dead.
+
+A sweep trial that drives a Train run reuses its Tune actor for the next trial. When Tune stops such
+a trial (its scheduler's decision, then the actor's reset for the next trial), the trial process stops
+its Train run itself: each controller leaves a handle of itself under its run's name
+(:func:`record_controller`), and the trial kills it (:func:`kill_controller`); the controller's
+workers die with it, their placement group goes the way above. This module imports Ray only:
+controllers and workers load it.
 """
 
 from __future__ import annotations
 
+import pickle
 import threading
 
 import ray
@@ -26,6 +34,7 @@ from ray.experimental import internal_kv as kv
 from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 
 NAMESPACE = "hardseg-worker-groups"  # Ray internal KV namespace: controller actor id -> placement group id
+CONTROLLERS = "hardseg-train-controllers"  # Ray internal KV namespace: Train run name -> pickled controller handle
 
 
 def record(controller_id: str, placement_group) -> None:
@@ -36,6 +45,30 @@ def record(controller_id: str, placement_group) -> None:
 def forget(controller_id: str) -> None:
     """Called by a controller that shut its worker group down (Ray Train removed the group)."""
     kv._internal_kv_del(controller_id, namespace=NAMESPACE)
+
+
+def record_controller(run_name: str) -> None:
+    """Called by a controller as it starts: a handle of itself under its Train run's name (a pickled actor
+    handle works in any process of the cluster)."""
+    handle = ray.get_runtime_context().current_actor
+    kv._internal_kv_put(run_name, pickle.dumps(handle), overwrite=True, namespace=CONTROLLERS)
+
+
+def forget_controller(run_name: str) -> None:
+    kv._internal_kv_del(run_name, namespace=CONTROLLERS)
+
+
+def kill_controller(run_name: str) -> bool:
+    """Kill the controller of Train run ``run_name``, if one has recorded itself; returns whether one had."""
+    value = kv._internal_kv_get(run_name, namespace=CONTROLLERS)
+    if value is None:
+        return False
+    try:
+        ray.kill(pickle.loads(value), no_restart=True)
+    except ValueError:  # the controller is gone already
+        pass
+    forget_controller(run_name)
+    return True
 
 
 def reap() -> int:
