@@ -21,6 +21,27 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("RAY_ADDRESS", None)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The order and grouping of ``pytest -n 2 --dist loadgroup`` (pyproject.toml): the slowest tests first
+    (those marked ``slow``, then the other ``ray`` ones), so neither worker is left with a long test at the end;
+    the tests of a module with a module-scoped fixture on one worker (``xdist_group``), so the fixture is
+    built once. The other tests go one by one to whichever worker is free."""
+    grouped = {item.module.__name__ for item in items
+               if any(d.scope in ("module", "class") for defs in item._fixtureinfo.name2fixturedefs.values()
+                      for d in defs)}
+    for item in items:
+        if item.module.__name__ in grouped:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+    def weight(item) -> int:
+        return 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("ray") else 2
+
+    items.sort(key=weight)  # stable: a module's tests keep their order
+
+
+pytest_collection_modifyitems = pytest.hookimpl(tryfirst=True)(pytest_collection_modifyitems)
+
+
 def write_plugin_distribution(root: Path, module: str, source: str, group: str, entries: list[str]) -> Path:
     """A real distribution in ``root``: package ``module`` plus ``*.dist-info`` whose entry_points.txt puts
     ``entries`` (``name = module:object``) in ``group``. On ``sys.path`` or ``PYTHONPATH``,

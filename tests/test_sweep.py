@@ -107,12 +107,14 @@ def test_optuna_asha_sweep_records_parent_children_and_study(ray_local, data_roo
     assert "## Search" in md and f"{finished} of 5 trials FINISHED" in md and paths["slice_png"].is_file()
 
 
-def test_failing_and_nan_trials_fail_while_the_others_finish(ray_local, data_root, sqlite_uri, tmp_path):
+def test_failing_and_nan_trials_fail_while_the_others_finish(ray_local, data_root, sqlite_uri, tmp_path, capfd):
     # A grid: batch 1000 > the training set raises inside the trial; lr 1e12 (SGD) makes the loss NaN.
+    # One Tune retry per trial (ray.max_failures=1): a trial that failed in its own code is not trained again.
     space = _space({"train.batch_size": {"categorical": [8, 1000]}, "train.lr": {"categorical": [0.003, 1e12]}},
                    {"num_samples": 4, "metric": "val/miou", "mode": "max"})
     overrides = [o for o in _overrides(data_root, tmp_path, sqlite_uri, **{"ray.num_workers": 1,
-                                                                           "train.optimizer": "sgd"})
+                                                                           "train.optimizer": "sgd",
+                                                                           "ray.max_failures": 1})
                  if not o.startswith("train.batch_size=")]
     out = run_sweep(space, overrides=overrides, name="faults", workdir=tmp_path,
         grid={"train.batch_size": [8, 1000], "train.lr": [0.003, 1e12]})
@@ -127,6 +129,12 @@ def test_failing_and_nan_trials_fail_while_the_others_finish(ray_local, data_roo
         assert big.info.status == "FAILED" and "train.batch_size=1000" in big.data.tags["hardseg.error"]
     assert out.statuses == {"FINISHED": 1, "FAILED": 3}
     assert parents[0].data.tags["hardseg.best_run_id"] == by[("8", "0.003")].info.run_id
+    # Tune's retry of each failed trial raised the recorded reason without reopening (or training in) its run
+    printed = capfd.readouterr()
+    for c in children:
+        if c.info.status == "FAILED":
+            assert "hardseg.restarts" not in c.data.tags, c.data.tags
+            assert f"trial {c.data.tags['hardseg.trial_id']} failed before (" in printed.out + printed.err
     # Each in-process trial removed its copy of the last checkpoint (platform/tune_session.py), failed or not.
     for c in children:
         assert not list(Path(tempfile.gettempdir()).glob(f"hardseg-trial-{c.info.run_id}-*")), c.info.run_id

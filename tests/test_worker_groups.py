@@ -116,6 +116,9 @@ def test_a_ddp_sweep_goes_on_after_its_scheduler_stops_a_trial(ray_local, data_r
     # TPE's seeded start-up samples (choice indices 1, 0, 1): 0.01, then 1e-12, which ASHA stops after epoch 1
     # against the first trial's epoch 1, then a third trial, which needs the CPUs the stopped one held
     assert trials[:2] == [("0.01", "FINISHED"), ("1e-12", "KILLED")], trials
+    # closed by the stopped trial itself (FitStopper), not by the driver's close_open_runs ("the ASHA scheduler")
+    stopped = [r for r in runs if r.data.params.get("train.lr") == "1e-12"][0]
+    assert stopped.data.tags["hardseg.stop_reason"] == "stopped by the scheduler after epoch 1 of 2", stopped.data.tags
     assert len(trials) == 3 and trials[2][1] in {"FINISHED", "KILLED"}, trials
     assert out.statuses.get("FINISHED", 0) + out.statuses.get("KILLED", 0) == 3
     deadline = time.time() + 10  # the reaper's next round for a group of a trial stopped last
