@@ -22,21 +22,29 @@ os.environ.pop("RAY_ADDRESS", None)
 
 
 def pytest_collection_modifyitems(config, items):
-    """The order and grouping of ``pytest -n 2 --dist loadgroup`` (pyproject.toml): the slowest tests first
-    (those marked ``slow``, then the other ``ray`` ones), so neither worker is left with a long test at the end;
-    the tests of a module with a module-scoped fixture on one worker (``xdist_group``), so the fixture is
-    built once. The other tests go one by one to whichever worker is free."""
+    """The order and grouping of ``pytest -n 2 --dist loadgroup`` (pyproject.toml). The tests of a module with a
+    module-scoped fixture stay together, in their order, on one worker (``xdist_group``), so the fixture is built
+    once; the other tests go one by one to whichever worker is free. The slowest first (a test marked ``slow``,
+    or a module holding one, then the other ``ray`` ones), so neither worker is left with a long test at the end."""
     grouped = {item.module.__name__ for item in items
                if any(d.scope in ("module", "class") for defs in item._fixtureinfo.name2fixturedefs.values()
                       for d in defs)}
-    for item in items:
-        if item.module.__name__ in grouped:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
     def weight(item) -> int:
         return 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("ray") else 2
 
-    items.sort(key=weight)  # stable: a module's tests keep their order
+    unit_weight: dict[str, int] = {}
+    for item in items:
+        unit = item.module.__name__ if item.module.__name__ in grouped else item.nodeid
+        unit_weight[unit] = min(unit_weight.get(unit, 2), weight(item))
+        if unit != item.nodeid:
+            item.add_marker(pytest.mark.xdist_group(unit))
+    first = {}
+    for i, item in enumerate(items):
+        first.setdefault(item.module.__name__ if item.module.__name__ in grouped else item.nodeid, i)
+    key = {id(item): (unit_weight[u], first[u])
+           for item in items for u in [item.module.__name__ if item.module.__name__ in grouped else item.nodeid]}
+    items.sort(key=lambda item: key[id(item)])  # stable: a module's tests keep their order
 
 
 pytest_collection_modifyitems = pytest.hookimpl(tryfirst=True)(pytest_collection_modifyitems)

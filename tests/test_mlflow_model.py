@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+
 import mlflow
 import mlflow.pytorch
 import pytest
@@ -40,7 +42,8 @@ def test_logged_model_reproduces_best_val_miou_and_is_evaluated_by_uri(data_root
     assert {"model/MLmodel", "model/model_export.pt", "model/config.yaml"} <= {
         a.path for a in client.list_artifacts(run_id, "model")}
 
-    mlflow.set_tracking_uri(sqlite_uri)
+    # the store runs:/ URIs are read from (mlflow.set_tracking_uri would outlive the test in os.environ)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
     model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
     assert isinstance(model, ExportedModel)
     meta = mlflow.models.get_model_info(f"runs:/{run_id}/model").metadata
@@ -77,8 +80,12 @@ def test_logged_model_reproduces_best_val_miou_and_is_evaluated_by_uri(data_root
     for k, v in best_model.state_dict().items():
         torch.testing.assert_close(tm.export().state_dict()[k], v, rtol=0, atol=0)
 
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
     uri = register(run_id, "hardseg-test-model", sqlite_uri)
     assert uri == "models:/hardseg-test-model/1"
+    # registering leaves MLflow's global URI (and the environment it writes) as they were
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)  # the store a models:/ URI is read from
     assert isinstance(mlflow.pytorch.load_model(uri), ExportedModel)
     assert cli(["evaluate", "runs:/0123456789abcdef/model", "--tracking-uri", sqlite_uri]) == 2
     err = capsys.readouterr().err.strip().splitlines()  # after the registry's own two lines

@@ -20,6 +20,7 @@ back in mmsegmentation's checkpoint layout (:mod:`hardseg.models.mmseg_checkpoin
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -114,9 +115,17 @@ def load_logged_model(uri: str, tracking_uri: str) -> tuple[torch.nn.Module, Any
 
 
 def register(run_id: str, name: str, tracking_uri: str) -> str:
-    """Register run ``run_id``'s model as a new version of ``name``; returns ``models:/<name>/<version>``."""
+    """Register run ``run_id``'s model as a new version of ``name``; returns ``models:/<name>/<version>``.
+
+    ``mlflow.register_model`` reads MLflow's global tracking URI, and ``mlflow.set_tracking_uri`` also writes
+    it into this process's ``MLFLOW_TRACKING_URI`` (which MLflow keeps equal to the global): both are put back
+    afterwards, so a caller in the same process (and every process it starts later) keeps its own store."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
-    mv = mlflow.register_model(f"runs:/{run_id}/{ARTIFACT}", name)
+    try:
+        mv = mlflow.register_model(f"runs:/{run_id}/{ARTIFACT}", name)
+    finally:
+        mlflow.set_tracking_uri(before)  # None: unset again, the variable with it
     return f"models:/{mv.name}/{mv.version}"
 
 
