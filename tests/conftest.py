@@ -22,32 +22,20 @@ os.environ.pop("RAY_ADDRESS", None)
 
 
 def pytest_collection_modifyitems(config, items):
-    """The order and grouping of ``pytest -n 2 --dist loadgroup`` (pyproject.toml). The tests of a module with a
-    module-scoped fixture stay together, in their order, on one worker (``xdist_group``), so the fixture is built
-    once; the other tests go one by one to whichever worker is free. The slowest first (a test marked ``slow``,
-    or a module holding one, then the other ``ray`` ones), so neither worker is left with a long test at the end."""
-    grouped = {item.module.__name__ for item in items
-               if any(d.scope in ("module", "class") for defs in item._fixtureinfo.name2fixturedefs.values()
-                      for d in defs)}
+    """The order of ``pytest -n 2 --dist loadscope --no-loadscope-reorder`` (pyproject.toml), which gives each
+    worker whole modules (a module-scoped fixture, such as the two-node cluster, is built once) in the order of
+    their first test here: the modules holding a test marked ``slow`` first, then those with ``ray`` tests, then
+    the rest, so neither worker ends on a long module. Within a module the tests keep their order."""
 
     def weight(item) -> int:
         return 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("ray") else 2
 
-    unit_weight: dict[str, int] = {}
-    for item in items:
-        unit = item.module.__name__ if item.module.__name__ in grouped else item.nodeid
-        unit_weight[unit] = min(unit_weight.get(unit, 2), weight(item))
-        if unit != item.nodeid:
-            item.add_marker(pytest.mark.xdist_group(unit))
-    first = {}
+    module_weight: dict[str, int] = {}
+    first: dict[str, int] = {}
     for i, item in enumerate(items):
-        first.setdefault(item.module.__name__ if item.module.__name__ in grouped else item.nodeid, i)
-    key = {id(item): (unit_weight[u], first[u])
-           for item in items for u in [item.module.__name__ if item.module.__name__ in grouped else item.nodeid]}
-    items.sort(key=lambda item: key[id(item)])  # stable: a module's tests keep their order
-
-
-pytest_collection_modifyitems = pytest.hookimpl(tryfirst=True)(pytest_collection_modifyitems)
+        module_weight[item.module.__name__] = min(module_weight.get(item.module.__name__, 2), weight(item))
+        first.setdefault(item.module.__name__, i)
+    items.sort(key=lambda item: (module_weight[item.module.__name__], first[item.module.__name__]))
 
 
 def write_plugin_distribution(root: Path, module: str, source: str, group: str, entries: list[str]) -> Path:

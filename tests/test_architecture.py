@@ -131,8 +131,11 @@ def _fresh_modules(*steps: str) -> list[set[str]]:
     """The names in ``sys.modules`` after each of ``steps`` (code run one after the other in one fresh
     interpreter)."""
     script = "import sys\n" + "\n".join(f"{step}\nprint(' '.join(sys.modules))" for step in steps)
+    # a user's environment without a tracking URI (MLflow's set_tracking_uri writes one into os.environ, and a test
+    # before this one in the same process may have called it): with one, the CLI checks it and so imports MLflow
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "PYTHONPATH": str(SRC)})
+                         env={**env, "PYTHONPATH": str(SRC)})
     assert out.returncode == 0, out.stderr[-2000:]
     return [set(line.split()) for line in out.stdout.splitlines()[-len(steps):]]
 

@@ -49,7 +49,8 @@ def test_optuna_asha_sweep_records_parent_children_and_study(ray_local, data_roo
     space = _space({"strategies": {"categorical": ["ce", "hl", "focal"]},
                     "train.lr": {"loguniform": [1e-3, 1e-2]},
                     "strategy_params.hl.lam": {"loguniform": [1e-3, 1e-1]}},
-                   {"num_samples": 5, "metric": "val/miou", "mode": "max", "seed": 0,
+                   # one trial at a time: one reused trial process (a second would cost its imports, 6 CPU-s)
+                   {"num_samples": 5, "metric": "val/miou", "mode": "max", "seed": 0, "max_concurrent": 1,
                     "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2}})
     out = run_sweep(space, overrides=_overrides(data_root, tmp_path, sqlite_uri, **{"ray.num_workers": 1,
                                                                                     "train.epochs": 3}),
@@ -286,7 +287,7 @@ def test_iteration_sweep_counts_iterations_and_evaluates_at_its_interval(ray_loc
     """With train.iters, Tune's time and ASHA's grace period are iterations, and trials evaluate every
     train.eval_interval iterations (3 evaluations of 24 iterations, not one per pass over the data)."""
     space = _space({"train.lr": {"loguniform": [1e-3, 1e-2]}},
-                   {"num_samples": 3, "metric": "val/miou", "mode": "max", "seed": 0,
+                   {"num_samples": 3, "metric": "val/miou", "mode": "max", "seed": 0, "max_concurrent": 1,
                     "scheduler": {"type": "asha", "grace_period": 8, "reduction_factor": 2}})
     out = run_sweep(space, overrides=_overrides(data_root, tmp_path, sqlite_uri, **{
         "ray.num_workers": 1, "train.iters": 24, "train.epochs": "null", "train.eval_interval": 8,
