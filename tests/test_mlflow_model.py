@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_logged_model_reproduces_best_val_miou_and_is_evaluated_by_uri(data_root, sqlite_uri, tmp_path, capsys,
-                                                                      monkeypatch):
+                                                                      monkeypatch, request):
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     cfg = load_config(None, small_overrides(data_root, **{
         "model.name": "smp:FPN", "model.encoder": "resnet18", "strategies": "[coarse_to_fine]",
@@ -42,8 +42,9 @@ def test_logged_model_reproduces_best_val_miou_and_is_evaluated_by_uri(data_root
     assert {"model/MLmodel", "model/model_export.pt", "model/config.yaml"} <= {
         a.path for a in client.list_artifacts(run_id, "model")}
 
-    # the store runs:/ URIs are read from (mlflow.set_tracking_uri would outlive the test in os.environ)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
+    # the store runs:/ and models:/ URIs are read from; unset after the test (MLflow also writes it to os.environ)
+    mlflow.set_tracking_uri(sqlite_uri)
+    request.addfinalizer(lambda: mlflow.set_tracking_uri(None))
     model = mlflow.pytorch.load_model(f"runs:/{run_id}/model")
     assert isinstance(model, ExportedModel)
     meta = mlflow.models.get_model_info(f"runs:/{run_id}/model").metadata
@@ -80,12 +81,12 @@ def test_logged_model_reproduces_best_val_miou_and_is_evaluated_by_uri(data_root
     for k, v in best_model.state_dict().items():
         torch.testing.assert_close(tm.export().state_dict()[k], v, rtol=0, atol=0)
 
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")  # a caller's own store, kept by register
     uri = register(run_id, "hardseg-test-model", sqlite_uri)
     assert uri == "models:/hardseg-test-model/1"
     # registering leaves MLflow's global URI (and the environment it writes) as they were
-    assert "MLFLOW_TRACKING_URI" not in os.environ
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)  # the store a models:/ URI is read from
+    assert mlflow.get_tracking_uri() == os.environ["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    mlflow.set_tracking_uri(sqlite_uri)
     assert isinstance(mlflow.pytorch.load_model(uri), ExportedModel)
     assert cli(["evaluate", "runs:/0123456789abcdef/model", "--tracking-uri", sqlite_uri]) == 2
     err = capsys.readouterr().err.strip().splitlines()  # after the registry's own two lines
