@@ -343,13 +343,12 @@ def _make_tuner(state: SweepState, sweep_root: str, space: SearchSpace):
     spec = TrialSpec(**state.spec)
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec, space=space), state.resources)
     s = space.sweep
-    # Every trial reuses its actor for the next one: a new trial skips the process start and the
-    # torch/MLflow/hardseg imports (4 s a trial on a 2-core box). A stopped trial that drives a
-    # TorchTrainer ends its Train run itself when Tune resets the actor (trial.FitStopper).
-    reuse = True
+    # Every trial reuses its actor for the next one (reuse_actors): a new trial skips the process start and
+    # the torch/MLflow/hardseg imports (3.5 s a trial on a 2-core box, benchmarks/README.md). A stopped trial
+    # that drives a TorchTrainer ends its Train run itself when Tune resets the actor (trial.FitStopper).
     if state.grid is not None:
         tune_config = tune.TuneConfig(num_samples=1, max_concurrent_trials=state.max_concurrent,
-                                      metric=s.metric, mode=s.mode, reuse_actors=reuse)
+                                      metric=s.metric, mode=s.mode, reuse_actors=True)
         param_space = {k: tune.grid_search(v) for k, v in state.grid.items()}
     else:
         searcher = make_searcher(space, state.optuna_storage, spec.sweep_name, state.max_epochs, state.unit)
@@ -357,7 +356,7 @@ def _make_tuner(state: SweepState, sweep_root: str, space: SearchSpace):
         # limiter would not pass TuneConfig's on to the searcher).
         tune_config = tune.TuneConfig(search_alg=searcher, scheduler=make_scheduler(space, state.max_epochs, state.unit),
                                       num_samples=s.num_samples, max_concurrent_trials=state.max_concurrent,
-                                      reuse_actors=reuse)
+                                      reuse_actors=True)
         param_space = {}
     run_config = tune.RunConfig(
         name=spec.sweep_name, storage_path=sweep_root, verbose=0,

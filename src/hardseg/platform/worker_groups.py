@@ -63,10 +63,7 @@ def kill_controller(run_name: str) -> bool:
     value = kv._internal_kv_get(run_name, namespace=CONTROLLERS)
     if value is None:
         return False
-    try:
-        ray.kill(pickle.loads(value), no_restart=True)
-    except ValueError:  # the controller is gone already
-        pass
+    ray.kill(pickle.loads(value), no_restart=True)  # a controller that is gone already: nothing happens
     forget_controller(run_name)
     return True
 
