@@ -5,6 +5,7 @@ The same on a two-node cluster, killing a whole node: tests/test_cluster.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -15,6 +16,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from hardseg import keys
 from hardseg.platform.sweep import resume_sweep, run_sweep
 from hardseg.search_spaces import SearchSpace
 
@@ -57,6 +59,16 @@ def kill_trial_after_epoch(uri: str, epoch: int, timeout: float = 300) -> tuple[
     raise AssertionError(f"the trial never logged epoch {epoch}")
 
 
+def plant_stale_stop(experiment: Path, trial_id: str) -> None:
+    """Put the ``STOP`` Ray Tune saves for a trial whose process died while Tune waited for its checkpoint
+    into the experiment's saved state (``runner_data`` of ``experiment_state-*.json``, as Tune writes it), so
+    the restore meets it every time, not only when the kill lands in a save (hardseg.platform.tune_state)."""
+    for path in experiment.glob("experiment_state-*.json"):
+        state = json.loads(path.read_text())
+        state["runner_data"]["_cached_trial_decisions"][trial_id] = "STOP"
+        path.write_text(json.dumps(state))
+
+
 def _sweep_in_thread(data_root: Path, tmp_path: Path, uri: str, name: str, max_failures: int):
     overrides = small_overrides(data_root, **{"ray.storage_path": str(tmp_path / "runs"), "tracking.uri": uri,
                                               "data.eval_domains": "[]", "ray.num_workers": 1,
@@ -91,6 +103,7 @@ def test_retry_failed_reruns_a_trial_that_ran_out_of_retries(ray_local, data_roo
     assert failed.info.status == "FAILED" and out["o"].statuses == {"FAILED": 1}
     reason = failed.data.tags["hardseg.error"]
     assert reason.startswith("the trial's process died after epoch")
+    plant_stale_stop(tmp_path / "runs" / "sweeps" / "kill-fail", failed.data.tags[keys.TRIAL_ID])
 
     again = resume_sweep("kill-fail", storage_path=str(tmp_path / "runs"), workdir=tmp_path, retry_failed=True)
     client, children = _child(sqlite_uri)

@@ -56,6 +56,7 @@ from hardseg.platform.storage import absolute_location, storage_exists, storage_
 from hardseg.platform.sweep_runs import child_runs, close_open_runs, log_summary, start_parent_run
 from hardseg.platform.trial import TrialSpec, run_trial
 from hardseg.platform.trial_table import TrialTable, stopped_early
+from hardseg.platform.tune_state import drop_pending_decisions
 from hardseg.search_spaces import SearchSpace
 from hardseg.trainables.schedule import EPOCH, length_of, unit_of
 
@@ -327,6 +328,7 @@ def resume_sweep(name: str, *, storage_path: str | None = None, workdir: Path | 
     _announce(name, spec.parent_run_id, spec.tracking_uri, state.optuna_storage, state.max_concurrent,
               state.num_samples, state.resources, spec.experiment_id)
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec, space=space), state.resources)
+    drop_pending_decisions(folder)  # a STOP Tune saved for a trial that ended mid-save would stop its rerun
     tuner = tune.Tuner.restore(folder, trainable=trainable, resume_unfinished=True, resume_errored=retry_failed)
     return _fit_and_close(tuner, state, space, client, start=time.perf_counter(),
                           wait=lambda: wait_for_resources(need, missing, base_cfg.ray.resource_timeout_s))
