@@ -138,11 +138,15 @@ def test_previous_nightly_is_the_latest_finished_one_of_the_suite(sqlite_uri):
 
 
 # -- the command ----------------------------------------------------------------------------
-def _suite_file(tmp_path, seeds=(0, 1, 2, 3, 4), **extra) -> str:
+SEEDS = (0, 1, 2)  # the fewest a paired test with a spread needs (df = 2)
+
+
+def _suite_file(tmp_path, seeds=SEEDS, **extra) -> str:
     suite = {"name": "t-nightly", "strategies": ["ce", "focal", "ohem"], "models": {"tiny": {"model.name": "tiny_seg"}},
              "datasets": {"synth": {"data.dataset": "synthetic"}}, "seeds": list(seeds),
              "budget": {"ray.num_workers": 1, "strategy_params.ohem.min_kept_fraction": 0.1},
-             "watch": [{"metric": "val/miou", "mode": "max"}], **extra}
+             "watch": [{"metric": "val/miou", "mode": "max"}],
+             "max_concurrent": 1, **extra}  # one trial process a night (each costs seconds of imports)
     path = tmp_path / "suite.yaml"
     path.write_text(yaml.safe_dump(suite))
     return str(path)
@@ -180,7 +184,7 @@ def test_three_nightlies_flag_exactly_the_planted_regression(ray_local, data_roo
 
     rc, rerun = nightly("n2")  # unchanged code, same seeds: within seed noise
     assert rc == 0 and rerun["previous_run_id"] == base["run_id"] and rerun["regressions"] == 0
-    assert all(c["status"] == "ok" and c["paired"] and c["n_cur"] == 5 for c in rerun["comparisons"])
+    assert all(c["status"] == "ok" and c["paired"] and c["n_cur"] == len(SEEDS) for c in rerun["comparisons"])
 
     # Planted: OHEM keeps only pixels below 0.1 % confidence and no minimum, i.e. almost nothing.
     rc, bad = nightly("n3", "--set", "strategy_params.ohem.thresh=0.001", "--set", "strategy_params.ohem.min_kept=0",
@@ -210,8 +214,9 @@ def test_three_nightlies_flag_exactly_the_planted_regression(ray_local, data_roo
             "nightly/summary.md", "nightly/summary.json", "nightly/suite.yaml"}
         [cell] = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{r.info.run_id}'")
         assert cell.data.tags["hardseg.kind"] == "ablation" and cell.info.status == "FINISHED"
+        assert cell.data.params["sweep.max_concurrent"] == "1"  # the suite's max_concurrent
         trials = client.search_runs([exp], f"tags.`mlflow.parentRunId` = '{cell.info.run_id}'")
-        assert len(trials) == 15 and all(t.info.status == "FINISHED" for t in trials)
+        assert len(trials) == 3 * len(SEEDS) and all(t.info.status == "FINISHED" for t in trials)
     assert nights[2].data.tags["hardseg.previous_nightly"] == rerun["run_id"]
     assert "ohem.tiny.synth/val/miou" in nights[2].data.metrics
     md = (tmp_path / "n3" / "summary.md").read_text()

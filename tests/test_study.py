@@ -33,6 +33,7 @@ STUDY = {
                           "strategy_params.focal.gamma": {"uniform": [0.5, 3.0]},
                           "strategy_params.ohem.thresh": {"uniform": [0.5, 0.9]}}},
     "confirm": {"top_k": 1, "seeds": [1000, 1001, 1002]},
+    "max_concurrent": 1,  # one trial process a stage (each costs seconds of imports)
 }
 
 

@@ -120,6 +120,11 @@ def test_a_ddp_sweep_goes_on_after_its_scheduler_stops_a_trial(ray_local, data_r
     stopped = [r for r in runs if r.data.params.get("train.lr") == "1e-12"][0]
     assert stopped.data.tags["hardseg.stop_reason"] == "stopped by the scheduler after epoch 1 of 2", stopped.data.tags
     assert len(trials) == 3 and trials[2][1] in {"FINISHED", "KILLED"}, trials
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert all(r.data.params["ray.num_workers"] == "2" for r in children)
+    for r in children:  # a finished trial logs the model of its TorchTrainer's last checkpoint
+        if r.info.status == "FINISHED":
+            assert {a.path for a in client.list_artifacts(r.info.run_id, "model")} >= {"model/model_export.pt"}
     assert out.statuses.get("FINISHED", 0) + out.statuses.get("KILLED", 0) == 3
     deadline = time.time() + 10  # the reaper's next round for a group of a trial stopped last
     while _recorded() and time.time() < deadline:

@@ -62,7 +62,7 @@ def validate_suite(suite: Suite, overrides: list[str], workdir: Path | None = No
     for item in overrides:
         if item.split("=", 1)[0] in GRID_KEYS:
             raise ConfigError(f"--set {item}: the suite's 'strategies' and 'seeds' make the grid; edit the suite")
-    space = ablation_space(suite.strategies, suite.seeds, name=suite.name)
+    space = ablation_space(suite.strategies, suite.seeds, name=suite.name, max_concurrent=suite.max_concurrent)
     possible = {s for combo in space.params["strategies"].choices for s in combo.split("+")}
     grid = {"strategies": list(space.params["strategies"].choices), "seed": list(suite.seeds)}
     prepared = []
@@ -133,7 +133,7 @@ def run_nightly(suite: Suite, *, overrides: list[str] | None = None, out_dir: Pa
     cell_runs: dict[str, str] = {}
     with RunCloser(client, run_id, wrap_errors=False) as nightly:
         for model, dataset in suite.cells():
-            space = ablation_space(suite.strategies, suite.seeds, name=suite.name)
+            space = ablation_space(suite.strategies, suite.seeds, name=suite.name, max_concurrent=suite.max_concurrent)
             out = run_sweep(space, config_path=suite.config, overrides=suite.overrides(model, dataset, overrides),
                             name=f"{name}-{run_id[:6]}-{model}-{dataset}"[:100],
                             grid={"strategies": list(space.params["strategies"].choices), "seed": list(suite.seeds)},

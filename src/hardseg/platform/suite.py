@@ -17,6 +17,7 @@ One YAML file is one suite (the shipped ones live in ``platform/suites/``)::
     watch:                              # metrics compared with the previous nightly
       - {metric: val/miou, mode: max}
     noise: {alpha: 0.05, correction: holm}   # hardseg.reports.regression (holm, bh or none)
+    max_concurrent: null                # at most this many trials at once (null: what fits)
 
 Each (model, dataset) cell is one ablation grid (strategies × seeds, identical
 budgets) nested under the nightly's MLflow parent run: models and datasets are
@@ -66,6 +67,7 @@ class Suite(Strict):
     budget: dict[str, Any] = Field(default_factory=dict)
     watch: list[Watch] = Field(default_factory=lambda: [Watch(metric=keys.VAL_MIOU)], min_length=1)
     noise: NoiseRule = NoiseRule()
+    max_concurrent: int | None = Field(None, ge=1)
 
     @field_validator("models", "datasets")
     @classmethod
