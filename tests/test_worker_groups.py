@@ -112,7 +112,8 @@ def test_a_ddp_sweep_goes_on_after_its_scheduler_stops_a_trial(ray_local, data_r
     assert len(seen) == 1, seen
     client = MlflowClient(sqlite_uri)
     runs = client.search_runs([client.get_experiment_by_name("hardseg").experiment_id], order_by=["start_time"])
-    trials = [(r.data.params["train.lr"], r.info.status) for r in runs if "mlflow.parentRunId" in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    trials = [(r.data.params["train.lr"], r.info.status) for r in children]
     # TPE's seeded start-up samples (choice indices 1, 0, 1): 0.01, then 1e-12, which ASHA stops after epoch 1
     # against the first trial's epoch 1, then a third trial, which needs the CPUs the stopped one held
     assert trials[:2] == [("0.01", "FINISHED"), ("1e-12", "KILLED")], trials
@@ -120,7 +121,6 @@ def test_a_ddp_sweep_goes_on_after_its_scheduler_stops_a_trial(ray_local, data_r
     stopped = [r for r in runs if r.data.params.get("train.lr") == "1e-12"][0]
     assert stopped.data.tags["hardseg.stop_reason"] == "stopped by the scheduler after epoch 1 of 2", stopped.data.tags
     assert len(trials) == 3 and trials[2][1] in {"FINISHED", "KILLED"}, trials
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert all(r.data.params["ray.num_workers"] == "2" for r in children)
     for r in children:  # a finished trial logs the model of its TorchTrainer's last checkpoint
         if r.info.status == "FINISHED":

@@ -33,6 +33,7 @@ from hardseg.platform.sweep import run_sweep
 from hardseg.reports.collect import runs_frame
 from hardseg.reports.regression import Comparison, Key, compare_nights, correction_of
 from hardseg.reports.stats import correction_name
+from hardseg.search_spaces import SearchSpace
 
 GRID_KEYS = ("strategies", "seed")
 
@@ -56,15 +57,20 @@ class NightlyOutcome:
         return 130 if self.interrupted else 1 if self.regressions else 0
 
 
+def cell_grid(suite: Suite) -> tuple[SearchSpace, dict[str, list]]:
+    """The ablation every (model, dataset) cell of ``suite`` runs: its space and grid (strategies × seeds)."""
+    space = ablation_space(suite.strategies, suite.seeds, name=suite.name, max_concurrent=suite.max_concurrent)
+    return space, {"strategies": list(space.params["strategies"].choices), "seed": list(suite.seeds)}
+
+
 def validate_suite(suite: Suite, overrides: list[str], workdir: Path | None = None) -> list[PreparedSweep]:
     """Every cell prepared as its ablation will be (:func:`hardseg.platform.prepare.prepare_sweep`, without
     generating data), before anything is written to MLflow; returns them in the order of ``suite.cells()``."""
     for item in overrides:
         if item.split("=", 1)[0] in GRID_KEYS:
             raise ConfigError(f"--set {item}: the suite's 'strategies' and 'seeds' make the grid; edit the suite")
-    space = ablation_space(suite.strategies, suite.seeds, name=suite.name, max_concurrent=suite.max_concurrent)
-    possible = {s for combo in space.params["strategies"].choices for s in combo.split("+")}
-    grid = {"strategies": list(space.params["strategies"].choices), "seed": list(suite.seeds)}
+    space, grid = cell_grid(suite)
+    possible = {s for combo in grid["strategies"] for s in combo.split("+")}
     prepared = []
     for model, dataset in suite.cells():
         sets = suite.overrides(model, dataset, overrides)
@@ -131,12 +137,11 @@ def run_nightly(suite: Suite, *, overrides: list[str] | None = None, out_dir: Pa
           f"{previous.data.tags.get(keys.RUN_NAME, previous.info.run_id) if previous else 'none (baseline)'}",
           flush=True)
     cell_runs: dict[str, str] = {}
+    space, grid = cell_grid(suite)
     with RunCloser(client, run_id, wrap_errors=False) as nightly:
         for model, dataset in suite.cells():
-            space = ablation_space(suite.strategies, suite.seeds, name=suite.name, max_concurrent=suite.max_concurrent)
             out = run_sweep(space, config_path=suite.config, overrides=suite.overrides(model, dataset, overrides),
-                            name=f"{name}-{run_id[:6]}-{model}-{dataset}"[:100],
-                            grid={"strategies": list(space.params["strategies"].choices), "seed": list(suite.seeds)},
+                            name=f"{name}-{run_id[:6]}-{model}-{dataset}"[:100], grid=grid,
                             kind=keys.ABLATION, in_process=in_process, workdir=workdir,
                             parent_tags={keys.PARENT: run_id, keys.NIGHTLY_RUN: run_id, keys.SUITE: suite.name,
                                          keys.NIGHTLY_MODEL: model, keys.NIGHTLY_DATASET: dataset})

@@ -23,23 +23,18 @@ STATE_FILE = re.compile(r"experiment_state-.*\.json")
 PENDING_DECISIONS = ("_cached_trial_decisions", "_queued_trial_decisions")
 
 
-def drop_pending_decisions(folder: str) -> dict[str, str]:
+def drop_pending_decisions(folder: str) -> None:
     """Empty the pending trial decisions in every experiment-state file of the Tune experiment ``folder``
-    (a local path or storage URI). Returns what was dropped, ``{trial id: decision}``."""
+    (a local path or storage URI); a file without any is left as it is."""
     fs, path = storage_fs(folder)
-    dropped: dict[str, str] = {}
     for info in fs.get_file_info(pyarrow.fs.FileSelector(path)):
         if info.type != pyarrow.fs.FileType.File or not STATE_FILE.fullmatch(info.base_name):
             continue
         with fs.open_input_stream(info.path) as f:
             state = json.loads(f.read().decode())
         runner = state.get("runner_data", {})
-        pending = {k: runner[k] for k in PENDING_DECISIONS if runner.get(k)}
-        if not pending:
+        if not any(runner.get(k) for k in PENDING_DECISIONS):
             continue
-        for key, decisions in pending.items():
-            dropped.update(decisions)
-            runner[key] = {}
+        runner.update({k: {} for k in PENDING_DECISIONS})
         with fs.open_output_stream(info.path) as f:
             f.write(json.dumps(state).encode())
-    return dropped
