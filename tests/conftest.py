@@ -88,10 +88,11 @@ def trial_actors() -> list:
     actors = []
     for p in psutil.Process().children(recursive=True):
         try:
-            if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::ImplicitFunc"):
-                actors.append(p)
+            cmdline = p.cmdline()  # once: a process that exits meanwhile reads as []
         except psutil.Error:  # gone meanwhile
-            pass
+            continue
+        if cmdline[:1] and cmdline[0].startswith("ray::ImplicitFunc"):
+            actors.append(p)
     return actors
 
 

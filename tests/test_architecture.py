@@ -158,17 +158,33 @@ def test_config_and_cli_validation_import_no_torch_ray_mlflow():
     assert not _loaded(modules, HEAVY), _loaded(modules, HEAVY)
 
 
-def test_controller_and_worker_modules_import_nothing_of_the_driver():
-    """The modules Ray imports in the Train controller and in every worker to unpickle hardseg's callbacks
-    need neither torch nor MLflow nor Ray Tune; a training worker imports the loop and Ray Train, not Ray
-    Tune, Optuna or MLflow (issue 26; ``hardseg.platform.train_callbacks``)."""
-    callbacks, worker = _fresh_modules("import hardseg.platform.train_callbacks, hardseg.platform.trial_callbacks",
-                                       # what train_loop_per_worker imports first
-                                       "import hardseg.trainables.ray_worker, hardseg.trainables.loop")
-    assert "ray.train" in callbacks and "hardseg.trainables.loop" in worker  # the code ran
+def test_controller_and_worker_modules_import_nothing_of_the_driver(tmp_path):
+    """What Ray Train hands its controller actor for a hardseg run (the run context with the backend
+    config and hardseg's callbacks, and the default callbacks holding the backend), unpickled in a fresh
+    process as the controller does, needs neither torch (``hardseg.platform.torch_backend``; Ray's own
+    ``TorchConfig`` would bring it) nor MLflow nor Ray Tune; a training worker imports the loop and Ray
+    Train, not Ray Tune, Optuna or MLflow (issue 26; ``hardseg.platform.train_callbacks``)."""
+    blob, ray_blob = tmp_path / "controller.pkl", tmp_path / "ray_config.pkl"
+    _fresh_modules(  # the driver: a run's TorchTrainer, and what fit() sends its controller
+        "import ray.cloudpickle as cp\n"
+        "from ray.train.torch import TorchConfig\n"
+        "from hardseg.config import load_config\n"
+        "from hardseg.platform.trainer import make_trainer\n"
+        f"trainer = make_trainer(load_config(None, ['ray.storage_path={tmp_path / 'runs'}']), '0' * 32, 'sqlite:///x.db')\n"
+        f"open({str(blob)!r}, 'wb').write(cp.dumps((trainer.train_run_context, trainer._create_default_callbacks())))\n"
+        f"open({str(ray_blob)!r}, 'wb').write(cp.dumps(TorchConfig(backend='gloo')))")
+    callbacks, rays, worker = _fresh_modules(
+        "import pickle, hardseg.platform.trial_callbacks\n"  # a sweep trial's callbacks go to the controller too
+        f"ctx, callbacks = pickle.load(open({str(blob)!r}, 'rb'))",
+        f"pickle.load(open({str(ray_blob)!r}, 'rb'))",
+        # what train_loop_per_worker imports first
+        "import hardseg.trainables.ray_worker, hardseg.trainables.loop")
+    assert "ray.train" in callbacks and "hardseg.platform.train_callbacks" in callbacks  # the code ran
+    assert "hardseg.platform.torch_backend" in callbacks and "hardseg.trainables.loop" in worker
     assert not _loaded(callbacks, ("torch", "hardseg.data.base", *DRIVER_ONLY)), \
         _loaded(callbacks, ("torch", "hardseg.data.base", *DRIVER_ONLY))
     assert not _loaded(worker, DRIVER_ONLY), _loaded(worker, DRIVER_ONLY)
+    assert "torch" in rays  # the control: Ray's TorchConfig imports torch
 
 
 def test_a_trial_that_drives_a_torchtrainer_loads_no_loop():

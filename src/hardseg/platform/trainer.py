@@ -15,6 +15,7 @@ from ray.train.torch import TorchTrainer
 from hardseg.config import HardsegConfig
 from hardseg.platform import runs, tracking
 from hardseg.platform.cluster import CONTROLLER_ENV, worker_resources
+from hardseg.platform.torch_backend import TorchBackendConfig
 from hardseg.platform.train_callbacks import MLflowCallback, controller_callbacks
 from hardseg.trainables.ray_worker import train_loop_per_worker
 
@@ -36,6 +37,9 @@ class HardsegTorchTrainer(TorchTrainer):
       :mod:`hardseg.platform.worker_groups` does its work through the GCS, from the driver;
     * the Ray Data ``DatasetManager`` (and the autoscaling coordinator it starts), made even for a run
       without Ray Datasets, as every hardseg run is: its workers read their own data loaders.
+
+    :func:`make_trainer` also gives it a torch backend whose controller imports no torch
+    (:mod:`hardseg.platform.torch_backend`).
     """
 
     def _create_default_callbacks(self) -> list:
@@ -67,6 +71,7 @@ def make_trainer(cfg: HardsegConfig, run_id: str, uri: str, *, name: str | None 
     return HardsegTorchTrainer(
         train_loop or train_loop_per_worker,
         train_loop_config={"run": cfg.model_dump(mode="json")},
+        torch_config=TorchBackendConfig(),  # Ray's, less torch in the controller (hardseg.platform.torch_backend)
         scaling_config=scaling_config(cfg),
         run_config=TrainRunConfig(
             name=name or f"train-{run_id}",
