@@ -17,6 +17,11 @@ from hardseg.platform.local_cluster import server_env
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# Ray's log monitor re-reads its log folder's file list every 0.1 s while the folder holds fewer than this
+# many files, and the suite's runtimes gather hundreds of worker logs (≈40 CPU-s of a run, measured):
+# with 0 it re-reads the list every 0.5 s (LOG_NAME_UPDATE_INTERVAL_S); lines are still all printed.
+# The two-node cluster's nodes are started without the suite's RAY_* settings.
+os.environ.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("RAY_ADDRESS", None)
 
