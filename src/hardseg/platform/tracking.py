@@ -162,8 +162,9 @@ class MLflowEpochLogger:
     """Logs each report of the loop (step = epoch, or the iteration of an iteration schedule), each
     per-iteration log (step = iteration) and the visuals to one MLflow run.
 
-    Used by a Ray Train ``UserCallback`` (:func:`hardseg.platform.trainer.mlflow_callback`; it runs in the
-    Train controller, so workers never talk to MLflow) and called directly by in-process trials.
+    Used by the driver of a Ray Train run (:class:`hardseg.platform.trainer.ReportLogger`, which gets the
+    reports from a callback on the Train controller, so neither workers nor the controller talk to MLflow)
+    and called directly by in-process trials.
     An entry at or before the last step already logged of its kind is skipped: a run restarted from a
     checkpoint (by Ray, or by ``hardseg train --resume``, which passes ``after`` = :func:`last_steps`)
     repeats the same entries, and the history stays one value per step.

@@ -1,5 +1,5 @@
-"""Callbacks on Ray Train's controller: each report to MLflow, MLflow's import off the critical path,
-the worker group's placement group for the driver's reaper, and the run's timeline.
+"""Callbacks on Ray Train's controller: each report relayed to the driver (which logs it to MLflow), the worker
+group's placement group for the driver's reaper, and the run's timeline.
 
 Ray unpickles these callbacks twice per run, each time in fresh processes: in the controller actor,
 before it starts the worker group, and in *every training worker* (the run's ``RunConfig``, callbacks
@@ -9,19 +9,20 @@ unpickled. Before issue 26 the callback lived in :mod:`hardseg.platform.trainer`
 client: the controller and each worker imported torch, MLflow, the data package and the export code
 (5–8 s per process on a 2-core machine) before the run could start.
 
-MLflow (≈2 s to import) is needed in the controller only, at the first report; :class:`ControllerHooks`
-imports it in a thread as soon as the controller has started, while the controller waits for the
-worker processes.
+The controller does not log to MLflow either: MLflow costs ≈2.5 CPU-s to import, once per run in a process
+that has nothing else to use it for, while the run's driver (``hardseg train``, or the sweep trial) has it
+loaded already. :class:`ReportRelay` puts each report (rank 0's metrics and the checkpoint) into the GCS's
+key-value store, which every process of the Ray cluster reaches, under the run's channel; the driver's
+:class:`hardseg.platform.trainer.ReportLogger` takes them out in order and logs them.
 """
 
 from __future__ import annotations
 
 import os
-import threading
-from pathlib import Path
-from typing import Any
+import pickle
 
 import ray
+from ray.experimental import internal_kv as kv
 from ray.train import UserCallback
 
 from hardseg import timeline
@@ -32,58 +33,39 @@ try:  # Ray Train's internal callback API (controller and worker-group hooks); a
 except ImportError:  # pragma: no cover - then no warm-up and no controller marks
     ControllerCallback = WorkerGroupCallback = None
 
-_TRACKING_READY = threading.Event()
+REPORTS = "hardseg-reports"  # the GCS key-value namespace of reports on their way to the driver
 
 
-def _import_tracking():
-    # local: MLflow loads in the controller only, and there off the critical path (module docstring)
-    from hardseg.platform import tracking
-
-    _TRACKING_READY.set()
-    return tracking
+def report_key(channel: str, n: int) -> str:
+    """The key of the ``n``-th report of ``channel``: zero-padded, so keys sort in the order reports came."""
+    return f"{channel}/{n:09d}"
 
 
-class MLflowCallback(UserCallback):
-    """Ray Train V2 callback on the controller: rank 0's report of each epoch (and the visuals of its
-    checkpoint) to MLflow run ``run_id`` (:class:`~hardseg.platform.tracking.MLflowEpochLogger`)."""
+class ReportRelay(UserCallback):
+    """Ray Train V2 callback on the controller: rank 0's report of each epoch (per-iteration logs and
+    visuals are reports too) and its checkpoint, if any, put under :func:`report_key` for the driver
+    (module docstring). ``channel`` is the run's own (made by :func:`hardseg.platform.trainer.make_trainer`)."""
 
-    def __init__(self, tracking_uri: str, run_id: str, logged: dict[str, int] | None = None) -> None:
-        self.tracking_uri, self.run_id, self.logged = tracking_uri, run_id, logged
-        self._logger = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"tracking_uri": self.tracking_uri, "run_id": self.run_id, "logged": self.logged, "_logger": None}
-
-    @property
-    def logger(self):
-        if self._logger is None:
-            self._logger = _import_tracking().MLflowEpochLogger(self.tracking_uri, self.run_id, self.logged)
-        return self._logger
+    def __init__(self, channel: str) -> None:
+        self.channel, self.sent = channel, 0
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
-        rank0 = metrics[0] if metrics else {}  # per-iteration logs and visuals are reports without a checkpoint
-        timeline.mark("controller: report received", epoch=rank0.get("epoch"))
-        if checkpoint is None:
-            self.logger.log(rank0, None)
-        else:
-            with checkpoint.as_directory() as d:
-                self.logger.log(rank0, Path(d))
-        timeline.mark("controller: report logged to MLflow", epoch=rank0.get("epoch"))
+        rank0 = metrics[0] if metrics else {}
+        kv._internal_kv_put(report_key(self.channel, self.sent), pickle.dumps((rank0, checkpoint)), namespace=REPORTS)
+        self.sent += 1
+        timeline.mark("controller: report relayed", epoch=rank0.get("epoch"))
 
 
 if ControllerCallback is not None:
 
     class ControllerHooks(ControllerCallback, WorkerGroupCallback):
-        """Starts MLflow's import once the controller runs; records a handle of the controller while it
-        runs and the worker group's placement group while the group is up
+        """Records a handle of the controller while it runs and the worker group's placement group while the group is up
         (:mod:`hardseg.platform.worker_groups`); marks the controller's stages on a timeline."""
 
         def after_controller_start(self, train_run_context) -> None:
             self._controller_id = ray.get_runtime_context().get_actor_id()
             self._run_name = train_run_context.get_run_config().name
             worker_groups.record_controller(self._run_name)  # for a sweep trial that Tune stops
-            if not _TRACKING_READY.is_set():
-                threading.Thread(target=_import_tracking, name="hardseg-mlflow-import", daemon=True).start()
             timeline.mark("controller: started", process_start=timeline.process_start(),
                           env={k: v for k, v in os.environ.items() if k.startswith("RAY_TRAIN_")})
 

@@ -1,22 +1,28 @@
 """The Ray Train ``TorchTrainer`` of one run: DDP workers sized by :func:`hardseg.platform.cluster.worker_resources`,
-checkpoints under ``ray.storage_path``, each report logged to the run's MLflow run by a callback on the
-Train controller (workers never talk to MLflow; :mod:`hardseg.platform.train_callbacks`)."""
+checkpoints under ``ray.storage_path``, each report relayed by a callback on the Train controller to this
+process, which logs it to the run's MLflow run while ``fit()`` runs (:class:`ReportLogger`; workers and
+the controller never talk to MLflow, :mod:`hardseg.platform.train_callbacks`)."""
 
 from __future__ import annotations
 
 import os
+import pickle
+import threading
+import uuid
 from pathlib import Path
 from typing import Callable
 
+from ray.experimental import internal_kv as kv
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, ScalingConfig
 from ray.train import RunConfig as TrainRunConfig
 from ray.train.torch import TorchTrainer
 
+from hardseg import timeline
 from hardseg.config import HardsegConfig
 from hardseg.platform import runs, tracking
 from hardseg.platform.cluster import CONTROLLER_ENV, worker_resources
 from hardseg.platform.torch_backend import TorchBackendConfig
-from hardseg.platform.train_callbacks import MLflowCallback, controller_callbacks
+from hardseg.platform.train_callbacks import REPORTS, ReportRelay, controller_callbacks
 from hardseg.trainables.ray_worker import train_loop_per_worker
 
 try:  # callbacks Ray Train 2.60 adds to every run; HardsegTorchTrainer leaves these two out
@@ -25,8 +31,48 @@ try:  # callbacks Ray Train 2.60 adds to every run; HardsegTorchTrainer leaves t
 except ImportError:  # pragma: no cover - another Ray: nothing is left out
     DatasetsCallback = PlacementGroupCleanerCallback = None
 
-__all__ = ["CONTROLLER_ENV", "HardsegTorchTrainer", "MLflowCallback", "log_result", "make_trainer",
-           "scaling_config"]
+__all__ = ["CONTROLLER_ENV", "HardsegTorchTrainer", "ReportLogger", "log_result", "make_trainer", "scaling_config"]
+
+
+class ReportLogger(threading.Thread):
+    """The driver's end of :class:`~hardseg.platform.train_callbacks.ReportRelay`: while ``fit()`` runs, takes
+    the run's reports out of the GCS's key-value store every ``interval_s`` (0.2 s), in the order they came,
+    and logs each to MLflow (:class:`~hardseg.platform.tracking.MLflowEpochLogger`, which skips steps the
+    run has already: ``logged``). :meth:`finish` logs what is left once ``fit()`` has returned or raised."""
+
+    def __init__(self, tracking_uri: str, run_id: str, channel: str, logged: dict[str, int] | None = None,
+                 interval_s: float = 0.2) -> None:
+        super().__init__(name="hardseg-report-logger", daemon=True)
+        self.logger = tracking.MLflowEpochLogger(tracking_uri, run_id, logged)
+        self.channel, self.interval_s = channel, interval_s
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+
+    def drain(self) -> None:
+        for key in sorted(kv._internal_kv_list(f"{self.channel}/", namespace=REPORTS)):
+            metrics, checkpoint = pickle.loads(kv._internal_kv_get(key, namespace=REPORTS))
+            if checkpoint is None:
+                self.logger.log(metrics, None)
+            else:
+                with checkpoint.as_directory() as d:
+                    self.logger.log(metrics, Path(d))
+            kv._internal_kv_del(key, namespace=REPORTS)
+            timeline.mark("driver: report logged to MLflow", epoch=metrics.get("epoch"))
+
+    def run(self) -> None:
+        try:
+            while not self._done.wait(self.interval_s):
+                self.drain()
+        except BaseException as e:  # raised again by finish(), in the driver's own thread
+            self.error = e
+
+    def finish(self) -> None:
+        """Stop polling, log the reports still in the store, and raise what logging raised meanwhile."""
+        self._done.set()
+        self.join()
+        if self.error is not None:
+            raise self.error
+        self.drain()
 
 
 class HardsegTorchTrainer(TorchTrainer):
@@ -41,6 +87,18 @@ class HardsegTorchTrainer(TorchTrainer):
     :func:`make_trainer` also gives it a torch backend whose controller imports no torch
     (:mod:`hardseg.platform.torch_backend`).
     """
+
+    report_logger: ReportLogger | None = None  # set by make_trainer
+
+    def fit(self):
+        """Ray Train's ``fit()``, with the run's reports logged to MLflow meanwhile (:class:`ReportLogger`)."""
+        if self.report_logger is None:
+            return super().fit()
+        self.report_logger.start()
+        try:
+            return super().fit()
+        finally:
+            self.report_logger.finish()
 
     def _create_default_callbacks(self) -> list:
         left_out = tuple(c for c in (PlacementGroupCleanerCallback, None if self.datasets else DatasetsCallback) if c)
@@ -57,7 +115,8 @@ def make_trainer(cfg: HardsegConfig, run_id: str, uri: str, *, name: str | None 
                  callbacks: list | None = None, train_loop: Callable[[dict], None] | None = None,
                  logged: dict[str, int] | None = None) -> HardsegTorchTrainer:
     """The ``TorchTrainer`` of one run: DDP workers, ``train.keep_checkpoints`` checkpoints under
-    ``cfg.ray.storage_path``, each report logged to MLflow run ``run_id`` by a callback on the Train controller.
+    ``cfg.ray.storage_path``, each report logged to MLflow run ``run_id`` (relayed by a callback on the Train
+    controller to :class:`ReportLogger` in this process).
 
     ``train_loop``: what each worker runs (default :func:`~hardseg.trainables.ray_worker.train_loop_per_worker`).
     ``name``: the Train run's folder (default ``train-<run_id>``); a folder that holds checkpoints already
@@ -68,7 +127,8 @@ def make_trainer(cfg: HardsegConfig, run_id: str, uri: str, *, name: str | None 
     # process's environment at fit()); set here too for a trainer made without ensure_ray.
     for key, value in CONTROLLER_ENV.items():
         os.environ.setdefault(key, value)
-    return HardsegTorchTrainer(
+    channel = f"{run_id}/{uuid.uuid4().hex[:12]}"  # this fit's own: reports of an earlier, killed driver stay out
+    trainer = HardsegTorchTrainer(
         train_loop or train_loop_per_worker,
         train_loop_config={"run": cfg.model_dump(mode="json")},
         torch_config=TorchBackendConfig(),  # Ray's, less torch in the controller (hardseg.platform.torch_backend)
@@ -78,12 +138,14 @@ def make_trainer(cfg: HardsegConfig, run_id: str, uri: str, *, name: str | None 
             storage_path=cfg.ray.storage_path,
             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            callbacks=[MLflowCallback(uri, run_id, logged), *(callbacks or []), *controller_callbacks()],
+            callbacks=[ReportRelay(channel), *(callbacks or []), *controller_callbacks()],
             logging_config=LoggingConfig(log_level="WARNING"),
             # Ray Train's print patch would echo every progress line twice.
             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
     )
+    trainer.report_logger = ReportLogger(uri, run_id, channel, logged)
+    return trainer
 
 
 def log_result(client: tracking.MlflowClient, run_id: str, result, config_yaml: str, wall_s: float) -> None:
