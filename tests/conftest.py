@@ -22,6 +22,9 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # with 0 it re-reads the list every 0.5 s (LOG_NAME_UPDATE_INTERVAL_S); lines are still all printed.
 # The two-node cluster's nodes are started without the suite's RAY_* settings.
 os.environ.setdefault("RAY_LOG_MONITOR_MANY_FILES_THRESHOLD", "0")
+# Nor do the suite's runtimes start idle workers ahead of need for their first driver (Ray's prestart): most of
+# them are never used (31 in a run, ≈38 CPU-s), as Train's actors need workers with their own runtime_env.
+os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.pop("RAY_ADDRESS", None)
 
