@@ -135,6 +135,14 @@ def last_epoch(client: tracking.MlflowClient, run_id: str) -> int:
     return max((m.step for m in history), default=0)
 
 
+def scheduler_stop_point(client: tracking.MlflowClient, run_id: str, length: int) -> int:
+    """The epoch (or iteration) after which the scheduler stopped a trial, for its stop reason: the last one the
+    run logged, short of the run's ``length``. Tune never sees the final report (:func:`for_tune`), so it cannot
+    have decided on it; a final report logged anyway raced the stop (its run's reports reach MLflow from the
+    driver while Tune decides, :class:`hardseg.platform.trainer.ReportLogger`)."""
+    return min(last_epoch(client, run_id), length - 1)
+
+
 def stopped_by_tune(err: BaseException) -> bool:
     """Tune stopping a trial removes its placement group, which kills the Train controller inside it."""
     while err is not None:
@@ -222,8 +230,8 @@ def run_trial(sampled: dict[str, Any], spec: TrialSpec, space: SearchSpace) -> N
                     result = trainer.fit()
             except Exception as err:
                 if stopper.stopped.is_set() or stopped_by_tune(err):
-                    raise TrialStopped(f"stopped by the scheduler after {unit} {last_epoch(client, run_id)} "
-                                       f"of {epochs}") from None
+                    raise TrialStopped(f"stopped by the scheduler after {unit} "
+                                       f"{scheduler_stop_point(client, run_id, epochs)} of {epochs}") from None
                 raise
             runs.raise_if_run_failed(client, run_id)
             timeline.mark("trial: fit returned")
