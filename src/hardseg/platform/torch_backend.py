@@ -10,7 +10,8 @@ and runs Ray's own worker-side functions (``ray.train.torch.config``: the ``RANK
 environment, ``init_process_group``, the shutdown) on the workers, which load torch to train anyway.
 The workers' context (Ray's ``TorchConfigContextManager``: each worker's CUDA device) is Ray's too.
 
-Not supported here, as hardseg never asks for them: TPUs (``tpu_dist``) and ``init_method="tcp"``.
+Not supported here, as hardseg never asks for them: TPUs (``tpu_dist``) and Ray's ``init_method="tcp"``
+(the rendezvous is always ``env://``).
 """
 
 from __future__ import annotations
@@ -88,7 +89,6 @@ class TorchBackendConfig(BackendConfig):
     process group's operations) for ``TorchTrainer(torch_config=...)``, importable without torch."""
 
     backend: str | None = None
-    init_method: str = "env"
     timeout_s: int = 1800
 
     @property
@@ -104,4 +104,4 @@ class TorchBackendConfig(BackendConfig):
         return TrainingFramework.TORCH if TrainingFramework is not None else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"backend": self.backend, "init_method": self.init_method, "timeout_s": self.timeout_s}
+        return {"backend": self.backend, "init_method": "env", "timeout_s": self.timeout_s}  # always env://

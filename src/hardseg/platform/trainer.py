@@ -88,17 +88,19 @@ class HardsegTorchTrainer(TorchTrainer):
     (:mod:`hardseg.platform.torch_backend`).
     """
 
-    report_logger: ReportLogger | None = None  # set by make_trainer
+    report_to: tuple[str, str, str, dict[str, int] | None] | None = None  # ReportLogger's arguments (make_trainer)
 
     def fit(self):
-        """Ray Train's ``fit()``, with the run's reports logged to MLflow meanwhile (:class:`ReportLogger`)."""
-        if self.report_logger is None:
+        """Ray Train's ``fit()``, with the run's reports logged to MLflow meanwhile (a :class:`ReportLogger`
+        of this fit's own: a thread starts once)."""
+        if self.report_to is None:
             return super().fit()
-        self.report_logger.start()
+        logger = ReportLogger(*self.report_to)
+        logger.start()
         try:
             return super().fit()
         finally:
-            self.report_logger.finish()
+            logger.finish()
 
     def _create_default_callbacks(self) -> list:
         left_out = tuple(c for c in (PlacementGroupCleanerCallback, None if self.datasets else DatasetsCallback) if c)
@@ -144,7 +146,7 @@ def make_trainer(cfg: HardsegConfig, run_id: str, uri: str, *, name: str | None 
             worker_runtime_env={"env_vars": {"RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}},
         ),
     )
-    trainer.report_logger = ReportLogger(uri, run_id, channel, logged)
+    trainer.report_to = (uri, run_id, channel, logged)
     return trainer
 
 
