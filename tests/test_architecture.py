@@ -197,3 +197,19 @@ def test_a_trial_that_drives_a_torchtrainer_loads_no_loop():
     heavy = ("torchvision", "hardseg.trainables.loop", "hardseg.data.transforms", "mlflow.pytorch",
              "hardseg.platform.export")
     assert not _loaded(trial, heavy), _loaded(trial, heavy)
+
+
+def test_a_driver_prepares_runs_and_sweeps_without_torchvision(data_root, tmp_path):
+    """``hardseg train`` and ``hardseg sweep`` prepare their runs in the driver (config, strategies against the
+    model, the splits' and domains' files: their ``--dry-run`` is that preparation) without torchvision and the
+    ``torch._dynamo`` it imports (≈2 s a process): only the processes that train or evaluate load the transforms."""
+    from conftest import small_overrides
+
+    sets = [a for s in small_overrides(data_root, **{"tracking.uri": f"sqlite:///{tmp_path / 'm.db'}"})
+            for a in ("--set", s)]
+    (modules,) = _fresh_modules("from hardseg.platform.cli import main\n"
+                                f"assert main(['train', '--dry-run', *{sets!r}]) == 0\n"
+                                f"assert main(['sweep', 'quickstart', '--dry-run', *{sets!r}]) == 0")
+    assert {"hardseg.platform.prepare", "hardseg.data.domains", "torch"} <= modules  # the code ran
+    heavy = ("torchvision", "torch._dynamo", "hardseg.data.transforms")
+    assert not _loaded(modules, heavy), _loaded(modules, heavy)

@@ -34,13 +34,12 @@ import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from hardseg.data import SegmentationDataset, build_source, dataset_info
+from hardseg.data import SegmentationDataset, Source, build_source, dataset_info
 from hardseg.data.config import DataConfig
 from hardseg.data.corruption_cache import cached_source
 from hardseg.data.corruptions import CORRUPTIONS, SEVERITIES, check_frost_files
 from hardseg.data.formats import folder_name
 from hardseg.data.registry import available_datasets, get_dataset
-from hardseg.data.transforms import EvalTransform
 from hardseg.errors import DataError
 from hardseg.keys import CORRUPT_PREFIX
 
@@ -182,8 +181,9 @@ def domain_config(cfg: DataConfig, domain: Domain) -> DataConfig:
     return cfg.model_copy(update={"dataset": domain.dataset, "root": str(Path(domain.root).absolute())})
 
 
-def build_domain(cfg: DataConfig, domain: Domain | str):
-    """The domain's dataset, checked to share the training set's label space.
+def domain_source(cfg: DataConfig, domain: Domain | str) -> Source:
+    """The domain's raw reader (:func:`hardseg.data.build_source`, from the corruption cache for a corrupted
+    domain), checked to share the training set's label space.
 
     Raises:
         DataError: missing data, unknown split, or a different number of classes.
@@ -193,11 +193,17 @@ def build_domain(cfg: DataConfig, domain: Domain | str):
         source = build_source(domain_config(cfg, domain), domain.split, domain.variant)
         if domain.corruption is not None:  # from the corruption cache if there is one (corruption_cache.py)
             source = cached_source(domain_config(cfg, domain), source, domain.split, *domain.corruption)
-        ds = SegmentationDataset(source, EvalTransform())
     except (KeyError, ValueError, FileNotFoundError) as err:
         raise DataError(f"evaluation domain '{domain.spec}': {err}") from None
     want = dataset_info(cfg).num_classes
-    if ds.info.num_classes != want:
-        raise DataError(f"evaluation domain '{domain.spec}' has {ds.info.num_classes} classes; the model is "
+    if source.info.num_classes != want:
+        raise DataError(f"evaluation domain '{domain.spec}' has {source.info.num_classes} classes; the model is "
                         f"trained on {want} (the same label space is needed)")
-    return ds
+    return source
+
+
+def build_domain(cfg: DataConfig, domain: Domain | str) -> SegmentationDataset:
+    """The domain's dataset (:func:`domain_source` with the evaluation transform)."""
+    from hardseg.data.transforms import EvalTransform  # local: torchvision costs ~2 s; a driver reads sources only
+
+    return SegmentationDataset(domain_source(cfg, domain), EvalTransform())

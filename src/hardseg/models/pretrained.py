@@ -48,7 +48,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torchvision.models as tvm
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import hf_hub_download, hf_hub_url
 from safetensors.torch import load_file
@@ -353,6 +352,8 @@ def imagenet_file(model_name: str, encoder: str | None, mirror: str | None = Non
         s = settings["imagenet"]
         return _hf_file(s["repo_id"], ("model.safetensors",), s.get("revision"), model_name, encoder, mirror, timeout)
     if model_name in TORCHVISION_BACKBONES:
+        import torchvision.models as tvm  # local: torchvision (with torch._dynamo) costs ~2 s; this model only
+
         enum, member = TORCHVISION_BACKBONES[model_name]
         url = getattr(getattr(tvm, enum), member).url
         folder = Path(torch.hub.get_dir()) / "checkpoints"

@@ -15,7 +15,7 @@ import json
 
 import yaml
 
-from hardseg.data import build_dataset
+from hardseg.data import build_source
 from hardseg.platform.names import trial_run_name
 from hardseg.platform.prepare import prepare_run, prepare_sweep
 from hardseg.trainables.schedule import Schedule, length_of, unit_of
@@ -48,7 +48,7 @@ def iters_per_epoch(cfg) -> int | None:
         n = cfg.data.synthetic.n_train
     else:
         try:
-            n = len(build_dataset(cfg.data, "train", train=False))
+            n = len(build_source(cfg.data, "train"))
         except Exception:  # not on this machine: the schedule is printed in iterations only
             return None
     return (n // cfg.ray.num_workers) // cfg.train.batch_size

@@ -25,9 +25,9 @@ from mlflow.artifacts import download_artifacts
 
 from hardseg import keys
 from hardseg.config import HardsegConfig, apply_overrides, load_config, validate_config
-from hardseg.data import available_splits, build_dataset, resolve_root
+from hardseg.data import available_splits, build_source, resolve_root
 from hardseg.data.corruption_cache import check_caches
-from hardseg.data.domains import absolute_spec, build_domain, parse_domains
+from hardseg.data.domains import absolute_spec, domain_source, parse_domains
 from hardseg.data.lineage import derived, lineage
 from hardseg.errors import ConfigError, HardsegError, one_line
 from hardseg.platform import runs, tracking
@@ -159,14 +159,14 @@ def _read_splits(cfg: HardsegConfig, domains: list, test: list[str], real: bool,
     own: dict[str, object] = {}  # split of the training set -> its lineage
     records = []
     for split, context in [("train", "training"), ("val", "validation"), *((t, "test") for t in test)]:
-        source = build_dataset(cfg.data, split, train=False).source
+        source = build_source(cfg.data, split)
         if real:
             source.validate()
         own[split] = lineage(source, f"{cfg.data.dataset}:{split}", context, cfg.data.dataset, root)
         records.append(own[split])
     for domain in domains:
         if domain.dataset is None and domain.split not in own:
-            source = build_dataset(cfg.data, domain.split, train=False).source
+            source = build_source(cfg.data, domain.split)
             if real:
                 source.validate()
             own[domain.split] = lineage(source, f"{cfg.data.dataset}:{domain.split}", "evaluation",
@@ -174,9 +174,9 @@ def _read_splits(cfg: HardsegConfig, domains: list, test: list[str], real: bool,
         if domain.dataset is None:  # the training set's split, maybe corrupted: no second pass over its files
             records.append(derived(own[domain.split], domain.name, domain.corruption))
         elif generate or Path(domain.root).exists():  # a path spec: same label space, readable files
-            ds = build_domain(cfg.data, domain)
-            ds.validate()
-            records.append(lineage(ds.source, domain.name, "evaluation", domain.dataset, Path(domain.root),
+            source = domain_source(cfg.data, domain)
+            source.validate()
+            records.append(lineage(source, domain.name, "evaluation", domain.dataset, Path(domain.root),
                                    variant=domain.variant))
     check_caches(cfg.data, domains)  # a corruption cache for other data or code: refused before training
     return records
